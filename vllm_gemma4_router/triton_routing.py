@@ -1,0 +1,108 @@
+"""Host-side launcher of the fused routing kernel."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._validation import check_output, check_routing_inputs
+from .kernel import gemma4_routing_kernel
+from .launch_table import MAX_EXPERTS, pick_launch_config
+
+# triton.jit reads this once, when the kernel is decorated (import time).
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _platform_of(device: torch.device) -> str:
+    if _INTERPRETED and device.type == "cpu":
+        return "interpreter"
+    if device.type == "xpu":
+        return "xpu"
+    if device.type == "cuda" and torch.version.hip is not None:
+        return "hip"
+    return "cuda"
+
+
+def gemma4_routing_triton(
+    gating_output: torch.Tensor,
+    topk: int,
+    per_expert_scale: torch.Tensor | None = None,
+    *,
+    topk_weights: torch.Tensor | None = None,
+    topk_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma 4 routing in one Triton kernel launch.
+
+    Same contract as :func:`vllm_gemma4_router.gemma4_routing_reference`:
+    softmax over all E logits in fp32, top-``topk``, renormalise to sum 1,
+    multiply by ``per_expert_scale[id]``; rows ordered by unscaled weight
+    descending, equal logits lowest expert id first, NaN logits ranked as -inf.
+
+    Args:
+        gating_output: ``[T, E]`` float32/float16/bfloat16 on a GPU (or on the CPU
+            under ``TRITON_INTERPRET=1``); any strides, never copied. ``E <= 4096``.
+        topk: experts per token, ``1 <= topk <= E``.
+        per_expert_scale: ``[E]`` float tensor on the same device, or ``None`` for 1.
+        topk_weights: optional preallocated float32 ``[T, topk]`` output.
+        topk_ids: optional preallocated int32 ``[T, topk]`` output.
+
+    Returns:
+        ``(topk_weights, topk_ids)``, float32 and int32, ``[T, topk]``. Ids are
+        always ``topk`` distinct values in ``[0, E)``, for any input bits.
+    """
+    num_tokens, num_experts = check_routing_inputs(gating_output, topk, per_expert_scale)
+    if num_experts > MAX_EXPERTS:
+        raise ValueError(
+            f"gating_output has E={num_experts} experts; the Triton kernel supports "
+            f"E <= {MAX_EXPERTS} (use gemma4_routing_reference for more)"
+        )
+    device = gating_output.device
+    if device.type == "cpu" and not _INTERPRETED:
+        raise ValueError(
+            "gating_output is a CPU tensor; the Triton kernel needs a GPU tensor "
+            "(or TRITON_INTERPRET=1 set before import). Use gemma4_routing_reference on CPU."
+        )
+    shape = (num_tokens, topk)
+    if topk_weights is None:
+        topk_weights = torch.empty(shape, dtype=torch.float32, device=device)
+    else:
+        check_output("topk_weights", topk_weights, shape, torch.float32, device)
+    if topk_ids is None:
+        topk_ids = torch.empty(shape, dtype=torch.int32, device=device)
+    else:
+        check_output("topk_ids", topk_ids, shape, torch.int32, device)
+    if num_tokens == 0:
+        return topk_weights, topk_ids
+
+    block_e = 1 << (num_experts - 1).bit_length()
+    config = pick_launch_config(num_tokens, block_e, _platform_of(device))
+    has_scale = per_expert_scale is not None
+    grid = (triton_cdiv(num_tokens, config.tokens_per_program),)
+    gemma4_routing_kernel[grid](
+        gating_output,
+        per_expert_scale if has_scale else topk_weights,
+        topk_weights,
+        topk_ids,
+        num_tokens,
+        num_experts,
+        gating_output.stride(0),
+        gating_output.stride(1),
+        per_expert_scale.stride(0) if has_scale else 0,
+        topk_weights.stride(0),
+        topk_weights.stride(1),
+        topk_ids.stride(0),
+        topk_ids.stride(1),
+        TOPK=topk,
+        BLOCK_E=block_e,
+        BLOCK_K=1 << (topk - 1).bit_length(),
+        TOKENS_PER_PROGRAM=config.tokens_per_program,
+        WIDE_KEYS=gating_output.dtype == torch.float32,
+        HAS_SCALE=has_scale,
+        num_warps=config.num_warps,
+    )
+    return topk_weights, topk_ids
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
