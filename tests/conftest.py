@@ -1,0 +1,20 @@
+"""Test-wide setup: Triton kernels run under the interpreter on CPU tensors.
+
+TRITON_INTERPRET must be set before triton.jit decorates the kernel, i.e.
+before the package's kernel module is imported, hence here.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A freshly seeded generator per test: fresh random inputs, reproducible on failure."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed {seed}")
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,140 @@
+"""The Triton kernel under TRITON_INTERPRET=1 against the fp64 oracle.
+
+Kept small: the interpreter pays ~0.3 s per program.
+"""
+
+import pytest
+import torch
+from oracle import assert_ids_valid, assert_matches_oracle
+
+import vllm_gemma4_router.triton_routing as triton_routing
+from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("num_tokens", "num_experts", "topk"),
+    [(1, 128, 8), (37, 128, 8), (33, 64, 4), (9, 256, 6), (5, 100, 6), (7, 60, 16),
+     (3, 1, 1), (4, 7, 7), (6, 384, 1), (2, 1024, 8)],
+)
+def test_kernel_matches_oracle(dtype, num_tokens, num_experts, topk, gen):
+    logits = (torch.randn(num_tokens, num_experts, generator=gen) * 2).to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    weights, ids = gemma4_routing_triton(logits, topk, scale)
+    assert_matches_oracle(weights, ids, logits, topk, scale)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float16, None])
+def test_kernel_scale_dtypes(scale_dtype, gen):
+    logits = torch.randn(20, 128, generator=gen)
+    scale = None if scale_dtype is None else (torch.rand(128, generator=gen) + 0.5).to(scale_dtype)
+    weights, ids = gemma4_routing_triton(logits, 8, scale)
+    assert_matches_oracle(weights, ids, logits, 8, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_reads_strided_rows_without_copying(dtype, gen):
+    storage = torch.randn(24, 200, generator=gen).to(dtype)
+    logits = storage[:, 3:131]  # row stride 200, not E=128
+    assert logits.stride() == (200, 1)
+    transposed = torch.randn(128, 24, generator=gen).to(dtype).t()  # column stride 24
+    for view in (logits, transposed, storage[::2, :128]):
+        scale = torch.rand(128, generator=gen) + 0.5
+        weights, ids = gemma4_routing_triton(view, 8, scale[::1])
+        assert_matches_oracle(weights, ids, view, 8, scale)
+    strided_scale = (torch.rand(256, generator=gen) + 0.5)[::2]
+    weights, ids = gemma4_routing_triton(logits, 8, strided_scale)
+    assert_matches_oracle(weights, ids, logits, 8, strided_scale)
+
+
+def test_kernel_empty_batch_returns_empty_outputs_without_launching(monkeypatch):
+    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)  # a launch would fail
+    weights, ids = gemma4_routing_triton(torch.empty(0, 128), 8, torch.ones(128))
+    assert weights.shape == (0, 8) and weights.dtype == torch.float32
+    assert ids.shape == (0, 8) and ids.dtype == torch.int32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_exact_ties_take_lowest_id(dtype, gen):
+    logits = (torch.randint(-3, 4, (40, 128), generator=gen) * 0.5).to(dtype)
+    logits[0] = 1.0  # all equal
+    logits[1] = 0.0
+    logits[1, 1::2] = -0.0  # -0.0 ties with +0.0
+    weights, ids = gemma4_routing_triton(logits, 8, None)
+    assert_matches_oracle(weights, ids, logits, 8, None)
+    assert ids[0].tolist() == list(range(8)) and ids[1].tolist() == list(range(8))
+    torch.testing.assert_close(weights[0], torch.full((8,), 1 / 8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_non_finite_rows_keep_ids_valid_and_neighbours_intact(dtype, gen):
+    clean = torch.randn(12, 64, generator=gen).to(dtype)
+    logits = clean.clone()
+    logits[1, 5] = float("nan")
+    logits[3, :] = float("nan")
+    logits[5, 9] = float("inf")
+    logits[7, :] = float("-inf")
+    logits[9, ::3] = float("-inf")
+    logits[9, 1] = float("nan")
+    logits[11, 2] = float("-inf")
+    scale = torch.rand(64, generator=gen) + 0.5
+    weights, ids = gemma4_routing_triton(logits, 6, scale)
+    assert_ids_valid(ids, 64)
+    # Documented behaviour (same as the reference): NaN ranks as -inf with
+    # weight 0; a +inf maximum or an all -inf/NaN row gives NaN weights.
+    assert_matches_oracle(weights, ids, logits, 6, scale)
+    ref_w, ref_ids = gemma4_routing_reference(logits, 6, scale)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights, ref_w, equal_nan=True, rtol=2e-6, atol=1e-7)
+    assert bool(weights[3].isnan().all()) and bool(weights[5].isnan().all())
+    assert bool(torch.isfinite(weights[1]).all()) and 5 not in ids[1].tolist()
+    # Rows without NaN/Inf route exactly as they do without bad neighbours.
+    clean_w, clean_ids = gemma4_routing_triton(clean, 6, scale)
+    for row in (0, 2, 4, 6, 8, 10):
+        assert torch.equal(ids[row], clean_ids[row])
+        assert torch.equal(weights[row], clean_w[row])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_random_bit_patterns_give_valid_distinct_ids(dtype, gen):
+    bits = torch.randint(-(2**31), 2**31, (32, 128), generator=gen, dtype=torch.int64)
+    if dtype == torch.float32:
+        logits = bits.to(torch.int32).view(torch.float32)
+    else:
+        logits = bits.to(torch.int16).view(dtype)
+    weights, ids = gemma4_routing_triton(logits, 8, None)
+    assert_ids_valid(ids, 128)
+    assert_matches_oracle(weights, ids, logits, 8, None, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_writes_every_element_of_preallocated_outputs(gen):
+    logits = torch.randn(19, 128, generator=gen)
+    out_w = torch.full((19, 8), float("nan"))
+    out_ids = torch.full((19, 8), -12345, dtype=torch.int32)
+    weights, ids = gemma4_routing_triton(logits, 8, None, topk_weights=out_w, topk_ids=out_ids)
+    assert weights is out_w and ids is out_ids
+    assert_matches_oracle(out_w, out_ids, logits, 8, None)
+
+
+def test_kernel_writes_into_strided_output_views(gen):
+    logits = torch.randn(10, 32, generator=gen)
+    w_storage = torch.full((10, 12), -7.0)
+    id_storage = torch.full((10, 12), -7, dtype=torch.int32)
+    weights, ids = gemma4_routing_triton(
+        logits, 4, None, topk_weights=w_storage[:, 2:6], topk_ids=id_storage[:, 5:9]
+    )
+    assert_matches_oracle(weights, ids, logits, 4, None)
+    assert bool((w_storage[:, :2] == -7).all()) and bool((w_storage[:, 6:] == -7).all())
+    assert bool((id_storage[:, :5] == -7).all()) and bool((id_storage[:, 9:] == -7).all())
+
+
+def test_kernel_is_deterministic_and_batch_independent(gen):
+    logits = torch.randn(70, 128, generator=gen)
+    first = gemma4_routing_triton(logits, 8, None)
+    again = gemma4_routing_triton(logits, 8, None)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    for lo, hi in ((0, 1), (3, 5), (10, 43)):
+        part = gemma4_routing_triton(logits[lo:hi], 8, None)
+        assert torch.equal(part[0], first[0][lo:hi]) and torch.equal(part[1], first[1][lo:hi])

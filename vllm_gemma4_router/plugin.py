@@ -1,0 +1,16 @@
+"""vLLM general plugin entry point (``vllm.general_plugins``)."""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    """Make vLLM's Gemma4 MoE layers route through the ``gemma4_routing`` op.
+
+    vLLM calls this in every process. It is idempotent and cheap: it imports
+    nothing heavy and patches Gemma4's model module only when vLLM imports it.
+    Opt out with ``VLLM_PLUGINS`` (a list of plugin names without ``gemma4_router``).
+    """
+    from .import_hook import when_imported
+    from .vllm_adapter import GEMMA4_MODULE, install
+
+    when_imported(GEMMA4_MODULE, install)
