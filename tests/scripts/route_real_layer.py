@@ -1,0 +1,109 @@
+"""Build a real Gemma4 MoE layer with the installed vLLM and route through it.
+
+Run as a subprocess by tests/test_plugin.py (plugins load once per process).
+Prints one JSON line with what it saw. vLLM 0.24's C extension does not load
+against this torch, so with that version the MoE block (the routing owner) is
+built on its own instead of the whole decoder layer (whose MLP needs ``_C``).
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+
+def main() -> None:
+    import vllm
+    import vllm.plugins
+
+    vllm.plugins.load_general_plugins()
+    from transformers import Gemma4TextConfig
+    from vllm.config import CompilationConfig, ModelConfig, VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.model_executor.models import gemma4
+
+    result = {
+        "vllm": vllm.__version__,
+        "layout": getattr(gemma4, "_vllm_gemma4_router_layout", "not installed"),
+        "routing_function_module": getattr(
+            getattr(getattr(gemma4, "Gemma4Router", None), "routing_function", None),
+            "__module__",
+            None,
+        ),
+    }
+    num_experts, topk = 16, 4
+    config = Gemma4TextConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32,
+        enable_moe_block=True, num_experts=num_experts, top_k_experts=topk,
+        moe_intermediate_size=32,
+    )
+    config.architectures = ["Gemma4ForCausalLM"]
+    model_dir = tempfile.mkdtemp()
+    config.save_pretrained(model_dir)
+    vllm_config = VllmConfig(
+        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="float32"),
+        compilation_config=CompilationConfig(mode=0),
+    )
+    with set_current_vllm_config(vllm_config):
+        init_distributed_environment(
+            world_size=1, rank=0, local_rank=0, backend="gloo",
+            distributed_init_method=f"file://{tempfile.mktemp()}",
+        )
+        initialize_model_parallel(1, 1)
+        if result["layout"] == "moe_closure":
+            owner = gemma4.Gemma4MoE(config, prefix="model.layers.0.moe")
+            experts = owner.experts
+        else:
+            layer = gemma4.Gemma4DecoderLayer(config, prefix="model.layers.0")
+            owner, experts = layer.router, layer.experts
+    from vllm_gemma4_router import gemma4_routing_reference
+    from vllm_gemma4_router.vllm_op import Gemma4Routing
+
+    ops = [m for m in owner.modules() if isinstance(m, Gemma4Routing)]
+    result["ops_in_owner"] = len(ops)
+    calls = []
+    if ops:
+        ops[0].register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+        result["forward_method"] = ops[0]._forward_method.__name__
+
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    with torch.no_grad():
+        owner.per_expert_scale.copy_(torch.rand(num_experts, generator=gen) + 0.5)
+    hidden = torch.randn(7, 64, generator=gen)
+    logits = torch.randn(7, num_experts, generator=gen)
+
+    def route():
+        with set_current_vllm_config(vllm_config), torch.no_grad():
+            return experts.router.select_experts(hidden_states=hidden, router_logits=logits)
+
+    def matches_reference(weights, ids):
+        ref_w, ref_ids = gemma4_routing_reference(logits, topk, owner.per_expert_scale.detach())
+        return bool(torch.equal(ids.int(), ref_ids)) and bool(
+            torch.allclose(weights.float(), ref_w, rtol=1e-6, atol=1e-7)
+        )
+
+    weights, ids = route()
+    result["first_call_matches_reference"] = matches_reference(weights, ids)
+    # per_expert_scale is read at call time: an in-place update and a replaced
+    # Parameter (weight reload) both reach the next call.
+    with torch.no_grad():
+        owner.per_expert_scale.mul_(2.0)
+    weights2, ids2 = route()
+    result["inplace_scale_seen"] = bool(torch.allclose(weights2, weights * 2.0)) and bool(
+        matches_reference(weights2, ids2)
+    )
+    owner.per_expert_scale = torch.nn.Parameter(torch.rand(num_experts, generator=gen) + 3.0)
+    weights3, ids3 = route()
+    result["replaced_scale_seen"] = matches_reference(weights3, ids3) and bool(
+        (weights3 > weights2).any()
+    )
+    result["op_calls"] = calls
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
