@@ -16,8 +16,18 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("num_tokens", "num_experts", "topk"),
-    [(1, 128, 8), (37, 128, 8), (33, 64, 4), (9, 256, 6), (5, 100, 6), (7, 60, 16),
-     (3, 1, 1), (4, 7, 7), (6, 384, 1), (2, 1024, 8)],
+    [
+        (1, 128, 8),
+        (37, 128, 8),
+        (33, 64, 4),
+        (9, 256, 6),
+        (5, 100, 6),
+        (7, 60, 16),
+        (3, 1, 1),
+        (4, 7, 7),
+        (6, 384, 1),
+        (2, 1024, 8),
+    ],
 )
 def test_kernel_matches_oracle(dtype, num_tokens, num_experts, topk, gen):
     logits = (torch.randn(num_tokens, num_experts, generator=gen) * 2).to(dtype)

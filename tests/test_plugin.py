@@ -28,10 +28,15 @@ VLLM_024_SITE = Path(
 def _run(code_or_script, env_extra=None, timeout=600):
     env = {**os.environ, **(env_extra or {})}
     env.pop("TRITON_INTERPRET", None)
-    args = [sys.executable, str(code_or_script)] if isinstance(code_or_script, Path) else [
-        sys.executable, "-c", code_or_script]
+    args = (
+        [sys.executable, str(code_or_script)]
+        if isinstance(code_or_script, Path)
+        else [sys.executable, "-c", code_or_script]
+    )
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
@@ -125,7 +130,9 @@ def _unknown_layouts():
     yield "empty module", {}
 
 
-@pytest.mark.parametrize(("what", "members"), list(_unknown_layouts()), ids=[w for w, _ in _unknown_layouts()])
+@pytest.mark.parametrize(
+    ("what", "members"), list(_unknown_layouts()), ids=[w for w, _ in _unknown_layouts()]
+)
 def test_unknown_layout_warns_once_and_changes_nothing(what, members):
     from vllm_gemma4_router import vllm_adapter
 

@@ -35,7 +35,9 @@ BAD_CALLS = [
 
 
 @pytest.mark.parametrize("router", ROUTERS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize(("what", "args", "error", "fragment"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize(
+    ("what", "args", "error", "fragment"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS]
+)
 def test_bad_inputs_raise_before_launch(router, what, args, error, fragment, monkeypatch):
     monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)  # a launch would fail
     with pytest.raises(error, match=None) as info:

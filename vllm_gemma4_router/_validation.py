@@ -25,9 +25,7 @@ def check_routing_inputs(
     wrong rank, shape, range or device; each message names the argument.
     """
     if not isinstance(gating_output, torch.Tensor):
-        raise TypeError(
-            f"gating_output must be a torch.Tensor, got {type(gating_output).__name__}"
-        )
+        raise TypeError(f"gating_output must be a torch.Tensor, got {type(gating_output).__name__}")
     if gating_output.dim() != 2:
         raise ValueError(
             f"gating_output must be 2-D [num_tokens, num_experts], "

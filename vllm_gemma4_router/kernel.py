@@ -89,9 +89,7 @@ def gemma4_routing_kernel(
         value_bits = tl.where(value_key < 0, (-value_key) | _I32_MIN, value_key)
         in_slot = slots[None, :] == slot
         top_ids = tl.where(in_slot, ((BLOCK_E - 1) - rank)[:, None], top_ids)
-        top_logits = tl.where(
-            in_slot, value_bits.to(tl.float32, bitcast=True)[:, None], top_logits
-        )
+        top_logits = tl.where(in_slot, value_bits.to(tl.float32, bitcast=True)[:, None], top_logits)
 
     # Softmax over the K chosen logits equals softmax over all E followed by
     # renormalisation over the K: the full-row denominator cancels.

@@ -59,7 +59,9 @@ def _is_moe_closure_layout(module: ModuleType) -> bool:
     init_code = getattr(getattr(moe, "__init__", None), "__code__", None)
     if init_code is None or not callable(getattr(module, "FusedMoE", None)):
         return False
-    return any(getattr(const, "co_name", None) == "routing_function" for const in init_code.co_consts)
+    return any(
+        getattr(const, "co_name", None) == "routing_function" for const in init_code.co_consts
+    )
 
 
 def _install_router_method(module: ModuleType) -> None:

@@ -35,9 +35,17 @@ def main() -> None:
     }
     num_experts, topk = 16, 4
     config = Gemma4TextConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32,
-        enable_moe_block=True, num_experts=num_experts, top_k_experts=topk,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=32,
+        enable_moe_block=True,
+        num_experts=num_experts,
+        top_k_experts=topk,
         moe_intermediate_size=32,
     )
     config.architectures = ["Gemma4ForCausalLM"]
@@ -49,7 +57,10 @@ def main() -> None:
     )
     with set_current_vllm_config(vllm_config):
         init_distributed_environment(
-            world_size=1, rank=0, local_rank=0, backend="gloo",
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            backend="gloo",
             distributed_init_method=f"file://{tempfile.mktemp()}",
         )
         initialize_model_parallel(1, 1)

