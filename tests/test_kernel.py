@@ -148,3 +148,64 @@ def test_kernel_is_deterministic_and_batch_independent(gen):
     for lo, hi in ((0, 1), (3, 5), (10, 43)):
         part = gemma4_routing_triton(logits[lo:hi], 8, None)
         assert torch.equal(part[0], first[0][lo:hi]) and torch.equal(part[1], first[1][lo:hi])
+
+
+def _near_ties(logits: torch.Tensor, rows: range, gen: torch.Generator) -> torch.Tensor:
+    """Put neighbours of each row's top logits 1..200 ulps apart: equal in the
+    narrow keys' truncated bits, different in the exact value."""
+    out = logits.clone()
+    for row in rows:
+        top = float(out[row].max())
+        cols = torch.randperm(out.shape[1], generator=gen)[:12]
+        ulps = torch.randint(-200, 200, (12,), generator=gen)
+        base = torch.tensor(top, dtype=torch.float32)
+        for col, ulp in zip(cols.tolist(), ulps.tolist(), strict=True):
+            value = base
+            step = torch.tensor(float("inf") if ulp > 0 else float("-inf"))
+            for _ in range(abs(ulp)):
+                value = torch.nextafter(value, step)
+            out[row, col] = value
+    return out
+
+
+@pytest.mark.parametrize("num_experts", [128, 60])
+def test_kernel_fp32_near_ties_are_exact(num_experts, gen):
+    # Rows 0..4 collide in the truncated keys (the tile falls back to 64-bit
+    # keys); the same rows routed alone, in a clean tile, must come out the same.
+    logits = _near_ties(torch.randn(40, num_experts, generator=gen), range(5), gen)
+    weights, ids = gemma4_routing_triton(logits, 8, None)
+    assert_matches_oracle(weights, ids, logits, 8, None)
+    for row in (0, 3, 7, 39):
+        alone = gemma4_routing_triton(logits[row : row + 1], 8, None)
+        assert torch.equal(alone[1][0], ids[row]) and torch.equal(alone[0][0], weights[row])
+
+
+@pytest.mark.parametrize("key_mode", ["WIDE", "NARROW_CHECKED"])
+def test_kernel_fp32_key_modes_agree(key_mode, gen):
+    from vllm_gemma4_router import kernel
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = _near_ties(torch.randn(24, 128, generator=gen), range(0, 24, 5), gen)
+    scale = torch.rand(128, generator=gen) + 0.5
+    weights = torch.full((24, 8), float("nan"))
+    ids = torch.full((24, 8), -1, dtype=torch.int32)
+    triton_routing.launch(
+        logits, 8, scale, weights, ids, LaunchConfig(8, 4), int(getattr(kernel, key_mode))
+    )
+    assert_matches_oracle(weights, ids, logits, 8, scale)
+
+
+def test_fp32_near_ties_defeat_unchecked_narrow_keys(gen):
+    # Shows the near-tie inputs above are adversarial: without the check, 32-bit
+    # keys on fp32 logits order some of those rows by id instead of by value.
+    from oracle import oracle_fp64
+
+    from vllm_gemma4_router import kernel
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = _near_ties(torch.randn(24, 128, generator=gen), range(24), gen)
+    weights = torch.empty(24, 8)
+    ids = torch.empty(24, 8, dtype=torch.int32)
+    triton_routing.launch(logits, 8, None, weights, ids, LaunchConfig(8, 4), int(kernel.NARROW))
+    _, ref_ids = oracle_fp64(logits, 8, None)
+    assert (ids.numpy() != ref_ids).any(axis=1).sum() >= 1

@@ -6,9 +6,10 @@ import os
 
 import torch
 
+from . import kernel as _kernel
 from ._validation import check_output, check_routing_inputs
 from .kernel import gemma4_routing_kernel
-from .launch_table import MAX_EXPERTS, pick_launch_config
+from .launch_table import MAX_EXPERTS, LaunchConfig, pick_launch_config
 
 # triton.jit reads this once, when the kernel is decorated (import time).
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -77,6 +78,26 @@ def gemma4_routing_triton(
 
     block_e = 1 << (num_experts - 1).bit_length()
     config = pick_launch_config(num_tokens, block_e, _platform_of(device))
+    launch(gating_output, topk, per_expert_scale, topk_weights, topk_ids, config)
+    return topk_weights, topk_ids
+
+
+def key_mode_for(dtype: torch.dtype) -> int:
+    """Exact narrow keys for 16-bit logits, checked narrow keys for fp32 (see kernel.py)."""
+    return int(_kernel.NARROW_CHECKED if dtype == torch.float32 else _kernel.NARROW)
+
+
+def launch(
+    gating_output: torch.Tensor,
+    topk: int,
+    per_expert_scale: torch.Tensor | None,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    config: LaunchConfig,
+    key_mode: int | None = None,
+) -> None:
+    """Launch the kernel on checked arguments with an explicit shape (sweeps call this)."""
+    num_tokens, num_experts = gating_output.shape
     has_scale = per_expert_scale is not None
     grid = (triton_cdiv(num_tokens, config.tokens_per_program),)
     gemma4_routing_kernel[grid](
@@ -94,14 +115,13 @@ def gemma4_routing_triton(
         topk_ids.stride(0),
         topk_ids.stride(1),
         TOPK=topk,
-        BLOCK_E=block_e,
+        BLOCK_E=1 << (num_experts - 1).bit_length(),
         BLOCK_K=1 << (topk - 1).bit_length(),
         TOKENS_PER_PROGRAM=config.tokens_per_program,
-        WIDE_KEYS=gating_output.dtype == torch.float32,
+        KEY_MODE=key_mode_for(gating_output.dtype) if key_mode is None else key_mode,
         HAS_SCALE=has_scale,
         num_warps=config.num_warps,
     )
-    return topk_weights, topk_ids
 
 
 def triton_cdiv(a: int, b: int) -> int:
