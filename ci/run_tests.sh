@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
-.venv/bin/ruff format --check vllm_gemma4_router tests benchmarks ci || {
+.venv/bin/ruff format --check . || {
   echo "ruff format would change files: run '.venv/bin/ruff format .'"; exit 1; }
 exec .venv/bin/python -m pytest -q -ra --durations=10 tests "$@"

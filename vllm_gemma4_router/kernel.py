@@ -41,34 +41,32 @@ def _select_narrow(
     ordered,
     expert_ok,
     id_rank,
+    id_ptrs,
+    row_ok,
+    stride_id_k,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
     TOKENS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
-    """TOPK rounds over 32-bit keys: ids, decoded values, and whether the pick is exact."""
+    """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact."""
     keys = (ordered & -BLOCK_E) | id_rank[None, :]
     keys = tl.where(expert_ok[None, :], keys, _I32_MIN)
-    slots = tl.arange(0, BLOCK_K)
-    top_ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
-    top_values = tl.full([TOKENS, BLOCK_K], _I32_MIN, dtype=tl.int32)
     # Two picks in one truncated-value bucket may be out of exact order.
     clash = tl.zeros([TOKENS], dtype=tl.int1)
     previous = tl.full([TOKENS], _I32_MIN, dtype=tl.int32)
     for slot in range(TOPK):
         best = tl.max(keys, axis=1)
         keys = tl.where(keys == best[:, None], _I32_MIN, keys)
+        # Each round's id goes straight to memory: collecting the K picks in a
+        # [TOKENS, K] register tile would cost every lane of a row K selects a round.
+        tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
         value = best & -BLOCK_E
         clash = clash | (value == previous)
         previous = value
-        in_slot = slots[None, :] == slot
-        top_ids = tl.where(in_slot, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], top_ids)
-        top_values = tl.where(in_slot, value[:, None], top_values)
     # The best key left out must not share the last pick's bucket either
     # (E == K leaves only removed keys, whose bucket no real value has).
     runner_up = tl.max(keys, axis=1) & -BLOCK_E
-    clash = clash | (runner_up == previous)
-    return top_ids, top_values, clash
+    return clash | (runner_up == previous)
 
 
 @triton.jit
@@ -76,25 +74,20 @@ def _select_wide(
     ordered,
     expert_ok,
     id_rank,
+    id_ptrs,
+    row_ok,
+    stride_id_k,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
-    TOKENS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
-    """TOPK rounds over 64-bit keys: ids and exact ordered values."""
+    """TOPK rounds over 64-bit keys (exact for any fp32 input); stores the ids."""
     keys = (ordered.to(tl.int64) << 32) | id_rank.to(tl.int64)[None, :]
     keys = tl.where(expert_ok[None, :], keys, _I64_MIN)
-    slots = tl.arange(0, BLOCK_K)
-    top_ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
-    top_values = tl.full([TOKENS, BLOCK_K], _I32_MIN, dtype=tl.int32)
     for slot in range(TOPK):
         best = tl.max(keys, axis=1)
         keys = tl.where(keys == best[:, None], _I64_MIN, keys)
-        in_slot = slots[None, :] == slot
         rank = (best & (BLOCK_E - 1)).to(tl.int32)
-        top_ids = tl.where(in_slot, ((BLOCK_E - 1) - rank)[:, None], top_ids)
-        top_values = tl.where(in_slot, (best >> 32).to(tl.int32)[:, None], top_values)
-    return top_ids, top_values
+        tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - rank, mask=row_ok)
 
 
 @triton.jit
@@ -139,41 +132,49 @@ def gemma4_routing_kernel(
     bits = x.to(tl.int32, bitcast=True)
     ordered = tl.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
     id_rank = (BLOCK_E - 1) - experts
+    id_ptrs = ids_ptr + rows64 * stride_id_t
 
     if KEY_MODE == WIDE:
-        top_ids, top_values = _select_wide(
-            ordered, expert_ok, id_rank, TOPK, BLOCK_E, TOKENS_PER_PROGRAM, BLOCK_K
-        )
+        _select_wide(ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
     else:
-        top_ids, top_values, clash = _select_narrow(
-            ordered, expert_ok, id_rank, TOPK, BLOCK_E, TOKENS_PER_PROGRAM, BLOCK_K
+        clash = _select_narrow(
+            ordered,
+            expert_ok,
+            id_rank,
+            id_ptrs,
+            row_ok,
+            stride_id_k,
+            TOPK,
+            BLOCK_E,
+            TOKENS_PER_PROGRAM,
         )
         # Kept apart: the constexpr test must not reach the runtime branch.
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
-                top_ids, top_values = _select_wide(
-                    ordered, expert_ok, id_rank, TOPK, BLOCK_E, TOKENS_PER_PROGRAM, BLOCK_K
+                tl.debug_barrier()  # the narrow pass's id stores land first
+                _select_wide(
+                    ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
                 )
 
+    # Read the picks back as a [tokens, K] tile (this program just wrote them,
+    # the barrier makes every thread's stores visible) and the chosen logits
+    # with them (L1 hits): exact values whatever the key width.
+    tl.debug_barrier()
     slots = tl.arange(0, BLOCK_K)
     slot_ok = slots < TOPK
     out_ok = row_ok[:, None] & slot_ok[None, :]
-    if KEY_MODE == NARROW_CHECKED:
-        # Narrow keys dropped low value bits: read the chosen logits back (L1 hits).
-        top_logits = tl.load(
-            logits_ptr + rows64[:, None] * stride_logit_t + top_ids * stride_logit_e,
-            mask=out_ok,
-            other=float("-inf"),
-        ).to(tl.float32)
-        top_logits = tl.where(top_logits != top_logits, float("-inf"), top_logits)
-    else:
-        top_bits = tl.where(top_values < 0, (-top_values) | _I32_MIN, top_values)
-        top_logits = top_bits.to(tl.float32, bitcast=True)
+    top_ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
+    top_logits = tl.load(
+        logits_ptr + rows64[:, None] * stride_logit_t + top_ids * stride_logit_e,
+        mask=out_ok,
+        other=float("-inf"),
+    ).to(tl.float32)
+    top_logits = tl.where(top_logits != top_logits, float("-inf"), top_logits)
 
     # Softmax over the K chosen logits equals softmax over all E followed by
     # renormalisation over the K: the full-row denominator cancels.
-    top_max = tl.max(tl.where(slot_ok[None, :], top_logits, float("-inf")), axis=1)
-    unnormalised = tl.where(slot_ok[None, :], tl.exp(top_logits - top_max[:, None]), 0.0)
+    top_max = tl.max(top_logits, axis=1)
+    unnormalised = tl.where(out_ok, tl.exp(top_logits - top_max[:, None]), 0.0)
     weights = unnormalised / tl.sum(unnormalised, axis=1)[:, None]
 
     if HAS_SCALE:
@@ -182,10 +183,5 @@ def gemma4_routing_kernel(
     tl.store(
         weights_ptr + rows64[:, None] * stride_weight_t + slots[None, :] * stride_weight_k,
         weights,
-        mask=out_ok,
-    )
-    tl.store(
-        ids_ptr + rows64[:, None] * stride_id_t + slots[None, :] * stride_id_k,
-        top_ids,
         mask=out_ok,
     )
