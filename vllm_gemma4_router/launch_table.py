@@ -3,10 +3,14 @@
 No autotuning happens at run time (CUDA-graph capture must stay safe and the
 first call must not stall): the launcher looks the parameters up here.
 
-Provenance: PROVISIONAL, not from a sweep yet. The values keep a tile at about
-4096 logits (32 tokens at E=128) and shrink it to the token count for small
-batches. ``benchmarks/sweep_launch_table.py`` (performance issue) replaces
-them with measured ones and records device and date here.
+Provenance of ``_CUDA_TABLE``: ``benchmarks/sweep_launch_table.py --shapes
+128x8,64x4,256x8 --tokens 1,16,256,4096,32768,262144 --tokens-per-program
+1,2,4,8,16,32`` on an NVIDIA H100 80GB HBM3 (driver 580.159.04, torch
+2.11.0+cu130, triton 3.6.0), 2026-11-23; raw numbers in
+``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3.csv``. Each entry is the
+fastest (or within 2 % of it) CUDA-graph median at that point. ROCm and XPU
+reuse it until swept on their hardware (a ROCm "warp" is 64 lanes, so the same
+``num_warps`` means twice the threads there).
 """
 
 from __future__ import annotations
@@ -25,19 +29,45 @@ class LaunchConfig:
 #: Largest number of experts one program holds in a tile row.
 MAX_EXPERTS = 4096
 
-# platform -> logits per tile the kernel aims for. "interpreter" (TRITON_INTERPRET=1
-# on CPU tensors) pays ~0.3 s per program, so it gets tiles as large as sensible.
-_TILE_LOGITS = {"cuda": 4096, "hip": 4096, "xpu": 4096, "interpreter": 1 << 16}
+# Upper token bounds of the buckets: decode, small prefill, prefill, large prefill.
+_TOKEN_BUCKETS = (1024, 8192, 65536)
+
+# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps) per token bucket.
+# "32-bit" is fp32 logits (checked narrow keys), otherwise bf16/fp16 (narrow keys).
+_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, int], ...]] = {
+    (True, 64): ((1, 1), (4, 2), (8, 1), (8, 1)),
+    (True, 128): ((1, 1), (1, 1), (4, 2), (8, 2)),
+    (True, 256): ((1, 1), (1, 1), (2, 1), (2, 1)),
+    (False, 64): ((1, 1), (16, 4), (8, 2), (16, 1)),
+    (False, 128): ((1, 1), (2, 2), (4, 2), (8, 1)),
+    (False, 256): ((1, 1), (4, 1), (4, 1), (4, 1)),
+}
+
+# TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.
+_INTERPRETER_TILE = 1 << 16
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+def _bucket(num_tokens: int) -> int:
+    for index, bound in enumerate(_TOKEN_BUCKETS):
+        if num_tokens <= bound:
+            return index
+    return len(_TOKEN_BUCKETS)
 
 
-def pick_launch_config(num_tokens: int, block_e: int, platform: str) -> LaunchConfig:
+def pick_launch_config(
+    num_tokens: int, block_e: int, platform: str, fp32_logits: bool = True
+) -> LaunchConfig:
     """Return the launch shape for ``num_tokens`` rows of ``block_e`` (a power of 2) logits."""
-    tile = _TILE_LOGITS.get(platform, _TILE_LOGITS["cuda"])
-    tokens = max(1, min(tile // block_e, 128, _next_power_of_2(num_tokens)))
-    elements = tokens * block_e
-    num_warps = 1 if elements <= 256 else 2 if elements <= 1024 else 4 if elements <= 8192 else 8
-    return LaunchConfig(tokens_per_program=tokens, num_warps=num_warps)
+    if platform == "interpreter":
+        tokens = max(1, min(_INTERPRETER_TILE // block_e, 128, num_tokens))
+        return LaunchConfig(1 << (tokens - 1).bit_length(), 4)
+    bucket = _bucket(num_tokens)
+    if block_e < 64:
+        # Fewer experts than swept: keep the E=64 work per program, more tokens.
+        tokens, warps = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        return LaunchConfig(min(128, tokens * (64 // block_e)), warps)
+    if block_e > 256:
+        # Wider rows than swept: one token per program, ~256 logits per warp.
+        return LaunchConfig(1, min(8, block_e // 256))
+    tokens, warps = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    return LaunchConfig(tokens, warps)

@@ -77,7 +77,9 @@ def gemma4_routing_triton(
         return topk_weights, topk_ids
 
     block_e = 1 << (num_experts - 1).bit_length()
-    config = pick_launch_config(num_tokens, block_e, _platform_of(device))
+    config = pick_launch_config(
+        num_tokens, block_e, _platform_of(device), gating_output.dtype == torch.float32
+    )
     launch(gating_output, topk, per_expert_scale, topk_weights, topk_ids, config)
     return topk_weights, topk_ids
 

@@ -1,0 +1,80 @@
+"""GPU checks of the Triton kernel (run where CUDA/ROCm is present; the CPU suite
+covers the same contract under the interpreter)."""
+
+import pytest
+import torch
+from oracle import assert_ids_valid, assert_matches_oracle
+
+from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU"),
+]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("num_experts", "topk"), [(128, 8), (64, 4), (256, 8), (60, 6), (1024, 16)]
+)
+@pytest.mark.parametrize("num_tokens", [1, 3, 127, 1000, 4097, 70001])
+def test_gpu_matches_oracle(dtype, num_experts, topk, num_tokens, gen):
+    logits = (torch.randn(num_tokens, num_experts, generator=gen) * 2).to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    weights, ids = gemma4_routing_triton(logits.cuda(), topk, scale.cuda())
+    assert_matches_oracle(weights.cpu(), ids.cpu(), logits, topk, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_ties_and_non_finite_rows(dtype, gen):
+    logits = (torch.randint(-3, 4, (3000, 128), generator=gen) * 0.5).to(dtype)
+    logits[::7, 5] = float("nan")
+    logits[::11] = float("nan")
+    logits[::13, 9] = float("inf")
+    logits[::17] = float("-inf")
+    weights, ids = gemma4_routing_triton(logits.cuda(), 8, None)
+    assert_ids_valid(ids.cpu(), 128)
+    ref_w, ref_ids = gemma4_routing_reference(logits, 8, None)
+    assert torch.equal(ids.cpu(), ref_ids)
+    torch.testing.assert_close(weights.cpu(), ref_w, equal_nan=True, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_random_bits_give_valid_ids(dtype, gen):
+    bits = torch.randint(-(2**31), 2**31, (20000, 128), generator=gen, dtype=torch.int64)
+    logits = (
+        bits.to(torch.int32).view(torch.float32)
+        if dtype == torch.float32
+        else (bits.to(torch.int16).view(dtype))
+    )
+    weights, ids = gemma4_routing_triton(logits.cuda(), 8, None)
+    assert_ids_valid(ids.cpu(), 128)
+    ref_w, ref_ids = gemma4_routing_reference(logits, 8, None)
+    assert torch.equal(ids.cpu(), ref_ids)
+
+
+def test_gpu_same_row_same_result_in_every_bucket(gen):
+    logits = torch.randn(262144, 128, generator=gen).cuda()
+    full = gemma4_routing_triton(logits, 8, None)
+    for count in (1, 5, 900, 5000, 40000):
+        part = gemma4_routing_triton(logits[:count], 8, None)
+        assert torch.equal(part[1], full[1][:count]) and torch.equal(part[0], full[0][:count])
+
+
+def test_gpu_cuda_graph_replay_matches_eager(gen):
+    logits = torch.randn(512, 128, generator=gen).cuda()
+    scale = (torch.rand(128, generator=gen) + 0.5).cuda()
+    weights = torch.empty(512, 8, device="cuda")
+    ids = torch.empty(512, 8, device="cuda", dtype=torch.int32)
+    gemma4_routing_triton(logits, 8, scale, topk_weights=weights, topk_ids=ids)  # compile
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gemma4_routing_triton(logits, 8, scale, topk_weights=weights, topk_ids=ids)
+    for _ in range(3):
+        logits.copy_(torch.randn(512, 128, generator=gen))
+        weights.fill_(float("nan"))
+        ids.fill_(-1)
+        graph.replay()
+        eager = gemma4_routing_triton(logits, 8, scale)
+        assert torch.equal(ids, eager[1]) and torch.equal(weights, eager[0])
