@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || {
   echo "ruff format would change files: run '.venv/bin/ruff format .'"; exit 1; }
-exec .venv/bin/python -m pytest -q -ra --durations=10 tests "$@"
+# GPU-only tests (marker "gpu") run on the GPU job, not here.
+exec .venv/bin/python -m pytest -q -ra --durations=10 -m "not gpu" tests "$@"

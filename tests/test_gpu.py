@@ -20,6 +20,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 )
 @pytest.mark.parametrize("num_tokens", [1, 3, 127, 1000, 4097, 70001])
 def test_gpu_matches_oracle(dtype, num_experts, topk, num_tokens, gen):
+    num_tokens = min(num_tokens, 2**22 // num_experts)  # keeps the CPU oracle quick
     logits = (torch.randn(num_tokens, num_experts, generator=gen) * 2).to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
     weights, ids = gemma4_routing_triton(logits.cuda(), topk, scale.cuda())
@@ -52,6 +53,7 @@ def test_gpu_random_bits_give_valid_ids(dtype, gen):
     assert_ids_valid(ids.cpu(), 128)
     ref_w, ref_ids = gemma4_routing_reference(logits, 8, None)
     assert torch.equal(ids.cpu(), ref_ids)
+    torch.testing.assert_close(weights.cpu(), ref_w, equal_nan=True, rtol=1e-5, atol=1e-6)
 
 
 def test_gpu_same_row_same_result_in_every_bucket(gen):
