@@ -1,4 +1,4 @@
-"""Test-wide setup: Triton kernels run under the interpreter on CPU tensors.
+"""Test-wide setup: without a GPU, Triton kernels run under the interpreter on CPU tensors.
 
 TRITON_INTERPRET must be set before triton.jit decorates the kernel, i.e.
 before the package's kernel module is imported, hence here.
@@ -6,10 +6,11 @@ before the package's kernel module is imported, hence here.
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
