@@ -91,6 +91,14 @@ def _select_wide(
 
 
 @triton.jit
+def _chosen_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
+    """fp32 logit of each row's expert stored at ``slot_offset``; NaN read as -inf."""
+    expert = tl.load(id_ptrs + slot_offset, mask=row_ok, other=0)
+    logit = tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0).to(tl.float32)
+    return tl.where(logit != logit, float("-inf"), logit)
+
+
+@triton.jit
 def gemma4_routing_kernel(
     logits_ptr,
     scale_ptr,
@@ -156,26 +164,30 @@ def gemma4_routing_kernel(
                     ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
                 )
 
-    # Read the picks back as a [tokens, K] tile (this program just wrote them,
-    # the barrier makes every thread's stores visible) and the chosen logits
-    # with them (L1 hits): exact values whatever the key width.
+    # Read the picks back (this program just wrote them; the barrier makes
+    # every thread's stores visible) and gather the chosen logits with them
+    # (L1 hits): exact values whatever the key width.
     tl.debug_barrier()
+    row_logits = logits_ptr + rows64 * stride_logit_t
+    # Softmax over the K chosen logits equals softmax over all E followed by
+    # renormalisation over the K: the full-row denominator cancels. The sum is
+    # accumulated slot by slot, one token per lane, so its rounding does not
+    # depend on the launch shape: a token gets bitwise the same weights
+    # whatever batch (and launch-table bucket) it comes in.
+    top_max = _chosen_logit(row_logits, id_ptrs, 0, row_ok, stride_logit_e)
+    total = tl.zeros([TOKENS_PER_PROGRAM], dtype=tl.float32)
+    for slot in range(TOPK):
+        logit = _chosen_logit(row_logits, id_ptrs, slot * stride_id_k, row_ok, stride_logit_e)
+        total += tl.exp(logit - top_max)
+
     slots = tl.arange(0, BLOCK_K)
-    slot_ok = slots < TOPK
-    out_ok = row_ok[:, None] & slot_ok[None, :]
+    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
     top_ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
     top_logits = tl.load(
-        logits_ptr + rows64[:, None] * stride_logit_t + top_ids * stride_logit_e,
-        mask=out_ok,
-        other=float("-inf"),
+        row_logits[:, None] + top_ids * stride_logit_e, mask=out_ok, other=float("-inf")
     ).to(tl.float32)
     top_logits = tl.where(top_logits != top_logits, float("-inf"), top_logits)
-
-    # Softmax over the K chosen logits equals softmax over all E followed by
-    # renormalisation over the K: the full-row denominator cancels.
-    top_max = tl.max(top_logits, axis=1)
-    unnormalised = tl.where(out_ok, tl.exp(top_logits - top_max[:, None]), 0.0)
-    weights = unnormalised / tl.sum(unnormalised, axis=1)[:, None]
+    weights = tl.exp(top_logits - top_max[:, None]) / total[:, None]
 
     if HAS_SCALE:
         scale = tl.load(scale_ptr + top_ids * stride_scale, mask=out_ok, other=1.0)
