@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--shape", default="128x8", help="main E x K, full T sweep")
     parser.add_argument("--variant-shapes", default="64x4,64x6,256x8,128x6,128x4")
     parser.add_argument("--variant-tokens", default="1,16,256,4096,65536,262144")
-    parser.add_argument("--max-tokens", type=int, default=262144)
+    parser.add_argument("--max-tokens", type=int, default=262144, help="main shape; 0 skips it")
     parser.add_argument("--no-odd", action="store_true", help="skip the 2^t - 1 points")
     parser.add_argument(
         "--methods",
@@ -124,7 +124,7 @@ def main() -> None:
     if not args.no_odd:
         tokens = sorted(tokens + [t for t in TOKEN_COUNTS_ODD if t <= args.max_tokens])
     points = [(d, main_e, main_k, t) for d in args.dtypes.split(",") for t in tokens]
-    variant_tokens = [int(t) for t in args.variant_tokens.split(",") if int(t) <= args.max_tokens]
+    variant_tokens = [int(t) for t in args.variant_tokens.split(",")]
     for shape in filter(None, args.variant_shapes.split(",")):
         e, k = (int(v) for v in shape.split("x"))
         points += [(d, e, k, t) for d in ("float32", "bfloat16") for t in variant_tokens]
