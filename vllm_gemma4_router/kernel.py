@@ -37,35 +37,6 @@ _I64_MIN = tl.constexpr(-(2**63))
 
 
 @triton.jit
-def _decode(value_key):
-    """Inverse of the order-preserving float -> int map (exact when no bit was dropped)."""
-    bits = tl.where(value_key < 0, (-value_key) | _I32_MIN, value_key)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _chosen_logit(row_logits, expert, row_ok, stride_logit_e):
-    """fp32 logit of ``expert`` in each row, read back from memory (L1 hit); NaN as -inf."""
-    logit = tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0).to(tl.float32)
-    return tl.where(logit != logit, float("-inf"), logit)
-
-
-@triton.jit
-def _take_narrow(
-    keys, row_logits, row_ok, stride_logit_e, BLOCK_E: tl.constexpr, EXACT: tl.constexpr
-):
-    """One round over 32-bit keys: (keys without the winner, winner key, its id, its logit)."""
-    best = tl.max(keys, axis=1)
-    keys = tl.where(keys == best[:, None], _I32_MIN, keys)
-    expert = (BLOCK_E - 1) - (best & (BLOCK_E - 1))
-    if EXACT:
-        logit = _decode(best & -BLOCK_E)
-    else:
-        logit = _chosen_logit(row_logits, expert, row_ok, stride_logit_e)
-    return keys, best, expert, logit
-
-
-@triton.jit
 def _select_narrow(
     ordered,
     expert_ok,
@@ -73,50 +44,29 @@ def _select_narrow(
     id_ptrs,
     row_ok,
     stride_id_k,
-    row_logits,
-    stride_logit_e,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
-    EXACT: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
-    """TOPK rounds over 32-bit keys. Stores the ids; returns the largest chosen logit,
-    the softmax denominator, and the rows whose pick may be inexact (EXACT=False)."""
+    """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact."""
     keys = (ordered & -BLOCK_E) | id_rank[None, :]
     keys = tl.where(expert_ok[None, :], keys, _I32_MIN)
-    keys, best, expert, top_max = _take_narrow(
-        keys, row_logits, row_ok, stride_logit_e, BLOCK_E, EXACT
-    )
-    tl.store(id_ptrs, expert, mask=row_ok)
-    # Accumulated slot by slot, one token per lane: the rounding does not depend
-    # on the launch shape, so a token's weights are bitwise the same in any batch.
-    total = tl.exp(top_max - top_max)
     # Two picks in one truncated-value bucket may be out of exact order.
-    previous = best & -BLOCK_E
-    clash = previous != previous
-    for slot in range(1, TOPK):
-        keys, best, expert, logit = _take_narrow(
-            keys, row_logits, row_ok, stride_logit_e, BLOCK_E, EXACT
-        )
-        # Each id goes straight to memory: collecting the K picks in a register
-        # tile would cost every lane of a row K selects a round.
-        tl.store(id_ptrs + slot * stride_id_k, expert, mask=row_ok)
-        total += tl.exp(logit - top_max)
+    clash = tl.zeros([TOKENS], dtype=tl.int1)
+    previous = tl.full([TOKENS], _I32_MIN, dtype=tl.int32)
+    for slot in range(TOPK):
+        best = tl.max(keys, axis=1)
+        keys = tl.where(keys == best[:, None], _I32_MIN, keys)
+        # Each round's id goes straight to memory: collecting the K picks in a
+        # [TOKENS, K] register tile would cost every lane of a row K selects a round.
+        tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
         value = best & -BLOCK_E
         clash = clash | (value == previous)
         previous = value
     # The best key left out must not share the last pick's bucket either
     # (E == K leaves only removed keys, whose bucket no real value has).
     runner_up = tl.max(keys, axis=1) & -BLOCK_E
-    return top_max, total, clash | (runner_up == previous)
-
-
-@triton.jit
-def _take_wide(keys, BLOCK_E: tl.constexpr):
-    """One round over 64-bit keys: (keys without the winner, its id, its exact logit)."""
-    best = tl.max(keys, axis=1)
-    keys = tl.where(keys == best[:, None], _I64_MIN, keys)
-    expert = (BLOCK_E - 1) - (best & (BLOCK_E - 1)).to(tl.int32)
-    return keys, expert, _decode((best >> 32).to(tl.int32))
+    return clash | (runner_up == previous)
 
 
 @triton.jit
@@ -130,18 +80,22 @@ def _select_wide(
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
-    """TOPK rounds over 64-bit keys (exact for any fp32 input). Stores the ids;
-    returns the largest chosen logit and the softmax denominator."""
+    """TOPK rounds over 64-bit keys (exact for any fp32 input); stores the ids."""
     keys = (ordered.to(tl.int64) << 32) | id_rank.to(tl.int64)[None, :]
     keys = tl.where(expert_ok[None, :], keys, _I64_MIN)
-    keys, expert, top_max = _take_wide(keys, BLOCK_E)
-    tl.store(id_ptrs, expert, mask=row_ok)
-    total = tl.exp(top_max - top_max)
-    for slot in range(1, TOPK):
-        keys, expert, logit = _take_wide(keys, BLOCK_E)
-        tl.store(id_ptrs + slot * stride_id_k, expert, mask=row_ok)
-        total += tl.exp(logit - top_max)
-    return top_max, total
+    for slot in range(TOPK):
+        best = tl.max(keys, axis=1)
+        keys = tl.where(keys == best[:, None], _I64_MIN, keys)
+        rank = (best & (BLOCK_E - 1)).to(tl.int32)
+        tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - rank, mask=row_ok)
+
+
+@triton.jit
+def _chosen_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
+    """fp32 logit of each row's expert stored at ``slot_offset``; NaN read as -inf."""
+    expert = tl.load(id_ptrs + slot_offset, mask=row_ok, other=0)
+    logit = tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0).to(tl.float32)
+    return tl.where(logit != logit, float("-inf"), logit)
 
 
 @triton.jit
@@ -187,39 +141,45 @@ def gemma4_routing_kernel(
     ordered = tl.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
     id_rank = (BLOCK_E - 1) - experts
     id_ptrs = ids_ptr + rows64 * stride_id_t
-    row_logits = logits_ptr + rows64 * stride_logit_t
 
     if KEY_MODE == WIDE:
-        top_max, total = _select_wide(
-            ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
-        )
+        _select_wide(ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
     else:
-        top_max, total, clash = _select_narrow(
+        clash = _select_narrow(
             ordered,
             expert_ok,
             id_rank,
             id_ptrs,
             row_ok,
             stride_id_k,
-            row_logits,
-            stride_logit_e,
             TOPK,
             BLOCK_E,
-            KEY_MODE == NARROW,
+            TOKENS_PER_PROGRAM,
         )
         # Kept apart: the constexpr test must not reach the runtime branch.
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
                 tl.debug_barrier()  # the narrow pass's id stores land first
-                top_max, total = _select_wide(
+                _select_wide(
                     ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
                 )
 
-    # Softmax over the K chosen logits equals softmax over all E followed by
-    # renormalisation over the K: the full-row denominator cancels. Read the
-    # picks back as a tile (this program just wrote them; the barrier makes
-    # every thread's stores visible) with their logits (L1 hits).
+    # Read the picks back (this program just wrote them; the barrier makes
+    # every thread's stores visible) and gather the chosen logits with them
+    # (L1 hits): exact values whatever the key width.
     tl.debug_barrier()
+    row_logits = logits_ptr + rows64 * stride_logit_t
+    # Softmax over the K chosen logits equals softmax over all E followed by
+    # renormalisation over the K: the full-row denominator cancels. The sum is
+    # accumulated slot by slot, one token per lane, so its rounding does not
+    # depend on the launch shape: a token gets bitwise the same weights
+    # whatever batch (and launch-table bucket) it comes in.
+    top_max = _chosen_logit(row_logits, id_ptrs, 0, row_ok, stride_logit_e)
+    total = tl.zeros([TOKENS_PER_PROGRAM], dtype=tl.float32)
+    for slot in range(TOPK):
+        logit = _chosen_logit(row_logits, id_ptrs, slot * stride_id_k, row_ok, stride_logit_e)
+        total += tl.exp(logit - top_max)
+
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
     top_ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
