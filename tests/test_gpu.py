@@ -80,3 +80,18 @@ def test_gpu_cuda_graph_replay_matches_eager(gen):
         graph.replay()
         eager = gemma4_routing_triton(logits, 8, scale)
         assert torch.equal(ids, eager[1]) and torch.equal(weights, eager[0])
+
+
+def test_gpu_inductor_fullgraph_compile_matches_eager(gen):
+    from vllm_gemma4_router import torch_op  # noqa: F401  (registers the op)
+
+    def route(logits, scale):
+        weights, ids = torch.ops.vllm_gemma4_router.routing(logits.float() * 2.0, 8, scale)
+        return weights * 3.0, ids
+
+    compiled = torch.compile(route, fullgraph=True)
+    scale = (torch.rand(128, generator=gen) + 0.5).cuda()
+    for num_tokens in (3, 300):
+        logits = torch.randn(num_tokens, 128, generator=gen).cuda().to(torch.bfloat16)
+        got, want = compiled(logits, scale), route(logits, scale)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# GPU correctness run (CUDA machine, repo root): the GPU tests, the kernel matrix
+# and the torch.library tests on the GPU, then compute-sanitizer memcheck over a
+# representative subset (ties, NaN/Inf, random bits, CUDA graphs, bucket
+# independence). Logs go to $OUT (or ./gpu-checks) and a summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOGS=${OUT:-gpu-checks}
+mkdir -p "$LOGS"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PYTEST=(python3 -m pytest -q -p no:cacheprovider)
+
+"${PYTEST[@]}" tests/test_gpu.py tests/test_kernel_matrix.py tests/test_torch_op.py \
+  > "$LOGS/gpu_pytest.log" 2>&1
+suite=$?
+compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
+  "${PYTEST[@]}" tests/test_gpu.py -k "ties or random_bits or cuda_graph or bucket" \
+  > "$LOGS/memcheck.log" 2>&1
+memcheck=$?
+echo "== GPU suite (exit $suite): $(tail -1 "$LOGS/gpu_pytest.log")"
+echo "== memcheck (exit $memcheck): $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -1)"
+echo "   tests under memcheck: $(grep -E 'passed|failed' "$LOGS/memcheck.log" | tail -1)"
+[[ $suite -eq 0 && $memcheck -eq 0 ]]
