@@ -6,6 +6,8 @@ from oracle import assert_matches_oracle
 
 from vllm_gemma4_router import torch_op  # noqa: F401  (registers the op)
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _route_and_use(logits, scale):
     weights, ids = torch.ops.vllm_gemma4_router.routing(logits * 2.0, 8, scale)
@@ -16,13 +18,15 @@ def _route_and_use(logits, scale):
 def test_fullgraph_compile_traces_the_op_and_matches_eager(dtype, gen):
     torch._dynamo.reset()
     compiled = torch.compile(_route_and_use, fullgraph=True, backend="aot_eager", dynamic=True)
-    scale = torch.rand(128, generator=gen) + 0.5
+    scale = (torch.rand(128, generator=gen) + 0.5).to(DEVICE)
     for num_tokens in (5, 17):
-        logits = torch.randn(num_tokens, 128, generator=gen).to(dtype)
+        logits = torch.randn(num_tokens, 128, generator=gen).to(dtype).to(DEVICE)
         got_w, got_ids = compiled(logits, scale)
         want_w, want_ids = _route_and_use(logits, scale)
         assert torch.equal(got_ids, want_ids) and torch.equal(got_w, want_w)
-        assert_matches_oracle(got_w / 3.0, got_ids - 1, logits * 2.0, 8, scale)
+        assert_matches_oracle(
+            got_w.cpu() / 3.0, got_ids.cpu() - 1, logits.cpu() * 2.0, 8, scale.cpu()
+        )
 
 
 def test_fake_impl_gives_shapes_and_dtypes_and_checks_inputs():
@@ -38,8 +42,8 @@ def test_fake_impl_gives_shapes_and_dtypes_and_checks_inputs():
 
 
 def test_opcheck(gen):
-    logits = torch.randn(6, 32, generator=gen)
-    scale = torch.rand(32, generator=gen) + 0.5
+    logits = torch.randn(6, 32, generator=gen).to(DEVICE)
+    scale = (torch.rand(32, generator=gen) + 0.5).to(DEVICE)
     torch.library.opcheck(
         torch.ops.vllm_gemma4_router.routing.default,
         (logits, 4, scale),
