@@ -209,3 +209,20 @@ def test_fp32_near_ties_defeat_unchecked_narrow_keys(gen):
     triton_routing.launch(logits, 8, None, weights, ids, LaunchConfig(8, 4), int(kernel.NARROW))
     _, ref_ids = oracle_fp64(logits, 8, None)
     assert (ids.numpy() != ref_ids).any(axis=1).sum() >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_huge_and_tiny_magnitudes(dtype, gen):
+    info = torch.finfo(dtype)
+    logits = torch.randn(12, 64, generator=gen)
+    logits[0] = logits[0].sign() * info.max * torch.rand(64, generator=gen)  # near overflow
+    logits[1] = logits[1] * info.tiny  # subnormal/tiny: many collapse onto ties
+    logits[2, :8] = info.max
+    logits[2, 8:] = -info.max
+    logits[3] = torch.where(torch.rand(64, generator=gen) < 0.5, info.max, info.tiny)
+    logits = logits.to(dtype)
+    scale = torch.rand(64, generator=gen) + 0.5
+    weights, ids = gemma4_routing_triton(logits, 8, scale)
+    assert_ids_valid(ids, 64)
+    assert_matches_oracle(weights, ids, logits, 8, scale)
+    assert bool(torch.isfinite(weights).all())

@@ -8,7 +8,10 @@ Provenance of ``_CUDA_TABLE``: ``benchmarks/sweep_launch_table.py --shapes
 1,2,4,8,16,32`` on an NVIDIA H100 80GB HBM3 (driver 580.159.04, torch
 2.11.0+cu130, triton 3.6.0), 2026-11-23; raw numbers in
 ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3.csv``. Each entry is the
-fastest (or within 2 % of it) CUDA-graph median at that point. ROCm and XPU
+fastest (or within 2 % of it) CUDA-graph median at that point. The sweep ran on
+the kernel as of commit "store each round's id directly"; the later
+slot-by-slot softmax sum adds the same per-token work to every shape, and
+``benchmarks/results/bench_kernel_*`` were measured with this table. ROCm and XPU
 reuse it until swept on their hardware (a ROCm "warp" is 64 lanes, so the same
 ``num_warps`` means twice the threads there).
 """
