@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 LOGS=${OUT:-gpu-checks}
 mkdir -p "$LOGS"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PYTEST=(python3 -m pytest -q -p no:cacheprovider)
+PYTHON=${PYTHON:-python3}
+PYTEST=("$PYTHON" -m pytest -q -p no:cacheprovider)
 
 "${PYTEST[@]}" tests/test_gpu.py tests/test_kernel_matrix.py tests/test_torch_op.py \
   > "$LOGS/gpu_pytest.log" 2>&1
