@@ -10,7 +10,6 @@ driver, versions and date.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -28,6 +27,7 @@ from common import (  # noqa: E402
     environment_stamp,
     rotating,
     routing_bytes,
+    write_stamped_csv,
 )
 from peer_kernels import load_sglang_router, load_vllm_router  # noqa: E402
 
@@ -214,11 +214,7 @@ def write_results(rows, stamp, copy_gbs, out: Path, tag: str, main_e: int, main_
     gpu = stamp.get("gpu", "gpu").replace(" ", "_")
     base = out / f"bench_kernel_{gpu}{('_' + tag) if tag else ''}"
     header = "# " + ", ".join(f"{k}={v}" for k, v in stamp.items())
-    with open(f"{base}.csv", "w", newline="") as f:
-        f.write(header + "\n")
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_stamped_csv(f"{base}.csv", stamp, rows)
 
     by = {(r["method"], r["dtype"], r["E"], r["K"], r["T"]): r for r in rows}
     lines = [

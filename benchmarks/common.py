@@ -87,3 +87,14 @@ def copy_bandwidth_gbs(num_bytes: int = 2**30) -> float:
 def routing_bytes(num_tokens: int, num_experts: int, topk: int, elt: int) -> int:
     """Fewest bytes routing must move: logits in, weights + ids out."""
     return num_tokens * num_experts * elt + num_tokens * topk * 8
+
+
+def write_stamped_csv(path, stamp: dict[str, str], rows: list[dict]) -> None:
+    """CSV whose first line is a '#' comment with the environment stamp."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        f.write("# " + ", ".join(f"{k}={v}" for k, v in stamp.items()) + "\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -10,14 +10,13 @@ benchmarks/bench_kernel.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_graph, environment_stamp, rotating  # noqa: E402
+from common import bench_graph, environment_stamp, rotating, write_stamped_csv  # noqa: E402
 
 from vllm_gemma4_router import gemma4_routing_reference, kernel  # noqa: E402
 from vllm_gemma4_router.launch_table import LaunchConfig  # noqa: E402
@@ -124,11 +123,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     gpu = stamp.get("gpu", "cpu").replace(" ", "_")
     path = out / f"launch_sweep_{gpu}.csv"
-    with path.open("w", newline="") as f:
-        f.write("# " + ", ".join(f"{k}={v}" for k, v in stamp.items()) + "\n")
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_stamped_csv(path, stamp, rows)
     print(f"wrote {path} ({len(rows)} rows)")
 
 
