@@ -153,3 +153,26 @@ def test_unknown_layout_warns_once_and_changes_nothing(what, members):
     assert len(records) == 1 and "unrecognised Gemma4 code" in records[0].getMessage(), what
     after = {name: dict(vars(value)) for name, value in members.items() if isinstance(value, type)}
     assert before == after
+
+
+def test_multimodal_gemma4_architectures_reuse_the_patched_text_model():
+    # gemma4_mm and gemma4_unified build their language model from gemma4's
+    # Gemma4ForCausalLM and define no routing of their own, so the patched
+    # classes serve them too. Read from source: importing them needs
+    # torchvision, which has no build for this CPU torch.
+    import ast
+    import importlib.util
+
+    for name in ("gemma4_mm", "gemma4_unified"):
+        spec = importlib.util.find_spec(f"vllm.model_executor.models.{name}")
+        tree = ast.parse(Path(spec.origin).read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module == "vllm.model_executor.models.gemma4"
+            for alias in node.names
+        }
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        assert "Gemma4ForCausalLM" in imported, name
+        assert not defined & {"Gemma4Router", "Gemma4MoE", "routing_function"}, name
