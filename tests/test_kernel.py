@@ -157,7 +157,7 @@ def _near_ties(logits: torch.Tensor, rows: range, gen: torch.Generator) -> torch
     for row in rows:
         top = float(out[row].max())
         cols = torch.randperm(out.shape[1], generator=gen)[:12]
-        ulps = torch.randint(-200, 200, (12,), generator=gen)
+        ulps = torch.randint(-200, 200, (len(cols),), generator=gen)
         base = torch.tensor(top, dtype=torch.float32)
         for col, ulp in zip(cols.tolist(), ulps.tolist(), strict=True):
             value = base
@@ -226,3 +226,20 @@ def test_kernel_huge_and_tiny_magnitudes(dtype, gen):
     assert_ids_valid(ids, 64)
     assert_matches_oracle(weights, ids, logits, 8, scale)
     assert bool(torch.isfinite(weights).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (60, 6), (16, 8), (8, 8)])
+def test_kernel_sorted_selection_matches_oracle(dtype, num_experts, topk, gen):
+    # The tl.topk selection path (LaunchConfig.sort_select), incl. ties, near ties
+    # (fp32 fallback) and K too large for it (falls back to rounds).
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = _near_ties(torch.randn(16, num_experts, generator=gen), range(0, 16, 3), gen)
+    logits[1::4] = (logits[1::4] * 2).round() / 2
+    logits = logits.to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    weights = torch.full((16, topk), float("nan"))
+    ids = torch.full((16, topk), -1, dtype=torch.int32)
+    triton_routing.launch(logits, topk, scale, weights, ids, LaunchConfig(4, 1, True))
+    assert_matches_oracle(weights, ids, logits, topk, scale)

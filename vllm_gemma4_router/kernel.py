@@ -70,6 +70,37 @@ def _select_narrow(
 
 
 @triton.jit
+def _select_narrow_sorted(
+    ordered,
+    expert_ok,
+    id_rank,
+    id_ptrs,
+    row_ok,
+    stride_id_k,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    SORT_K: tl.constexpr,
+):
+    """Same contract as _select_narrow, by one bitonic top-SORT_K of the 32-bit keys
+    (SORT_K = next power of two >= K, >= K+1 when the runner-up is needed)."""
+    keys = (ordered & -BLOCK_E) | id_rank[None, :]
+    keys = tl.where(expert_ok[None, :], keys, _I32_MIN)
+    top = tl.topk(keys, SORT_K)  # largest first
+    slots = tl.arange(0, SORT_K)
+    tl.store(
+        id_ptrs[:, None] + slots[None, :] * stride_id_k,
+        (BLOCK_E - 1) - (top & (BLOCK_E - 1)),
+        mask=row_ok[:, None] & (slots < TOPK)[None, :],
+    )
+    # Inexact only if two of the K picks and the runner-up share a bucket.
+    bucket = top & -BLOCK_E
+    counted = slots <= TOPK
+    pair = (slots[:, None] != slots[None, :]) & counted[:, None] & counted[None, :]
+    same = (bucket[:, :, None] == bucket[:, None, :]) & pair[None, :, :]
+    return tl.max(tl.max(same.to(tl.int32), axis=2), axis=1) != 0
+
+
+@triton.jit
 def _select_wide(
     ordered,
     expert_ok,
@@ -119,6 +150,7 @@ def gemma4_routing_kernel(
     TOKENS_PER_PROGRAM: tl.constexpr,
     KEY_MODE: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SORT_K: tl.constexpr = 0,
 ):
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
@@ -145,17 +177,22 @@ def gemma4_routing_kernel(
     if KEY_MODE == WIDE:
         _select_wide(ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
     else:
-        clash = _select_narrow(
-            ordered,
-            expert_ok,
-            id_rank,
-            id_ptrs,
-            row_ok,
-            stride_id_k,
-            TOPK,
-            BLOCK_E,
-            TOKENS_PER_PROGRAM,
-        )
+        if SORT_K > 0:
+            clash = _select_narrow_sorted(
+                ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K
+            )
+        else:
+            clash = _select_narrow(
+                ordered,
+                expert_ok,
+                id_rank,
+                id_ptrs,
+                row_ok,
+                stride_id_k,
+                TOPK,
+                BLOCK_E,
+                TOKENS_PER_PROGRAM,
+            )
         # Kept apart: the constexpr test must not reach the runtime branch.
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:

@@ -27,6 +27,8 @@ class LaunchConfig:
 
     tokens_per_program: int
     num_warps: int
+    #: select by one bitonic top-k (tl.topk) instead of K max-reduction rounds
+    sort_select: bool = False
 
 
 #: Largest number of experts one program holds in a tile row.

@@ -101,6 +101,15 @@ def launch(
     """Launch the kernel on checked arguments with an explicit shape (sweeps call this)."""
     num_tokens, num_experts = gating_output.shape
     has_scale = per_expert_scale is not None
+    block_e = 1 << (num_experts - 1).bit_length()
+    key_mode = key_mode_for(gating_output.dtype) if key_mode is None else key_mode
+    sort_k = 0
+    if config.sort_select and key_mode != int(_kernel.WIDE):
+        # the checked fp32 path also needs the runner-up
+        wanted = topk + (key_mode == int(_kernel.NARROW_CHECKED))
+        sort_k = 1 << (wanted - 1).bit_length()
+        if sort_k > block_e:
+            sort_k = 0  # too few experts for a top-k that size: rounds
     grid = (triton_cdiv(num_tokens, config.tokens_per_program),)
     gemma4_routing_kernel[grid](
         gating_output,
@@ -117,11 +126,12 @@ def launch(
         topk_ids.stride(0),
         topk_ids.stride(1),
         TOPK=topk,
-        BLOCK_E=1 << (num_experts - 1).bit_length(),
+        BLOCK_E=block_e,
         BLOCK_K=1 << (topk - 1).bit_length(),
         TOKENS_PER_PROGRAM=config.tokens_per_program,
-        KEY_MODE=key_mode_for(gating_output.dtype) if key_mode is None else key_mode,
+        KEY_MODE=key_mode,
         HAS_SCALE=has_scale,
+        SORT_K=sort_k,
         num_warps=config.num_warps,
     )
 
