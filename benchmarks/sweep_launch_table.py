@@ -43,8 +43,8 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
     out_w = torch.empty(num_tokens, topk, device="cuda")
     out_ids = torch.empty(num_tokens, topk, device="cuda", dtype=torch.int32)
     rows = []
-    for tpp, warps, mode in candidates:
-        config = LaunchConfig(tpp, warps)
+    for tpp, warps, mode, sort_select in candidates:
+        config = LaunchConfig(tpp, warps, sort_select)
 
         def run(config=config, mode=mode):
             (logits,) = next_logits()
@@ -65,6 +65,7 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
                 tokens_per_program=tpp,
                 num_warps=warps,
                 keys=mode,
+                select="topk" if sort_select else "rounds",
                 correct=ok,
                 us=round(us, 3),
             )
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--warps", default="1,2,4,8")
     parser.add_argument("--max-tile", type=int, default=8192, help="max logits per program")
     parser.add_argument("--rep-ms", type=int, default=25)
+    parser.add_argument("--selects", default="rounds,topk", help="K max rounds and/or one tl.topk")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -101,6 +103,8 @@ def main() -> None:
                     for warps in (int(v) for v in args.warps.split(","))
                     if warps * 32 <= tpp * block_e
                     for mode in modes
+                    for sort_select in (s == "topk" for s in args.selects.split(","))
+                    if not (sort_select and mode == "wide")
                 ]
                 point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
                 rows += point
@@ -109,7 +113,7 @@ def main() -> None:
                 best = min(good, key=lambda r: r["us"]) if good else None
                 summary = (
                     f"tpp={best['tokens_per_program']:3d} warps={best['num_warps']} "
-                    f"keys={best['keys']:8s} {best['us']:9.2f} us"
+                    f"keys={best['keys']:8s} {best['select']:6s} {best['us']:9.2f} us"
                     if best
                     else "NONE"
                 )
