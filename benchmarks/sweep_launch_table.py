@@ -97,7 +97,7 @@ def main() -> None:
             block_e = 1 << (num_experts - 1).bit_length()
             for num_tokens in (int(t) for t in args.tokens.split(",")):
                 candidates = [
-                    (tpp, warps, mode)
+                    (tpp, warps, mode, sort_select)
                     for tpp in (int(v) for v in args.tokens_per_program.split(","))
                     if tpp <= max(1, num_tokens) * 2 and tpp * block_e <= args.max_tile
                     for warps in (int(v) for v in args.warps.split(","))
