@@ -88,6 +88,9 @@ def main() -> None:
 
     stamp = environment_stamp()
     print(stamp, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"launch_sweep_{stamp.get('gpu', 'cpu').replace(' ', '_')}.csv"
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -108,6 +111,8 @@ def main() -> None:
                 ]
                 point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
                 rows += point
+                # Rewritten after every point: a run cut off by its limit keeps what it measured.
+                write_stamped_csv(path, stamp, rows)
                 good = [r for r in point if r["correct"]]
                 bad = len(point) - len(good)
                 best = min(good, key=lambda r: r["us"]) if good else None
@@ -123,11 +128,6 @@ def main() -> None:
                     flush=True,
                 )
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = stamp.get("gpu", "cpu").replace(" ", "_")
-    path = out / f"launch_sweep_{gpu}.csv"
-    write_stamped_csv(path, stamp, rows)
     print(f"wrote {path} ({len(rows)} rows)")
 
 
