@@ -18,6 +18,7 @@ reuse it until swept on their hardware (a ROCm "warp" is 64 lanes, so the same
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -66,7 +67,11 @@ def pick_launch_config(
     if platform == "interpreter":
         tokens = max(1, min(_INTERPRETER_TILE // block_e, 128, num_tokens))
         return LaunchConfig(1 << (tokens - 1).bit_length(), 4)
-    bucket = _bucket(num_tokens)
+    return _table_entry(_bucket(num_tokens), block_e, fp32_logits)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_entry(bucket: int, block_e: int, fp32_logits: bool) -> LaunchConfig:
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
         tokens, warps = _CUDA_TABLE[(fp32_logits, 64)][bucket]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -101,15 +102,8 @@ def launch(
     """Launch the kernel on checked arguments with an explicit shape (sweeps call this)."""
     num_tokens, num_experts = gating_output.shape
     has_scale = per_expert_scale is not None
-    block_e = 1 << (num_experts - 1).bit_length()
-    key_mode = key_mode_for(gating_output.dtype) if key_mode is None else key_mode
-    sort_k = 0
-    if config.sort_select and key_mode != int(_kernel.WIDE):
-        # the checked fp32 path also needs the runner-up
-        wanted = topk + (key_mode == int(_kernel.NARROW_CHECKED))
-        sort_k = 1 << (wanted - 1).bit_length()
-        if sort_k > block_e:
-            sort_k = 0  # too few experts for a top-k that size: rounds
+    if key_mode is None:
+        key_mode = key_mode_for(gating_output.dtype)
     grid = (triton_cdiv(num_tokens, config.tokens_per_program),)
     gemma4_routing_kernel[grid](
         gating_output,
@@ -118,13 +112,28 @@ def launch(
         topk_ids,
         num_tokens,
         num_experts,
-        gating_output.stride(0),
-        gating_output.stride(1),
+        *gating_output.stride(),
         per_expert_scale.stride(0) if has_scale else 0,
-        topk_weights.stride(0),
-        topk_weights.stride(1),
-        topk_ids.stride(0),
-        topk_ids.stride(1),
+        *topk_weights.stride(),
+        *topk_ids.stride(),
+        **_compile_time_args(topk, num_experts, config, key_mode, has_scale),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_time_args(
+    topk: int, num_experts: int, config: LaunchConfig, key_mode: int, has_scale: bool
+) -> dict[str, int | bool]:
+    # Cached: this runs on every call, and the answer depends only on the shape class.
+    block_e = 1 << (num_experts - 1).bit_length()
+    sort_k = 0
+    if config.sort_select and key_mode != int(_kernel.WIDE):
+        # the checked fp32 path also needs the runner-up
+        wanted = topk + (key_mode == int(_kernel.NARROW_CHECKED))
+        sort_k = 1 << (wanted - 1).bit_length()
+        if sort_k > block_e:
+            sort_k = 0  # too few experts for a top-k that size: rounds
+    return dict(
         TOPK=topk,
         BLOCK_E=block_e,
         BLOCK_K=1 << (topk - 1).bit_length(),
