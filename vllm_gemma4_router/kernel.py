@@ -37,10 +37,15 @@ _I64_MIN = tl.constexpr(-(2**63))
 
 
 @triton.jit
+def _narrow_keys(ordered, expert_ok, id_rank, BLOCK_E: tl.constexpr):
+    """32-bit keys: value bits above log2(BLOCK_E), the id rank below; padding lowest."""
+    keys = (ordered & -BLOCK_E) | id_rank[None, :]
+    return tl.where(expert_ok[None, :], keys, _I32_MIN)
+
+
+@triton.jit
 def _select_narrow(
-    ordered,
-    expert_ok,
-    id_rank,
+    keys,
     id_ptrs,
     row_ok,
     stride_id_k,
@@ -49,8 +54,6 @@ def _select_narrow(
     TOKENS: tl.constexpr,
 ):
     """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact."""
-    keys = (ordered & -BLOCK_E) | id_rank[None, :]
-    keys = tl.where(expert_ok[None, :], keys, _I32_MIN)
     # Two picks in one truncated-value bucket may be out of exact order.
     clash = tl.zeros([TOKENS], dtype=tl.int1)
     previous = tl.full([TOKENS], _I32_MIN, dtype=tl.int32)
@@ -71,9 +74,7 @@ def _select_narrow(
 
 @triton.jit
 def _select_narrow_sorted(
-    ordered,
-    expert_ok,
-    id_rank,
+    keys,
     id_ptrs,
     row_ok,
     stride_id_k,
@@ -83,8 +84,6 @@ def _select_narrow_sorted(
 ):
     """Same contract as _select_narrow, by one bitonic top-SORT_K of the 32-bit keys
     (SORT_K = next power of two >= K, >= K+1 when the runner-up is needed)."""
-    keys = (ordered & -BLOCK_E) | id_rank[None, :]
-    keys = tl.where(expert_ok[None, :], keys, _I32_MIN)
     top = tl.topk(keys, SORT_K)  # largest first
     slots = tl.arange(0, SORT_K)
     tl.store(
@@ -177,21 +176,12 @@ def gemma4_routing_kernel(
     if KEY_MODE == WIDE:
         _select_wide(ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
     else:
+        keys = _narrow_keys(ordered, expert_ok, id_rank, BLOCK_E)
         if SORT_K > 0:
-            clash = _select_narrow_sorted(
-                ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K
-            )
+            clash = _select_narrow_sorted(keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K)
         else:
             clash = _select_narrow(
-                ordered,
-                expert_ok,
-                id_rank,
-                id_ptrs,
-                row_ok,
-                stride_id_k,
-                TOPK,
-                BLOCK_E,
-                TOKENS_PER_PROGRAM,
+                keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, TOKENS_PER_PROGRAM
             )
         # Kept apart: the constexpr test must not reach the runtime branch.
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102

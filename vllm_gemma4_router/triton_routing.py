@@ -104,7 +104,7 @@ def launch(
     has_scale = per_expert_scale is not None
     if key_mode is None:
         key_mode = key_mode_for(gating_output.dtype)
-    grid = (triton_cdiv(num_tokens, config.tokens_per_program),)
+    grid = (_cdiv(num_tokens, config.tokens_per_program),)
     gemma4_routing_kernel[grid](
         gating_output,
         per_expert_scale if has_scale else topk_weights,
@@ -145,5 +145,5 @@ def _compile_time_args(
     )
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
