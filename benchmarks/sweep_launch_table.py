@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--max-tile", type=int, default=8192, help="max logits per program")
     parser.add_argument("--rep-ms", type=int, default=25)
     parser.add_argument("--selects", default="rounds,topk", help="K max rounds and/or one tl.topk")
+    parser.add_argument("--fp32-keys", default="checked,wide", help="key modes for fp32 logits")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -94,7 +95,7 @@ def main() -> None:
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
-        modes = ["checked", "wide"] if dtype == torch.float32 else ["narrow"]
+        modes = args.fp32_keys.split(",") if dtype == torch.float32 else ["narrow"]
         for shape in args.shapes.split(","):
             num_experts, topk = (int(v) for v in shape.split("x"))
             block_e = 1 << (num_experts - 1).bit_length()

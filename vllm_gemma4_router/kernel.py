@@ -11,8 +11,9 @@ whatever bits the logits hold.
 Key modes (``KEY_MODE``):
 
 * ``NARROW`` - 32-bit keys, the id in the low ``log2(BLOCK_E)`` bits. Exact for
-  bf16/fp16 logits: widened to fp32 they have at least 13 zero low mantissa
-  bits, so no value bit is lost.
+  bf16/fp16 logits: widened to fp32 they have at least 13 low mantissa bits
+  that are all zero (all one once negatives are flipped into order), so no
+  value bit is lost.
 * ``WIDE`` - 64-bit keys: all 32 value bits above the id. Exact for fp32, but
   about 2.5x slower than checked narrow keys (H100 sweep, 2026-11-23).
 * ``NARROW_CHECKED`` - for fp32: narrow keys, whose order can differ from the
@@ -32,15 +33,26 @@ NARROW = tl.constexpr(0)
 WIDE = tl.constexpr(1)
 NARROW_CHECKED = tl.constexpr(2)
 
-_I32_MIN = tl.constexpr(-(2**31))
 _I64_MIN = tl.constexpr(-(2**63))
 
 
 @triton.jit
-def _narrow_keys(ordered, expert_ok, id_rank, BLOCK_E: tl.constexpr):
-    """32-bit keys: value bits above log2(BLOCK_E), the id rank below; padding lowest."""
-    keys = (ordered & -BLOCK_E) | id_rank[None, :]
-    return tl.where(expert_ok[None, :], keys, _I32_MIN)
+def _as_fp32(raw):
+    """fp32 value of loaded logits. bf16 is widened through its bits: exact for
+    every value, and the interpreter's own bf16 conversion gets subnormals wrong."""
+    if raw.dtype == tl.bfloat16:
+        return (raw.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return raw.to(tl.float32)
+
+
+@triton.jit
+def _narrow_keys(ordered, id_rank, BLOCK_E: tl.constexpr):
+    """32-bit keys: value bits above log2(BLOCK_E), the id rank below.
+
+    Padding columns hold -inf and the lowest id ranks, so they rank below every
+    real expert (K <= E keeps them out of the picks) without a select."""
+    return (ordered & -BLOCK_E) | id_rank[None, :]
 
 
 @triton.jit
@@ -49,17 +61,31 @@ def _select_narrow(
     id_ptrs,
     row_ok,
     stride_id_k,
+    num_experts,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
     TOKENS: tl.constexpr,
 ):
-    """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact."""
+    """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact.
+
+    Keys are unique per row, so round r+1 wants the largest key below round r's
+    pick. With ``below = pick - 1``, the map ``key -> (below - key) mod 2**32``
+    sends the keys under the pick to [0, 2**31 + below] in reverse order and the
+    keys already picked above that range, so an unsigned min finds the next pick.
+    That is one subtract and one min per logit a round, and the keys stay
+    untouched: masking out each pick would cost a compare and a select more, and
+    the integer pipe is what bounds this kernel (Nsight Compute, H100, 2026-11-23).
+    """
+    keys_u = keys.to(tl.uint32, bitcast=True)
+    best = tl.max(keys, axis=1)
+    tl.store(id_ptrs, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
     # Two picks in one truncated-value bucket may be out of exact order.
     clash = tl.zeros([TOKENS], dtype=tl.int1)
-    previous = tl.full([TOKENS], _I32_MIN, dtype=tl.int32)
-    for slot in range(TOPK):
-        best = tl.max(keys, axis=1)
-        keys = tl.where(keys == best[:, None], _I32_MIN, keys)
+    previous = best & -BLOCK_E
+    for slot in range(1, TOPK):
+        below = (best - 1).to(tl.uint32, bitcast=True)
+        gap = tl.min(below[:, None] - keys_u, axis=1)
+        best = (below - gap).to(tl.int32, bitcast=True)
         # Each round's id goes straight to memory: collecting the K picks in a
         # [TOKENS, K] register tile would cost every lane of a row K selects a round.
         tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
@@ -67,9 +93,10 @@ def _select_narrow(
         clash = clash | (value == previous)
         previous = value
     # The best key left out must not share the last pick's bucket either
-    # (E == K leaves only removed keys, whose bucket no real value has).
-    runner_up = tl.max(keys, axis=1) & -BLOCK_E
-    return clash | (runner_up == previous)
+    # (with E == K no key is left out).
+    below = (best - 1).to(tl.uint32, bitcast=True)
+    runner_up = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+    return clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
 
 
 @triton.jit
@@ -102,7 +129,6 @@ def _select_narrow_sorted(
 @triton.jit
 def _select_wide(
     ordered,
-    expert_ok,
     id_rank,
     id_ptrs,
     row_ok,
@@ -112,7 +138,6 @@ def _select_wide(
 ):
     """TOPK rounds over 64-bit keys (exact for any fp32 input); stores the ids."""
     keys = (ordered.to(tl.int64) << 32) | id_rank.to(tl.int64)[None, :]
-    keys = tl.where(expert_ok[None, :], keys, _I64_MIN)
     for slot in range(TOPK):
         best = tl.max(keys, axis=1)
         keys = tl.where(keys == best[:, None], _I64_MIN, keys)
@@ -124,7 +149,7 @@ def _select_wide(
 def _chosen_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
     """fp32 logit of each row's expert stored at ``slot_offset``; NaN read as -inf."""
     expert = tl.load(id_ptrs + slot_offset, mask=row_ok, other=0)
-    logit = tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0).to(tl.float32)
+    logit = _as_fp32(tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0))
     return tl.where(logit != logit, float("-inf"), logit)
 
 
@@ -157,39 +182,41 @@ def gemma4_routing_kernel(
     experts = tl.arange(0, BLOCK_E)
     expert_ok = experts < num_experts
 
-    x = tl.load(
-        logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
-        mask=row_ok[:, None] & expert_ok[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    # NaN ranks as -inf; -0.0 becomes +0.0 so the two zeros tie (lowest id wins).
-    x = tl.where(x != x, float("-inf"), x)
-    x = tl.where(x == 0.0, 0.0, x)
-    # Sign-magnitude float bits -> two's-complement integer with the same order.
-    # Negating (instead of flipping bits) keeps zero low bits zero, which the
-    # narrow keys rely on; the map is its own inverse.
+    # Padding columns read -inf: with the lowest id ranks they rank below every real logit.
+    x = _as_fp32(
+        tl.load(
+            logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
+            mask=row_ok[:, None] & expert_ok[None, :],
+            other=float("-inf"),
+        )
+    )
+    # maxnum returns the non-NaN operand, so NaN ranks as -inf; adding +0.0
+    # turns -0.0 into +0.0 so the two zeros tie (lowest id wins). Two cheap
+    # float ops instead of two compare-and-selects on the integer pipe.
+    x = tl.maximum(x, float("-inf")) + 0.0
+    # Sign-magnitude float bits -> two's-complement integer with the same order
+    # (flip the magnitude bits of negatives). Narrow keys drop the low bits:
+    # for bf16/fp16 those are 0 for positives and 1 for negatives, no value bit.
     bits = x.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     id_rank = (BLOCK_E - 1) - experts
     id_ptrs = ids_ptr + rows64 * stride_id_t
 
     if KEY_MODE == WIDE:
-        _select_wide(ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
     else:
-        keys = _narrow_keys(ordered, expert_ok, id_rank, BLOCK_E)
+        keys = _narrow_keys(ordered, id_rank, BLOCK_E)
         if SORT_K > 0:
             clash = _select_narrow_sorted(keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K)
         else:
             clash = _select_narrow(
-                keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, TOKENS_PER_PROGRAM
+                keys, id_ptrs, row_ok, stride_id_k, num_experts, TOPK, BLOCK_E, TOKENS_PER_PROGRAM
             )
         # Kept apart: the constexpr test must not reach the runtime branch.
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
                 tl.debug_barrier()  # the narrow pass's id stores land first
-                _select_wide(
-                    ordered, expert_ok, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
-                )
+                _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
 
     # Read the picks back (this program just wrote them; the barrier makes
     # every thread's stores visible) and gather the chosen logits with them
@@ -210,15 +237,15 @@ def gemma4_routing_kernel(
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
     top_ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
-    top_logits = tl.load(
-        row_logits[:, None] + top_ids * stride_logit_e, mask=out_ok, other=float("-inf")
-    ).to(tl.float32)
+    top_logits = _as_fp32(
+        tl.load(row_logits[:, None] + top_ids * stride_logit_e, mask=out_ok, other=float("-inf"))
+    )
     top_logits = tl.where(top_logits != top_logits, float("-inf"), top_logits)
     weights = tl.exp(top_logits - top_max[:, None]) / total[:, None]
 
     if HAS_SCALE:
         scale = tl.load(scale_ptr + top_ids * stride_scale, mask=out_ok, other=1.0)
-        weights = weights * scale.to(tl.float32)
+        weights = weights * _as_fp32(scale)
     tl.store(
         weights_ptr + rows64[:, None] * stride_weight_t + slots[None, :] * stride_weight_k,
         weights,

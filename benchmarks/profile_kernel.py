@@ -1,0 +1,99 @@
+"""Launch one routing kernel a few times, for Nsight Compute, and time the host path.
+
+Profile (GPU machine, repo root)::
+
+    ncu --kernel-name regex:routing --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        python benchmarks/profile_kernel.py --dtype bfloat16 --tokens 262144
+
+``--impl`` picks ours, vllm or sglang (peer kernels from .cache/peer_kernels,
+see fetch_peer_kernels.sh). ``--host`` instead prints the eager host time per
+call at T=1, split into our wrapper, our bare launch and the peers' wrappers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vllm_gemma4_router import gemma4_routing_triton  # noqa: E402
+from vllm_gemma4_router.launch_table import pick_launch_config  # noqa: E402
+from vllm_gemma4_router.triton_routing import launch  # noqa: E402
+
+
+def per_call_us(fn, calls: int = 3000) -> float:
+    """Back-to-back eager calls: wall time per call once the GPU queue is warm."""
+    for _ in range(100):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def host_breakdown(num_experts: int, topk: int) -> None:
+    logits = torch.randn(1, num_experts, device="cuda")
+    scale = torch.rand(num_experts, device="cuda") + 0.5
+    weights = torch.empty(1, topk, device="cuda")
+    ids = torch.empty(1, topk, device="cuda", dtype=torch.int32)
+    config = pick_launch_config(1, 1 << (num_experts - 1).bit_length(), "cuda", True)
+    rows = {
+        "ours (wrapper, allocates outputs)": lambda: gemma4_routing_triton(logits, topk, scale),
+        "ours (wrapper, given outputs)": lambda: gemma4_routing_triton(
+            logits, topk, scale, topk_weights=weights, topk_ids=ids
+        ),
+        "ours (bare launch)": lambda: launch(logits, topk, scale, weights, ids, config),
+        "torch.empty x2": lambda: (
+            torch.empty(1, topk, device="cuda"),
+            torch.empty(1, topk, device="cuda", dtype=torch.int32),
+        ),
+    }
+    try:
+        from peer_kernels import load_sglang_router, load_vllm_router
+
+        for name, loader in (("vllm", load_vllm_router), ("sglang", load_sglang_router)):
+            fn = loader()[1]
+            rows[f"{name} (wrapper)"] = lambda fn=fn: fn(logits, topk, scale)
+    except Exception as exc:  # the peers are optional here
+        print(f"peer kernels not loaded: {exc}")
+    for name, fn in rows.items():
+        print(f"host us/call T=1  {name:38s} {per_call_us(fn):7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--tokens", type=int, default=262144)
+    parser.add_argument("--experts", type=int, default=128)
+    parser.add_argument("--topk", type=int, default=8)
+    parser.add_argument("--impl", default="ours")
+    parser.add_argument("--launches", type=int, default=5)
+    parser.add_argument("--host", action="store_true")
+    args = parser.parse_args()
+    if args.host:
+        host_breakdown(args.experts, args.topk)
+        return
+    logits = torch.randn(args.tokens, args.experts, device="cuda").to(getattr(torch, args.dtype))
+    scale = torch.rand(args.experts, device="cuda") + 0.5
+    if args.impl == "ours":
+        fn = gemma4_routing_triton
+    else:
+        import peer_kernels
+
+        fn = getattr(peer_kernels, f"load_{args.impl}_router")()[1]
+    for _ in range(args.launches):
+        fn(logits, args.topk, scale)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
