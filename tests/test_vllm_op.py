@@ -4,6 +4,8 @@ The platform is switched by patching vLLM's ``current_platform`` object, never
 the op. Triton paths run under TRITON_INTERPRET=1 on CPU tensors.
 """
 
+import logging
+
 import pytest
 import torch
 from oracle import assert_matches_oracle
@@ -12,7 +14,8 @@ from vllm.config.compilation import CompilationMode
 from vllm.platforms import PlatformEnum, current_platform
 
 import vllm_gemma4_router.triton_routing as triton_routing
-from vllm_gemma4_router.vllm_op import OP_NAME, Gemma4Routing
+import vllm_gemma4_router.vllm_op as vllm_op
+from vllm_gemma4_router.vllm_op import OP_NAME, Gemma4Routing, dispatch_summary
 
 
 class LaunchCounter:
@@ -111,3 +114,80 @@ def test_native_fallback_is_compiled_when_vllm_compiles(platform, custom_ops, mo
 def test_native_fallback_stays_eager_without_compilation(monkeypatch):
     op = _build_op(_vllm_config([], CompilationMode.NONE), PlatformEnum.CPU, monkeypatch)
     assert op._forward_method == op.forward_native
+
+
+class _Records(logging.Handler):
+    """Collects records of the plugin's logger for one test."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def plugin_log(monkeypatch):
+    monkeypatch.setattr(vllm_op, "_first_call_logged", False)
+    handler = _Records()
+    logger = logging.getLogger("vllm.gemma4_router")
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [(PlatformEnum.CUDA, "forward_cuda"), (PlatformEnum.CPU, "forward_native")],
+)
+def test_first_eager_call_logs_its_forward_once(platform, expected, monkeypatch, gen, plugin_log):
+    ops = [_build_op(_vllm_config(), platform, monkeypatch) for _ in range(2)]
+    assert all(op.dispatch == expected and not op.compiled for op in ops)
+    logits = torch.randn(5, 32, generator=gen)
+    with monkeypatch.context() as patch:
+        patch.setattr(current_platform, "_enum", platform)
+        for op in ops * 2:  # two layers, two steps: one line per process
+            op(logits, 4, None)
+    assert plugin_log == [
+        f"gemma4_routing: first call ran {expected} "
+        f"(platform {platform.name.lower()}, 5 tokens, 32 experts, top-4)"
+    ]
+
+
+def test_traced_call_neither_logs_nor_breaks_the_graph(monkeypatch, gen, plugin_log):
+    # vLLM compiles the CPU model with fullgraph Dynamo: the op's call-time log
+    # must vanish from the trace, not graph-break it.
+    op = _build_op(_vllm_config(), PlatformEnum.CPU, monkeypatch)
+    logits = torch.randn(6, 32, generator=gen)
+    scale = torch.rand(32, generator=gen) + 0.5
+    compiled = torch.compile(lambda x, s: op(x, 4, s), fullgraph=True, backend="eager")
+    assert_matches_oracle(*compiled(logits, scale), logits, 4, scale)
+    assert plugin_log == []
+    assert not vllm_op._first_call_logged
+
+
+def test_dispatch_summary_counts_layers_per_forward(monkeypatch):
+    cpu = [_build_op(_vllm_config(), PlatformEnum.CPU, monkeypatch) for _ in range(3)]
+    compiled = _build_op(
+        _vllm_config([], CompilationMode.VLLM_COMPILE), PlatformEnum.CPU, monkeypatch
+    )
+    assert compiled.compiled and compiled.dispatch == "forward_native"
+    with monkeypatch.context() as patch:
+        patch.setattr(current_platform, "_enum", PlatformEnum.CPU)
+        assert dispatch_summary([*cpu, compiled]) == [
+            "gemma4_routing: 3 layers dispatch to forward_native (platform cpu)",
+            "gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)",
+        ]
+        assert dispatch_summary([]) == [
+            "gemma4_routing: 0 layers (this model has no MoE routing; platform cpu)"
+        ]
+    cuda = [_build_op(_vllm_config(), PlatformEnum.CUDA, monkeypatch) for _ in range(2)]
+    with monkeypatch.context() as patch:
+        patch.setattr(current_platform, "_enum", PlatformEnum.CUDA)
+        assert dispatch_summary(cuda) == [
+            "gemma4_routing: 2 layers dispatch to forward_cuda (platform cuda)"
+        ]

@@ -32,6 +32,31 @@ logger = logging.getLogger("vllm.gemma4_router")
 _ROUTING_SIGNATURE = ["self", "hidden_states", "gating_output", "topk", "renormalize"]
 
 
+def _log_dispatch_after_build(module: ModuleType) -> None:
+    """Log, once the whole model is built, which forward its routing ops run.
+
+    Construction is the one moment every process passes through in Python:
+    once vLLM compiles the model (CPU) or captures CUDA graphs, a call-time
+    log may never run. Both layouts build through ``Gemma4ForCausalLM`` (the
+    multimodal architectures wrap it), so that is where the ops are counted.
+    """
+    model_cls = getattr(module, "Gemma4ForCausalLM", None)
+    if model_cls is None:
+        return
+    original_init = model_cls.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        from .vllm_op import Gemma4Routing, dispatch_summary
+
+        ops = [m for m in self.modules() if isinstance(m, Gemma4Routing)]
+        for line in dispatch_summary(ops):
+            logger.info(line)
+
+    model_cls.__init__ = __init__
+
+
 def _attach_op(owner) -> None:
     from .vllm_op import Gemma4Routing
 
@@ -135,6 +160,7 @@ def install(module: ModuleType) -> str | None:
     for name, matches, apply in _LAYOUTS:
         if matches(module):
             apply(module)
+            _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
             logger.info("vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op (%s)", name)
             return name

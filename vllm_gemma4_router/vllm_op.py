@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
 import torch
 from vllm.config import get_cached_compilation_config
 from vllm.model_executor.custom_op import CustomOp
+from vllm.platforms import current_platform
 
 from .reference import gemma4_routing_reference
 
 OP_NAME = "gemma4_routing"
+
+# A child of vLLM's "vllm" logger, so vLLM's logging config prints it in every
+# process (API server, engine core, workers) with the process prefix.
+logger = logging.getLogger("vllm.gemma4_router")
+
+# Once per process, not per layer: every layer's op runs the same forward.
+_first_call_logged = False
+
+
+def platform_name() -> str:
+    """vLLM's current platform as a short word: cuda, rocm, xpu, cpu, tpu, oot, unspecified."""
+    for name, check in (
+        ("rocm", current_platform.is_rocm),
+        ("cuda", current_platform.is_cuda),
+        ("xpu", current_platform.is_xpu),
+        ("cpu", current_platform.is_cpu),
+        ("tpu", current_platform.is_tpu),
+        ("oot", current_platform.is_out_of_tree),
+    ):
+        if check():
+            return name
+    return "unspecified"
 
 
 @CustomOp.register(OP_NAME)
@@ -33,6 +61,39 @@ class Gemma4Routing(CustomOp):
         # forward_native; compile it exactly like the disabled-op fallback.
         if self._forward_method in (self.forward_cpu, self.forward_tpu, self.forward_oot):
             self._forward_method = self.maybe_compile(self.forward_native)
+
+    @property
+    def dispatch(self) -> str:
+        """The forward this op runs: ``forward_native`` or a Triton one (``forward_cuda``...)."""
+        return inspect.unwrap(self._forward_method).__name__
+
+    @property
+    def compiled(self) -> bool:
+        """True when the forward is wrapped in ``torch.compile`` by the op itself."""
+        return inspect.unwrap(self._forward_method) is not self._forward_method
+
+    def forward(
+        self,
+        gating_output: torch.Tensor,
+        topk: int,
+        per_expert_scale: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Logged only where Python really runs per call (eager, or inside vLLM's
+        # opaque fused-MoE op on GPUs). While Dynamo traces (vLLM's model compile
+        # on CPU) is_compiling() is a constant True: the branch vanishes from the
+        # graph instead of breaking it, and the flag is not even read.
+        global _first_call_logged
+        if not torch.compiler.is_compiling() and not _first_call_logged:
+            _first_call_logged = True
+            logger.info(
+                "gemma4_routing: first call ran %s (platform %s, %d tokens, %d experts, top-%d)",
+                self.dispatch,
+                platform_name(),
+                gating_output.shape[0],
+                gating_output.shape[-1],
+                topk,
+            )
+        return self._forward_method(gating_output, topk, per_expert_scale)
 
     @classmethod
     def enabled(cls) -> bool:
@@ -64,3 +125,20 @@ class Gemma4Routing(CustomOp):
 
     def forward_xpu(self, gating_output, topk, per_expert_scale):
         return self.forward_cuda(gating_output, topk, per_expert_scale)
+
+
+def dispatch_summary(ops: Iterable[Gemma4Routing]) -> list[str]:
+    """One line per distinct forward among ``ops``, e.g.
+    ``gemma4_routing: 30 layers dispatch to forward_cuda (platform cuda)``.
+
+    A native forward that the op compiles itself says ``, torch.compile``.
+    """
+    counts = Counter((op.dispatch, op.compiled) for op in ops)
+    platform = platform_name()
+    if not counts:
+        return [f"gemma4_routing: 0 layers (this model has no MoE routing; platform {platform})"]
+    return [
+        f"gemma4_routing: {n} {'layer' if n == 1 else 'layers'} dispatch to {method} "
+        f"(platform {platform}{', torch.compile' if compiled else ''})"
+        for (method, compiled), n in sorted(counts.items())
+    ]
