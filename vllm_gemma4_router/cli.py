@@ -51,15 +51,39 @@ def selfcheck(num_tokens: int, num_experts: int, topk: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-gemma4-router", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("selfcheck", "compare the Triton kernel with the torch reference"),
-        ("demo", "self-check for now; the served end-to-end demo comes with the e2e work"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--tokens", type=int, default=64)
-        p.add_argument("--experts", type=int, default=128)
-        p.add_argument("--topk", type=int, default=8)
+    check = sub.add_parser("selfcheck", help="compare the Triton kernel with the torch reference")
+    check.add_argument("--tokens", type=int, default=64)
+    check.add_argument("--experts", type=int, default=128)
+    check.add_argument("--topk", type=int, default=8)
+    demo = sub.add_parser(
+        "demo",
+        help="serve a Gemma 4 MoE model with vLLM, with and without the plugin; PASS/FAIL",
+        description="Serve a Gemma 4 MoE model with a real vLLM OpenAI server, with the plugin "
+        "and then with vLLM's in-tree routing; show which forward served the routing and "
+        "compare the greedy completions. Exit code 0 on PASS.",
+    )
+    demo.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory or Hugging Face id (default: the tiny random Gemma 4 MoE)",
+    )
+    demo.add_argument("--max-tokens", type=int, default=24, help="greedy tokens per prompt")
+    demo.add_argument(
+        "--extra-args",
+        default="",
+        help="more vLLM server arguments, one string, given with '=': "
+        "--extra-args='--attention-backend TRITON_ATTN'",
+    )
+    demo.add_argument("--log-dir", default=None, help="where to keep the two server logs")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights")
+    demo.add_argument(
+        "--startup-timeout", type=float, default=900.0, help="seconds per server start"
+    )
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args)
     ok = selfcheck(args.tokens, args.experts, args.topk)
     return 0 if ok else 1
 
