@@ -95,3 +95,34 @@ def test_gpu_inductor_fullgraph_compile_matches_eager(gen):
         logits = torch.randn(num_tokens, 128, generator=gen).cuda().to(torch.bfloat16)
         got, want = compiled(logits, scale), route(logits, scale)
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+def test_gpu_cached_launches_match_triton_dispatch(gen):
+    # The cached launch path must pick the kernel Triton itself would: change
+    # alignment (offset views), T (1, multiples of 16, others), strides and
+    # dtypes between calls, and compare with a launch through kernel[grid].
+    from vllm_gemma4_router import triton_routing
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    launches = triton_routing._LAUNCHES
+    assert launches.enabled, "Triton's launcher API was not found: cached launches are off"
+    hits_before = launches.hits
+    base = torch.randn(4200, 130, generator=gen)
+    for dtype in DTYPES:
+        for num_tokens in (1, 16, 17, 1000, 4097):
+            for offset in (0, 1):  # offset 1: logits no longer 16-byte aligned
+                logits = base.to(dtype).cuda()[offset : offset + num_tokens, offset : offset + 128]
+                scale = torch.rand(128, generator=gen).cuda() + 0.5
+                for _ in range(2):  # second call: a cache hit
+                    weights, ids = gemma4_routing_triton(logits, 8, scale)
+                ref_w = torch.empty_like(weights)
+                ref_ids = torch.empty_like(ids)
+                config = LaunchConfig(4, 1)
+                enabled, launches.enabled = launches.enabled, False
+                try:
+                    triton_routing.launch(logits, 8, scale, ref_w, ref_ids, config)
+                finally:
+                    launches.enabled = enabled
+                assert torch.equal(ids, ref_ids)
+                assert torch.equal(weights, ref_w)
+    assert launches.hits > hits_before

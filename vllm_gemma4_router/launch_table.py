@@ -3,17 +3,27 @@
 No autotuning happens at run time (CUDA-graph capture must stay safe and the
 first call must not stall): the launcher looks the parameters up here.
 
-Provenance of ``_CUDA_TABLE``: ``benchmarks/sweep_launch_table.py --shapes
-128x8,64x4,256x8 --tokens 1,16,256,4096,32768,262144 --tokens-per-program
-1,2,4,8,16,32`` on an NVIDIA H100 80GB HBM3 (driver 580.159.04, torch
-2.11.0+cu130, triton 3.6.0), 2026-11-23; raw numbers in
-``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3.csv``. Each entry is the
-fastest (or within 2 % of it) CUDA-graph median at that point. The sweep ran on
-the kernel as of commit "store each round's id directly"; the later
-slot-by-slot softmax sum adds the same per-token work to every shape, and
-``benchmarks/results/bench_kernel_*`` were measured with this table. ROCm and XPU
-reuse it until swept on their hardware (a ROCm "warp" is 64 lanes, so the same
-``num_warps`` means twice the threads there).
+Provenance of ``_CUDA_TABLE``:
+
+* E=128 (``BLOCK_E`` 128) rows: ``benchmarks/sweep_launch_table.py --shapes 128x8
+  --dtypes bfloat16,float32 --fp32-keys checked --tokens 1,16,256,4096,32768,262144
+  --tokens-per-program 1,2,4,8,16,32 --warps 1,2,4`` on an NVIDIA H100 80GB HBM3
+  (driver 580.159.04, torch 2.11.0+cu130, triton 3.6.0), 2026-11-23, kernel as of
+  "next pick by an unsigned min"; raw numbers in
+  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_unsigned_min.csv``.
+  Where a tl.topk selection was within noise (< 2 %) of the rounds, the rounds
+  were kept. The bf16 T <= 1024 entries were refined by a second sweep that day
+  (``--dtypes bfloat16 --tokens 1,16,128,1024,4096 --tokens-per-program 1,2,4,8
+  --warps 1,2,4 --selects rounds``, native bf16 conversion):
+  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_bf16_small_T.csv``.
+* E=64 and E=256 rows: the earlier sweep (``--shapes 128x8,64x4,256x8 --tokens
+  1,16,256,4096,32768,262144 --tokens-per-program 1,2,4,8,16,32``, same machine
+  and date, kernel as of "store each round's id directly"), raw numbers in
+  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3.csv``.
+
+Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
+ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
+lanes, so the same ``num_warps`` means twice the threads there).
 """
 
 from __future__ import annotations
@@ -35,18 +45,18 @@ class LaunchConfig:
 #: Largest number of experts one program holds in a tile row.
 MAX_EXPERTS = 4096
 
-# Upper token bounds of the buckets: decode, small prefill, prefill, large prefill.
-_TOKEN_BUCKETS = (1024, 8192, 65536)
+# Upper token bounds of the buckets: tiny decode, decode, small prefill, prefill, large prefill.
+_TOKEN_BUCKETS = (4, 1024, 8192, 65536)
 
 # (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps) per token bucket.
 # "32-bit" is fp32 logits (checked narrow keys), otherwise bf16/fp16 (narrow keys).
 _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, int], ...]] = {
-    (True, 64): ((1, 1), (4, 2), (8, 1), (8, 1)),
-    (True, 128): ((1, 1), (1, 1), (4, 2), (8, 2)),
-    (True, 256): ((1, 1), (1, 1), (2, 1), (2, 1)),
-    (False, 64): ((1, 1), (16, 4), (8, 2), (16, 1)),
-    (False, 128): ((1, 1), (2, 2), (4, 2), (8, 1)),
-    (False, 256): ((1, 1), (4, 1), (4, 1), (4, 1)),
+    (True, 64): ((1, 1), (1, 1), (4, 2), (8, 1), (8, 1)),
+    (True, 128): ((1, 1), (1, 1), (1, 1), (4, 1), (4, 1)),
+    (True, 256): ((1, 1), (1, 1), (1, 1), (2, 1), (2, 1)),
+    (False, 64): ((1, 1), (1, 1), (16, 4), (8, 2), (16, 1)),
+    (False, 128): ((1, 1), (4, 4), (8, 4), (8, 1), (8, 1)),
+    (False, 256): ((1, 1), (1, 1), (4, 1), (4, 1), (4, 1)),
 }
 
 # TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.

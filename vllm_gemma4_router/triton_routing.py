@@ -9,11 +9,15 @@ import torch
 
 from . import kernel as _kernel
 from ._validation import check_output, check_routing_inputs
+from .fast_launch import CompiledLaunches
 from .kernel import gemma4_routing_kernel
 from .launch_table import MAX_EXPERTS, LaunchConfig, pick_launch_config
 
 # triton.jit reads this once, when the kernel is decorated (import time).
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_LAUNCHES = CompiledLaunches(gemma4_routing_kernel)
 
 
 def _platform_of(device: torch.device) -> str:
@@ -104,20 +108,30 @@ def launch(
     has_scale = per_expert_scale is not None
     if key_mode is None:
         key_mode = key_mode_for(gating_output.dtype)
-    grid = (_cdiv(num_tokens, config.tokens_per_program),)
-    gemma4_routing_kernel[grid](
-        gating_output,
-        per_expert_scale if has_scale else topk_weights,
-        topk_weights,
-        topk_ids,
+    constexpr_key = (topk, num_experts, config, key_mode, has_scale)
+    scale_arg = per_expert_scale if has_scale else topk_weights
+    tensors = (gating_output, scale_arg, topk_weights, topk_ids)
+    ints = (
         num_tokens,
         num_experts,
         *gating_output.stride(),
         per_expert_scale.stride(0) if has_scale else 0,
         *topk_weights.stride(),
         *topk_ids.stride(),
-        **_compile_time_args(topk, num_experts, config, key_mode, has_scale),
     )
+    grid_x = _cdiv(num_tokens, config.tokens_per_program)
+    constexprs = _compile_time_args(*constexpr_key)
+    if gating_output.device.type != "cuda":  # interpreter (cpu), xpu: Triton's own launch path
+        gemma4_routing_kernel[(grid_x,)](*tensors, *ints, **constexprs)
+    else:
+        _LAUNCHES.launch(
+            grid_x,
+            gating_output.get_device(),
+            tensors,
+            ints,
+            constexprs,
+            (constexpr_key, gating_output.dtype, scale_arg.dtype),
+        )
 
 
 @functools.lru_cache(maxsize=1024)
