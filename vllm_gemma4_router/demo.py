@@ -287,6 +287,22 @@ def report(
     out("PASS" if verdict.passed else "FAIL")
 
 
+@dataclass
+class DemoOutcome:
+    """Everything the demo saw: both runs and the verdict."""
+
+    model: str
+    prompts: list[str]
+    with_plugin: ArmResult
+    in_tree: ArmResult
+    verdict: Verdict
+
+    @property
+    def passed(self) -> bool:
+        """True on PASS."""
+        return self.verdict.passed
+
+
 def run(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -297,8 +313,8 @@ def run(
     seed: int = 0,
     startup_timeout_s: float = 900.0,
     out: Printer = print,
-) -> bool:
-    """The whole demo; True on PASS.
+) -> DemoOutcome:
+    """The whole demo (``outcome.passed`` is the result).
 
     Args:
         model: checkpoint directory or Hugging Face id; ``None`` builds/reuses the
@@ -341,7 +357,7 @@ def run(
     out("")
     verdict = judge(arms[0], arms[1], gpu=gpu)
     report(prompts, arms[0], arms[1], verdict, out=out)
-    return verdict.passed
+    return DemoOutcome(str(model), list(prompts), arms[0], arms[1], verdict)
 
 
 def main(args) -> int:
@@ -349,7 +365,7 @@ def main(args) -> int:
     import shlex
 
     try:
-        passed = run(
+        outcome = run(
             args.model,
             max_tokens=args.max_tokens,
             extra_args=shlex.split(args.extra_args or ""),
@@ -362,4 +378,4 @@ def main(args) -> int:
         print(f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
         print("FAIL", flush=True)
         return 1
-    return 0 if passed else 1
+    return 0 if outcome.passed else 1

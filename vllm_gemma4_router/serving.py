@@ -292,13 +292,26 @@ class VllmServer:
 
 
 def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` is running (zombies do not count)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # kill() also reaches zombies, which wait for a reaper that may be slow (or
+    # absent in a container); on Linux, look for a member that is not one.
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
