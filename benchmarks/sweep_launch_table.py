@@ -43,8 +43,8 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
     out_w = torch.empty(num_tokens, topk, device="cuda")
     out_ids = torch.empty(num_tokens, topk, device="cuda", dtype=torch.int32)
     rows = []
-    for tpp, warps, mode, sort_select in candidates:
-        config = LaunchConfig(tpp, warps, sort_select)
+    for tpp, warps, mode, sort_select, register_picks in candidates:
+        config = LaunchConfig(tpp, warps, sort_select, register_picks)
 
         def run(config=config, mode=mode):
             (logits,) = next_logits()
@@ -66,6 +66,7 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
                 num_warps=warps,
                 keys=mode,
                 select="topk" if sort_select else "rounds",
+                picks="registers" if register_picks else "memory",
                 correct=ok,
                 us=round(us, 3),
             )
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--max-tile", type=int, default=8192, help="max logits per program")
     parser.add_argument("--rep-ms", type=int, default=25)
     parser.add_argument("--selects", default="rounds,topk", help="K max rounds and/or one tl.topk")
+    parser.add_argument("--picks", default="memory", help="memory and/or registers")
     parser.add_argument("--fp32-keys", default="checked,wide", help="key modes for fp32 logits")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
             block_e = 1 << (num_experts - 1).bit_length()
             for num_tokens in (int(t) for t in args.tokens.split(",")):
                 candidates = [
-                    (tpp, warps, mode, sort_select)
+                    (tpp, warps, mode, sort_select, register_picks)
                     for tpp in (int(v) for v in args.tokens_per_program.split(","))
                     if tpp <= max(1, num_tokens) * 2 and tpp * block_e <= args.max_tile
                     for warps in (int(v) for v in args.warps.split(","))
@@ -109,6 +111,8 @@ def main() -> None:
                     for mode in modes
                     for sort_select in (s == "topk" for s in args.selects.split(","))
                     if not (sort_select and mode == "wide")
+                    for register_picks in (p == "registers" for p in args.picks.split(","))
+                    if not (register_picks and (sort_select or mode == "wide"))
                 ]
                 point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
                 rows += point
@@ -119,7 +123,8 @@ def main() -> None:
                 best = min(good, key=lambda r: r["us"]) if good else None
                 summary = (
                     f"tpp={best['tokens_per_program']:3d} warps={best['num_warps']} "
-                    f"keys={best['keys']:8s} {best['select']:6s} {best['us']:9.2f} us"
+                    f"keys={best['keys']:8s} {best['select']:6s} {best['picks']:9s} "
+                    f"{best['us']:9.2f} us"
                     if best
                     else "NONE"
                 )

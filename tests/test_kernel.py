@@ -243,3 +243,34 @@ def test_kernel_sorted_selection_matches_oracle(dtype, num_experts, topk, gen):
     ids = torch.full((16, topk), -1, dtype=torch.int32)
     triton_routing.launch(logits, topk, scale, weights, ids, LaunchConfig(4, 1, True))
     assert_matches_oracle(weights, ids, logits, topk, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (60, 6), (16, 8), (8, 8)])
+def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, topk, gen):
+    # Picks kept in registers (LaunchConfig.register_picks): same contract, incl.
+    # ties, NaN/Inf, -0.0, fp32 near ties (wide fallback), and bitwise the same
+    # weights and ids as the memory path, so launch buckets cannot disagree.
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = _near_ties(torch.randn(16, num_experts, generator=gen), range(0, 16, 3), gen)
+    logits[1::4] = (logits[1::4] * 2).round() / 2
+    logits[2, 0] = float("nan")
+    logits[5, 1] = float("-inf")
+    logits[6] = 0.0
+    logits[6, ::2] = -0.0
+    logits[7] = -(torch.rand(num_experts, generator=gen) * 50)  # all negative
+    logits = logits.to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    outputs = {}
+    for register_picks in (True, False):
+        weights = torch.full((16, topk), float("nan"))
+        ids = torch.full((16, topk), -1, dtype=torch.int32)
+        config = LaunchConfig(4, 1, register_picks=register_picks)
+        triton_routing.launch(logits, topk, scale, weights, ids, config)
+        outputs[register_picks] = (weights, ids)
+    weights, ids = outputs[True]
+    assert_ids_valid(ids, num_experts)
+    assert_matches_oracle(weights, ids, logits, topk, scale)
+    assert torch.equal(ids, outputs[False][1])
+    assert torch.equal(weights, outputs[False][0])

@@ -161,6 +161,112 @@ def _chosen_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
 
 
 @triton.jit
+def _narrow_value(key, BLOCK_E: tl.constexpr, VALUE_MASK: tl.constexpr):
+    """The fp32 logit a narrow key of a 16-bit logit holds, exactly: the bits the
+    key drops are zero in a widened bf16/fp16 value (``VALUE_MASK`` keeps the rest)."""
+    ordered = key & -BLOCK_E
+    bits = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)) & VALUE_MASK
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _picked_logit(
+    best, row_logits, row_ok, stride_logit_e, KEY_MODE: tl.constexpr, BLOCK_E: tl.constexpr
+):
+    """fp32 logit of each row's pick ``best`` (a narrow key); NaN read as -inf."""
+    if KEY_MODE == NARROW:
+        if row_logits.dtype.element_ty == tl.bfloat16:
+            return _narrow_value(best, BLOCK_E, -65536)  # 0xFFFF0000
+        else:
+            return _narrow_value(best, BLOCK_E, -8192)  # 0xFFFFE000
+    else:
+        # Checked fp32 keys drop value bits: read the exact logit back (L1 hit).
+        expert = (BLOCK_E - 1) - (best & (BLOCK_E - 1))
+        logit = tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0)
+        return tl.where(logit != logit, float("-inf"), logit)
+
+
+@triton.jit
+def _select_narrow_in_registers(
+    keys,
+    row_logits,
+    row_ok,
+    stride_logit_e,
+    num_experts,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+    KEY_MODE: tl.constexpr,
+):
+    """The rounds of _select_narrow with the picks kept in [TOKENS, BLOCK_K]
+    registers and the softmax sum taken as they come (same slot order, so
+    bitwise the same weights as the memory path). For latency-bound launches:
+    no store, barrier and reload between selection and weights.
+
+    Returns (ids, logits, top logit, sum of exp, rows whose pick may be inexact).
+    """
+    slots = tl.arange(0, BLOCK_K)
+    keys_u = keys.to(tl.uint32, bitcast=True)
+    best = tl.max(keys, axis=1)
+    top = _picked_logit(best, row_logits, row_ok, stride_logit_e, KEY_MODE, BLOCK_E)
+    ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
+    logits = tl.full([TOKENS, BLOCK_K], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
+    clash = tl.zeros([TOKENS], dtype=tl.int1)
+    previous = best & -BLOCK_E
+    for slot in tl.static_range(TOPK):
+        if slot > 0:
+            below = (best - 1).to(tl.uint32, bitcast=True)
+            best = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+            value = best & -BLOCK_E
+            clash = clash | (value == previous)
+            previous = value
+        logit = _picked_logit(best, row_logits, row_ok, stride_logit_e, KEY_MODE, BLOCK_E)
+        total += tl.exp(logit - top)
+        here = (slots == slot)[None, :]
+        ids = tl.where(here, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], ids)
+        logits = tl.where(here, logit[:, None], logits)
+    below = (best - 1).to(tl.uint32, bitcast=True)
+    runner_up = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+    clash = clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
+    return ids, logits, top, total, clash
+
+
+@triton.jit
+def _weights_from_stored_ids(
+    row_logits,
+    id_ptrs,
+    row_ok,
+    stride_logit_e,
+    stride_id_k,
+    TOPK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+):
+    """Read this program's stored picks back and gather their logits (L1 hits):
+    exact values whatever the key width. Returns (ids, logits, top logit, sum of exp)."""
+    # Softmax over the K chosen logits equals softmax over all E followed by
+    # renormalisation over the K: the full-row denominator cancels. The sum is
+    # accumulated slot by slot, one token per lane, so its rounding does not
+    # depend on the launch shape: a token gets bitwise the same weights
+    # whatever batch (and launch-table bucket) it comes in.
+    top = _chosen_logit(row_logits, id_ptrs, 0, row_ok, stride_logit_e)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
+    for slot in range(TOPK):
+        logit = _chosen_logit(row_logits, id_ptrs, slot * stride_id_k, row_ok, stride_logit_e)
+        total += tl.exp(logit - top)
+    slots = tl.arange(0, BLOCK_K)
+    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+    ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
+    logits = _as_fp32(
+        tl.load(row_logits[:, None] + ids * stride_logit_e, mask=out_ok, other=float("-inf"))
+    )
+    logits = tl.where(logits != logits, float("-inf"), logits)
+    return ids, logits, top, total
+
+
+@triton.jit
 def gemma4_routing_kernel(
     logits_ptr,
     scale_ptr,
@@ -182,6 +288,7 @@ def gemma4_routing_kernel(
     KEY_MODE: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     SORT_K: tl.constexpr = 0,
+    REGISTER_PICKS: tl.constexpr = False,
 ):
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
@@ -209,47 +316,79 @@ def gemma4_routing_kernel(
     id_rank = (BLOCK_E - 1) - experts
     id_ptrs = ids_ptr + rows64 * stride_id_t
 
-    if KEY_MODE == WIDE:
-        _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
-    else:
-        keys = _narrow_keys(ordered, id_rank, BLOCK_E)
-        if SORT_K > 0:
-            clash = _select_narrow_sorted(keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K)
-        else:
-            clash = _select_narrow(
-                keys, id_ptrs, row_ok, stride_id_k, num_experts, TOPK, BLOCK_E, TOKENS_PER_PROGRAM
-            )
-        # Kept apart: the constexpr test must not reach the runtime branch.
-        if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
-            if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
-                tl.debug_barrier()  # the narrow pass's id stores land first
-                _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
-
-    # Read the picks back (this program just wrote them; the barrier makes
-    # every thread's stores visible) and gather the chosen logits with them
-    # (L1 hits): exact values whatever the key width.
-    tl.debug_barrier()
     row_logits = logits_ptr + rows64 * stride_logit_t
-    # Softmax over the K chosen logits equals softmax over all E followed by
-    # renormalisation over the K: the full-row denominator cancels. The sum is
-    # accumulated slot by slot, one token per lane, so its rounding does not
-    # depend on the launch shape: a token gets bitwise the same weights
-    # whatever batch (and launch-table bucket) it comes in.
-    top_max = _chosen_logit(row_logits, id_ptrs, 0, row_ok, stride_logit_e)
-    total = tl.zeros([TOKENS_PER_PROGRAM], dtype=tl.float32)
-    for slot in range(TOPK):
-        logit = _chosen_logit(row_logits, id_ptrs, slot * stride_id_k, row_ok, stride_logit_e)
-        total += tl.exp(logit - top_max)
-
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
-    top_ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
-    top_logits = _as_fp32(
-        tl.load(row_logits[:, None] + top_ids * stride_logit_e, mask=out_ok, other=float("-inf"))
-    )
-    top_logits = tl.where(top_logits != top_logits, float("-inf"), top_logits)
-    weights = tl.exp(top_logits - top_max[:, None]) / total[:, None]
 
+    if REGISTER_PICKS:
+        tl.static_assert(KEY_MODE != WIDE, "register picks need narrow keys")
+        keys = _narrow_keys(ordered, id_rank, BLOCK_E)
+        top_ids, top_logits, top_max, total, clash = _select_narrow_in_registers(
+            keys,
+            row_logits,
+            row_ok,
+            stride_logit_e,
+            num_experts,
+            TOPK,
+            BLOCK_E,
+            BLOCK_K,
+            TOKENS_PER_PROGRAM,
+            KEY_MODE,
+        )
+        if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
+            if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
+                _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+                tl.debug_barrier()
+                top_ids, top_logits, top_max, total = _weights_from_stored_ids(
+                    row_logits,
+                    id_ptrs,
+                    row_ok,
+                    stride_logit_e,
+                    stride_id_k,
+                    TOPK,
+                    BLOCK_K,
+                    TOKENS_PER_PROGRAM,
+                )
+        tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, top_ids, mask=out_ok)
+    else:
+        if KEY_MODE == WIDE:
+            _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        else:
+            keys = _narrow_keys(ordered, id_rank, BLOCK_E)
+            if SORT_K > 0:
+                clash = _select_narrow_sorted(
+                    keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E, SORT_K
+                )
+            else:
+                clash = _select_narrow(
+                    keys,
+                    id_ptrs,
+                    row_ok,
+                    stride_id_k,
+                    num_experts,
+                    TOPK,
+                    BLOCK_E,
+                    TOKENS_PER_PROGRAM,
+                )
+            # Kept apart: the constexpr test must not reach the runtime branch.
+            if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
+                if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
+                    tl.debug_barrier()  # the narrow pass's id stores land first
+                    _select_wide(ordered, id_rank, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        # The barrier makes every thread's id stores visible to the reads.
+        tl.debug_barrier()
+        top_ids, top_logits, top_max, total = _weights_from_stored_ids(
+            row_logits,
+            id_ptrs,
+            row_ok,
+            stride_logit_e,
+            stride_id_k,
+            TOPK,
+            BLOCK_K,
+            TOKENS_PER_PROGRAM,
+        )
+
+    weights = tl.exp(top_logits - top_max[:, None]) / total[:, None]
     if HAS_SCALE:
         scale = tl.load(scale_ptr + top_ids * stride_scale, mask=out_ok, other=1.0)
         weights = weights * _as_fp32(scale)

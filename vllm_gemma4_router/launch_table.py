@@ -40,6 +40,9 @@ class LaunchConfig:
     num_warps: int
     #: select by one bitonic top-k (tl.topk) instead of K max-reduction rounds
     sort_select: bool = False
+    #: keep the K picks in registers (no store/barrier/reload before the weights):
+    #: for latency-bound launches; needs narrow keys and the rounds
+    register_picks: bool = False
 
 
 #: Largest number of experts one program holds in a tile row.

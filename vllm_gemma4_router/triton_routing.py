@@ -155,6 +155,7 @@ def _compile_time_args(
         KEY_MODE=key_mode,
         HAS_SCALE=has_scale,
         SORT_K=sort_k,
+        REGISTER_PICKS=config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE),
         num_warps=config.num_warps,
     )
 
