@@ -12,10 +12,13 @@ Provenance of ``_CUDA_TABLE``:
   "next pick by an unsigned min"; raw numbers in
   ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_unsigned_min.csv``.
   Where a tl.topk selection was within noise (< 2 %) of the rounds, the rounds
-  were kept. The bf16 T <= 1024 entries were refined by a second sweep that day
-  (``--dtypes bfloat16 --tokens 1,16,128,1024,4096 --tokens-per-program 1,2,4,8
-  --warps 1,2,4 --selects rounds``, native bf16 conversion):
-  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_bf16_small_T.csv``.
+  were kept. The T <= 8192 entries (and the register picks) come from a third
+  sweep that day, kernel as of "optional register picks": ``--shapes 128x8
+  --dtypes bfloat16,float32 --fp32-keys checked --selects rounds --picks
+  memory,registers --tokens 1,4,16,64,256,1024,4096,16384 --tokens-per-program
+  1,2,4,8 --warps 1,2,4``, raw numbers in
+  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_register_picks.csv``
+  (register picks were not swept above T=16384, where they tied the memory path).
 * E=64 and E=256 rows: the earlier sweep (``--shapes 128x8,64x4,256x8 --tokens
   1,16,256,4096,32768,262144 --tokens-per-program 1,2,4,8,16,32``, same machine
   and date, kernel as of "store each round's id directly"), raw numbers in
@@ -51,15 +54,18 @@ MAX_EXPERTS = 4096
 # Upper token bounds of the buckets: tiny decode, decode, small prefill, prefill, large prefill.
 _TOKEN_BUCKETS = (4, 1024, 8192, 65536)
 
-# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps) per token bucket.
-# "32-bit" is fp32 logits (checked narrow keys), otherwise bf16/fp16 (narrow keys).
-_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, int], ...]] = {
-    (True, 64): ((1, 1), (1, 1), (4, 2), (8, 1), (8, 1)),
-    (True, 128): ((1, 1), (1, 1), (1, 1), (4, 1), (4, 1)),
-    (True, 256): ((1, 1), (1, 1), (1, 1), (2, 1), (2, 1)),
-    (False, 64): ((1, 1), (1, 1), (16, 4), (8, 2), (16, 1)),
-    (False, 128): ((1, 1), (4, 4), (8, 4), (8, 1), (8, 1)),
-    (False, 256): ((1, 1), (1, 1), (4, 1), (4, 1), (4, 1)),
+# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks)
+# per token bucket. "32-bit" is fp32 logits (checked narrow keys), otherwise
+# bf16/fp16 (narrow keys). Picks: _REG keeps them in registers, _MEM stores them
+# and reads them back (see kernel.py).
+_REG, _MEM = True, False
+_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, int, bool], ...]] = {
+    (True, 64): ((1, 1, _MEM), (1, 1, _MEM), (4, 2, _MEM), (8, 1, _MEM), (8, 1, _MEM)),
+    (True, 128): ((1, 1, _REG), (1, 1, _REG), (1, 1, _REG), (4, 1, _MEM), (4, 1, _MEM)),
+    (True, 256): ((1, 1, _MEM), (1, 1, _MEM), (1, 1, _MEM), (2, 1, _MEM), (2, 1, _MEM)),
+    (False, 64): ((1, 1, _MEM), (1, 1, _MEM), (16, 4, _MEM), (8, 2, _MEM), (16, 1, _MEM)),
+    (False, 128): ((2, 2, _REG), (4, 4, _REG), (8, 4, _REG), (8, 1, _MEM), (8, 1, _MEM)),
+    (False, 256): ((1, 1, _MEM), (1, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM)),
 }
 
 # TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.
@@ -87,10 +93,10 @@ def pick_launch_config(
 def _table_entry(bucket: int, block_e: int, fp32_logits: bool) -> LaunchConfig:
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
-        tokens, warps = _CUDA_TABLE[(fp32_logits, 64)][bucket]
-        return LaunchConfig(min(128, tokens * (64 // block_e)), warps)
+        tokens, warps, register_picks = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        return LaunchConfig(min(128, tokens * (64 // block_e)), warps, False, register_picks)
     if block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
         return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
-    return LaunchConfig(tokens, warps)
+    tokens, warps, register_picks = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    return LaunchConfig(tokens, warps, False, register_picks)
