@@ -22,7 +22,7 @@ import re
 import shlex
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -388,7 +388,6 @@ def run_logged(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ)
     child_env.update(env or {})
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with (
         open(log_path, "w") as log,
         subprocess.Popen(
@@ -401,14 +400,26 @@ def run_logged(
             errors="replace",
         ) as proc,
     ):
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-            if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-                raise subprocess.TimeoutExpired(list(command), timeout_s or 0.0)
-        return proc.wait()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+
+        # The output is copied on a thread so that the timeout holds even
+        # while the child prints nothing.
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            reader.join(timeout=10)
+        return code
 
 
 @contextmanager

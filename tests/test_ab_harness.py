@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -357,6 +358,22 @@ def test_write_outputs(tmp_path):
     assert "- plugin server: gemma4_routing: 4 layers dispatch to f\n" in text
     assert "# in-tree: server\nVLLM_PLUGINS= python -m x\n" in text
     assert json.loads(json_path.read_text()) == record
+
+
+def test_run_logged_copies_output_and_enforces_timeout(tmp_path, capsys):
+    code = ab_common.run_logged(
+        [sys.executable, "-c", "import os; print('hi', os.environ['AB_X']); raise SystemExit(3)"],
+        tmp_path / "a.log",
+        env={"AB_X": "42"},
+    )
+    assert code == 3
+    assert (tmp_path / "a.log").read_text() == "hi 42\n"
+    assert "hi 42" in capsys.readouterr().out
+    # A child that prints nothing is still stopped at the limit.
+    with pytest.raises(subprocess.TimeoutExpired):
+        ab_common.run_logged(
+            [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log", timeout_s=1
+        )
 
 
 def test_environment_stamp():
