@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Build the vLLM 0.24.0 runtime for the GPU device, on THIS machine (README.md).
+#
+#   bash ci/device_runtime/prepare.sh            # cp312 bundle -> .cache/device_runtime/pieces/
+#   PYVER=3.11 bash ci/device_runtime/prepare.sh # same for Python 3.11 (local simulation only)
+#
+# Downloads (once) the vLLM 0.24.0 CUDA wheel and the wheels of requirements.txt,
+# checks the dependency closure against the device's packages, assembles one site
+# directory (pip install --target, then trim.txt), packs it as tar.xz, splits it
+# into pieces of at most PIECE_BYTES and writes MANIFEST.sha256. Re-runs reuse
+# the downloads and skip the build when nothing changed. Ends by printing the
+# device calls to make.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+HERE=ci/device_runtime
+VLLM_VERSION=0.24.0
+PYVER=${PYVER:-3.12}
+PYTAG=cp${PYVER/./}
+ROOT=${DEVICE_RUNTIME_DIR:-.cache/device_runtime}
+PIECE_BYTES=${PIECE_BYTES:-55000000}
+XZ_PRESET=${XZ_PRESET:--9e} # -9e: smallest (about 11 min here); simulate_locally.sh uses -0
+DL=$ROOT/downloads
+DEPS=$DL/$PYTAG
+BUILD=$ROOT/build/$PYTAG
+TOOLS=$ROOT/tools
+NAME=vllm024-$PYTAG.tar.xz
+if [[ $PYVER == 3.12 ]]; then PIECES=$ROOT/pieces; else PIECES=$ROOT/pieces-$PYTAG; fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+step() { printf '\n== prepare: %s (%s)\n' "$1" "$(date +%T)"; }
+
+# Wheels for the device: CPython $PYVER, x86_64 manylinux (glibc <= 2.39: Ubuntu
+# 24.04), pure Python; never an sdist.
+PLAT=(--only-binary=:all: --implementation cp --python-version "$PYVER"
+  --abi "$PYTAG" --abi abi3 --abi none --platform any
+  --platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform manylinux2014_x86_64)
+for n in $(seq 5 39); do PLAT+=(--platform "manylinux_2_${n}_x86_64"); done
+
+step "tools venv ($TOOLS)"
+if ! "$TOOLS/bin/python" -c 'import packaging' 2>/dev/null; then
+  python3 -m venv "$TOOLS"
+  "$TOOLS/bin/python" -m pip install -q --upgrade "pip>=25.1" packaging
+fi
+PIP=("$TOOLS/bin/python" -m pip)
+BUNDLE=("$TOOLS/bin/python" "$HERE/bundle.py")
+
+step "vLLM $VLLM_VERSION wheel"
+mkdir -p "$DL" "$DEPS" "$(dirname "$BUILD")"
+shopt -s nullglob
+vllm_whl=("$DL"/vllm-"$VLLM_VERSION"-*manylinux*_x86_64.whl)
+if ((${#vllm_whl[@]} != 1)); then
+  "${PIP[@]}" download -q --no-deps "${PLAT[@]}" -d "$DL" "vllm==$VLLM_VERSION"
+  vllm_whl=("$DL"/vllm-"$VLLM_VERSION"-*manylinux*_x86_64.whl)
+fi
+echo "${vllm_whl[0]} ($(stat -c %s "${vllm_whl[0]}") bytes)"
+
+step "dependency wheels ($DEPS)"
+if ! "${BUNDLE[@]}" select "$HERE/requirements.txt" "$DEPS" >/dev/null 2>&1; then
+  "${PIP[@]}" download -q --no-deps "${PLAT[@]}" -d "$DEPS" -r "$HERE/requirements.txt"
+fi
+mapfile -t dep_whls < <("${BUNDLE[@]}" select "$HERE/requirements.txt" "$DEPS")
+echo "${#dep_whls[@]} wheels, $(du -cb "${dep_whls[@]}" | tail -1 | cut -f1) bytes"
+
+step "closure check against the device's packages"
+sel=$(mktemp -d)
+trap 'rm -rf "$sel"' EXIT
+for f in "${dep_whls[@]}"; do ln -s "$(realpath "$f")" "$sel/"; done
+"${BUNDLE[@]}" check --vllm-wheel "${vllm_whl[0]}" --wheels "$sel" \
+  --device "$HERE/device_packages.txt" --excluded "$HERE/excluded.txt" \
+  --allow-mismatch "$HERE/allow_mismatch.txt" --python-version "$PYVER"
+
+# Everything the bundle is made of; an unchanged key skips the build.
+key=$( {
+  echo "$PYVER $PIECE_BYTES $XZ_PRESET"
+  for f in "${vllm_whl[0]}" "${dep_whls[@]}"; do echo "$(basename "$f") $(stat -c %s "$f")"; done
+  cat "$HERE/trim.txt" "$HERE/bundle.py"
+} | sha256sum | cut -c1-16)
+if [[ -f $PIECES/MANIFEST.sha256 && "$(cat "$PIECES/.key" 2>/dev/null)" == "$key" ]]; then
+  step "bundle is up to date (key $key)"
+else
+  if [[ $PYVER == 3.12 && ${RESOLVER_CHECK:-1} == 1 ]]; then
+    step "pip resolver: requirements.txt with the device's packages as constraints"
+    cons=$sel/constraints.txt
+    grep -v '^#' "$HERE/device_packages.txt" \
+      | grep -viE "^($(sed -e 's/#.*//' -e '/^ *$/d' "$HERE/allow_mismatch.txt" | tr -d ' ' | paste -sd'|'))==" \
+      | grep -viE '^pip==' >"$cons"
+    "${PIP[@]}" install -q --dry-run --ignore-installed --target "$sel/resolve" \
+      --report "$BUILD.resolve.json" "${PLAT[@]}" -c "$cons" -r "$HERE/requirements.txt"
+    echo "resolver: OK (report: $BUILD.resolve.json)"
+  fi
+
+  step "assemble the site directory"
+  rm -rf "$BUILD"
+  mkdir -p "$BUILD"
+  "${PIP[@]}" install -q --no-deps --no-index --no-compile --target "$BUILD/site" \
+    "${PLAT[@]}" "${vllm_whl[0]}" "${dep_whls[@]}"
+  "${BUNDLE[@]}" prune "$BUILD/site" "$HERE/trim.txt"
+  du -sb "$BUILD/site" | awk '{printf "site: %.1f MB uncompressed\n", $1 / 1e6}'
+
+  step "pack (tar | xz $XZ_PRESET)"
+  tar -C "$BUILD" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - site \
+    | xz "$XZ_PRESET" -T2 >"$BUILD/$NAME.tmp"
+  mv "$BUILD/$NAME.tmp" "$BUILD/$NAME"
+  rm -rf "$BUILD/site"
+  archive_sha=$(sha256sum "$BUILD/$NAME" | cut -d' ' -f1)
+
+  step "split into pieces of at most $PIECE_BYTES bytes ($PIECES)"
+  rm -rf "$PIECES"
+  mkdir -p "$PIECES"
+  split -b "$PIECE_BYTES" -d -a 2 "$BUILD/$NAME" "$PIECES/$NAME.part"
+  info=$(printf '{"vllm_wheel": "%s", "python": "%s", "key": "%s", "date": "%s"}' \
+    "$(basename "${vllm_whl[0]}")" "$PYVER" "$key" "$(date -u +%FT%TZ)")
+  "${BUNDLE[@]}" manifest "$PIECES" "$NAME" --archive-sha256 "$archive_sha" --build-info "$info"
+  echo "$key" >"$PIECES/.key"
+fi
+
+mapfile -t pieces < <(cd "$PIECES" && ls "$NAME".part*)
+total=$(cat "$PIECES/$NAME".part* | wc -c)
+step "device calls: ${#pieces[@]} pieces, $total bytes in all"
+cat <<EOF
+Make these calls back to back (the device keeps /root/stage only while it stays
+warm, 30 s after a call). Each carries MANIFEST.sha256 and one piece.
+EOF
+last=$((${#pieces[@]} - 1))
+for i in "${!pieces[@]}"; do
+  cmd="bash $HERE/install_on_device.sh"
+  ((i < last)) && cmd+=" --stage-only"
+  cat <<EOF
+
+call $((i + 1))/${#pieces[@]}:
+  carry:   ["$PIECES/MANIFEST.sha256", "$PIECES/${pieces[i]}"]
+  command: $cmd
+EOF
+done
+cat <<EOF
+
+The last call installs into /root/vllm024 and runs the import smoke; append the
+serving tests to its command with '&&' (or make them later calls: the install
+stays while the machine is warm, and re-running the last call is idempotent).
+EOF

@@ -1,0 +1,183 @@
+"""Import smoke of the vLLM 0.24.0 device runtime (run by install_on_device.sh).
+
+Imports every module that `python -m vllm.entrypoints.openai.api_server --model <Gemma4
+MoE dir> --attention-backend TRITON_ATTN` (default compilation, CUDA graphs) and
+`vllm bench serve` reach at start-up, the kernels' extension modules, parses the serve and
+bench command lines, builds the API server's app and the sampler, and checks that the
+plugin's `vllm.general_plugins` entry point is registered and loads. Prints one line per
+check and `smoke: N passed, N failed`.
+
+`--audit` also lists, per distribution, the third-party modules that got imported, so a
+dependency dropped from the bundle can be justified (or caught).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+
+MODULES = [
+    # kernels: _C is imported by vllm/platforms/cuda.py at import time, _moe_C holds
+    # moe_align_block_size/topk_softmax of the Triton fused-MoE path; FA3 keeps
+    # vllm.vllm_flash_attn importable (fa_utils imports it unguarded on CUDA).
+    "vllm._C_stable_libtorch",
+    "vllm._moe_C_stable_libtorch",
+    "vllm.cumem_allocator",
+    "vllm.vllm_flash_attn",
+    "vllm.platforms.cuda",
+    # server and CLI
+    "vllm.entrypoints.openai.api_server",
+    "vllm.entrypoints.cli.main",
+    "vllm.entrypoints.cli.serve",
+    "vllm.entrypoints.cli.benchmark.main",
+    "vllm.entrypoints.cli.benchmark.serve",
+    "vllm.benchmarks.serve",
+    "vllm.benchmarks.datasets",
+    "vllm.engine.arg_utils",
+    # engine core, worker, model runner
+    "vllm.v1.engine.async_llm",
+    "vllm.v1.engine.core",
+    "vllm.v1.engine.core_client",
+    "vllm.v1.engine.input_processor",
+    "vllm.v1.engine.output_processor",
+    "vllm.v1.executor.multiproc_executor",
+    "vllm.v1.executor.uniproc_executor",
+    "vllm.v1.worker.gpu_worker",
+    "vllm.v1.worker.gpu_model_runner",
+    "vllm.v1.sample.sampler",
+    "vllm.v1.structured_output",
+    # model, attention, MoE, compilation, loading, tokenizer
+    "vllm.model_executor.models.gemma4",
+    "vllm.model_executor.models.gemma4_mm",
+    "vllm.model_executor.models.registry",
+    "vllm.model_executor.layers.fused_moe",
+    "vllm.model_executor.layers.fused_moe.fused_moe",
+    "vllm.v1.attention.backends.triton_attn",
+    "vllm.v1.attention.selector",
+    "vllm.compilation.backends",
+    "vllm.compilation.cuda_graph",
+    "vllm.compilation.piecewise_backend",
+    "vllm.model_executor.model_loader.default_loader",
+    "vllm.tokenizers.hf",
+    "vllm.renderers",
+]
+
+
+def _check(name: str, fn: Callable[[], object], results: list[tuple[str, bool]]) -> None:
+    try:
+        detail = fn()
+    except BaseException as e:  # noqa: BLE001 - report every failure, keep going
+        results.append((name, False))
+        print(f"FAIL {name}: {type(e).__name__}: {e}")
+        tb = traceback.format_exc().strip().splitlines()
+        print("     " + "\n     ".join(tb[-6:]))
+    else:
+        results.append((name, True))
+        print(f"ok   {name}" + (f": {detail}" if detail else ""))
+
+
+def _serve_args():
+    from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", "/nonexistent", "--attention-backend", "TRITON_ATTN"])
+    validate_parsed_serve_args(args)
+    return args
+
+
+def _parse_serve() -> str:
+    return f"attention_backend={_serve_args().attention_backend}"
+
+
+def _build_app() -> str:
+    """The FastAPI app with every router a generate model gets (imports them all)."""
+    from vllm.entrypoints.openai.api_server import build_app
+
+    app = build_app(_serve_args(), ("generate",))
+    return f"{len(app.routes)} routes"
+
+
+def _sampler() -> str:
+    """The model runner's sampler: on CUDA it imports FlashInfer unless
+    VLLM_USE_FLASHINFER_SAMPLER=0 (the runtime's .pth sets that default)."""
+    import os
+
+    from vllm.v1.sample.sampler import Sampler
+
+    Sampler()
+    return f"VLLM_USE_FLASHINFER_SAMPLER={os.environ.get('VLLM_USE_FLASHINFER_SAMPLER')}"
+
+
+def _parse_bench() -> str:
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(["--model", "m", "--dataset-name", "random", "--num-prompts", "1"])
+    return f"dataset={args.dataset_name}"
+
+
+def _plugin() -> str:
+    from importlib.metadata import entry_points
+
+    eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.name == "gemma4_router"]
+    if not eps:
+        raise LookupError("no 'gemma4_router' entry point in group vllm.general_plugins")
+    eps[0].load()
+    return f"{eps[0].value} (from {eps[0].dist.name if eps[0].dist else '?'})"
+
+
+def _version() -> str:
+    import vllm
+
+    if vllm.__version__ != "0.24.0":
+        raise RuntimeError(f"vllm {vllm.__version__} imported from {vllm.__file__}")
+    return f"{vllm.__version__} from {vllm.__file__}"
+
+
+def audit() -> None:
+    from importlib.metadata import packages_distributions
+
+    top = packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    used: dict[str, set[str]] = {}
+    for mod in list(sys.modules):
+        root = mod.partition(".")[0]
+        if root in stdlib or root.startswith("_") and root[1:] in stdlib:
+            continue
+        for dist in top.get(root, ["?"]):
+            used.setdefault(dist, set()).add(root)
+    for dist in sorted(used, key=str.lower):
+        print(f"audit: {dist}: {' '.join(sorted(used[dist]))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--audit", action="store_true", help="list imported distributions")
+    args = parser.parse_args(argv)
+
+    results: list[tuple[str, bool]] = []
+    _check("vllm version", _version, results)
+    for mod in MODULES:
+        _check(f"import {mod}", lambda mod=mod: importlib.import_module(mod) and None, results)
+    _check("serve arguments", _parse_serve, results)
+    _check("api server app", _build_app, results)
+    _check("sampler", _sampler, results)
+    _check("bench serve arguments", _parse_bench, results)
+    _check("plugin entry point", _plugin, results)
+    if args.audit:
+        audit()
+    failed = [n for n, ok in results if not ok]
+    print(f"smoke: {len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        print("smoke: FAILED: " + "; ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
