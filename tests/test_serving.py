@@ -213,3 +213,21 @@ def test_real_vllm_with_a_bad_model_path_fails_fast_with_the_reason(tmp_path):
     assert str(missing) in message.split("log lines ---", 1)[1]  # vLLM's own complaint
     assert elapsed < 120
     assert serving._LIVE == {}
+
+
+def test_demo_prompts_file_round_trips_and_rejects_bad_lines(tmp_path):
+    import json
+    from pathlib import Path
+
+    from vllm_gemma4_router.demo import load_prompts
+
+    shipped = load_prompts(Path(__file__).parents[1] / "benchmarks" / "prompts_mixed_18.jsonl")
+    lengths = sorted(len(p.encode()) for p in shipped)
+    assert len(shipped) >= 16 and lengths[0] <= 2 and lengths[-1] >= 200
+    good = tmp_path / "p.jsonl"
+    good.write_text(json.dumps("two\nlines") + "\n\n" + json.dumps('a "quote"') + "\n")
+    assert load_prompts(good) == ["two\nlines", 'a "quote"']
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(["not", "a string"]) + "\n")
+    with pytest.raises(ValueError, match="one non-empty JSON string per line"):
+        load_prompts(bad)

@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--log-dir", default=None, help="where to keep the two server logs")
     demo.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights")
     demo.add_argument(
+        "--prompts-file",
+        default=None,
+        help="prompts to complete, one JSON string per line (default: the 10 built-in ones)",
+    )
+    demo.add_argument(
         "--startup-timeout", type=float, default=900.0, help="seconds per server start"
     )
     args = parser.parse_args(argv)

@@ -360,13 +360,28 @@ def run(
     return DemoOutcome(str(model), list(prompts), arms[0], arms[1], verdict)
 
 
+def load_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a file of JSON strings, one per line (JSON keeps newlines and quotes intact)."""
+    import json
+
+    with open(path, encoding="utf-8") as lines:
+        prompts = [json.loads(line) for line in lines if line.strip()]
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: expected one non-empty JSON string per line")
+    return prompts
+
+
 def main(args) -> int:
     """Entry from ``cli.py`` with parsed ``demo`` arguments; exit code 0 on PASS."""
     import shlex
 
+    prompts = DEFAULT_PROMPTS
+    if getattr(args, "prompts_file", None):
+        prompts = load_prompts(args.prompts_file)
     try:
         outcome = run(
             args.model,
+            prompts=prompts,
             max_tokens=args.max_tokens,
             extra_args=shlex.split(args.extra_args or ""),
             log_dir=args.log_dir,
