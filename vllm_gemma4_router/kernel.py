@@ -63,6 +63,21 @@ def _narrow_keys(ordered, id_rank, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
+def _next_pick(best, keys_u):
+    """The largest key below ``best`` per row (keys unique, ``keys_u`` their uint32 bits).
+
+    With ``below = best - 1`` the map ``key -> (below - key) mod 2**32`` sends the
+    keys under ``best`` to [0, 2**31 + below] in reverse order and the keys from
+    ``best`` up above that range, so an unsigned min finds the next pick: one
+    subtract and one min per logit, and the keys stay untouched (masking out
+    each pick would cost a compare and a select more, and the integer pipe is
+    what bounds this kernel: Nsight Compute, H100, 2026-11-23).
+    """
+    below = (best - 1).to(tl.uint32, bitcast=True)
+    return (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _select_narrow(
     keys,
     id_ptrs,
@@ -73,16 +88,8 @@ def _select_narrow(
     BLOCK_E: tl.constexpr,
     TOKENS: tl.constexpr,
 ):
-    """TOPK rounds over 32-bit keys; stores the ids, returns rows whose pick may be inexact.
-
-    Keys are unique per row, so round r+1 wants the largest key below round r's
-    pick. With ``below = pick - 1``, the map ``key -> (below - key) mod 2**32``
-    sends the keys under the pick to [0, 2**31 + below] in reverse order and the
-    keys already picked above that range, so an unsigned min finds the next pick.
-    That is one subtract and one min per logit a round, and the keys stay
-    untouched: masking out each pick would cost a compare and a select more, and
-    the integer pipe is what bounds this kernel (Nsight Compute, H100, 2026-11-23).
-    """
+    """TOPK rounds over 32-bit keys (see _next_pick); stores the ids, returns rows whose
+    pick may be inexact."""
     keys_u = keys.to(tl.uint32, bitcast=True)
     best = tl.max(keys, axis=1)
     tl.store(id_ptrs, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
@@ -90,9 +97,7 @@ def _select_narrow(
     clash = tl.zeros([TOKENS], dtype=tl.int1)
     previous = best & -BLOCK_E
     for slot in range(1, TOPK):
-        below = (best - 1).to(tl.uint32, bitcast=True)
-        gap = tl.min(below[:, None] - keys_u, axis=1)
-        best = (below - gap).to(tl.int32, bitcast=True)
+        best = _next_pick(best, keys_u)
         # Each round's id goes straight to memory: collecting the K picks in a
         # [TOKENS, K] register tile would cost every lane of a row K selects a round.
         tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
@@ -101,8 +106,7 @@ def _select_narrow(
         previous = value
     # The best key left out must not share the last pick's bucket either
     # (with E == K no key is left out).
-    below = (best - 1).to(tl.uint32, bitcast=True)
-    runner_up = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+    runner_up = _next_pick(best, keys_u)
     return clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
 
 
@@ -217,8 +221,7 @@ def _select_narrow_in_registers(
     previous = best & -BLOCK_E
     for slot in tl.static_range(TOPK):
         if slot > 0:
-            below = (best - 1).to(tl.uint32, bitcast=True)
-            best = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+            best = _next_pick(best, keys_u)
             value = best & -BLOCK_E
             clash = clash | (value == previous)
             previous = value
@@ -227,8 +230,7 @@ def _select_narrow_in_registers(
         here = (slots == slot)[None, :]
         ids = tl.where(here, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], ids)
         logits = tl.where(here, logit[:, None], logits)
-    below = (best - 1).to(tl.uint32, bitcast=True)
-    runner_up = (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
+    runner_up = _next_pick(best, keys_u)
     clash = clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
     return ids, logits, top, total, clash
 
