@@ -422,6 +422,13 @@ def run_logged(
         return code
 
 
+def run_client(command: Sequence[str], log_path: Path, timeout_s: float | None, what: str) -> None:
+    """:func:`run_logged` for a benchmark client; ``RuntimeError`` naming ``what`` if it fails."""
+    code = run_logged(command, log_path, None, timeout_s)
+    if code != 0:
+        raise RuntimeError(f"{what} exited with {code} (log: {log_path})")
+
+
 @contextmanager
 def arm_server(
     arm: Arm,
@@ -532,6 +539,14 @@ def server_record(info: ArmServer) -> dict[str, Any]:
         "plugin_active": info.plugin_active,
         "routing_dispatch": info.dispatch,
     }
+
+
+def publish(out_dir: Path, stem: str, title: str, table: str, record: Mapping[str, Any]) -> None:
+    """:func:`write_outputs`, then print the table and where the files went."""
+    md_path, json_path = write_outputs(out_dir, stem, title, table, record)
+    print()
+    print(table)
+    print(f"written: {md_path}, {json_path}")
 
 
 def write_outputs(

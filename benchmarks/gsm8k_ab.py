@@ -288,13 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         eval_commands[name] = command
         print(f"== {name}: {ab_common.shell_join(command)}", flush=True)
-        code = ab_common.run_logged(
-            command, out_dir / f"lm_eval_{name}.log", None, args.eval_timeout
+        ab_common.run_client(
+            command, out_dir / f"lm_eval_{name}.log", args.eval_timeout, f"{name}: lm_eval"
         )
-        if code != 0:
-            raise RuntimeError(
-                f"{name}: lm_eval exited with {code} (log: {out_dir}/lm_eval_{name}.log)"
-            )
         results = json.loads(find_results_file(output_path).read_text())
         return {"results": results, "responses": load_responses(output_path)}
 
@@ -353,10 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Accuracy A/B: {Path(model).name if args.tiny else model}, lm_eval "
         f"local-completions, {counts}"
     )
-    md_path, json_path = ab_common.write_outputs(out_dir, "gsm8k_ab", title, table, record)
-    print()
-    print(table)
-    print(f"written: {md_path}, {json_path}")
+    ab_common.publish(out_dir, "gsm8k_ab", title, table, record)
     return 0
 
 

@@ -228,14 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         bench_commands[name] = command
         print(f"== {name}: {as_vllm_cli(command)}", flush=True)
-        code = ab_common.run_logged(
-            command, out_dir / f"bench_{name}.log", None, args.bench_timeout
-        )
+        log_path = out_dir / f"bench_{name}.log"
+        ab_common.run_client(command, log_path, args.bench_timeout, f"{name}: vllm bench serve")
         result_path = out_dir / f"bench_{name}.json"
-        if code != 0 or not result_path.exists():
-            raise RuntimeError(
-                f"{name}: vllm bench serve exited with {code} (log: {out_dir}/bench_{name}.log)"
-            )
+        if not result_path.exists():
+            raise RuntimeError(f"{name}: vllm bench serve wrote no {result_path} (log: {log_path})")
         return json.loads(result_path.read_text())
 
     outcomes = ab_common.run_arms(
@@ -288,10 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.input_len} in / {args.output_len} out, {args.num_prompts} prompts, "
         f"max concurrency {max_concurrency or 'unlimited'}"
     )
-    md_path, json_path = ab_common.write_outputs(out_dir, "serve_ab", title, table, record)
-    print()
-    print(table)
-    print(f"written: {md_path}, {json_path}")
+    ab_common.publish(out_dir, "serve_ab", title, table, record)
     for problem in problems:
         print(f"WARNING: {problem}", file=sys.stderr)
     return 1 if problems else 0

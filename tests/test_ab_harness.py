@@ -376,6 +376,14 @@ def test_run_logged_copies_output_and_enforces_timeout(tmp_path, capsys):
         )
 
 
+def test_run_client_raises_with_the_log_on_failure(tmp_path):
+    ab_common.run_client([sys.executable, "-c", "print('ok')"], tmp_path / "ok.log", 30, "fine")
+    log = tmp_path / "bad.log"
+    with pytest.raises(RuntimeError, match=r"plugin: client exited with 2 \(log: .*bad\.log\)"):
+        failing = [sys.executable, "-c", "raise SystemExit(2)"]
+        ab_common.run_client(failing, log, 30, "plugin: client")
+
+
 def test_environment_stamp():
     stamp = ab_common.environment_stamp()
     assert stamp["versions"]["torch"] and stamp["device"] and stamp["date"].endswith("UTC")
