@@ -4,6 +4,8 @@
 #
 #   bash ci/device_e2e.sh demo       # tiny Gemma4 MoE, plugin vs in-tree, 18 mixed prompts
 #   bash ci/device_e2e.sh serve_ab   # vllm bench serve A/B, 64 prompts, conc. 16, 512/128
+#                                    # (16 warm-up requests: the first arm otherwise pays
+#                                    # Triton JIT compiles inside its measurement)
 #
 # Both use the default compilation (torch.compile + CUDA graphs) and TRITON_ATTN.
 # Each step packs its logs and results into $OUT/<step>.tgz and prints its
@@ -65,6 +67,7 @@ case $STEP in
     python3 benchmarks/serve_ab.py --tiny \
       --num-prompts 64 --max-concurrency 16 --input-len 512 --output-len 128 \
       --server-args "$GPU_ARGS --no-enable-prefix-caching" \
+      --bench-args "--num-warmups 16" \
       --result-dir "$OUT" --tag serve_ab > "$WORK/serve_ab.txt" 2>&1
     status=$?
     cat "$WORK/stamp.txt"
