@@ -126,32 +126,3 @@ def test_gpu_cached_launches_match_triton_dispatch(gen):
                 assert torch.equal(ids, ref_ids)
                 assert torch.equal(weights, ref_w)
     assert launches.hits > hits_before
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (256, 8), (60, 6)])
-def test_gpu_mad_subtract_and_scale_prefetch_change_no_bit(dtype, num_experts, topk, gen):
-    # The CUDA-only launch options (inline PTX): the next-pick subtract as a
-    # multiply-add and the L1 prefetch of the scales. Same contract, and bitwise
-    # the same outputs as without them, on ties and random rows alike.
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig
-
-    if torch.version.hip:
-        pytest.skip("inline PTX: CUDA only")
-    logits = (torch.randn(3001, num_experts, generator=gen) * 2).to(dtype)
-    logits[::3] = (torch.randint(-3, 4, (1001, num_experts), generator=gen) * 0.5).to(dtype)
-    scale = torch.rand(num_experts, generator=gen) + 0.5
-    gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
-    for tokens, warps, register_picks in ((1, 1, True), (2, 2, True), (8, 1, False), (4, 4, False)):
-        outputs = []
-        for mad, prefetch in ((False, False), (True, False), (False, True), (True, True)):
-            config = LaunchConfig(tokens, warps, False, register_picks, mad, prefetch)
-            weights = torch.empty(3001, topk, device="cuda")
-            ids = torch.empty(3001, topk, device="cuda", dtype=torch.int32)
-            triton_routing.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
-            outputs.append((weights.cpu(), ids.cpu()))
-        assert_matches_oracle(*outputs[0], logits, topk, scale)
-        for weights, ids in outputs[1:]:
-            assert torch.equal(ids, outputs[0][1])
-            assert torch.equal(weights, outputs[0][0])

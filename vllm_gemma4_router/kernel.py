@@ -63,7 +63,7 @@ def _narrow_keys(ordered, id_rank, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
-def _next_pick(best, keys_u, minus_one, MAD_SUB: tl.constexpr):
+def _next_pick(best, keys_u):
     """The largest key below ``best`` per row (keys unique, ``keys_u`` their uint32 bits).
 
     With ``below = best - 1`` the map ``key -> (below - key) mod 2**32`` sends the
@@ -72,26 +72,9 @@ def _next_pick(best, keys_u, minus_one, MAD_SUB: tl.constexpr):
     subtract and one min per logit, and the keys stay untouched (masking out
     each pick would cost a compare and a select more, and the integer pipe is
     what bounds this kernel: Nsight Compute, H100, 2026-11-23).
-
-    ``MAD_SUB`` (CUDA only) writes the subtract as ``key * minus_one + below``, one
-    PTX ``mad.lo``: the multiply-add runs on the FMA pipe, which this kernel
-    leaves idle, so the integer pipe keeps only the min. ``minus_one`` must be a
-    runtime -1 (a constant would let ptxas turn it back into a subtract); inline
-    asm, because LLVM would hoist a plain ``keys_u * minus_one`` out of the rounds.
     """
     below = (best - 1).to(tl.uint32, bitcast=True)
-    if MAD_SUB:
-        distance = tl.inline_asm_elementwise(
-            "mad.lo.u32 $0, $1, $2, $3;",
-            "=r,r,r,r",
-            [keys_u, minus_one, below[:, None]],
-            dtype=tl.uint32,
-            is_pure=True,
-            pack=1,
-        )
-    else:
-        distance = below[:, None] - keys_u
-    return (below - tl.min(distance, axis=1)).to(tl.int32, bitcast=True)
+    return (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -101,11 +84,9 @@ def _select_narrow(
     row_ok,
     stride_id_k,
     num_experts,
-    minus_one,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
     TOKENS: tl.constexpr,
-    MAD_SUB: tl.constexpr,
 ):
     """TOPK rounds over 32-bit keys (see _next_pick); stores the ids, returns rows whose
     pick may be inexact."""
@@ -116,7 +97,7 @@ def _select_narrow(
     clash = tl.zeros([TOKENS], dtype=tl.int1)
     previous = best & -BLOCK_E
     for slot in range(1, TOPK):
-        best = _next_pick(best, keys_u, minus_one, MAD_SUB)
+        best = _next_pick(best, keys_u)
         # Each round's id goes straight to memory: collecting the K picks in a
         # [TOKENS, K] register tile would cost every lane of a row K selects a round.
         tl.store(id_ptrs + slot * stride_id_k, (BLOCK_E - 1) - (best & (BLOCK_E - 1)), mask=row_ok)
@@ -125,7 +106,7 @@ def _select_narrow(
         previous = value
     # The best key left out must not share the last pick's bucket either
     # (with E == K no key is left out).
-    runner_up = _next_pick(best, keys_u, minus_one, MAD_SUB)
+    runner_up = _next_pick(best, keys_u)
     return clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
 
 
@@ -216,13 +197,11 @@ def _select_narrow_in_registers(
     row_ok,
     stride_logit_e,
     num_experts,
-    minus_one,
     TOPK: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_K: tl.constexpr,
     TOKENS: tl.constexpr,
     KEY_MODE: tl.constexpr,
-    MAD_SUB: tl.constexpr,
 ):
     """The rounds of _select_narrow with the picks kept in [TOKENS, BLOCK_K]
     registers and the softmax sum taken as they come (same slot order, so
@@ -242,7 +221,7 @@ def _select_narrow_in_registers(
     previous = best & -BLOCK_E
     for slot in tl.static_range(TOPK):
         if slot > 0:
-            best = _next_pick(best, keys_u, minus_one, MAD_SUB)
+            best = _next_pick(best, keys_u)
             value = best & -BLOCK_E
             clash = clash | (value == previous)
             previous = value
@@ -251,7 +230,7 @@ def _select_narrow_in_registers(
         here = (slots == slot)[None, :]
         ids = tl.where(here, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], ids)
         logits = tl.where(here, logit[:, None], logits)
-    runner_up = _next_pick(best, keys_u, minus_one, MAD_SUB)
+    runner_up = _next_pick(best, keys_u)
     clash = clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
     return ids, logits, top, total, clash
 
@@ -290,23 +269,6 @@ def _weights_from_stored_ids(
 
 
 @triton.jit
-def _prefetch_to_l1(ptrs):
-    """Start pulling ``ptrs`` into L1 without waiting (CUDA only, inline PTX).
-
-    For the per-expert scales: issued with the logit loads, so the gather of the
-    K picks' scales at the end of a latency-bound launch hits L1 instead of
-    waiting on L2. Not pure, so it survives dead-code elimination."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L1 [$1]; mov.u32 $0, 0;",
-        "=r,l",
-        [ptrs],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
 def gemma4_routing_kernel(
     logits_ptr,
     scale_ptr,
@@ -329,16 +291,12 @@ def gemma4_routing_kernel(
     HAS_SCALE: tl.constexpr,
     SORT_K: tl.constexpr = 0,
     REGISTER_PICKS: tl.constexpr = False,
-    MAD_SUB: tl.constexpr = False,
-    PREFETCH_SCALE: tl.constexpr = False,
 ):
-    experts = tl.arange(0, BLOCK_E)
-    expert_ok = experts < num_experts
-    if PREFETCH_SCALE and HAS_SCALE:
-        _prefetch_to_l1(scale_ptr + tl.where(expert_ok, experts, 0) * stride_scale)
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
     rows64 = rows.to(tl.int64)
+    experts = tl.arange(0, BLOCK_E)
+    expert_ok = experts < num_experts
 
     # Padding columns read -inf: with the lowest id ranks they rank below every real logit.
     x = _as_fp32(
@@ -359,8 +317,6 @@ def gemma4_routing_kernel(
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     id_rank = (BLOCK_E - 1) - experts
     id_ptrs = ids_ptr + rows64 * stride_id_t
-    # -1 that no compiler can see through (num_experts >= 1): see _next_pick.
-    minus_one = ((num_experts >> 31) - 1).to(tl.uint32, bitcast=True)
 
     row_logits = logits_ptr + rows64 * stride_logit_t
     slots = tl.arange(0, BLOCK_K)
@@ -375,13 +331,11 @@ def gemma4_routing_kernel(
             row_ok,
             stride_logit_e,
             num_experts,
-            minus_one,
             TOPK,
             BLOCK_E,
             BLOCK_K,
             TOKENS_PER_PROGRAM,
             KEY_MODE,
-            MAD_SUB,
         )
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:
@@ -414,11 +368,9 @@ def gemma4_routing_kernel(
                     row_ok,
                     stride_id_k,
                     num_experts,
-                    minus_one,
                     TOPK,
                     BLOCK_E,
                     TOKENS_PER_PROGRAM,
-                    MAD_SUB,
                 )
             # Kept apart: the constexpr test must not reach the runtime branch.
             if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102

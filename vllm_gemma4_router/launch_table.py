@@ -46,11 +46,6 @@ class LaunchConfig:
     #: keep the K picks in registers (no store/barrier/reload before the weights):
     #: for latency-bound launches; needs narrow keys and the rounds
     register_picks: bool = False
-    #: next-pick subtraction as a PTX multiply-add on the FMA pipe (kernel._next_pick);
-    #: CUDA only (inline PTX), the narrow-key rounds only
-    mad_subtract: bool = False
-    #: prefetch the per-expert scales into L1 at the start (inline PTX, CUDA only)
-    prefetch_scale: bool = False
 
 
 #: Largest number of experts one program holds in a tile row.

@@ -156,8 +156,6 @@ def _compile_time_args(
         HAS_SCALE=has_scale,
         SORT_K=sort_k,
         REGISTER_PICKS=config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE),
-        MAD_SUB=config.mad_subtract,
-        PREFETCH_SCALE=config.prefetch_scale,
         num_warps=config.num_warps,
     )
 
