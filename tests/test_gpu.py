@@ -126,3 +126,30 @@ def test_gpu_cached_launches_match_triton_dispatch(gen):
                 assert torch.equal(ids, ref_ids)
                 assert torch.equal(weights, ref_w)
     assert launches.hits > hits_before
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (256, 8), (60, 6)])
+def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
+    # Rows loaded in pieces (LaunchConfig.row_groups): a different register
+    # layout on the GPU, bitwise the same outputs as plain rows.
+    from vllm_gemma4_router import triton_routing
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = (torch.randn(5001, num_experts, generator=gen) * 2).to(dtype)
+    logits[::3] = (torch.randint(-3, 4, (1667, num_experts), generator=gen) * 0.5).to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
+    shapes = ((1, 1, True), (4, 2, True), (8, 1, False), (32, 4, False))
+    for tokens, warps, register_picks in shapes:
+        outputs = []
+        for groups in (1, 2, 4, 8):
+            config = LaunchConfig(tokens, warps, False, register_picks, groups)
+            weights = torch.empty(5001, topk, device="cuda")
+            ids = torch.empty(5001, topk, device="cuda", dtype=torch.int32)
+            triton_routing.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
+            outputs.append((weights.cpu(), ids.cpu()))
+        assert_matches_oracle(*outputs[0], logits, topk, scale)
+        for weights, ids in outputs[1:]:
+            assert torch.equal(ids, outputs[0][1])
+            assert torch.equal(weights, outputs[0][0])

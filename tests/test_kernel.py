@@ -274,3 +274,34 @@ def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, 
     assert_matches_oracle(weights, ids, logits, topk, scale)
     assert torch.equal(ids, outputs[False][1])
     assert torch.equal(weights, outputs[False][0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (60, 6), (256, 8), (16, 8)])
+@pytest.mark.parametrize("register_picks", [False, True])
+def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_picks, gen):
+    # Rows loaded in pieces (LaunchConfig.row_groups) only change which lane
+    # holds which logit: same ids and bitwise the same weights as plain rows,
+    # incl. ties, NaN/Inf, -0.0, padding columns (E=60) and pieces clamped to
+    # 8 logits (E=16), for a partial last program (13 rows, 4 per program).
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = _near_ties(torch.randn(13, num_experts, generator=gen), range(0, 13, 3), gen)
+    logits[1::4] = (logits[1::4] * 2).round() / 2
+    logits[2, 0] = float("nan")
+    logits[5, 1] = float("-inf")
+    logits[6] = 0.0
+    logits[6, ::2] = -0.0
+    logits = logits.to(dtype)
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    outputs = []
+    for groups in (1, 4, 8):
+        weights = torch.full((13, topk), float("nan"))
+        ids = torch.full((13, topk), -1, dtype=torch.int32)
+        config = LaunchConfig(4, 1, register_picks=register_picks, row_groups=groups)
+        triton_routing.launch(logits, topk, scale, weights, ids, config)
+        outputs.append((weights, ids))
+    assert_matches_oracle(*outputs[0], logits, topk, scale)
+    for weights, ids in outputs[1:]:
+        assert torch.equal(ids, outputs[0][1])
+        assert torch.equal(weights, outputs[0][0])

@@ -269,6 +269,40 @@ def _weights_from_stored_ids(
 
 
 @triton.jit
+def _load_rows_grouped(
+    logits_ptr,
+    rows64,
+    row_ok,
+    num_experts,
+    stride_logit_t,
+    stride_logit_e,
+    BLOCK_E: tl.constexpr,
+    TOKENS: tl.constexpr,
+    GROUPS: tl.constexpr,
+):
+    """The [TOKENS, BLOCK_E] logits, loaded as [TOKENS, GROUPS, BLOCK_E // GROUPS].
+
+    Triton lays a load out from its fastest axis outwards: a plain row of 128
+    bf16 logits spreads over 16 lanes (8 per 16-byte load). With the row cut
+    into GROUPS pieces, the lanes left after the piece go to the tokens and a
+    row's pieces stay in one lane's registers: 128 / GROUPS / 8 lanes per row.
+    Every round's min then has fewer shuffle steps and the per-row work runs
+    for several rows in one instruction (H100 SASS, triton 3.6, bf16, 8 tokens:
+    about 1000 instructions per program instead of 1430). The reshape keeps
+    the element order, so column j is still expert j."""
+    WIDTH: tl.constexpr = BLOCK_E // GROUPS
+    group = tl.arange(0, GROUPS)[None, :, None]
+    column = tl.arange(0, WIDTH)[None, None, :]
+    expert = group * WIDTH + column
+    raw = tl.load(
+        logits_ptr + rows64[:, None, None] * stride_logit_t + expert * stride_logit_e,
+        mask=row_ok[:, None, None] & (expert < num_experts),
+        other=float("-inf"),
+    )
+    return tl.reshape(_as_fp32(raw), (TOKENS, BLOCK_E))
+
+
+@triton.jit
 def gemma4_routing_kernel(
     logits_ptr,
     scale_ptr,
@@ -291,6 +325,7 @@ def gemma4_routing_kernel(
     HAS_SCALE: tl.constexpr,
     SORT_K: tl.constexpr = 0,
     REGISTER_PICKS: tl.constexpr = False,
+    ROW_GROUPS: tl.constexpr = 1,
 ):
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
@@ -299,13 +334,26 @@ def gemma4_routing_kernel(
     expert_ok = experts < num_experts
 
     # Padding columns read -inf: with the lowest id ranks they rank below every real logit.
-    x = _as_fp32(
-        tl.load(
-            logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
-            mask=row_ok[:, None] & expert_ok[None, :],
-            other=float("-inf"),
+    if ROW_GROUPS == 1:
+        x = _as_fp32(
+            tl.load(
+                logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
+                mask=row_ok[:, None] & expert_ok[None, :],
+                other=float("-inf"),
+            )
         )
-    )
+    else:
+        x = _load_rows_grouped(
+            logits_ptr,
+            rows64,
+            row_ok,
+            num_experts,
+            stride_logit_t,
+            stride_logit_e,
+            BLOCK_E,
+            TOKENS_PER_PROGRAM,
+            ROW_GROUPS,
+        )
     # maxnum returns the non-NaN operand, so NaN ranks as -inf; adding +0.0
     # turns -0.0 into +0.0 so the two zeros tie (lowest id wins). Two cheap
     # float ops instead of two compare-and-selects on the integer pipe.

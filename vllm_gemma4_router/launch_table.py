@@ -46,6 +46,9 @@ class LaunchConfig:
     #: keep the K picks in registers (no store/barrier/reload before the weights):
     #: for latency-bound launches; needs narrow keys and the rounds
     register_picks: bool = False
+    #: load each row as this many pieces (kernel._load_rows_grouped): fewer lanes
+    #: per row, more rows per instruction; 1 is a plain row
+    row_groups: int = 1
 
 
 #: Largest number of experts one program holds in a tile row.

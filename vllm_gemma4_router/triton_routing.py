@@ -156,6 +156,8 @@ def _compile_time_args(
         HAS_SCALE=has_scale,
         SORT_K=sort_k,
         REGISTER_PICKS=config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE),
+        # each piece at least 8 logits wide (one 16-byte load of bf16)
+        ROW_GROUPS=max(1, min(config.row_groups, block_e // 8)),
         num_warps=config.num_warps,
     )
 
