@@ -140,7 +140,8 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
     logits[::3] = (torch.randint(-3, 4, (1667, num_experts), generator=gen) * 0.5).to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
     gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
-    shapes = ((1, 1, True), (4, 2, True), (8, 1, False), (32, 4, False))
+    # the table's shapes and others, incl. ones that fall back to plain rows
+    shapes = ((1, 1, True), (4, 2, True), (8, 1, True), (16, 2, True), (32, 2, True), (8, 1, False))
     for tokens, warps, register_picks in shapes:
         outputs = []
         for groups in (1, 2, 4, 8):

@@ -283,7 +283,8 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     # Rows loaded in pieces (LaunchConfig.row_groups) only change which lane
     # holds which logit: same ids and bitwise the same weights as plain rows,
     # incl. ties, NaN/Inf, -0.0, padding columns (E=60) and pieces clamped to
-    # 8 logits (E=16), for a partial last program (13 rows, 4 per program).
+    # one 16-byte load (E=16), for a partial program (13 rows, 32 per program).
+    from vllm_gemma4_router import kernel
     from vllm_gemma4_router.launch_table import LaunchConfig
 
     logits = _near_ties(torch.randn(13, num_experts, generator=gen), range(0, 13, 3), gen)
@@ -294,14 +295,39 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     logits[6, ::2] = -0.0
     logits = logits.to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
+    key_mode = triton_routing.key_mode_for(dtype)
+    block_e = 1 << (num_experts - 1).bit_length()
     outputs = []
-    for groups in (1, 4, 8):
+    for groups in (1, 2, 4, 8):
+        config = LaunchConfig(32, 1, register_picks=register_picks, row_groups=groups)
+        if groups > 1:  # the launch really loads pieces (not the plain-row fallback)
+            assert triton_routing._row_groups(config, block_e, key_mode) > 1
         weights = torch.full((13, topk), float("nan"))
         ids = torch.full((13, topk), -1, dtype=torch.int32)
-        config = LaunchConfig(4, 1, register_picks=register_picks, row_groups=groups)
         triton_routing.launch(logits, topk, scale, weights, ids, config)
         outputs.append((weights, ids))
+    assert key_mode != int(kernel.WIDE)
     assert_matches_oracle(*outputs[0], logits, topk, scale)
     for weights, ids in outputs[1:]:
         assert torch.equal(ids, outputs[0][1])
         assert torch.equal(weights, outputs[0][0])
+
+
+def test_row_groups_fall_back_where_pieces_would_share_lanes():
+    # triton 3.6 miscompiles the rounds when lanes are left for the groups axis
+    # (H100, 2026-11-24): those launches must load plain rows.
+    from vllm_gemma4_router import kernel
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    bf16, fp32 = int(kernel.NARROW), int(kernel.NARROW_CHECKED)
+    # wrong ids on the H100 with pieces: bf16 (4 tokens, 4 groups), (8, 8); fp32 (2, 4)
+    assert triton_routing._row_groups(LaunchConfig(4, 1, row_groups=4), 128, bf16) == 1
+    assert triton_routing._row_groups(LaunchConfig(8, 2, row_groups=8), 128, bf16) == 1
+    assert triton_routing._row_groups(LaunchConfig(2, 1, row_groups=4), 128, fp32) == 1
+    # right on the H100: bf16 (8, 4), (16, 8), (32, 4); and by the same rule fp32 (4, 4)
+    assert triton_routing._row_groups(LaunchConfig(8, 1, row_groups=4), 128, bf16) == 4
+    assert triton_routing._row_groups(LaunchConfig(16, 2, row_groups=8), 128, bf16) == 8
+    assert triton_routing._row_groups(LaunchConfig(32, 2, row_groups=4), 128, bf16) == 4
+    assert triton_routing._row_groups(LaunchConfig(4, 1, row_groups=4), 128, fp32) == 4
+    # never narrower than one 16-byte load
+    assert triton_routing._row_groups(LaunchConfig(32, 1, row_groups=8), 16, bf16) == 2

@@ -19,6 +19,14 @@ Provenance of ``_CUDA_TABLE``:
   1,2,4,8 --warps 1,2,4``, raw numbers in
   ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_register_picks.csv``
   (register picks were not swept above T=16384, where they tied the memory path).
+  The bf16/fp16 E=128 entries above T=1024 (row groups) come from a fourth sweep,
+  2026-11-24 ~00:50 UTC, kernel as of "row_groups": ``--shapes 128x8 --dtypes
+  bfloat16 --selects rounds --row-groups 1,4,8 --picks memory,registers --tokens
+  16384,65536,262144 --tokens-per-program 4,8,16,32 --warps 1,2`` (and ``--tokens
+  1,16,256,1024,4096 --tokens-per-program 1,2,4,8 --warps 1,2,4 --picks registers``),
+  raw numbers in ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_row_groups_*.csv``:
+  T=262144 40.2 us (plain rows: 54.8), 65536 12.3 (16.8), 16384 5.29 (6.38), 4096 3.09
+  (3.20). fp32 row groups were not swept at T > 1 (the sweep ran out of time).
 * E=64 and E=256 rows: the earlier sweep (``--shapes 128x8,64x4,256x8 --tokens
   1,16,256,4096,32768,262144 --tokens-per-program 1,2,4,8,16,32``, same machine
   and date, kernel as of "store each round's id directly"), raw numbers in
@@ -57,17 +65,17 @@ MAX_EXPERTS = 4096
 # Upper token bounds of the buckets: tiny decode, decode, small prefill, prefill, large prefill.
 _TOKEN_BUCKETS = (4, 1024, 8192, 65536)
 
-# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks)
-# per token bucket. "32-bit" is fp32 logits (checked narrow keys), otherwise
+# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks[,
+# row_groups]) per token bucket. "32-bit" is fp32 logits (checked narrow keys), otherwise
 # bf16/fp16 (narrow keys). Picks: _REG keeps them in registers, _MEM stores them
 # and reads them back (see kernel.py).
 _REG, _MEM = True, False
-_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, int, bool], ...]] = {
+_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
     (True, 64): ((1, 1, _MEM), (1, 1, _MEM), (4, 2, _MEM), (8, 1, _MEM), (8, 1, _MEM)),
     (True, 128): ((1, 1, _REG), (1, 1, _REG), (1, 1, _REG), (4, 1, _MEM), (4, 1, _MEM)),
     (True, 256): ((1, 1, _MEM), (1, 1, _MEM), (1, 1, _MEM), (2, 1, _MEM), (2, 1, _MEM)),
     (False, 64): ((1, 1, _MEM), (1, 1, _MEM), (16, 4, _MEM), (8, 2, _MEM), (16, 1, _MEM)),
-    (False, 128): ((2, 2, _REG), (4, 4, _REG), (8, 4, _REG), (8, 1, _MEM), (8, 1, _MEM)),
+    (False, 128): ((2, 2, _REG), (4, 4, _REG), (8, 1, _REG, 4), (16, 2, _REG, 4), (32, 2, _REG, 4)),
     (False, 256): ((1, 1, _MEM), (1, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM)),
 }
 
@@ -96,10 +104,10 @@ def pick_launch_config(
 def _table_entry(bucket: int, block_e: int, fp32_logits: bool) -> LaunchConfig:
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
-        tokens, warps, register_picks = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        tokens, warps, register_picks, *_ = _CUDA_TABLE[(fp32_logits, 64)][bucket]
         return LaunchConfig(min(128, tokens * (64 // block_e)), warps, False, register_picks)
     if block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
         return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps, register_picks = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
-    return LaunchConfig(tokens, warps, False, register_picks)
+    tokens, warps, register_picks, *groups = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    return LaunchConfig(tokens, warps, False, register_picks, groups[0] if groups else 1)

@@ -156,10 +156,24 @@ def _compile_time_args(
         HAS_SCALE=has_scale,
         SORT_K=sort_k,
         REGISTER_PICKS=config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE),
-        # each piece at least 8 logits wide (one 16-byte load of bf16)
-        ROW_GROUPS=max(1, min(config.row_groups, block_e // 8)),
+        ROW_GROUPS=_row_groups(config, block_e, key_mode),
         num_warps=config.num_warps,
     )
+
+
+def _row_groups(config: LaunchConfig, block_e: int, key_mode: int) -> int:
+    """Pieces per row for the kernel, or 1 where the pieces would share lanes.
+
+    Triton gives a 16-byte load's pieces their lanes first, then the tokens,
+    then the groups. When lanes are left over for the groups axis (tokens x
+    lanes per piece < 32), triton 3.6 miscompiles the rounds on the GPU (wrong
+    ids, H100 2026-11-24; the interpreter is right), so such launches keep
+    plain rows. Each piece is also at least one 16-byte load wide.
+    """
+    per_load = 4 if key_mode != int(_kernel.NARROW) else 8  # fp32 / 16-bit logits
+    groups = max(1, min(config.row_groups, block_e // per_load))
+    lanes_per_piece = min(32, max(1, block_e // groups // per_load))
+    return groups if config.tokens_per_program * lanes_per_piece >= 32 else 1
 
 
 def _cdiv(a: int, b: int) -> int:
