@@ -168,6 +168,21 @@ def _near_ties(logits: torch.Tensor, rows: range, gen: torch.Generator) -> torch
     return out
 
 
+def _adversarial_rows(num_tokens: int, num_experts: int, gen) -> torch.Tensor:
+    """fp32 [num_tokens >= 8, E] rows of the hard cases: fp32 near ties every
+    third row, exact ties on a 0.5 grid, NaN, -inf, +0.0/-0.0, all negative."""
+    logits = _near_ties(
+        torch.randn(num_tokens, num_experts, generator=gen), range(0, num_tokens, 3), gen
+    )
+    logits[1::4] = (logits[1::4] * 2).round() / 2
+    logits[2, 0] = float("nan")
+    logits[5, 1] = float("-inf")
+    logits[6] = 0.0
+    logits[6, ::2] = -0.0
+    logits[7] = -(torch.rand(num_experts, generator=gen) * 50)  # all negative
+    return logits
+
+
 @pytest.mark.parametrize("num_experts", [128, 60])
 def test_kernel_fp32_near_ties_are_exact(num_experts, gen):
     # Rows 0..4 collide in the truncated keys (the tile falls back to 64-bit
@@ -253,13 +268,7 @@ def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, 
     # weights and ids as the memory path, so launch buckets cannot disagree.
     from vllm_gemma4_router.launch_table import LaunchConfig
 
-    logits = _near_ties(torch.randn(16, num_experts, generator=gen), range(0, 16, 3), gen)
-    logits[1::4] = (logits[1::4] * 2).round() / 2
-    logits[2, 0] = float("nan")
-    logits[5, 1] = float("-inf")
-    logits[6] = 0.0
-    logits[6, ::2] = -0.0
-    logits[7] = -(torch.rand(num_experts, generator=gen) * 50)  # all negative
+    logits = _adversarial_rows(16, num_experts, gen)
     logits = logits.to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
     outputs = {}
@@ -287,12 +296,7 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     from vllm_gemma4_router import kernel
     from vllm_gemma4_router.launch_table import LaunchConfig
 
-    logits = _near_ties(torch.randn(13, num_experts, generator=gen), range(0, 13, 3), gen)
-    logits[1::4] = (logits[1::4] * 2).round() / 2
-    logits[2, 0] = float("nan")
-    logits[5, 1] = float("-inf")
-    logits[6] = 0.0
-    logits[6, ::2] = -0.0
+    logits = _adversarial_rows(13, num_experts, gen)
     logits = logits.to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
     key_mode = triton_routing.key_mode_for(dtype)
