@@ -527,6 +527,46 @@ def run_arms(
     return results
 
 
+@dataclass
+class AbSetup:
+    """What an A/B script derives from the common flags (``add_common_args``)
+    before serving: the model, server arguments, client tokenizer, run
+    directory and arms in run order."""
+
+    args: argparse.Namespace
+    model: str
+    server_args: list[str]
+    tokenizer: str
+    out_dir: Path
+    arms: list[Arm]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AbSetup:
+        """Resolve ``--tiny``/``--model``, ``--tokenizer``, ``--result-dir``/``--tag``
+        and ``--order`` (creates the run directory)."""
+        model, server_args = resolve_model(args)
+        return cls(
+            args=args,
+            model=model,
+            server_args=server_args,
+            tokenizer=args.tokenizer or model,
+            out_dir=run_dir(args.result_dir, args.tag),
+            arms=arms_in_order(args.order, args.base_url_in_tree, args.base_url_plugin),
+        )
+
+    def run_arms(self, workload: Callable[[ArmServer], T]) -> dict[str, tuple[ArmServer, T]]:
+        """:func:`run_arms` with this setup's model, servers and flags."""
+        return run_arms(
+            self.arms,
+            self.model,
+            served_model_name=self.args.served_model_name,
+            server_args=self.server_args,
+            out_dir=self.out_dir,
+            startup_timeout_s=self.args.startup_timeout,
+            workload=workload,
+        )
+
+
 def server_record(info: ArmServer) -> dict[str, Any]:
     """The JSON record of one arm's server."""
     return {

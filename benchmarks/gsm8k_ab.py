@@ -260,11 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both arms, write the results and print the table; 0 when both runs finished."""
     args = build_parser().parse_args(argv)
-    model, server_args = ab_common.resolve_model(args)
-    tokenizer = args.tokenizer or model
+    setup = ab_common.AbSetup.from_args(args)
+    model, server_args, tokenizer = setup.model, setup.server_args, setup.tokenizer
+    out_dir, arms = setup.out_dir, setup.arms
     include_path = str(Path(args.include_path).resolve()) if args.include_path else None
-    out_dir = ab_common.run_dir(args.result_dir, args.tag)
-    arms = ab_common.arms_in_order(args.order, args.base_url_in_tree, args.base_url_plugin)
     eval_commands: dict[str, list[str]] = {}
 
     def workload(info: ab_common.ArmServer) -> dict[str, Any]:
@@ -294,15 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads(find_results_file(output_path).read_text())
         return {"results": results, "responses": load_responses(output_path)}
 
-    outcomes = ab_common.run_arms(
-        arms,
-        model,
-        served_model_name=args.served_model_name,
-        server_args=server_args,
-        out_dir=out_dir,
-        startup_timeout_s=args.startup_timeout,
-        workload=workload,
-    )
+    outcomes = setup.run_arms(workload)
     before = outcomes["in-tree"][1]["results"]
     after = outcomes["plugin"][1]["results"]
     agreement = response_agreement(

@@ -199,10 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both arms, write the results and print the table; 0 if both runs are complete."""
     args = build_parser().parse_args(argv)
-    model, server_args = ab_common.resolve_model(args)
-    tokenizer = args.tokenizer or model
-    out_dir = ab_common.run_dir(args.result_dir, args.tag)
-    arms = ab_common.arms_in_order(args.order, args.base_url_in_tree, args.base_url_plugin)
+    setup = ab_common.AbSetup.from_args(args)
+    model, server_args, tokenizer = setup.model, setup.server_args, setup.tokenizer
+    out_dir, arms = setup.out_dir, setup.arms
     max_concurrency = args.max_concurrency or None
     bench_commands: dict[str, list[str]] = {}
 
@@ -235,15 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError(f"{name}: vllm bench serve wrote no {result_path} (log: {log_path})")
         return json.loads(result_path.read_text())
 
-    outcomes = ab_common.run_arms(
-        arms,
-        model,
-        served_model_name=args.served_model_name,
-        server_args=server_args,
-        out_dir=out_dir,
-        startup_timeout_s=args.startup_timeout,
-        workload=workload,
-    )
+    outcomes = setup.run_arms(workload)
     before = outcomes["in-tree"][1]
     after = outcomes["plugin"][1]
     rows = table_rows(before, after)

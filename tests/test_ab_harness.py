@@ -129,6 +129,30 @@ def test_serve_defaults_are_the_pr_workload():
     assert ab_common.resolve_model(custom)[1] == ["--max-model-len", "4096", "-tp", "2"]
 
 
+def test_ab_setup_from_common_flags(tmp_path):
+    args = serve_ab.build_parser().parse_args(
+        [
+            "--tokenizer",
+            "/tok",
+            "--result-dir",
+            str(tmp_path),
+            "--tag",
+            "t",
+            "--order",
+            "plugin,in-tree",
+        ]
+    )
+    setup = ab_common.AbSetup.from_args(args)
+    assert setup.model == "google/gemma-4-26B-A4B-it" and setup.tokenizer == "/tok"
+    assert setup.server_args == list(ab_common.PR_SERVER_ARGS)
+    assert setup.out_dir == tmp_path / "t" and setup.out_dir.is_dir()
+    assert [arm.name for arm in setup.arms] == ["plugin", "in-tree"]
+    default = ab_common.AbSetup.from_args(
+        serve_ab.build_parser().parse_args(["--result-dir", str(tmp_path), "--tag", "u"])
+    )
+    assert default.tokenizer == default.model
+
+
 def test_bench_command_parses_with_vllm_bench_serve(tmp_path):
     """Every flag the harness passes is one the installed `vllm bench serve` accepts."""
     command = serve_ab.bench_command(

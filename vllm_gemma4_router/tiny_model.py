@@ -58,7 +58,18 @@ def tiny_model_params(
     sliding_window: int = 128,
     init_std: float = 0.06,
 ) -> dict[str, Any]:
-    """The full parameter set of a tiny model build (also what its cache key hashes)."""
+    """The full parameter set of a tiny model build (also what its cache key hashes).
+
+    Args:
+        seed: the weights are a pure function of the parameters and this seed.
+        num_experts, top_k: experts per MoE layer and experts per token.
+        hidden_size, num_layers, moe_intermediate_size, intermediate_size,
+        num_heads, num_kv_heads, head_dim, sliding_window: model shape. Every
+            layer but the last uses sliding-window attention (the last is global,
+            as Gemma 4 requires).
+        init_std: standard deviation of the random matrices; large enough that
+            the residual stream, hence the routing, varies strongly with the input.
+    """
     return {
         "recipe": _RECIPE_VERSION,
         "seed": seed,
@@ -91,60 +102,35 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
 def build_tiny_model(
     path: str | os.PathLike[str] | None = None,
     *,
-    seed: int = 0,
-    num_experts: int = 128,
-    top_k: int = 8,
-    hidden_size: int = 256,
-    num_layers: int = 4,
-    moe_intermediate_size: int = 32,
-    intermediate_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 64,
-    sliding_window: int = 128,
-    init_std: float = 0.06,
     progress: Callable[[str], None] | None = None,
+    **shape: Any,
 ) -> Path:
     """Write (or reuse) a random-weight Gemma 4 MoE checkpoint and return its directory.
 
     Args:
         path: target directory. ``None``: ``default_cache_dir()/tiny-gemma4-moe-<hash>``,
-            the hash covering every parameter below. An existing complete build at
-            the target is reused as is; an incomplete one is replaced.
-        seed: the weights are a pure function of the parameters and this seed.
-        num_experts, top_k: experts per MoE layer and experts per token.
-        hidden_size, num_layers, moe_intermediate_size, intermediate_size,
-        num_heads, num_kv_heads, head_dim, sliding_window: model shape. Every
-            layer but the last uses sliding-window attention (the last is global,
-            as Gemma 4 requires).
-        init_std: standard deviation of the random matrices; large enough that
-            the residual stream, hence the routing, varies strongly with the input.
+            the hash covering every parameter of :func:`tiny_model_params`. An
+            existing complete build at the target is reused as is; an incomplete
+            one is replaced.
         progress: called with a short line per step (e.g. ``print``).
+        **shape: keyword arguments of :func:`tiny_model_params` (``seed``,
+            ``num_experts``, ``top_k``, ``hidden_size``, ...); an unknown name
+            raises ``TypeError``.
 
     Returns:
         The checkpoint directory: ``config.json``, ``model.safetensors``,
         ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json``.
     """
-    params = tiny_model_params(
-        seed=seed,
-        num_experts=num_experts,
-        top_k=top_k,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        moe_intermediate_size=moe_intermediate_size,
-        intermediate_size=intermediate_size,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        sliding_window=sliding_window,
-        init_std=init_std,
-    )
+    params = tiny_model_params(**shape)
     target = Path(path) if path is not None else tiny_model_path(params)
     say = progress or (lambda _line: None)
     if is_complete(target):
         say(f"tiny model: cached at {target}")
         return target
-    say(f"tiny model: building {num_layers} layers x {num_experts} experts (top-{top_k}) ...")
+    say(
+        f"tiny model: building {params['num_layers']} layers x {params['num_experts']} experts "
+        f"(top-{params['top_k']}) ..."
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename into place, so an interrupted build
     # never leaves a directory that looks like a model.
