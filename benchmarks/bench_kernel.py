@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,17 +80,21 @@ def build_methods(selected: list[str]):
     return methods
 
 
-def host_us_per_call(fn, args, calls: int = 2000) -> float:
-    """Eager host time per call at tiny T: wall time of back-to-back calls."""
+def host_us_per_call(fn, args, calls: int = 1000, batches: int = 7) -> float:
+    """Eager host time per call at tiny T: wall time of back-to-back calls, the
+    median over ``batches`` runs (the H100 machine's CPU is noisy), the same
+    procedure for every method."""
     for _ in range(50):
         fn(*args)
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn(*args)
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
+    per_batch = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(*args)
+        per_batch.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(per_batch)
 
 
 def main() -> None:

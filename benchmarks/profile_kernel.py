@@ -14,6 +14,7 @@ call at T=1, split into our wrapper, our bare launch and the peers' wrappers.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,17 +28,20 @@ from vllm_gemma4_router.launch_table import pick_launch_config  # noqa: E402
 from vllm_gemma4_router.triton_routing import launch  # noqa: E402
 
 
-def per_call_us(fn, calls: int = 3000) -> float:
-    """Back-to-back eager calls: wall time per call once the GPU queue is warm."""
+def per_call_us(fn, calls: int = 1000, batches: int = 7) -> float:
+    """Back-to-back eager calls: wall time per call once the GPU queue is warm,
+    the median over ``batches`` runs of ``calls`` (the H100 machine's CPU is noisy)."""
     for _ in range(100):
         fn()
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
+    per_batch = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_batch.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(per_batch)
 
 
 def host_breakdown(num_experts: int, topk: int) -> None:
@@ -46,17 +50,26 @@ def host_breakdown(num_experts: int, topk: int) -> None:
     weights = torch.empty(1, topk, device="cuda")
     ids = torch.empty(1, topk, device="cuda", dtype=torch.int32)
     config = pick_launch_config(1, 1 << (num_experts - 1).bit_length(), "cuda", True)
+    from vllm_gemma4_router import triton_routing
+    from vllm_gemma4_router._validation import check_routing_inputs
+
+    plan_args = (0, topk, num_experts, logits.dtype, scale.dtype, "cuda")
     rows = {
         "ours (wrapper, allocates outputs)": lambda: gemma4_routing_triton(logits, topk, scale),
         "ours (wrapper, given outputs)": lambda: gemma4_routing_triton(
             logits, topk, scale, topk_weights=weights, topk_ids=ids
         ),
-        "ours (bare launch)": lambda: launch(logits, topk, scale, weights, ids, config),
+        "ours (bare launch, explicit config)": lambda: launch(
+            logits, topk, scale, weights, ids, config
+        ),
+        "  of which: input checks": lambda: check_routing_inputs(logits, topk, scale),
+        "  of which: plan lookup": lambda: triton_routing._table_plan(*plan_args),
         "torch.empty x2": lambda: (
             torch.empty(1, topk, device="cuda"),
             torch.empty(1, topk, device="cuda", dtype=torch.int32),
         ),
     }
+    rows.update(_triton_run_rows(logits, scale, weights, ids, topk, num_experts))
     try:
         from peer_kernels import load_sglang_router, load_vllm_router
 
@@ -67,6 +80,43 @@ def host_breakdown(num_experts: int, topk: int) -> None:
         print(f"peer kernels not loaded: {exc}")
     for name, fn in rows.items():
         print(f"host us/call T=1  {name:38s} {per_call_us(fn):7.2f}")
+
+
+def _triton_run_rows(logits, scale, weights, ids, topk, num_experts):
+    """Triton's compiled launcher alone, given tensors (it calls data_ptr() and
+    cuPointerGetAttribute per pointer) or raw pointers (our cached path)."""
+    from vllm_gemma4_router import triton_routing
+
+    launches = triton_routing._LAUNCHES
+    gemma4_routing_triton(logits, topk, scale)  # this shape's compiled kernel: the newest entry
+    if not launches.enabled or not launches._cache:
+        return {}
+    compiled, constexpr_values = next(reversed(launches._cache.values()))
+    stream = launches._stream(0)
+    ints = (1, num_experts, *logits.stride(), scale.stride(0), *weights.stride(), *ids.stride())
+    tensors = (logits, scale, weights, ids)
+    pointers = tuple(t.data_ptr() for t in tensors)
+
+    def run(args):
+        compiled.run(
+            1,
+            1,
+            1,
+            stream,
+            compiled.function,
+            compiled.packed_metadata,
+            None,
+            None,
+            None,
+            *args,
+            *ints,
+            *constexpr_values,
+        )
+
+    return {
+        "triton launcher, tensor args": lambda: run(tensors),
+        "triton launcher, pointer args": lambda: run(pointers),
+    }
 
 
 def main() -> None:

@@ -20,13 +20,17 @@ from common import bench_graph, environment_stamp, rotating, write_stamped_csv  
 
 from vllm_gemma4_router import gemma4_routing_reference, kernel  # noqa: E402
 from vllm_gemma4_router.launch_table import LaunchConfig  # noqa: E402
-from vllm_gemma4_router.triton_routing import launch  # noqa: E402
+from vllm_gemma4_router.triton_routing import _row_groups, launch  # noqa: E402
 
 KEY_MODES = {
     "narrow": int(kernel.NARROW),
     "wide": int(kernel.WIDE),
     "checked": int(kernel.NARROW_CHECKED),
 }
+
+
+def _effective_groups(tpp: int, groups: int, block_e: int, mode: str) -> int:
+    return _row_groups(LaunchConfig(tpp, 1, row_groups=groups), block_e, KEY_MODES[mode])
 
 
 def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
@@ -43,8 +47,8 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
     out_w = torch.empty(num_tokens, topk, device="cuda")
     out_ids = torch.empty(num_tokens, topk, device="cuda", dtype=torch.int32)
     rows = []
-    for tpp, warps, mode, sort_select, register_picks, groups in candidates:
-        config = LaunchConfig(tpp, warps, sort_select, register_picks, groups)
+    for tpp, warps, mode, sort_select, register_picks, groups, paired in candidates:
+        config = LaunchConfig(tpp, warps, sort_select, register_picks, groups, paired)
 
         def run(config=config, mode=mode):
             (logits,) = next_logits()
@@ -68,6 +72,7 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
                 select="topk" if sort_select else "rounds",
                 picks="registers" if register_picks else "memory",
                 row_groups=groups,
+                paired_rounds=paired,
                 correct=ok,
                 us=round(us, 3),
             )
@@ -88,6 +93,10 @@ def main() -> None:
     parser.add_argument("--picks", default="memory", help="memory and/or registers")
     parser.add_argument("--fp32-keys", default="checked,wide", help="key modes for fp32 logits")
     parser.add_argument("--row-groups", default="1", help="pieces per row, e.g. 1,2,4,8")
+    parser.add_argument(
+        "--paired", default="0", help="register picks two per reduction: 0 and/or 1"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the CSV name")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -95,7 +104,8 @@ def main() -> None:
     print(stamp, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"launch_sweep_{stamp.get('gpu', 'cpu').replace(' ', '_')}.csv"
+    gpu = stamp.get("gpu", "cpu").replace(" ", "_")
+    path = out / f"launch_sweep_{gpu}{('_' + args.tag) if args.tag else ''}.csv"
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -105,7 +115,7 @@ def main() -> None:
             block_e = 1 << (num_experts - 1).bit_length()
             for num_tokens in (int(t) for t in args.tokens.split(",")):
                 candidates = [
-                    (tpp, warps, mode, sort_select, register_picks, groups)
+                    (tpp, warps, mode, sort_select, register_picks, groups, paired)
                     for tpp in (int(v) for v in args.tokens_per_program.split(","))
                     if tpp <= max(1, num_tokens) * 2 and tpp * block_e <= args.max_tile
                     for warps in (int(v) for v in args.warps.split(","))
@@ -116,6 +126,10 @@ def main() -> None:
                     for register_picks in (p == "registers" for p in args.picks.split(","))
                     if not (register_picks and (sort_select or mode == "wide"))
                     for groups in (int(g) for g in args.row_groups.split(","))
+                    # pieces that would fall back to plain rows time a duplicate
+                    if groups == 1 or _effective_groups(tpp, groups, block_e, mode) == groups
+                    for paired in (p == "1" for p in args.paired.split(","))
+                    if register_picks or not paired
                 ]
                 point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
                 rows += point
@@ -127,7 +141,7 @@ def main() -> None:
                 summary = (
                     f"tpp={best['tokens_per_program']:3d} warps={best['num_warps']} "
                     f"keys={best['keys']:8s} {best['select']:6s} {best['picks']:9s} "
-                    f"groups={best['row_groups']} "
+                    f"groups={best['row_groups']} paired={int(best['paired_rounds'])} "
                     f"{best['us']:9.2f} us"
                     if best
                     else "NONE"

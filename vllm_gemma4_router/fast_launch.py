@@ -81,15 +81,19 @@ class CompiledLaunches:
         if not self.enabled or self._hooks_installed():
             self._jit[(grid_x,)](*tensors, *ints, **constexprs)
             return
-        # Plain tuple of ints: building it is most of this path's host time.
+        # Raw pointers: Triton's launcher takes ints as they are, where for a
+        # tensor it calls data_ptr() and asks the driver about the pointer
+        # (cuPointerGetAttribute) on every launch. The checks before any launch
+        # already put every tensor on this GPU.
+        logits, scale, weights, ids = (tensor.data_ptr() for tensor in tensors)
         num_tokens = ints[0]
         key = (
             device_index,
             class_key,
-            tensors[0].data_ptr() & 15,
-            tensors[1].data_ptr() & 15,
-            tensors[2].data_ptr() & 15,
-            tensors[3].data_ptr() & 15,
+            logits & 15,
+            scale & 15,
+            weights & 15,
+            ids & 15,
             num_tokens == 1,
             num_tokens & 15,
             num_tokens > 0x7FFFFFFF,
@@ -111,7 +115,10 @@ class CompiledLaunches:
             None,
             None,
             None,
-            *tensors,
+            logits,
+            scale,
+            weights,
+            ids,
             *ints,
             *constexpr_values,
         )

@@ -57,6 +57,9 @@ class LaunchConfig:
     #: load each row as this many pieces (kernel._load_rows_grouped): fewer lanes
     #: per row, more rows per instruction; 1 is a plain row
     row_groups: int = 1
+    #: with register picks, take them two per reduction (kernel._next_two_picks):
+    #: half the dependent rounds, twice the work per logit in each
+    paired_rounds: bool = False
 
 
 #: Largest number of experts one program holds in a tile row.
@@ -66,9 +69,9 @@ MAX_EXPERTS = 4096
 _TOKEN_BUCKETS = (4, 1024, 8192, 65536)
 
 # (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks[,
-# row_groups]) per token bucket. "32-bit" is fp32 logits (checked narrow keys), otherwise
-# bf16/fp16 (narrow keys). Picks: _REG keeps them in registers, _MEM stores them
-# and reads them back (see kernel.py).
+# row_groups[, paired_rounds]]) per token bucket. "32-bit" is fp32 logits (checked
+# narrow keys), otherwise bf16/fp16 (narrow keys). Picks: _REG keeps them in
+# registers, _MEM stores them and reads them back (see kernel.py).
 _REG, _MEM = True, False
 _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
     (True, 64): ((1, 1, _MEM), (1, 1, _MEM), (4, 2, _MEM), (8, 1, _MEM), (8, 1, _MEM)),
@@ -83,7 +86,8 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
 _INTERPRETER_TILE = 1 << 16
 
 
-def _bucket(num_tokens: int) -> int:
+def token_bucket(num_tokens: int) -> int:
+    """Index of the launch-table bucket that ``num_tokens`` falls in (GPU platforms)."""
     for index, bound in enumerate(_TOKEN_BUCKETS):
         if num_tokens <= bound:
             return index
@@ -93,15 +97,20 @@ def _bucket(num_tokens: int) -> int:
 def pick_launch_config(
     num_tokens: int, block_e: int, platform: str, fp32_logits: bool = True
 ) -> LaunchConfig:
-    """Return the launch shape for ``num_tokens`` rows of ``block_e`` (a power of 2) logits."""
+    """Return the launch shape for ``num_tokens`` rows of ``block_e`` (a power of 2) logits.
+
+    On GPU platforms it depends on ``num_tokens`` only through
+    :func:`token_bucket` (the launcher caches per bucket)."""
     if platform == "interpreter":
         tokens = max(1, min(_INTERPRETER_TILE // block_e, 128, num_tokens))
         return LaunchConfig(1 << (tokens - 1).bit_length(), 4)
-    return _table_entry(_bucket(num_tokens), block_e, fp32_logits)
+    return table_config(token_bucket(num_tokens), block_e, platform, fp32_logits)
 
 
 @functools.lru_cache(maxsize=256)
-def _table_entry(bucket: int, block_e: int, fp32_logits: bool) -> LaunchConfig:
+def table_config(bucket: int, block_e: int, platform: str, fp32_logits: bool) -> LaunchConfig:
+    """The table's launch shape for a :func:`token_bucket` on a GPU ``platform``
+    (cuda, hip, xpu: one table until swept on each)."""
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
         tokens, warps, register_picks, *_ = _CUDA_TABLE[(fp32_logits, 64)][bucket]
@@ -109,5 +118,6 @@ def _table_entry(bucket: int, block_e: int, fp32_logits: bool) -> LaunchConfig:
     if block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
         return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps, register_picks, *groups = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
-    return LaunchConfig(tokens, warps, False, register_picks, groups[0] if groups else 1)
+    tokens, warps, register_picks, *extra = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    groups, paired = (*extra, *(1, False)[len(extra) :])  # optional trailing fields
+    return LaunchConfig(tokens, warps, False, register_picks, groups, paired)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -11,7 +12,13 @@ from . import kernel as _kernel
 from ._validation import check_output, check_routing_inputs
 from .fast_launch import CompiledLaunches
 from .kernel import gemma4_routing_kernel
-from .launch_table import MAX_EXPERTS, LaunchConfig, pick_launch_config
+from .launch_table import (
+    MAX_EXPERTS,
+    LaunchConfig,
+    pick_launch_config,
+    table_config,
+    token_bucket,
+)
 
 # triton.jit reads this once, when the kernel is decorated (import time).
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -20,14 +27,14 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LAUNCHES = CompiledLaunches(gemma4_routing_kernel)
 
 
+# torch.version.hip is fixed for the process: read once, not on every call.
+_GPU_PLATFORMS = {"cuda": "hip" if torch.version.hip is not None else "cuda", "xpu": "xpu"}
+
+
 def _platform_of(device: torch.device) -> str:
     if _INTERPRETED and device.type == "cpu":
         return "interpreter"
-    if device.type == "xpu":
-        return "xpu"
-    if device.type == "cuda" and torch.version.hip is not None:
-        return "hip"
-    return "cuda"
+    return _GPU_PLATFORMS.get(device.type, "cuda")
 
 
 def gemma4_routing_triton(
@@ -81,11 +88,17 @@ def gemma4_routing_triton(
     if num_tokens == 0:
         return topk_weights, topk_ids
 
-    block_e = 1 << (num_experts - 1).bit_length()
-    config = pick_launch_config(
-        num_tokens, block_e, _platform_of(device), gating_output.dtype == torch.float32
-    )
-    launch(gating_output, topk, per_expert_scale, topk_weights, topk_ids, config)
+    platform = _platform_of(device)
+    scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
+    if platform == "interpreter":  # its tile depends on T itself, not on a bucket
+        block_e = 1 << (num_experts - 1).bit_length()
+        config = pick_launch_config(num_tokens, block_e, platform)
+        plan = _config_plan(config, topk, num_experts, gating_output.dtype, scale_dtype, None)
+    else:
+        plan = _table_plan(
+            token_bucket(num_tokens), topk, num_experts, gating_output.dtype, scale_dtype, platform
+        )
+    _launch_plan(plan, gating_output, per_expert_scale, topk_weights, topk_ids, device)
     return topk_weights, topk_ids
 
 
@@ -104,34 +117,89 @@ def launch(
     key_mode: int | None = None,
 ) -> None:
     """Launch the kernel on checked arguments with an explicit shape (sweeps call this)."""
-    num_tokens, num_experts = gating_output.shape
-    has_scale = per_expert_scale is not None
+    scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
+    plan = _config_plan(
+        config, topk, gating_output.shape[1], gating_output.dtype, scale_dtype, key_mode
+    )
+    _launch_plan(
+        plan, gating_output, per_expert_scale, topk_weights, topk_ids, gating_output.device
+    )
+
+
+class _Plan(NamedTuple):
+    """Everything about a launch that does not change from call to call of one shape class."""
+
+    tokens_per_program: int
+    constexprs: dict[str, int | bool]
+    #: small hashable stand-in for the constexprs and dtypes (fast_launch's cache key)
+    class_key: int
+
+
+# The eager decode path runs this per call and per layer: everything that
+# depends only on the shape class is looked up once per class (~3 us less host
+# time per call than rebuilding it).
+@functools.lru_cache(maxsize=1024)
+def _table_plan(
+    bucket: int,
+    topk: int,
+    num_experts: int,
+    logit_dtype: torch.dtype,
+    scale_dtype: torch.dtype | None,
+    platform: str,
+) -> _Plan:
+    block_e = 1 << (num_experts - 1).bit_length()
+    config = table_config(bucket, block_e, platform, logit_dtype == torch.float32)
+    return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _config_plan(
+    config: LaunchConfig,
+    topk: int,
+    num_experts: int,
+    logit_dtype: torch.dtype,
+    scale_dtype: torch.dtype | None,
+    key_mode: int | None,
+) -> _Plan:
     if key_mode is None:
-        key_mode = key_mode_for(gating_output.dtype)
-    constexpr_key = (topk, num_experts, config, key_mode, has_scale)
-    scale_arg = per_expert_scale if has_scale else topk_weights
+        key_mode = key_mode_for(logit_dtype)
+    constexprs = _compile_time_args(topk, num_experts, config, key_mode, scale_dtype is not None)
+    # The scale pointer stands in for weights (fp32) when there is no scale.
+    class_id = (topk, num_experts, config, key_mode, logit_dtype, scale_dtype or torch.float32)
+    class_key = _CLASS_KEYS.setdefault(class_id, len(_CLASS_KEYS))
+    return _Plan(config.tokens_per_program, constexprs, class_key)
+
+
+_CLASS_KEYS: dict[tuple, int] = {}
+
+
+def _launch_plan(
+    plan: _Plan,
+    gating_output: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    device: torch.device,
+) -> None:
+    num_tokens, num_experts = gating_output.shape
+    if per_expert_scale is None:
+        scale_arg, scale_stride = topk_weights, 0  # never read (HAS_SCALE=False)
+    else:
+        scale_arg, scale_stride = per_expert_scale, per_expert_scale.stride(0)
     tensors = (gating_output, scale_arg, topk_weights, topk_ids)
     ints = (
         num_tokens,
         num_experts,
         *gating_output.stride(),
-        per_expert_scale.stride(0) if has_scale else 0,
+        scale_stride,
         *topk_weights.stride(),
         *topk_ids.stride(),
     )
-    grid_x = _cdiv(num_tokens, config.tokens_per_program)
-    constexprs = _compile_time_args(*constexpr_key)
-    if gating_output.device.type != "cuda":  # interpreter (cpu), xpu: Triton's own launch path
-        gemma4_routing_kernel[(grid_x,)](*tensors, *ints, **constexprs)
+    grid_x = -(-num_tokens // plan.tokens_per_program)
+    if device.type != "cuda":  # interpreter (cpu), xpu: Triton's own launch path
+        gemma4_routing_kernel[(grid_x,)](*tensors, *ints, **plan.constexprs)
     else:
-        _LAUNCHES.launch(
-            grid_x,
-            gating_output.get_device(),
-            tensors,
-            ints,
-            constexprs,
-            (constexpr_key, gating_output.dtype, scale_arg.dtype),
-        )
+        _LAUNCHES.launch(grid_x, device.index, tensors, ints, plan.constexprs, plan.class_key)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -147,6 +215,7 @@ def _compile_time_args(
         sort_k = 1 << (wanted - 1).bit_length()
         if sort_k > block_e:
             sort_k = 0  # too few experts for a top-k that size: rounds
+    register_picks = config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE)
     return dict(
         TOPK=topk,
         BLOCK_E=block_e,
@@ -155,8 +224,9 @@ def _compile_time_args(
         KEY_MODE=key_mode,
         HAS_SCALE=has_scale,
         SORT_K=sort_k,
-        REGISTER_PICKS=config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE),
+        REGISTER_PICKS=register_picks,
         ROW_GROUPS=_row_groups(config, block_e, key_mode),
+        PAIRED_ROUNDS=register_picks and config.paired_rounds,
         num_warps=config.num_warps,
     )
 
@@ -174,7 +244,3 @@ def _row_groups(config: LaunchConfig, block_e: int, key_mode: int) -> int:
     groups = max(1, min(config.row_groups, block_e // per_load))
     lanes_per_piece = min(32, max(1, block_e // groups // per_load))
     return groups if config.tokens_per_program * lanes_per_piece >= 32 else 1
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
