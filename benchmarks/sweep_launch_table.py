@@ -47,8 +47,8 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
     out_w = torch.empty(num_tokens, topk, device="cuda")
     out_ids = torch.empty(num_tokens, topk, device="cuda", dtype=torch.int32)
     rows = []
-    for tpp, warps, mode, sort_select, register_picks, groups, paired in candidates:
-        config = LaunchConfig(tpp, warps, sort_select, register_picks, groups, paired)
+    for tpp, warps, mode, sort_select, register_picks, groups in candidates:
+        config = LaunchConfig(tpp, warps, sort_select, register_picks, groups)
 
         def run(config=config, mode=mode):
             (logits,) = next_logits()
@@ -72,7 +72,6 @@ def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
                 select="topk" if sort_select else "rounds",
                 picks="registers" if register_picks else "memory",
                 row_groups=groups,
-                paired_rounds=paired,
                 correct=ok,
                 us=round(us, 3),
             )
@@ -93,9 +92,6 @@ def main() -> None:
     parser.add_argument("--picks", default="memory", help="memory and/or registers")
     parser.add_argument("--fp32-keys", default="checked,wide", help="key modes for fp32 logits")
     parser.add_argument("--row-groups", default="1", help="pieces per row, e.g. 1,2,4,8")
-    parser.add_argument(
-        "--paired", default="0", help="register picks two per reduction: 0 and/or 1"
-    )
     parser.add_argument("--tag", default="", help="suffix of the CSV name")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -115,7 +111,7 @@ def main() -> None:
             block_e = 1 << (num_experts - 1).bit_length()
             for num_tokens in (int(t) for t in args.tokens.split(",")):
                 candidates = [
-                    (tpp, warps, mode, sort_select, register_picks, groups, paired)
+                    (tpp, warps, mode, sort_select, register_picks, groups)
                     for tpp in (int(v) for v in args.tokens_per_program.split(","))
                     if tpp <= max(1, num_tokens) * 2 and tpp * block_e <= args.max_tile
                     for warps in (int(v) for v in args.warps.split(","))
@@ -128,8 +124,6 @@ def main() -> None:
                     for groups in (int(g) for g in args.row_groups.split(","))
                     # pieces that would fall back to plain rows time a duplicate
                     if groups == 1 or _effective_groups(tpp, groups, block_e, mode) == groups
-                    for paired in (p == "1" for p in args.paired.split(","))
-                    if register_picks or not paired
                 ]
                 point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
                 rows += point
@@ -141,7 +135,7 @@ def main() -> None:
                 summary = (
                     f"tpp={best['tokens_per_program']:3d} warps={best['num_warps']} "
                     f"keys={best['keys']:8s} {best['select']:6s} {best['picks']:9s} "
-                    f"groups={best['row_groups']} paired={int(best['paired_rounds'])} "
+                    f"groups={best['row_groups']} "
                     f"{best['us']:9.2f} us"
                     if best
                     else "NONE"

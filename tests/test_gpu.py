@@ -154,29 +154,3 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
         for weights, ids in outputs[1:]:
             assert torch.equal(ids, outputs[0][1])
             assert torch.equal(weights, outputs[0][0])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (256, 8), (60, 6), (8, 8)])
-def test_gpu_paired_rounds_change_no_bit(dtype, num_experts, topk, gen):
-    # Register picks two per reduction (LaunchConfig.paired_rounds): the GPU
-    # lowers the pair reduction to shuffles (one pick per round uses REDUX on
-    # sm_90), so check it there too: bitwise the same as one pick per round.
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig
-
-    logits = (torch.randn(3001, num_experts, generator=gen) * 2).to(dtype)
-    logits[::3] = (torch.randint(-3, 4, (1001, num_experts), generator=gen) * 0.5).to(dtype)
-    scale = torch.rand(num_experts, generator=gen) + 0.5
-    gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
-    for tokens, warps, groups in ((1, 1, 1), (2, 2, 1), (4, 4, 1), (4, 1, 4), (8, 1, 4)):
-        outputs = []
-        for paired in (False, True):
-            config = LaunchConfig(tokens, warps, False, True, groups, paired)
-            weights = torch.empty(3001, topk, device="cuda")
-            ids = torch.empty(3001, topk, device="cuda", dtype=torch.int32)
-            triton_routing.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
-            outputs.append((weights.cpu(), ids.cpu()))
-        assert_matches_oracle(*outputs[1], logits, topk, scale)
-        assert torch.equal(outputs[1][1], outputs[0][1])
-        assert torch.equal(outputs[1][0], outputs[0][0])

@@ -263,47 +263,26 @@ def test_kernel_sorted_selection_matches_oracle(dtype, num_experts, topk, gen):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (60, 6), (16, 8), (8, 8)])
 def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, topk, gen):
-    # Picks kept in registers (LaunchConfig.register_picks), one or two per
-    # reduction (paired_rounds): same contract, incl. ties, NaN/Inf, -0.0, fp32
-    # near ties (wide fallback), and bitwise the same weights and ids as the
-    # memory path, so launch buckets cannot disagree.
+    # Picks kept in registers (LaunchConfig.register_picks): same contract, incl.
+    # ties, NaN/Inf, -0.0, fp32 near ties (wide fallback), and bitwise the same
+    # weights and ids as the memory path, so launch buckets cannot disagree.
     from vllm_gemma4_router.launch_table import LaunchConfig
 
     logits = _adversarial_rows(16, num_experts, gen)
     logits = logits.to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
-    outputs = []
-    for register_picks, paired in ((False, False), (True, False), (True, True)):
+    outputs = {}
+    for register_picks in (True, False):
         weights = torch.full((16, topk), float("nan"))
         ids = torch.full((16, topk), -1, dtype=torch.int32)
-        config = LaunchConfig(4, 1, register_picks=register_picks, paired_rounds=paired)
-        assert triton_routing._compile_time_args(topk, num_experts, config, 0, True)[
-            "PAIRED_ROUNDS"
-        ] == (register_picks and paired)
+        config = LaunchConfig(4, 1, register_picks=register_picks)
         triton_routing.launch(logits, topk, scale, weights, ids, config)
-        outputs.append((weights, ids))
-    for weights, ids in outputs[1:]:
-        assert_ids_valid(ids, num_experts)
-        assert_matches_oracle(weights, ids, logits, topk, scale)
-        assert torch.equal(ids, outputs[0][1])
-        assert torch.equal(weights, outputs[0][0])
-
-
-@pytest.mark.parametrize(("num_experts", "topk"), [(2, 1), (3, 2), (1, 1), (5, 5)])
-def test_kernel_paired_rounds_with_few_experts(num_experts, topk, gen):
-    # Two picks per reduction when a row has fewer than two keys left to rank
-    # (odd K, K = E, E = 1): the spare second pick is never used.
-    from vllm_gemma4_router.launch_table import LaunchConfig
-
-    for dtype in DTYPES:
-        logits = (torch.randn(6, num_experts, generator=gen) * 3).to(dtype)
-        logits[0] = 1.0  # all tied
-        weights = torch.full((6, topk), float("nan"))
-        ids = torch.full((6, topk), -1, dtype=torch.int32)
-        config = LaunchConfig(2, 1, register_picks=True, paired_rounds=True)
-        triton_routing.launch(logits, topk, None, weights, ids, config)
-        assert_ids_valid(ids, num_experts)
-        assert_matches_oracle(weights, ids, logits, topk, None)
+        outputs[register_picks] = (weights, ids)
+    weights, ids = outputs[True]
+    assert_ids_valid(ids, num_experts)
+    assert_matches_oracle(weights, ids, logits, topk, scale)
+    assert torch.equal(ids, outputs[False][1])
+    assert torch.equal(weights, outputs[False][0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -78,46 +78,6 @@ def _next_pick(best, keys_u):
 
 
 @triton.jit
-def _max_two(a_first, a_second, b_first, b_second):
-    """Combine of two (largest, second largest) pairs of distinct values."""
-    return tl.maximum(a_first, b_first), tl.maximum(
-        tl.minimum(a_first, b_first), tl.maximum(a_second, b_second)
-    )
-
-
-@triton.jit
-def _min_two(a_first, a_second, b_first, b_second):
-    """Combine of two (smallest, second smallest) pairs of distinct values."""
-    return tl.minimum(a_first, b_first), tl.minimum(
-        tl.maximum(a_first, b_first), tl.minimum(a_second, b_second)
-    )
-
-
-@triton.jit
-def _best_two(keys):
-    """The two largest keys per row from one reduction (keys unique, >= 2 columns
-    or the second is INT32_MIN)."""
-    floor = tl.full(keys.shape, -(2**31), dtype=tl.int32)
-    return tl.reduce((keys, floor), 1, _max_two)
-
-
-@triton.jit
-def _next_two_picks(best, keys_u):
-    """The two largest keys below ``best`` per row, from one reduction: the
-    unsigned-min ranking of _next_pick, keeping the two smallest. Half the
-    dependent reductions of two _next_pick rounds, for latency-bound launches
-    (each shuffle step moves two values instead of one)."""
-    below = (best - 1).to(tl.uint32, bitcast=True)
-    gaps = below[:, None] - keys_u
-    ceiling = tl.full(gaps.shape, 0xFFFFFFFF, dtype=tl.uint32)
-    first, second = tl.reduce((gaps, ceiling), 1, _min_two)
-    return (
-        (below - first).to(tl.int32, bitcast=True),
-        (below - second).to(tl.int32, bitcast=True),
-    )
-
-
-@triton.jit
 def _select_narrow(
     keys,
     id_ptrs,
@@ -242,47 +202,36 @@ def _select_narrow_in_registers(
     BLOCK_K: tl.constexpr,
     TOKENS: tl.constexpr,
     KEY_MODE: tl.constexpr,
-    PAIRED: tl.constexpr,
 ):
     """The rounds of _select_narrow with the picks kept in [TOKENS, BLOCK_K]
     registers and the softmax sum taken as they come (same slot order, so
     bitwise the same weights as the memory path). For latency-bound launches:
-    no store, barrier and reload between selection and weights. ``PAIRED``
-    takes the picks two per reduction (_best_two, _next_two_picks): same picks.
+    no store, barrier and reload between selection and weights.
 
     Returns (ids, logits, top logit, sum of exp, rows whose pick may be inexact).
     """
     slots = tl.arange(0, BLOCK_K)
     keys_u = keys.to(tl.uint32, bitcast=True)
-    if PAIRED:
-        best, second = _best_two(keys)
-    else:
-        best = tl.max(keys, axis=1)
+    best = tl.max(keys, axis=1)
     top = _picked_logit(best, row_logits, row_ok, stride_logit_e, KEY_MODE, BLOCK_E)
-    ids = tl.where((slots == 0)[None, :], ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], 0)
-    logits = tl.where((slots == 0)[None, :], top[:, None], float("-inf"))
-    total = tl.full([TOKENS], 1.0, dtype=tl.float32)  # exp(top - top)
+    ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
+    logits = tl.full([TOKENS, BLOCK_K], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
     clash = tl.zeros([TOKENS], dtype=tl.int1)
     previous = best & -BLOCK_E
-    # Slot TOPK is the runner-up: only the fp32 check reads it (dead code otherwise).
-    for slot in tl.static_range(1, TOPK + 1):
-        if PAIRED and slot % 2 == 1:
-            best = second
-        elif PAIRED:
-            best, second = _next_two_picks(best, keys_u)
-        else:
+    for slot in tl.static_range(TOPK):
+        if slot > 0:
             best = _next_pick(best, keys_u)
-        value = best & -BLOCK_E
-        if slot < TOPK:
+            value = best & -BLOCK_E
             clash = clash | (value == previous)
             previous = value
-            logit = _picked_logit(best, row_logits, row_ok, stride_logit_e, KEY_MODE, BLOCK_E)
-            total += tl.exp(logit - top)
-            here = (slots == slot)[None, :]
-            ids = tl.where(here, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], ids)
-            logits = tl.where(here, logit[:, None], logits)
-        else:
-            clash = clash | ((num_experts > TOPK) & (value == previous))
+        logit = _picked_logit(best, row_logits, row_ok, stride_logit_e, KEY_MODE, BLOCK_E)
+        total += tl.exp(logit - top)
+        here = (slots == slot)[None, :]
+        ids = tl.where(here, ((BLOCK_E - 1) - (best & (BLOCK_E - 1)))[:, None], ids)
+        logits = tl.where(here, logit[:, None], logits)
+    runner_up = _next_pick(best, keys_u)
+    clash = clash | ((num_experts > TOPK) & ((runner_up & -BLOCK_E) == previous))
     return ids, logits, top, total, clash
 
 
@@ -377,7 +326,6 @@ def gemma4_routing_kernel(
     SORT_K: tl.constexpr = 0,
     REGISTER_PICKS: tl.constexpr = False,
     ROW_GROUPS: tl.constexpr = 1,
-    PAIRED_ROUNDS: tl.constexpr = False,
 ):
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
@@ -436,7 +384,6 @@ def gemma4_routing_kernel(
             BLOCK_K,
             TOKENS_PER_PROGRAM,
             KEY_MODE,
-            PAIRED_ROUNDS,
         )
         if KEY_MODE == NARROW_CHECKED:  # noqa: SIM102
             if tl.max((clash & row_ok).to(tl.int32), axis=0) != 0:

@@ -26,11 +26,27 @@ Provenance of ``_CUDA_TABLE``:
   1,16,256,1024,4096 --tokens-per-program 1,2,4,8 --warps 1,2,4 --picks registers``),
   raw numbers in ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_128x8_row_groups_*.csv``:
   T=262144 40.2 us (plain rows: 54.8), 65536 12.3 (16.8), 16384 5.29 (6.38), 4096 3.09
-  (3.20). fp32 row groups were not swept at T > 1 (the sweep ran out of time).
-* E=64 and E=256 rows: the earlier sweep (``--shapes 128x8,64x4,256x8 --tokens
-  1,16,256,4096,32768,262144 --tokens-per-program 1,2,4,8,16,32``, same machine
-  and date, kernel as of "store each round's id directly"), raw numbers in
-  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3.csv``.
+  (3.20).
+* fp32 E=128 above T=4096 (row groups; the bucket bound at 4096 was added for
+  them): fifth sweep, same machine, 2026-11-24 ~02:20 UTC, kernel as of "row_groups":
+  ``--shapes 128x8 --dtypes float32 --fp32-keys checked --selects rounds --picks
+  memory,registers --row-groups 1,4,8 --tokens 4096,8192,16384,65536,262144
+  --tokens-per-program 1,2,4,8,16,32 --warps 1,2 --tag 128x8_fp32_large``: T=262144
+  58.4 us (plain rows 4 tokens: 71.9), 65536 18.7 (21.3), 16384 7.84 (8.95), 8192
+  5.92 (6.91); at T=4096 one token per warp stays best (4.52 vs 4.89). The fp32
+  T <= 4096 entries were re-checked with row groups the same day (``--tag
+  128x8_fp32_small``: no gain). A sweep of register picks two per reduction
+  (``128x8_fp32_small``, ``128x8_bf16_paired``, code since removed) was 5-10 %
+  slower at every T: one pick per round is a single warp REDUX on sm_90.
+* E=64 and E=256 rows: sixth and seventh sweeps, same machine and day, kernel as
+  of "row_groups": ``--shapes 64x6,64x4,256x8 --dtypes float32,bfloat16 --selects
+  rounds --picks memory,registers --tokens 1,16,256,1024 --tokens-per-program
+  1,2,4,8 --warps 1,2 --tag variants_small`` and ``--shapes 64x6,256x8 --row-groups
+  1,2,4 --tokens 4096,65536,262144 --tokens-per-program 1,2,4,8,16,32 --warps 1,2
+  --tag variants_large``, raw numbers in
+  ``benchmarks/results/launch_sweep_NVIDIA_H100_80GB_HBM3_variants_*.csv``; each
+  entry minimises the geometric mean of time over best time across the bucket's
+  swept T and shapes (the 4097..8192 bucket, not swept, takes the 4096 entry).
 
 Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
 ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
@@ -57,29 +73,69 @@ class LaunchConfig:
     #: load each row as this many pieces (kernel._load_rows_grouped): fewer lanes
     #: per row, more rows per instruction; 1 is a plain row
     row_groups: int = 1
-    #: with register picks, take them two per reduction (kernel._next_two_picks):
-    #: half the dependent rounds, twice the work per logit in each
-    paired_rounds: bool = False
 
 
 #: Largest number of experts one program holds in a tile row.
 MAX_EXPERTS = 4096
 
-# Upper token bounds of the buckets: tiny decode, decode, small prefill, prefill, large prefill.
-_TOKEN_BUCKETS = (4, 1024, 8192, 65536)
+# Upper token bounds of the buckets: tiny decode, decode, small prefill (two buckets:
+# fp32 E=128 changes shape at 4096), prefill, large prefill.
+_TOKEN_BUCKETS = (4, 1024, 4096, 8192, 65536)
 
 # (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks[,
-# row_groups[, paired_rounds]]) per token bucket. "32-bit" is fp32 logits (checked
+# row_groups]) per token bucket. "32-bit" is fp32 logits (checked
 # narrow keys), otherwise bf16/fp16 (narrow keys). Picks: _REG keeps them in
 # registers, _MEM stores them and reads them back (see kernel.py).
 _REG, _MEM = True, False
 _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
-    (True, 64): ((1, 1, _MEM), (1, 1, _MEM), (4, 2, _MEM), (8, 1, _MEM), (8, 1, _MEM)),
-    (True, 128): ((1, 1, _REG), (1, 1, _REG), (1, 1, _REG), (4, 1, _MEM), (4, 1, _MEM)),
-    (True, 256): ((1, 1, _MEM), (1, 1, _MEM), (1, 1, _MEM), (2, 1, _MEM), (2, 1, _MEM)),
-    (False, 64): ((1, 1, _MEM), (1, 1, _MEM), (16, 4, _MEM), (8, 2, _MEM), (16, 1, _MEM)),
-    (False, 128): ((2, 2, _REG), (4, 4, _REG), (8, 1, _REG, 4), (16, 2, _REG, 4), (32, 2, _REG, 4)),
-    (False, 256): ((1, 1, _MEM), (1, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM), (4, 1, _MEM)),
+    (True, 64): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (4, 1, _MEM, 2),
+        (4, 1, _MEM, 2),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+    ),
+    (True, 128): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (4, 1, _REG, 4),
+        (4, 1, _REG, 4),
+        (8, 1, _REG, 8),
+    ),
+    (True, 256): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (2, 1, _MEM, 2),
+        (4, 1, _MEM),
+    ),
+    (False, 64): (
+        (2, 2, _REG),
+        (2, 2, _REG),
+        (16, 2, _REG, 2),
+        (16, 2, _REG, 2),
+        (16, 1, _REG, 4),
+        (32, 2, _REG, 4),
+    ),
+    (False, 128): (
+        (2, 2, _REG),
+        (4, 4, _REG),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+        (16, 2, _REG, 4),
+        (32, 2, _REG, 4),
+    ),
+    (False, 256): (
+        (1, 1, _REG),
+        (2, 2, _REG),
+        (4, 1, _REG, 4),
+        (4, 1, _REG, 4),
+        (4, 1, _REG, 4),
+        (4, 1, _REG, 4),
+    ),
 }
 
 # TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.
@@ -118,6 +174,5 @@ def table_config(bucket: int, block_e: int, platform: str, fp32_logits: bool) ->
     if block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
         return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps, register_picks, *extra = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
-    groups, paired = (*extra, *(1, False)[len(extra) :])  # optional trailing fields
-    return LaunchConfig(tokens, warps, False, register_picks, groups, paired)
+    tokens, warps, register_picks, *groups = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    return LaunchConfig(tokens, warps, False, register_picks, groups[0] if groups else 1)

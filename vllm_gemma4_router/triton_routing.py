@@ -226,7 +226,6 @@ def _compile_time_args(
         SORT_K=sort_k,
         REGISTER_PICKS=register_picks,
         ROW_GROUPS=_row_groups(config, block_e, key_mode),
-        PAIRED_ROUNDS=register_picks and config.paired_rounds,
         num_warps=config.num_warps,
     )
 
