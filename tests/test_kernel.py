@@ -335,3 +335,19 @@ def test_row_groups_fall_back_where_pieces_would_share_lanes():
     assert triton_routing._row_groups(LaunchConfig(4, 1, row_groups=4), 128, fp32) == 4
     # never narrower than one 16-byte load
     assert triton_routing._row_groups(LaunchConfig(32, 1, row_groups=8), 16, bf16) == 2
+
+
+def test_register_picks_only_for_small_k():
+    # Register picks unroll K rounds: K=128 took ~98 s to compile for sm_90
+    # (triton 3.6, 2026-11-24), so large K takes the memory path's runtime loop.
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    config = LaunchConfig(1, 1, register_picks=True)
+    fp32 = triton_routing.key_mode_for(torch.float32)
+    limit = triton_routing.MAX_REGISTER_PICKS
+    assert triton_routing._compile_time_args(8, 128, config, fp32, True)["REGISTER_PICKS"]
+    assert triton_routing._compile_time_args(limit, 256, config, fp32, True)["REGISTER_PICKS"]
+    assert not triton_routing._compile_time_args(limit + 1, 256, config, fp32, True)[
+        "REGISTER_PICKS"
+    ]
+    assert not triton_routing._compile_time_args(256, 256, config, fp32, False)["REGISTER_PICKS"]

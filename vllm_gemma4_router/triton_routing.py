@@ -26,6 +26,11 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 _LAUNCHES = CompiledLaunches(gemma4_routing_kernel)
 
+#: Register picks unroll their K rounds and hold [tokens, K] tiles: above this K
+#: the memory path's runtime loop is used (E=256, K=256 took minutes to compile
+#: with register picks on the H100 machine, 2026-11-24).
+MAX_REGISTER_PICKS = 16
+
 
 # torch.version.hip is fixed for the process: read once, not on every call.
 _GPU_PLATFORMS = {"cuda": "hip" if torch.version.hip is not None else "cuda", "xpu": "xpu"}
@@ -215,7 +220,12 @@ def _compile_time_args(
         sort_k = 1 << (wanted - 1).bit_length()
         if sort_k > block_e:
             sort_k = 0  # too few experts for a top-k that size: rounds
-    register_picks = config.register_picks and sort_k == 0 and key_mode != int(_kernel.WIDE)
+    register_picks = (
+        config.register_picks
+        and sort_k == 0
+        and key_mode != int(_kernel.WIDE)
+        and topk <= MAX_REGISTER_PICKS
+    )
     return dict(
         TOPK=topk,
         BLOCK_E=block_e,
