@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from common import (  # noqa: E402
     bench_graph,
     copy_bandwidth_gbs,
     environment_stamp,
+    host_us_per_call,
     rotating,
     routing_bytes,
     write_stamped_csv,
@@ -78,23 +77,6 @@ def build_methods(selected: list[str]):
             compiled = torch.compile(gemma4_routing_reference, dynamic=True, **options)
             methods[name] = (f"torch.compile {options['mode']}", compiled)
     return methods
-
-
-def host_us_per_call(fn, args, calls: int = 1000, batches: int = 7) -> float:
-    """Eager host time per call at tiny T: wall time of back-to-back calls, the
-    median over ``batches`` runs (the H100 machine's CPU is noisy), the same
-    procedure for every method."""
-    for _ in range(50):
-        fn(*args)
-    torch.cuda.synchronize()
-    per_batch = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn(*args)
-        per_batch.append((time.perf_counter() - start) / calls * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(per_batch)
 
 
 def main() -> None:
@@ -203,7 +185,7 @@ def main() -> None:
             fn = methods[name][1]
             x = torch.randn(1, main_e, device="cuda")
             s = torch.rand(main_e, device="cuda") + 0.5
-            host[name] = host_us_per_call(fn, (x, main_k, s))
+            host[name] = host_us_per_call(lambda fn=fn, x=x, s=s: fn(x, main_k, s))
     stamp.update({f"host_us_T1_{k}": f"{v:.1f}" for k, v in host.items()})
 
     write_results(rows, stamp, copy_gbs, Path(args.out), args.tag, main_e, main_k)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import math
 import platform
+import statistics
 import subprocess
+import time
 from collections.abc import Callable
 
 import torch
@@ -74,6 +76,23 @@ def bench_eager(fn: Callable[[], object], rep_ms: int = 40) -> float:
     import triton.testing
 
     return 1000.0 * triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median")
+
+
+def host_us_per_call(fn: Callable[[], object], calls: int = 1000, batches: int = 7) -> float:
+    """Eager host time per call: wall time of back-to-back calls once the GPU
+    queue is warm, the median over ``batches`` runs of ``calls`` (the H100
+    machine's CPU is noisy). The same procedure for every method."""
+    for _ in range(100):
+        fn()
+    torch.cuda.synchronize()
+    per_batch = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_batch.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(per_batch)
 
 
 def copy_bandwidth_gbs(num_bytes: int = 2**30) -> float:

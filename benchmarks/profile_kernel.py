@@ -14,34 +14,18 @@ call at T=1, split into our wrapper, our bare launch and the peers' wrappers.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import host_us_per_call  # noqa: E402
+
 from vllm_gemma4_router import gemma4_routing_triton  # noqa: E402
 from vllm_gemma4_router.launch_table import pick_launch_config  # noqa: E402
 from vllm_gemma4_router.triton_routing import launch  # noqa: E402
-
-
-def per_call_us(fn, calls: int = 1000, batches: int = 7) -> float:
-    """Back-to-back eager calls: wall time per call once the GPU queue is warm,
-    the median over ``batches`` runs of ``calls`` (the H100 machine's CPU is noisy)."""
-    for _ in range(100):
-        fn()
-    torch.cuda.synchronize()
-    per_batch = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per_batch.append((time.perf_counter() - start) / calls * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(per_batch)
 
 
 def host_breakdown(num_experts: int, topk: int) -> None:
@@ -79,7 +63,7 @@ def host_breakdown(num_experts: int, topk: int) -> None:
     except Exception as exc:  # the peers are optional here
         print(f"peer kernels not loaded: {exc}")
     for name, fn in rows.items():
-        print(f"host us/call T=1  {name:38s} {per_call_us(fn):7.2f}")
+        print(f"host us/call T=1  {name:38s} {host_us_per_call(fn):7.2f}")
 
 
 def _triton_run_rows(logits, scale, weights, ids, topk, num_experts):

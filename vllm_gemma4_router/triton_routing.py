@@ -207,11 +207,10 @@ def _launch_plan(
         _LAUNCHES.launch(grid_x, device.index, tensors, ints, plan.constexprs, plan.class_key)
 
 
-@functools.lru_cache(maxsize=1024)
 def _compile_time_args(
     topk: int, num_experts: int, config: LaunchConfig, key_mode: int, has_scale: bool
 ) -> dict[str, int | bool]:
-    # Cached: this runs on every call, and the answer depends only on the shape class.
+    # Runs once per shape class: the plans that call it are cached.
     block_e = 1 << (num_experts - 1).bit_length()
     sort_k = 0
     if config.sort_select and key_mode != int(_kernel.WIDE):
