@@ -82,6 +82,9 @@ MAX_EXPERTS = 4096
 # fp32 E=128 changes shape at 4096), prefill, large prefill.
 _TOKEN_BUCKETS = (4, 1024, 4096, 8192, 65536)
 
+#: Number of token buckets (valid bucket indices are 0 .. NUM_BUCKETS - 1).
+NUM_BUCKETS = len(_TOKEN_BUCKETS) + 1
+
 # (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks[,
 # row_groups]) per token bucket. "32-bit" is fp32 logits (checked
 # narrow keys), otherwise bf16/fp16 (narrow keys). Picks: _REG keeps them in

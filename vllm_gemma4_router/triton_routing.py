@@ -252,3 +252,44 @@ def _row_groups(config: LaunchConfig, block_e: int, key_mode: int) -> int:
     groups = max(1, min(config.row_groups, block_e // per_load))
     lanes_per_piece = min(32, max(1, block_e // groups // per_load))
     return groups if config.tokens_per_program * lanes_per_piece >= 32 else 1
+
+
+class CompileSpec(NamedTuple):
+    """What one table launch compiles: for offline compiles (``triton.compile``) and checks."""
+
+    #: runtime parameters in kernel order -> Triton type string (``*fp32``, ``i32``, ...)
+    arg_types: dict[str, str]
+    #: compile-time parameters (the kernel's ``tl.constexpr`` arguments)
+    constexprs: dict[str, int | bool]
+    num_warps: int
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compile_spec(
+    bucket: int,
+    topk: int,
+    num_experts: int,
+    logit_dtype: torch.dtype,
+    scale_dtype: torch.dtype | None,
+    platform: str,
+) -> CompileSpec:
+    """The kernel that a launch in ``bucket`` (see ``launch_table.token_bucket``) on a GPU
+    ``platform`` ("cuda", "hip", "xpu") compiles, from the same plan the launcher uses.
+
+    Runtime integers are typed ``i32`` (Triton's type for ints below 2**31); the
+    launcher's stride-1 / multiple-of-16 specialisations are left to the caller."""
+    plan = _table_plan(bucket, topk, num_experts, logit_dtype, scale_dtype, platform)
+    constexprs = dict(plan.constexprs)
+    num_warps = int(constexprs.pop("num_warps"))
+    scale_type = _TRITON_TYPES[scale_dtype] if scale_dtype is not None else "fp32"
+    pointers = {
+        "logits_ptr": "*" + _TRITON_TYPES[logit_dtype],
+        "scale_ptr": "*" + scale_type,
+        "weights_ptr": "*fp32",
+        "ids_ptr": "*i32",
+    }
+    names = [n for n in gemma4_routing_kernel.arg_names if n not in pointers]
+    ints = {n: "i32" for n in names if n not in constexprs}
+    return CompileSpec({**pointers, **ints}, constexprs, num_warps)
