@@ -95,12 +95,77 @@ def host_us_per_call(fn: Callable[[], object], calls: int = 1000, batches: int =
     return statistics.median(per_batch)
 
 
-def copy_bandwidth_gbs(num_bytes: int = 2**30) -> float:
-    """Device-to-device copy bandwidth, bytes read + written, GB/s."""
+def copy_bandwidth_gbs(num_bytes: int = 2**28, repeats: int = 20) -> float:
+    """The copy floor: one large device-to-device copy timed with CUDA events,
+    bytes read + written per second in GB/s (the best of ``repeats`` copies)."""
     src = torch.randn(num_bytes // 4, device="cuda")
     dst = torch.empty_like(src)
-    us = bench_graph(lambda: dst.copy_(src), rep_ms=100)
-    return 2 * num_bytes / us / 1e3
+    for _ in range(3):
+        dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3)
+    return 2 * num_bytes / best / 1e3
+
+
+def bench_hot(fn: Callable[[], object], calls: int = 32, replays: int = 15) -> float:
+    """Median microseconds per call with the input L2-hot, as in serving right after
+    the router GEMM: one CUDA graph of ``calls`` back-to-back calls on the same
+    input, timed with CUDA events over ``replays`` replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+#: fp32 logit families (``make_logits``): what vLLM's router hands the op.
+FP32_FAMILIES = ("randn", "gemm_fp32", "gemm_bf16")
+ROUTER_HIDDEN = 2816  # gemma-4-26B-A4B hidden size
+
+
+def make_logits(
+    family: str, num_tokens: int, num_experts: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Fresh random logits ``[T, E]`` on the GPU.
+
+    ``randn``: standard normal; ``gemm_fp32``: RMS-normed bf16 hidden states
+    [T, 2816] times bf16 router weights [E, 2816] * 0.02 with fp32 output (vLLM's
+    GateLinear on Hopper/Blackwell); ``gemm_bf16``: the same GEMM in bf16 cast to
+    fp32 (GateLinear's F.linear fallback: many exact ties). Cast to ``dtype``."""
+    if family == "randn":
+        return torch.randn(num_tokens, num_experts, device="cuda").to(dtype)
+    hidden = torch.randn(num_tokens, ROUTER_HIDDEN, device="cuda")
+    hidden = (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16()
+    weight = (torch.randn(num_experts, ROUTER_HIDDEN, device="cuda") * 0.02).bfloat16()
+    if family == "gemm_fp32":
+        logits = torch.mm(hidden, weight.t(), out_dtype=torch.float32)  # torch >= 2.9
+    elif family == "gemm_bf16":
+        logits = torch.nn.functional.linear(hidden, weight).float()
+    else:
+        raise ValueError(f"family must be one of {('randn',) + FP32_FAMILIES[1:]}, got {family!r}")
+    return logits.to(dtype)
 
 
 def routing_bytes(num_tokens: int, num_experts: int, topk: int, elt: int) -> int:

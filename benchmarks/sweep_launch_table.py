@@ -1,152 +1,185 @@
-"""Offline sweep that chooses the launch table (tokens per program, warps, fp32 keys).
+"""Offline sweep that chooses the launch table (every LaunchConfig knob).
 
-Run on the GPU; writes benchmarks/results/launch_sweep_<gpu>.csv and prints the
-best configuration per (dtype, E, K, T bucket). The chosen values go into
+Run on the GPU (``python -m benchmarks.sweep_launch_table``); writes
+benchmarks/results/launch_sweep_<gpu>[_<tag>].csv and prints the best
+configuration per (dtype, family, E, K, T). The chosen values go into
 vllm_gemma4_router/launch_table.py by hand, with this script, device and date
-noted there. Inputs are rotated so they come from HBM, as in
-benchmarks/bench_kernel.py.
+noted there. Timing is L2-hot by default (``common.bench_hot``: the input was
+just written, as after the router GEMM); ``--cold`` rotates inputs through HBM.
+With ``--peers`` vLLM's and SGLang's kernels are timed on the same inputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import itertools
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_graph, environment_stamp, rotating, write_stamped_csv  # noqa: E402
-
-from vllm_gemma4_router import gemma4_routing_reference, kernel  # noqa: E402
-from vllm_gemma4_router.launch_table import LaunchConfig  # noqa: E402
-from vllm_gemma4_router.triton_routing import _row_groups, launch  # noqa: E402
-
-KEY_MODES = {
-    "narrow": int(kernel.NARROW),
-    "wide": int(kernel.WIDE),
-    "checked": int(kernel.NARROW_CHECKED),
-}
-
-
-def _effective_groups(tpp: int, groups: int, block_e: int, mode: str) -> int:
-    return _row_groups(LaunchConfig(tpp, 1, row_groups=groups), block_e, KEY_MODES[mode])
+from benchmarks.common import (
+    bench_graph,
+    bench_hot,
+    environment_stamp,
+    make_logits,
+    rotating,
+    write_stamped_csv,
+)
+from vllm_gemma4_router import gemma4_routing_reference
+from vllm_gemma4_router.launch_table import LaunchConfig, check_config
+from vllm_gemma4_router.triton_routing import launch
 
 
-def sweep_point(dtype, num_experts, topk, num_tokens, candidates, rep_ms):
-    """Time every candidate (tokens_per_program, warps, keys) at one shape; checked first."""
-    elt = torch.finfo(dtype).bits // 8
+def _timer(logits_sets, cold: bool, rep_ms: int):
+    """fn(call) -> us: call(logits) timed hot on the first set, or cold over all."""
+    if not cold:
+        return lambda call: bench_hot(lambda: call(logits_sets[0]))
+    state = {"i": 0}
+
+    def next_logits():
+        state["i"] = (state["i"] + 1) % len(logits_sets)
+        return logits_sets[state["i"]]
+
+    return lambda call: bench_graph(lambda: call(next_logits()), rep_ms)
+
+
+def _candidates(args, dtype, block_e, topk, num_tokens):
+    fp32 = dtype == torch.float32
+    for tpp, warps, groups, picks, select, scale_pick, values in itertools.product(
+        _ints(args.tokens_per_program),
+        _ints(args.warps),
+        _ints(args.row_groups),
+        args.picks.split(","),
+        args.fp32_selects.split(",") if fp32 else ["checked"],
+        args.scale_picks.split(","),
+        args.values.split(",") if fp32 else ["gather"],
+    ):
+        if tpp * block_e > args.max_tile or tpp > max(1, num_tokens):
+            continue
+        registers = picks == "registers"
+        if not registers and (scale_pick != "after" or values != "gather"):
+            continue  # the memory path ignores these knobs: no duplicates
+        if select == "exact" and values != "gather":
+            continue
+        config = LaunchConfig(
+            tpp, warps, registers, groups, select, scale_pick, values == "reduction"
+        )
+        try:
+            check_config(config, block_e, dtype.itemsize, topk)
+        except ValueError:
+            continue
+        yield config
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def sweep_point(args, dtype, family, num_experts, topk, num_tokens, peers) -> list[dict]:
+    block_e = 1 << (num_experts - 1).bit_length()
     scale = torch.rand(num_experts, device="cuda") + 0.5
-
-    def make():
-        return (torch.randn(num_tokens, num_experts, device="cuda").to(dtype),)
-
-    next_logits = rotating(make, num_tokens * num_experts * elt)
-    (check_logits,) = next_logits()
-    ref_w, ref_ids = gemma4_routing_reference(check_logits, topk, scale)
+    elt = dtype.itemsize
+    if args.cold:
+        sets = rotating(
+            lambda: (make_logits(family, num_tokens, num_experts, dtype),),
+            num_tokens * num_experts * elt,
+        )
+        logits_sets = [sets()[0] for _ in range(64)]
+    else:
+        logits_sets = [make_logits(family, num_tokens, num_experts, dtype)]
+    timer = _timer(logits_sets, args.cold, args.rep_ms)
+    check = logits_sets[0]
+    ref_w, ref_ids = gemma4_routing_reference(check, topk, scale)
     out_w = torch.empty(num_tokens, topk, device="cuda")
     out_ids = torch.empty(num_tokens, topk, device="cuda", dtype=torch.int32)
+    base = dict(
+        dtype=str(dtype).removeprefix("torch."),
+        family=family,
+        E=num_experts,
+        K=topk,
+        T=num_tokens,
+        mode="cold" if args.cold else "hot",
+    )
     rows = []
-    for tpp, warps, mode, sort_select, register_picks, groups in candidates:
-        config = LaunchConfig(tpp, warps, sort_select, register_picks, groups)
-
-        def run(config=config, mode=mode):
-            (logits,) = next_logits()
-            launch(logits, topk, scale, out_w, out_ids, config, KEY_MODES[mode])
-
+    for config in _candidates(args, dtype, block_e, topk, num_tokens):
         out_w.fill_(float("nan"))
-        launch(check_logits, topk, scale, out_w, out_ids, config, KEY_MODES[mode])
+        launch(check, topk, scale, out_w, out_ids, config)
         ok = bool(torch.equal(out_ids, ref_ids)) and bool(
             torch.allclose(out_w, ref_w, rtol=2e-6, atol=1e-7)
         )
-        us = bench_graph(run, rep_ms=rep_ms) if ok else float("nan")
-        rows.append(
-            dict(
-                dtype=str(dtype).removeprefix("torch."),
-                E=num_experts,
-                K=topk,
-                T=num_tokens,
-                tokens_per_program=tpp,
-                num_warps=warps,
-                keys=mode,
-                select="topk" if sort_select else "rounds",
-                picks="registers" if register_picks else "memory",
-                row_groups=groups,
-                correct=ok,
-                us=round(us, 3),
-            )
-        )
+        us = timer(lambda x, c=config: launch(x, topk, scale, out_w, out_ids, c))
+        rows.append({**base, "method": "ours", **config.__dict__, "us": round(us, 3), "ok": ok})
+    for name, router in peers.items():
+        us = timer(lambda x, r=router: r(x, topk, scale))
+        rows.append({**base, "method": name, "us": round(us, 3), "ok": ""})
     return rows
+
+
+def _load_peers(wanted: bool) -> dict:
+    if not wanted:
+        return {}
+    from benchmarks.peer_kernels import load_sglang_router, load_vllm_router
+
+    return {"vllm": load_vllm_router()[1], "sglang": load_sglang_router()[1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shapes", default="128x8,64x4,256x8,128x6")
-    parser.add_argument("--tokens", default="1,4,16,64,256,1024,4096,16384,65536,262144")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--tokens-per-program", default="1,2,4,8,16,32,64")
-    parser.add_argument("--warps", default="1,2,4,8")
+    parser.add_argument("--shapes", default="128x8")
+    parser.add_argument("--tokens", default="1,16,256,512,1024,4096,16384,65536,262144")
+    parser.add_argument("--dtypes", default="float32")
+    parser.add_argument(
+        "--families",
+        default="randn,gemm_fp32,gemm_bf16",
+        help="fp32 logit families (common.make_logits); 16-bit dtypes use randn",
+    )
+    parser.add_argument("--tokens-per-program", default="1,2,4,8")
+    parser.add_argument("--warps", default="1,2")
+    parser.add_argument("--row-groups", default="1")
+    parser.add_argument("--picks", default="registers", help="registers and/or memory")
+    parser.add_argument("--fp32-selects", default="checked,exact")
+    parser.add_argument("--scale-picks", default="after")
+    parser.add_argument("--values", default="gather", help="gather and/or reduction")
     parser.add_argument("--max-tile", type=int, default=8192, help="max logits per program")
     parser.add_argument("--rep-ms", type=int, default=25)
-    parser.add_argument("--selects", default="rounds,topk", help="K max rounds and/or one tl.topk")
-    parser.add_argument("--picks", default="memory", help="memory and/or registers")
-    parser.add_argument("--fp32-keys", default="checked,wide", help="key modes for fp32 logits")
-    parser.add_argument("--row-groups", default="1", help="pieces per row, e.g. 1,2,4,8")
+    parser.add_argument("--cold", action="store_true", help="rotate inputs through HBM")
+    parser.add_argument("--peers", action="store_true", help="also time vLLM's and SGLang's")
     parser.add_argument("--tag", default="", help="suffix of the CSV name")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
     stamp = environment_stamp()
-    print(stamp, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = stamp.get("gpu", "cpu").replace(" ", "_")
-    path = out / f"launch_sweep_{gpu}{('_' + args.tag) if args.tag else ''}.csv"
+    peers = _load_peers(args.peers)
     rows = []
-    for dtype_name in args.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
-        modes = args.fp32_keys.split(",") if dtype == torch.float32 else ["narrow"]
-        for shape in args.shapes.split(","):
-            num_experts, topk = (int(v) for v in shape.split("x"))
-            block_e = 1 << (num_experts - 1).bit_length()
-            for num_tokens in (int(t) for t in args.tokens.split(",")):
-                candidates = [
-                    (tpp, warps, mode, sort_select, register_picks, groups)
-                    for tpp in (int(v) for v in args.tokens_per_program.split(","))
-                    if tpp <= max(1, num_tokens) * 2 and tpp * block_e <= args.max_tile
-                    for warps in (int(v) for v in args.warps.split(","))
-                    if warps * 32 <= tpp * block_e
-                    for mode in modes
-                    for sort_select in (s == "topk" for s in args.selects.split(","))
-                    if not (sort_select and mode == "wide")
-                    for register_picks in (p == "registers" for p in args.picks.split(","))
-                    if not (register_picks and (sort_select or mode == "wide"))
-                    for groups in (int(g) for g in args.row_groups.split(","))
-                    # pieces that would fall back to plain rows time a duplicate
-                    if groups == 1 or _effective_groups(tpp, groups, block_e, mode) == groups
-                ]
-                point = sweep_point(dtype, num_experts, topk, num_tokens, candidates, args.rep_ms)
-                rows += point
-                # Rewritten after every point: a run cut off by its limit keeps what it measured.
-                write_stamped_csv(path, stamp, rows)
-                good = [r for r in point if r["correct"]]
-                bad = len(point) - len(good)
-                best = min(good, key=lambda r: r["us"]) if good else None
-                summary = (
-                    f"tpp={best['tokens_per_program']:3d} warps={best['num_warps']} "
-                    f"keys={best['keys']:8s} {best['select']:6s} {best['picks']:9s} "
-                    f"groups={best['row_groups']} "
-                    f"{best['us']:9.2f} us"
-                    if best
-                    else "NONE"
-                )
-                print(
-                    f"{dtype_name:9s} E={num_experts:4d} K={topk} T={num_tokens:7d} "
-                    f"best: {summary}  incorrect configs: {bad}",
-                    flush=True,
-                )
-
-    print(f"wrote {path} ({len(rows)} rows)")
+    for shape in args.shapes.split(","):
+        num_experts, topk = (int(v) for v in shape.split("x"))
+        for dtype_name in args.dtypes.split(","):
+            dtype = getattr(torch, dtype_name)
+            families = args.families.split(",") if dtype == torch.float32 else ["randn"]
+            for family in families:
+                for num_tokens in _ints(args.tokens):
+                    point = sweep_point(args, dtype, family, num_experts, topk, num_tokens, peers)
+                    rows += point
+                    ours = [r for r in point if r["method"] == "ours" and r["ok"]]
+                    best = min(ours, key=lambda r: r["us"])
+                    others = "  ".join(
+                        f"{r['method']} {r['us']:.2f}" for r in point if r["method"] != "ours"
+                    )
+                    knobs = {k: best[k] for k in LaunchConfig.__dataclass_fields__}
+                    print(
+                        f"{dtype_name} {family} {shape} T={num_tokens}: {best['us']:.2f} us "
+                        f"{knobs}  {others}",
+                        flush=True,
+                    )
+                    bad = [r for r in point if r["method"] == "ours" and not r["ok"]]
+                    if bad:
+                        print(f"  WRONG RESULTS: {len(bad)} configs", flush=True)
+    name = "launch_sweep_" + stamp.get("gpu", "cpu").replace(" ", "_")
+    path = Path(args.out) / (name + (f"_{args.tag}" if args.tag else "") + ".csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = {k: "" for r in rows for k in r}
+    write_stamped_csv(path, stamp, [{**fields, **r} for r in rows])
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,26 @@ Provenance of ``_CUDA_TABLE``:
   entry minimises the geometric mean of time over best time across the bucket's
   swept T and shapes (the 4097..8192 bucket, not swept, takes the 4096 entry).
 
+* fp32 E=128 (all six buckets), kernel as of "checked and exact fp32 selections"
+  (this file's ``fp32_select``/``scale_pick``/``values_by_reduction`` knobs): NVIDIA
+  H200 (driver 580.159.04, torch 2.11.0+cu130, triton 3.6.0), 2026-12-01 ~08:50 UTC,
+  L2-hot timing (``common.bench_hot``), three fp32 logit families (randn, router GEMM
+  with fp32 output, the same GEMM in bf16 cast to fp32), vLLM 0.33.0 / SGLang 0.5.23
+  timed alongside: ``python -m benchmarks.sweep_launch_table --tokens 1,16,256,512,1024
+  --tokens-per-program 1,2 --warps 1,2 --scale-picks after,in_row,per_pick --values
+  gather,reduction --peers --tag h200_fp32_small`` and ``--tokens
+  2048,4096,16384,65536,262144 --tokens-per-program 1,2,4,8 --warps 1,2 --row-groups
+  1,4,8 --peers --tag h200_fp32_large``; raw numbers in
+  ``benchmarks/results/launch_sweep_NVIDIA_H200_h200_fp32_{small,large}.csv``. Each
+  entry minimises the geometric mean, over the bucket's swept T and the three
+  families, of time over the best time at that point (T=1: 1.70-1.79 us; 1024:
+  2.29-2.40; 2048: 2.65-2.72 exact; 4096: 3.10-3.34; 262144: 64.7-68.9). The bucket
+  bound moved from 4096 to 2048 for it: exact rounds win at 2048 (2.72 us vs 2.96
+  checked), checked row groups at 4096 (3.10 vs 3.81 exact). The other rows kept
+  their entries (their 1025..4096 and 4097..8192 entries were equal). The H100 rows
+  are not kept apart: the H200 is the same sm_90 chip, and at T <= 1024, where
+  bandwidth does not matter, the new picks were within 5 % of the H100 ones.
+
 Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
 ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
 lanes, so the same ``num_warps`` means twice the threads there).
@@ -56,88 +76,123 @@ lanes, so the same ``num_warps`` means twice the threads there).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+#: Register picks unroll their K rounds and hold [tokens, K] tiles: above this K
+#: the memory path's runtime loop is used (E=256, K=256 took minutes to compile
+#: with register picks on the H100 machine, 2026-11-24).
+MAX_REGISTER_PICKS = 16
+
+FP32_SELECTS = ("checked", "exact")
+SCALE_PICKS = ("after", "per_pick", "in_row")
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """How one launch is shaped."""
+    """How one launch is shaped: exactly what the kernel compiles (see :func:`check_config`)."""
 
     tokens_per_program: int
     num_warps: int
-    #: select by one bitonic top-k (tl.topk) instead of K max-reduction rounds
-    sort_select: bool = False
-    #: keep the K picks in registers (no store/barrier/reload before the weights):
-    #: for latency-bound launches; needs narrow keys and the rounds
-    register_picks: bool = False
+    #: keep the K picks in registers (no store/barrier/reload before the weights);
+    #: False stores each pick and reads them back (any K)
+    register_picks: bool = True
     #: load each row as this many pieces (kernel._load_rows_grouped): fewer lanes
     #: per row, more rows per instruction; 1 is a plain row
     row_groups: int = 1
+    #: fp32 logits: "checked" narrow rounds with in-register repair, or "exact"
+    #: rounds (two reductions each); the memory path is always exact for fp32
+    fp32_select: str = "checked"
+    #: how each pick's per_expert_scale is read (kernel_select.SCALE_*)
+    scale_pick: str = "after"
+    #: checked fp32: take each pick's exact logit by a row reduction, not a load
+    values_by_reduction: bool = False
+
+
+def check_config(config: LaunchConfig, block_e: int, logit_bytes: int, topk: int) -> None:
+    """Raise ``ValueError`` if ``config`` cannot run as written for this shape.
+
+    Row groups must leave each piece at least one 16-byte load wide and give the
+    pieces' lanes to tokens only: when lanes are left over for the groups axis
+    (tokens x lanes per piece < 32), triton 3.6 miscompiles the rounds on the GPU
+    (wrong ids, H100 2026-11-24; the interpreter is right)."""
+    tpp = config.tokens_per_program
+    if tpp < 1 or tpp & (tpp - 1) or config.num_warps not in (1, 2, 4, 8):
+        raise ValueError(f"config: tokens_per_program and num_warps must be powers of 2: {config}")
+    if config.fp32_select not in FP32_SELECTS or config.scale_pick not in SCALE_PICKS:
+        raise ValueError(f"config: unknown fp32_select or scale_pick: {config}")
+    if config.register_picks and topk > MAX_REGISTER_PICKS:
+        raise ValueError(f"config: register picks need topk <= {MAX_REGISTER_PICKS}, got {topk}")
+    groups = config.row_groups
+    if groups != 1:
+        per_load = 16 // logit_bytes
+        lanes_per_piece = min(32, max(1, block_e // groups // per_load))
+        if groups & (groups - 1) or block_e // groups < per_load or tpp * lanes_per_piece < 32:
+            raise ValueError(f"config: row_groups={groups} would share lanes here: {config}")
 
 
 #: Largest number of experts one program holds in a tile row.
 MAX_EXPERTS = 4096
 
 # Upper token bounds of the buckets: tiny decode, decode, small prefill (two buckets:
-# fp32 E=128 changes shape at 4096), prefill, large prefill.
-_TOKEN_BUCKETS = (4, 1024, 4096, 8192, 65536)
+# fp32 E=128 changes shape at 2048), prefill, large prefill.
+_TOKEN_BUCKETS = (4, 1024, 2048, 8192, 65536)
 
 #: Number of token buckets (valid bucket indices are 0 .. NUM_BUCKETS - 1).
 NUM_BUCKETS = len(_TOKEN_BUCKETS) + 1
 
-# (32-bit logit values?, BLOCK_E) -> one (tokens_per_program, num_warps, picks[,
-# row_groups]) per token bucket. "32-bit" is fp32 logits (checked
-# narrow keys), otherwise bf16/fp16 (narrow keys). Picks: _REG keeps them in
-# registers, _MEM stores them and reads them back (see kernel.py).
-_REG, _MEM = True, False
-_CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
+_C = LaunchConfig
+_MEM = dict(register_picks=False)
+
+# (fp32 logits?, BLOCK_E) -> one LaunchConfig per token bucket.
+_CUDA_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
     (True, 64): (
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (4, 1, _MEM, 2),
-        (4, 1, _MEM, 2),
-        (8, 1, _REG, 4),
-        (8, 1, _REG, 4),
+        _C(1, 1),
+        _C(1, 1),
+        _C(4, 1, row_groups=2, **_MEM),
+        _C(4, 1, row_groups=2, **_MEM),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
     ),
+    # H200 sweep 2026-12-01 (see the module docstring).
     (True, 128): (
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (4, 1, _REG, 4),
-        (4, 1, _REG, 4),
-        (8, 1, _REG, 8),
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(2, 2, fp32_select="exact"),
+        _C(8, 1, row_groups=8),
+        _C(8, 1, row_groups=8),
+        _C(8, 1, row_groups=8),
     ),
     (True, 256): (
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (1, 1, _REG),
-        (2, 1, _MEM, 2),
-        (4, 1, _MEM),
+        _C(1, 1),
+        _C(1, 1),
+        _C(1, 1),
+        _C(1, 1),
+        _C(2, 1, row_groups=2, **_MEM),
+        _C(4, 1, **_MEM),
     ),
     (False, 64): (
-        (2, 2, _REG),
-        (2, 2, _REG),
-        (16, 2, _REG, 2),
-        (16, 2, _REG, 2),
-        (16, 1, _REG, 4),
-        (32, 2, _REG, 4),
+        _C(2, 2),
+        _C(2, 2),
+        _C(16, 2, row_groups=2),
+        _C(16, 2, row_groups=2),
+        _C(16, 1, row_groups=4),
+        _C(32, 2, row_groups=4),
     ),
     (False, 128): (
-        (2, 2, _REG),
-        (4, 4, _REG),
-        (8, 1, _REG, 4),
-        (8, 1, _REG, 4),
-        (16, 2, _REG, 4),
-        (32, 2, _REG, 4),
+        _C(2, 2),
+        _C(4, 4),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
+        _C(16, 2, row_groups=4),
+        _C(32, 2, row_groups=4),
     ),
     (False, 256): (
-        (1, 1, _REG),
-        (2, 2, _REG),
-        (4, 1, _REG, 4),
-        (4, 1, _REG, 4),
-        (4, 1, _REG, 4),
-        (4, 1, _REG, 4),
+        _C(1, 1),
+        _C(2, 2),
+        _C(4, 1, row_groups=4),
+        _C(4, 1, row_groups=4),
+        _C(4, 1, row_groups=4),
+        _C(4, 1, row_groups=4),
     ),
 }
 
@@ -154,7 +209,7 @@ def token_bucket(num_tokens: int) -> int:
 
 
 def pick_launch_config(
-    num_tokens: int, block_e: int, platform: str, fp32_logits: bool = True
+    num_tokens: int, block_e: int, platform: str, fp32_logits: bool = True, topk: int = 8
 ) -> LaunchConfig:
     """Return the launch shape for ``num_tokens`` rows of ``block_e`` (a power of 2) logits.
 
@@ -162,20 +217,31 @@ def pick_launch_config(
     :func:`token_bucket` (the launcher caches per bucket)."""
     if platform == "interpreter":
         tokens = max(1, min(_INTERPRETER_TILE // block_e, 128, num_tokens))
-        return LaunchConfig(1 << (tokens - 1).bit_length(), 4)
-    return table_config(token_bucket(num_tokens), block_e, platform, fp32_logits)
+        return LaunchConfig(
+            1 << (tokens - 1).bit_length(), 4, register_picks=topk <= MAX_REGISTER_PICKS
+        )
+    return table_config(token_bucket(num_tokens), block_e, platform, fp32_logits, topk)
 
 
 @functools.lru_cache(maxsize=256)
-def table_config(bucket: int, block_e: int, platform: str, fp32_logits: bool) -> LaunchConfig:
-    """The table's launch shape for a :func:`token_bucket` on a GPU ``platform``
-    (cuda, hip, xpu: one table until swept on each)."""
+def table_config(
+    bucket: int, block_e: int, platform: str, fp32_logits: bool, topk: int = 8
+) -> LaunchConfig:
+    """The launch shape for a :func:`token_bucket` on a GPU ``platform`` (cuda, hip,
+    xpu: one table until swept on each), valid for ``topk`` (see :func:`check_config`)."""
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
-        tokens, warps, register_picks, *_ = _CUDA_TABLE[(fp32_logits, 64)][bucket]
-        return LaunchConfig(min(128, tokens * (64 // block_e)), warps, False, register_picks)
-    if block_e > 256:
+        base = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        config = LaunchConfig(
+            min(128, base.tokens_per_program * (64 // block_e)),
+            base.num_warps,
+            base.register_picks,
+        )
+    elif block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
-        return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps, register_picks, *groups = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
-    return LaunchConfig(tokens, warps, False, register_picks, groups[0] if groups else 1)
+        config = LaunchConfig(1, min(8, block_e // 256))
+    else:
+        config = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    if topk > MAX_REGISTER_PICKS:
+        config = replace(config, register_picks=False)
+    return config

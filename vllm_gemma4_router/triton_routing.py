@@ -12,9 +12,11 @@ from . import kernel as _kernel
 from ._validation import check_output, check_routing_inputs
 from .fast_launch import CompiledLaunches
 from .kernel import gemma4_routing_kernel
+from .kernel_select import SCALE_AFTER, SCALE_IN_ROW, SCALE_PER_PICK
 from .launch_table import (
     MAX_EXPERTS,
     LaunchConfig,
+    check_config,
     pick_launch_config,
     table_config,
     token_bucket,
@@ -25,12 +27,6 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 _LAUNCHES = CompiledLaunches(gemma4_routing_kernel)
-
-#: Register picks unroll their K rounds and hold [tokens, K] tiles: above this K
-#: the memory path's runtime loop is used (E=256, K=256 took minutes to compile
-#: with register picks on the H100 machine, 2026-11-24).
-MAX_REGISTER_PICKS = 16
-
 
 # torch.version.hip is fixed for the process: read once, not on every call.
 _GPU_PLATFORMS = {"cuda": "hip" if torch.version.hip is not None else "cuda", "xpu": "xpu"}
@@ -97,19 +93,14 @@ def gemma4_routing_triton(
     scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
     if platform == "interpreter":  # its tile depends on T itself, not on a bucket
         block_e = 1 << (num_experts - 1).bit_length()
-        config = pick_launch_config(num_tokens, block_e, platform)
-        plan = _config_plan(config, topk, num_experts, gating_output.dtype, scale_dtype, None)
+        config = pick_launch_config(num_tokens, block_e, platform, topk=topk)
+        plan = _config_plan(config, topk, num_experts, gating_output.dtype, scale_dtype)
     else:
         plan = _table_plan(
             token_bucket(num_tokens), topk, num_experts, gating_output.dtype, scale_dtype, platform
         )
     _launch_plan(plan, gating_output, per_expert_scale, topk_weights, topk_ids, device)
     return topk_weights, topk_ids
-
-
-def key_mode_for(dtype: torch.dtype) -> int:
-    """Exact narrow keys for 16-bit logits, checked narrow keys for fp32 (see kernel.py)."""
-    return int(_kernel.NARROW_CHECKED if dtype == torch.float32 else _kernel.NARROW)
 
 
 def launch(
@@ -119,13 +110,12 @@ def launch(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     config: LaunchConfig,
-    key_mode: int | None = None,
 ) -> None:
-    """Launch the kernel on checked arguments with an explicit shape (sweeps call this)."""
+    """Launch the kernel on checked arguments with an explicit shape (sweeps call this).
+
+    Raises ``ValueError`` if ``config`` cannot run as written (``check_config``)."""
     scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
-    plan = _config_plan(
-        config, topk, gating_output.shape[1], gating_output.dtype, scale_dtype, key_mode
-    )
+    plan = _config_plan(config, topk, gating_output.shape[1], gating_output.dtype, scale_dtype)
     _launch_plan(
         plan, gating_output, per_expert_scale, topk_weights, topk_ids, gating_output.device
     )
@@ -153,8 +143,8 @@ def _table_plan(
     platform: str,
 ) -> _Plan:
     block_e = 1 << (num_experts - 1).bit_length()
-    config = table_config(bucket, block_e, platform, logit_dtype == torch.float32)
-    return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype, None)
+    config = table_config(bucket, block_e, platform, logit_dtype == torch.float32, topk)
+    return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -164,13 +154,10 @@ def _config_plan(
     num_experts: int,
     logit_dtype: torch.dtype,
     scale_dtype: torch.dtype | None,
-    key_mode: int | None,
 ) -> _Plan:
-    if key_mode is None:
-        key_mode = key_mode_for(logit_dtype)
-    constexprs = _compile_time_args(topk, num_experts, config, key_mode, scale_dtype is not None)
+    constexprs = _compile_time_args(topk, num_experts, config, logit_dtype, scale_dtype is not None)
     # The scale pointer stands in for weights (fp32) when there is no scale.
-    class_id = (topk, num_experts, config, key_mode, logit_dtype, scale_dtype or torch.float32)
+    class_id = (topk, num_experts, config, logit_dtype, scale_dtype or torch.float32)
     class_key = _CLASS_KEYS.setdefault(class_id, len(_CLASS_KEYS))
     return _Plan(config.tokens_per_program, constexprs, class_key)
 
@@ -207,51 +194,35 @@ def _launch_plan(
         _LAUNCHES.launch(grid_x, device.index, tensors, ints, plan.constexprs, plan.class_key)
 
 
+_SELECTS = {"checked": int(_kernel.CHECKED), "exact": int(_kernel.EXACT)}
+_SCALE_PICKS = {
+    "after": int(SCALE_AFTER),
+    "per_pick": int(SCALE_PER_PICK),
+    "in_row": int(SCALE_IN_ROW),
+}
+
+
 def _compile_time_args(
-    topk: int, num_experts: int, config: LaunchConfig, key_mode: int, has_scale: bool
+    topk: int, num_experts: int, config: LaunchConfig, logit_dtype: torch.dtype, has_scale: bool
 ) -> dict[str, int | bool]:
+    """The kernel's constexprs for ``config``, which runs as written (or raises)."""
     # Runs once per shape class: the plans that call it are cached.
     block_e = 1 << (num_experts - 1).bit_length()
-    sort_k = 0
-    if config.sort_select and key_mode != int(_kernel.WIDE):
-        # the checked fp32 path also needs the runner-up
-        wanted = topk + (key_mode == int(_kernel.NARROW_CHECKED))
-        sort_k = 1 << (wanted - 1).bit_length()
-        if sort_k > block_e:
-            sort_k = 0  # too few experts for a top-k that size: rounds
-    register_picks = (
-        config.register_picks
-        and sort_k == 0
-        and key_mode != int(_kernel.WIDE)
-        and topk <= MAX_REGISTER_PICKS
-    )
+    check_config(config, block_e, logit_dtype.itemsize, topk)
+    fp32 = logit_dtype == torch.float32
     return dict(
         TOPK=topk,
         BLOCK_E=block_e,
         BLOCK_K=1 << (topk - 1).bit_length(),
         TOKENS_PER_PROGRAM=config.tokens_per_program,
-        KEY_MODE=key_mode,
+        SELECT=_SELECTS[config.fp32_select] if fp32 else int(_kernel.NARROW),
         HAS_SCALE=has_scale,
-        SORT_K=sort_k,
-        REGISTER_PICKS=register_picks,
-        ROW_GROUPS=_row_groups(config, block_e, key_mode),
+        REGISTER_PICKS=config.register_picks,
+        ROW_GROUPS=config.row_groups,
+        SCALE_PICK=_SCALE_PICKS[config.scale_pick],
+        VALUES_BY_REDUCTION=config.values_by_reduction and fp32,
         num_warps=config.num_warps,
     )
-
-
-def _row_groups(config: LaunchConfig, block_e: int, key_mode: int) -> int:
-    """Pieces per row for the kernel, or 1 where the pieces would share lanes.
-
-    Triton gives a 16-byte load's pieces their lanes first, then the tokens,
-    then the groups. When lanes are left over for the groups axis (tokens x
-    lanes per piece < 32), triton 3.6 miscompiles the rounds on the GPU (wrong
-    ids, H100 2026-11-24; the interpreter is right), so such launches keep
-    plain rows. Each piece is also at least one 16-byte load wide.
-    """
-    per_load = 4 if key_mode != int(_kernel.NARROW) else 8  # fp32 / 16-bit logits
-    groups = max(1, min(config.row_groups, block_e // per_load))
-    lanes_per_piece = min(32, max(1, block_e // groups // per_load))
-    return groups if config.tokens_per_program * lanes_per_piece >= 32 else 1
 
 
 class CompileSpec(NamedTuple):

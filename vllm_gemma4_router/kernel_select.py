@@ -1,0 +1,333 @@
+"""Top-K selection strategies of the routing kernel (Triton device functions).
+
+Each routes a ``[TOKENS, BLOCK_E]`` tile, one token per row, in ``TOPK``
+dependent rounds of one row reduction each (on sm_90 a 32-bit integer min or
+max over a warp is a single ``REDUX``). They differ in what a round reduces:
+
+* **narrow** (``select_narrow_*``): one max/min over narrow keys per round
+  (``kernel_keys``): value and lowest id in one reduction. Exact for 16-bit
+  logits, whose keys keep every value bit.
+* **checked** (narrow rounds on fp32 logits, then ``last_bucket_overtaken`` and
+  ``exact_order``): fp32 keys drop low value bits, so two picks in one bucket may
+  come out by id instead of by value. Only such a bucket can be wrong, and only
+  in two ways: its picks out of value order (fixed in registers by
+  ``exact_order``) or, for the last pick's bucket, an unpicked member worth more
+  than a picked one (then the tile takes the exact rounds). Equal values are
+  never a fault: their id order is the one wanted.
+* **exact** (``select_exact_*``): a max over the exact ordered value, then a min
+  over the ids holding it: two reductions a round, exact for any fp32 input.
+
+Register variants keep the K picks in ``[TOKENS, BLOCK_K]`` tiles and sum the
+softmax as they come; memory variants store each round's id (for large K, whose
+unrolled rounds would not fit in registers) and the weights read them back.
+Every variant sums ``exp(logit - top)`` over the picks in their final order, so
+a token gets bitwise the same weights whatever variant and tile it goes through.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .kernel_keys import (
+    TAKEN,
+    as_fp32,
+    canonical,
+    key_bucket,
+    key_expert,
+    narrow_key_logit,
+    next_below,
+    ordered_bits,
+    ordered_to_fp32,
+)
+
+#: How each pick's ``per_expert_scale`` is fetched (constexpr ``SCALE_PICK``).
+SCALE_AFTER = tl.constexpr(0)  # one gather with the final ids, after selection
+SCALE_PER_PICK = tl.constexpr(1)  # a gather right after each pick (overlaps later rounds)
+SCALE_IN_ROW = tl.constexpr(2)  # the scale row loaded with the logits, picked by a reduction
+
+
+@triton.jit
+def pick_scale(
+    expert,
+    hit,
+    scale_ptr,
+    stride_scale,
+    scale_row,
+    row_ok,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """fp32 scale of each row's pick (``expert``; ``hit`` marks its column), or 1."""
+    if HAS_SCALE and SCALE_PICK == SCALE_PER_PICK:
+        return as_fp32(tl.load(scale_ptr + expert * stride_scale, mask=row_ok, other=1.0))
+    elif HAS_SCALE and SCALE_PICK == SCALE_IN_ROW:
+        # The bits as int32: the one selected value wins an integer max (REDUX).
+        bits = tl.max(tl.where(hit, scale_row[None, :], TAKEN), axis=1)
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return tl.full(expert.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _narrow_pick_logit(
+    best,
+    hit,
+    ordered,
+    row_logits,
+    row_ok,
+    stride_logit_e,
+    BLOCK_E: tl.constexpr,
+    CHECKED: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    VALUES_BY_REDUCTION: tl.constexpr,
+):
+    """Exact fp32 logit of each row's pick ``best`` (a narrow key)."""
+    if not CHECKED:
+        return narrow_key_logit(best, BLOCK_E, IS_BF16)
+    elif VALUES_BY_REDUCTION:
+        return ordered_to_fp32(tl.max(tl.where(hit, ordered, TAKEN), axis=1))
+    else:
+        # Read the exact logit back (an L1 hit: the row was just loaded).
+        expert = key_expert(best, BLOCK_E)
+        return canonical(tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0))
+
+
+@triton.jit
+def select_narrow_registers(
+    keys,
+    ordered,
+    row_logits,
+    row_ok,
+    stride_logit_e,
+    scale_ptr,
+    stride_scale,
+    scale_row,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+    CHECKED: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    VALUES_BY_REDUCTION: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """TOPK narrow rounds (``next_below``), picks kept in registers.
+
+    Returns ``(ids, logits, scales, top, total, misordered, crowded, last_key,
+    bucket_min)``: ``[TOKENS, BLOCK_K]`` tiles of the picks in pick order, the
+    first pick's logit, the sum of ``exp(logit - top)``; for ``CHECKED`` also
+    rows whose same-bucket picks fall out of value order, rows whose runner-up
+    shares the last pick's bucket, the last pick's key and the smallest logit
+    picked from that bucket (the other three are placeholders otherwise).
+    """
+    slots = tl.arange(0, BLOCK_K)
+    keys_u = keys.to(tl.uint32, bitcast=True)
+    ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
+    logits = tl.full([TOKENS, BLOCK_K], float("-inf"), dtype=tl.float32)
+    scales = tl.full([TOKENS, BLOCK_K], 1.0, dtype=tl.float32)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
+    misordered = tl.zeros([TOKENS], dtype=tl.int1)
+    best = tl.max(keys, axis=1)
+    hit = keys == best[:, None]
+    top = _narrow_pick_logit(
+        best,
+        hit,
+        ordered,
+        row_logits,
+        row_ok,
+        stride_logit_e,
+        BLOCK_E,
+        CHECKED,
+        IS_BF16,
+        VALUES_BY_REDUCTION,
+    )
+    logit = top
+    bucket = key_bucket(best, BLOCK_E)
+    bucket_min = top
+    for slot in tl.static_range(TOPK):
+        if slot > 0:
+            best = next_below(best, keys_u)
+            hit = keys == best[:, None]
+            previous = logit
+            logit = _narrow_pick_logit(
+                best,
+                hit,
+                ordered,
+                row_logits,
+                row_ok,
+                stride_logit_e,
+                BLOCK_E,
+                CHECKED,
+                IS_BF16,
+                VALUES_BY_REDUCTION,
+            )
+            if CHECKED:
+                same = key_bucket(best, BLOCK_E) == bucket
+                misordered = misordered | (same & (logit > previous))
+                bucket_min = tl.where(same, tl.minimum(bucket_min, logit), logit)
+                bucket = key_bucket(best, BLOCK_E)
+        expert = key_expert(best, BLOCK_E)
+        total += tl.exp(logit - top)
+        scale = pick_scale(
+            expert, hit, scale_ptr, stride_scale, scale_row, row_ok, HAS_SCALE, SCALE_PICK
+        )
+        here = (slots == slot)[None, :]
+        ids = tl.where(here, expert[:, None], ids)
+        logits = tl.where(here, logit[:, None], logits)
+        scales = tl.where(here, scale[:, None], scales)
+    crowded = tl.zeros([TOKENS], dtype=tl.int1)
+    if CHECKED:
+        crowded = key_bucket(next_below(best, keys_u), BLOCK_E) == bucket
+    return ids, logits, scales, top, total, misordered, crowded, best, bucket_min
+
+
+@triton.jit
+def last_bucket_overtaken(keys, ordered, last_key, bucket_min, expert_ok, BLOCK_E: tl.constexpr):
+    """Rows where an expert left out of the last pick's bucket has a larger logit than
+    one picked from it. The picks took that bucket's lowest ids (narrow order within a
+    bucket is by id), so the ones left all have higher ids: equal values stay out."""
+    left = (
+        (key_bucket(keys, BLOCK_E) == key_bucket(last_key, BLOCK_E)[:, None])
+        & (keys < last_key[:, None])
+        & expert_ok[None, :]
+    )
+    best_left = tl.max(tl.where(left, ordered, TAKEN), axis=1)
+    return best_left > ordered_bits(bucket_min)
+
+
+@triton.jit
+def _column(tile, slot: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``tile[:, slot]`` of a float tile (-inf stays -inf)."""
+    return tl.max(tl.where((tl.arange(0, BLOCK_K) == slot)[None, :], tile, float("-inf")), axis=1)
+
+
+@triton.jit
+def exact_order(ids, logits, scales, TOPK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Re-sort register picks by (logit desc, id asc) and redo the softmax sum in
+    that order. For rows whose picks are the right set in a wrong order.
+
+    Returns ``(ids, logits, scales, top, total)`` like the selections."""
+    slots = tl.arange(0, BLOCK_K)
+    real = (slots < TOPK)[None, None, :]
+    ahead = real & (
+        (logits[:, None, :] > logits[:, :, None])
+        | ((logits[:, None, :] == logits[:, :, None]) & (ids[:, None, :] < ids[:, :, None]))
+    )
+    rank = tl.where((slots < TOPK)[None, :], tl.sum(ahead.to(tl.int32), axis=2), slots[None, :])
+    moves = rank[:, :, None] == slots[None, None, :]  # [token, from slot, to slot]
+    # Exactly one pick moves to each slot: summing it with zeros is exact.
+    ids = tl.sum(tl.where(moves, ids[:, :, None], 0), axis=1)
+    logits = tl.sum(tl.where(moves, logits[:, :, None], 0.0), axis=1)
+    scales = tl.sum(tl.where(moves, scales[:, :, None], 0.0), axis=1)
+    top = _column(logits, 0, BLOCK_K)
+    total = tl.zeros(top.shape, dtype=tl.float32)
+    for slot in tl.static_range(TOPK):
+        total += tl.exp(_column(logits, slot, BLOCK_K) - top)
+    return ids, logits, scales, top, total
+
+
+@triton.jit
+def select_exact_registers(
+    ordered,
+    experts,
+    row_ok,
+    scale_ptr,
+    stride_scale,
+    scale_row,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """TOPK exact rounds (largest ordered value, then its lowest id), picks in registers.
+
+    Returns ``(ids, logits, scales, top, total)`` like ``select_narrow_registers``."""
+    slots = tl.arange(0, BLOCK_K)
+    keys = ordered
+    ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
+    logits = tl.full([TOKENS, BLOCK_K], float("-inf"), dtype=tl.float32)
+    scales = tl.full([TOKENS, BLOCK_K], 1.0, dtype=tl.float32)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
+    top = tl.zeros([TOKENS], dtype=tl.float32)
+    for slot in tl.static_range(TOPK):
+        best = tl.max(keys, axis=1)
+        expert = tl.min(tl.where(keys == best[:, None], experts[None, :], BLOCK_E), axis=1)
+        hit = experts[None, :] == expert[:, None]
+        keys = tl.where(hit, TAKEN, keys)
+        logit = ordered_to_fp32(best)
+        if slot == 0:
+            top = logit
+        total += tl.exp(logit - top)
+        scale = pick_scale(
+            expert, hit, scale_ptr, stride_scale, scale_row, row_ok, HAS_SCALE, SCALE_PICK
+        )
+        here = (slots == slot)[None, :]
+        ids = tl.where(here, expert[:, None], ids)
+        logits = tl.where(here, logit[:, None], logits)
+        scales = tl.where(here, scale[:, None], scales)
+    return ids, logits, scales, top, total
+
+
+@triton.jit
+def select_narrow_memory(
+    keys, id_ptrs, row_ok, stride_id_k, TOPK: tl.constexpr, BLOCK_E: tl.constexpr
+):
+    """TOPK narrow rounds in a runtime loop, each id stored as it comes (16-bit logits)."""
+    keys_u = keys.to(tl.uint32, bitcast=True)
+    best = tl.max(keys, axis=1)
+    tl.store(id_ptrs, key_expert(best, BLOCK_E), mask=row_ok)
+    for slot in range(1, TOPK):
+        best = next_below(best, keys_u)
+        tl.store(id_ptrs + slot * stride_id_k, key_expert(best, BLOCK_E), mask=row_ok)
+
+
+@triton.jit
+def select_exact_memory(
+    ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK: tl.constexpr, BLOCK_E: tl.constexpr
+):
+    """TOPK exact rounds in a runtime loop, each id stored as it comes (fp32 logits)."""
+    keys = ordered
+    for slot in range(TOPK):
+        best = tl.max(keys, axis=1)
+        expert = tl.min(tl.where(keys == best[:, None], experts[None, :], BLOCK_E), axis=1)
+        keys = tl.where(experts[None, :] == expert[:, None], TAKEN, keys)
+        tl.store(id_ptrs + slot * stride_id_k, expert, mask=row_ok)
+
+
+@triton.jit
+def weights_from_stored_ids(
+    row_logits,
+    id_ptrs,
+    row_ok,
+    stride_logit_e,
+    stride_id_k,
+    TOPK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+):
+    """Read a program's stored picks back and gather their logits (L1 hits).
+
+    Returns ``(ids, logits, top, total)`` like the register selections."""
+    # Softmax over the K chosen logits equals softmax over all E followed by
+    # renormalisation over the K: the full-row denominator cancels.
+    top = _stored_logit(row_logits, id_ptrs, 0, row_ok, stride_logit_e)
+    total = tl.zeros([TOKENS], dtype=tl.float32)
+    for slot in range(TOPK):
+        logit = _stored_logit(row_logits, id_ptrs, slot * stride_id_k, row_ok, stride_logit_e)
+        total += tl.exp(logit - top)
+    slots = tl.arange(0, BLOCK_K)
+    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+    ids = tl.load(id_ptrs[:, None] + slots[None, :] * stride_id_k, mask=out_ok, other=0)
+    raw = tl.load(row_logits[:, None] + ids * stride_logit_e, mask=out_ok, other=float("-inf"))
+    return ids, canonical(as_fp32(raw)), top, total
+
+
+@triton.jit
+def _stored_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
+    """fp32 logit of each row's expert stored at ``slot_offset``; NaN read as -inf."""
+    expert = tl.load(id_ptrs + slot_offset, mask=row_ok, other=0)
+    return canonical(as_fp32(tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0)))
