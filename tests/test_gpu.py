@@ -134,7 +134,7 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
     # Rows loaded in pieces (LaunchConfig.row_groups): a different register
     # layout on the GPU, bitwise the same outputs as plain rows.
     from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.launch_table import LaunchConfig, check_config
 
     logits = (torch.randn(5001, num_experts, generator=gen) * 2).to(dtype)
     logits[::3] = (torch.randint(-3, 4, (1667, num_experts), generator=gen) * 0.5).to(dtype)
@@ -145,7 +145,11 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
     for tokens, warps, register_picks in shapes:
         outputs = []
         for groups in (1, 2, 4, 8):
-            config = LaunchConfig(tokens, warps, False, register_picks, groups)
+            config = LaunchConfig(tokens, warps, register_picks, groups)
+            try:
+                check_config(config, 1 << (num_experts - 1).bit_length(), dtype.itemsize, topk)
+            except ValueError:
+                continue  # cannot run as written (launch_table.check_config)
             weights = torch.empty(5001, topk, device="cuda")
             ids = torch.empty(5001, topk, device="cuda", dtype=torch.int32)
             triton_routing.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
@@ -154,3 +158,37 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
         for weights, ids in outputs[1:]:
             assert torch.equal(ids, outputs[0][1])
             assert torch.equal(weights, outputs[0][0])
+
+
+@pytest.mark.parametrize("tokens_per_program", [1, 2, 8])
+def test_gpu_fp32_bucket_faults_are_repaired_in_every_variant(tokens_per_program, gen):
+    # The checked selection's repairs and the exact rounds, compiled for the GPU:
+    # the oracle's answer, and the same bits as each row routed alone.
+    from oracle import fp32_bucket_fault_rows
+
+    from vllm_gemma4_router import triton_routing
+    from vllm_gemma4_router.launch_table import LaunchConfig
+
+    logits = torch.cat([fp32_bucket_fault_rows(128, gen), torch.randn(300, 128, generator=gen)])
+    scale = torch.rand(128, generator=gen) + 0.5
+    gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
+    variants = [
+        dict(),
+        dict(scale_pick="in_row", values_by_reduction=True),
+        dict(scale_pick="per_pick"),
+        dict(fp32_select="exact"),
+        dict(fp32_select="exact", scale_pick="in_row"),
+        dict(register_picks=False),
+    ]
+    if tokens_per_program == 8:
+        variants.append(dict(row_groups=8))
+    for variant in variants:
+        config = LaunchConfig(tokens_per_program, 1, **variant)
+        weights = torch.full((logits.shape[0], 8), float("nan"), device="cuda")
+        ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32, device="cuda")
+        triton_routing.launch(gpu_logits, 8, gpu_scale, weights, ids, config)
+        assert_matches_oracle(weights.cpu(), ids.cpu(), logits, 8, scale)
+        for row in range(6):
+            alone_w, alone_ids = gemma4_routing_triton(gpu_logits[row : row + 1], 8, gpu_scale)
+            assert torch.equal(alone_ids[0], ids[row]), (variant, row)
+            assert torch.equal(alone_w[0], weights[row]), (variant, row)

@@ -195,35 +195,50 @@ def test_kernel_fp32_near_ties_are_exact(num_experts, gen):
         assert torch.equal(alone[1][0], ids[row]) and torch.equal(alone[0][0], weights[row])
 
 
-@pytest.mark.parametrize("key_mode", ["WIDE", "NARROW_CHECKED"])
-def test_kernel_fp32_key_modes_agree(key_mode, gen):
-    from vllm_gemma4_router import kernel
+FP32_VARIANTS = [
+    dict(fp32_select="checked"),
+    dict(fp32_select="checked", scale_pick="in_row", values_by_reduction=True),
+    dict(fp32_select="checked", scale_pick="per_pick"),
+    dict(fp32_select="exact"),
+    dict(fp32_select="exact", scale_pick="in_row"),
+    dict(register_picks=False),
+]
+
+
+@pytest.mark.parametrize("variant", FP32_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+@pytest.mark.parametrize("tokens_per_program", [1, 4])
+def test_kernel_fp32_bucket_faults_are_repaired(variant, tokens_per_program, gen):
+    # Rows built so that narrow keys pick wrongly (misordered picks, an expert
+    # left out of the last bucket) next to ones where they are right (crowded
+    # last bucket, ties); every variant must give the oracle's answer and the
+    # same bits as the row routed alone, in a tile of its own.
+    from oracle import fp32_bucket_fault_rows
+
     from vllm_gemma4_router.launch_table import LaunchConfig
 
-    logits = _near_ties(torch.randn(24, 128, generator=gen), range(0, 24, 5), gen)
+    logits = fp32_bucket_fault_rows(128, gen)
     scale = torch.rand(128, generator=gen) + 0.5
-    weights = torch.full((24, 8), float("nan"))
-    ids = torch.full((24, 8), -1, dtype=torch.int32)
+    weights = torch.full((logits.shape[0], 8), float("nan"))
+    ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32)
     triton_routing.launch(
-        logits, 8, scale, weights, ids, LaunchConfig(8, 4), int(getattr(kernel, key_mode))
+        logits, 8, scale, weights, ids, LaunchConfig(tokens_per_program, 1, **variant)
     )
     assert_matches_oracle(weights, ids, logits, 8, scale)
+    for row in range(logits.shape[0]):
+        alone_w, alone_ids = gemma4_routing_triton(logits[row : row + 1], 8, scale)
+        assert torch.equal(alone_ids[0], ids[row]) and torch.equal(alone_w[0], weights[row]), row
 
 
-def test_fp32_near_ties_defeat_unchecked_narrow_keys(gen):
-    # Shows the near-tie inputs above are adversarial: without the check, 32-bit
-    # keys on fp32 logits order some of those rows by id instead of by value.
-    from oracle import oracle_fp64
+def test_fp32_bucket_fault_rows_defeat_plain_narrow_keys(gen):
+    # The rows above are adversarial: ranking by narrow keys alone (the bucket,
+    # then the lowest id) gets the first two wrong.
+    from oracle import fp32_bucket_fault_rows, narrow_key_ranking, oracle_fp64
 
-    from vllm_gemma4_router import kernel
-    from vllm_gemma4_router.launch_table import LaunchConfig
-
-    logits = _near_ties(torch.randn(24, 128, generator=gen), range(24), gen)
-    weights = torch.empty(24, 8)
-    ids = torch.empty(24, 8, dtype=torch.int32)
-    triton_routing.launch(logits, 8, None, weights, ids, LaunchConfig(8, 4), int(kernel.NARROW))
+    logits = fp32_bucket_fault_rows(128, gen)
     _, ref_ids = oracle_fp64(logits, 8, None)
-    assert (ids.numpy() != ref_ids).any(axis=1).sum() >= 1
+    narrow = narrow_key_ranking(logits, 8)
+    wrong = (narrow != ref_ids).any(axis=1)
+    assert wrong.tolist() == [True, True, False, False, False, True]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -245,26 +260,9 @@ def test_kernel_huge_and_tiny_magnitudes(dtype, gen):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (60, 6), (16, 8), (8, 8)])
-def test_kernel_sorted_selection_matches_oracle(dtype, num_experts, topk, gen):
-    # The tl.topk selection path (LaunchConfig.sort_select), incl. ties, near ties
-    # (fp32 fallback) and K too large for it (falls back to rounds).
-    from vllm_gemma4_router.launch_table import LaunchConfig
-
-    logits = _near_ties(torch.randn(16, num_experts, generator=gen), range(0, 16, 3), gen)
-    logits[1::4] = (logits[1::4] * 2).round() / 2
-    logits = logits.to(dtype)
-    scale = torch.rand(num_experts, generator=gen) + 0.5
-    weights = torch.full((16, topk), float("nan"))
-    ids = torch.full((16, topk), -1, dtype=torch.int32)
-    triton_routing.launch(logits, topk, scale, weights, ids, LaunchConfig(4, 1, True))
-    assert_matches_oracle(weights, ids, logits, topk, scale)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("num_experts", "topk"), [(128, 8), (64, 4), (60, 6), (16, 8), (8, 8)])
 def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, topk, gen):
     # Picks kept in registers (LaunchConfig.register_picks): same contract, incl.
-    # ties, NaN/Inf, -0.0, fp32 near ties (wide fallback), and bitwise the same
+    # ties, NaN/Inf, -0.0, fp32 near ties (repaired), and bitwise the same
     # weights and ids as the memory path, so launch buckets cannot disagree.
     from vllm_gemma4_router.launch_table import LaunchConfig
 
@@ -293,61 +291,72 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     # holds which logit: same ids and bitwise the same weights as plain rows,
     # incl. ties, NaN/Inf, -0.0, padding columns (E=60) and pieces clamped to
     # one 16-byte load (E=16), for a partial program (13 rows, 32 per program).
-    from vllm_gemma4_router import kernel
     from vllm_gemma4_router.launch_table import LaunchConfig
 
     logits = _adversarial_rows(13, num_experts, gen)
     logits = logits.to(dtype)
     scale = torch.rand(num_experts, generator=gen) + 0.5
-    key_mode = triton_routing.key_mode_for(dtype)
-    block_e = 1 << (num_experts - 1).bit_length()
     outputs = []
     for groups in (1, 2, 4, 8):
+        per_load = 16 // dtype.itemsize
+        block_e = 1 << (num_experts - 1).bit_length()
+        groups = min(groups, max(1, block_e // per_load))  # a piece: >= one 16-byte load
         config = LaunchConfig(32, 1, register_picks=register_picks, row_groups=groups)
-        if groups > 1:  # the launch really loads pieces (not the plain-row fallback)
-            assert triton_routing._row_groups(config, block_e, key_mode) > 1
         weights = torch.full((13, topk), float("nan"))
         ids = torch.full((13, topk), -1, dtype=torch.int32)
         triton_routing.launch(logits, topk, scale, weights, ids, config)
         outputs.append((weights, ids))
-    assert key_mode != int(kernel.WIDE)
     assert_matches_oracle(*outputs[0], logits, topk, scale)
     for weights, ids in outputs[1:]:
         assert torch.equal(ids, outputs[0][1])
         assert torch.equal(weights, outputs[0][0])
 
 
-def test_row_groups_fall_back_where_pieces_would_share_lanes():
-    # triton 3.6 miscompiles the rounds when lanes are left for the groups axis
-    # (H100, 2026-11-24): those launches must load plain rows.
-    from vllm_gemma4_router import kernel
-    from vllm_gemma4_router.launch_table import LaunchConfig
+def test_configs_that_cannot_run_as_written_are_refused():
+    # What the table says is what runs: a config the kernel would have to change
+    # is an error, not a silent fallback. triton 3.6 miscompiles the rounds when
+    # lanes are left for the groups axis (H100, 2026-11-24).
+    from vllm_gemma4_router.launch_table import LaunchConfig, check_config
 
-    bf16, fp32 = int(kernel.NARROW), int(kernel.NARROW_CHECKED)
+    def refused(config, block_e, logit_bytes, topk=8):
+        with pytest.raises(ValueError, match="config"):
+            check_config(config, block_e, logit_bytes, topk)
+
     # wrong ids on the H100 with pieces: bf16 (4 tokens, 4 groups), (8, 8); fp32 (2, 4)
-    assert triton_routing._row_groups(LaunchConfig(4, 1, row_groups=4), 128, bf16) == 1
-    assert triton_routing._row_groups(LaunchConfig(8, 2, row_groups=8), 128, bf16) == 1
-    assert triton_routing._row_groups(LaunchConfig(2, 1, row_groups=4), 128, fp32) == 1
-    # right on the H100: bf16 (8, 4), (16, 8), (32, 4); and by the same rule fp32 (4, 4)
-    assert triton_routing._row_groups(LaunchConfig(8, 1, row_groups=4), 128, bf16) == 4
-    assert triton_routing._row_groups(LaunchConfig(16, 2, row_groups=8), 128, bf16) == 8
-    assert triton_routing._row_groups(LaunchConfig(32, 2, row_groups=4), 128, bf16) == 4
-    assert triton_routing._row_groups(LaunchConfig(4, 1, row_groups=4), 128, fp32) == 4
-    # never narrower than one 16-byte load
-    assert triton_routing._row_groups(LaunchConfig(32, 1, row_groups=8), 16, bf16) == 2
+    refused(LaunchConfig(4, 1, row_groups=4), 128, 2)
+    refused(LaunchConfig(8, 2, row_groups=8), 128, 2)
+    refused(LaunchConfig(2, 1, row_groups=4), 128, 4)
+    refused(LaunchConfig(32, 1, row_groups=16), 16, 2)  # narrower than one 16-byte load
+    refused(LaunchConfig(1, 1, register_picks=True), 256, 4, topk=17)
+    refused(LaunchConfig(3, 1), 128, 4)
+    refused(LaunchConfig(1, 1, fp32_select="wide"), 128, 4)
+    # right on the H100: bf16 (8, 4), (16, 8), (32, 4); by the same rule fp32 (4, 4)
+    for config, logit_bytes in (
+        (LaunchConfig(8, 1, row_groups=4), 2),
+        (LaunchConfig(16, 2, row_groups=8), 2),
+        (LaunchConfig(32, 2, row_groups=4), 2),
+        (LaunchConfig(4, 1, row_groups=4), 4),
+    ):
+        check_config(config, 128, logit_bytes, 8)
+    with pytest.raises(ValueError, match="config"):
+        triton_routing.launch(
+            torch.randn(4, 128),
+            8,
+            None,
+            torch.empty(4, 8),
+            torch.empty(4, 8, dtype=torch.int32),
+            LaunchConfig(2, 1, row_groups=4),
+        )
 
 
 def test_register_picks_only_for_small_k():
     # Register picks unroll K rounds: K=128 took ~98 s to compile for sm_90
-    # (triton 3.6, 2026-11-24), so large K takes the memory path's runtime loop.
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    # (triton 3.6, 2026-11-24), so the table hands large K the memory path.
+    from vllm_gemma4_router.launch_table import MAX_REGISTER_PICKS, NUM_BUCKETS, table_config
 
-    config = LaunchConfig(1, 1, register_picks=True)
-    fp32 = triton_routing.key_mode_for(torch.float32)
-    limit = triton_routing.MAX_REGISTER_PICKS
-    assert triton_routing._compile_time_args(8, 128, config, fp32, True)["REGISTER_PICKS"]
-    assert triton_routing._compile_time_args(limit, 256, config, fp32, True)["REGISTER_PICKS"]
-    assert not triton_routing._compile_time_args(limit + 1, 256, config, fp32, True)[
-        "REGISTER_PICKS"
-    ]
-    assert not triton_routing._compile_time_args(256, 256, config, fp32, False)["REGISTER_PICKS"]
+    for bucket in range(NUM_BUCKETS):
+        for fp32 in (True, False):
+            assert not table_config(
+                bucket, 256, "cuda", fp32, MAX_REGISTER_PICKS + 1
+            ).register_picks
+    assert table_config(0, 128, "cuda", True, 8).register_picks

@@ -64,9 +64,20 @@ Provenance of ``_CUDA_TABLE``:
   2.29-2.40; 2048: 2.65-2.72 exact; 4096: 3.10-3.34; 262144: 64.7-68.9). The bucket
   bound moved from 4096 to 2048 for it: exact rounds win at 2048 (2.72 us vs 2.96
   checked), checked row groups at 4096 (3.10 vs 3.81 exact). The other rows kept
-  their entries (their 1025..4096 and 4097..8192 entries were equal). The H100 rows
+  their entries (their 1025..4096 and 4097..8192 entries were equal). Bucket
+  2049..8192 runs the exact rounds although checked ones won the sweep at 4096: in
+  the bench that followed (``bench_kernel_NVIDIA_H200_h200_fp32.*``) a tile whose
+  checked picks need the exact redo made the whole launch ~2 us slower at 4096-8192
+  tokens (randn and fp32 GEMM logits: 5.1 us vs 3.1-3.4 without a fault; exact: 3.8
+  in the sweep), while above 8192 the redo hides among many waves. The H100 rows
   are not kept apart: the H200 is the same sm_90 chip, and at T <= 1024, where
   bandwidth does not matter, the new picks were within 5 % of the H100 ones.
+
+* fp32 E=64, buckets 0 and 1: same machine and day, ``--shapes 64x6,64x4 --families
+  randn,gemm_fp32 --tokens 1,16,256,1024 --tokens-per-program 1,2,4 --warps 1,2
+  --scale-picks after,in_row,per_pick --values gather,reduction --peers --tag
+  h200_fp32_e64`` (``launch_sweep_NVIDIA_H200_h200_fp32_e64.csv``), after the bench
+  showed 64x6 at 0.98-1.01x of vLLM there with the H100 entries.
 
 Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
 ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
@@ -145,9 +156,10 @@ _MEM = dict(register_picks=False)
 
 # (fp32 logits?, BLOCK_E) -> one LaunchConfig per token bucket.
 _CUDA_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
+    # buckets 0-1: H200 sweep 2026-12-01 (h200_fp32_e64, see the module docstring)
     (True, 64): (
-        _C(1, 1),
-        _C(1, 1),
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(2, 2, fp32_select="exact", scale_pick="in_row"),
         _C(4, 1, row_groups=2, **_MEM),
         _C(4, 1, row_groups=2, **_MEM),
         _C(8, 1, row_groups=4),
@@ -158,7 +170,7 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
         _C(1, 1, scale_pick="in_row", values_by_reduction=True),
         _C(1, 1, scale_pick="in_row", values_by_reduction=True),
         _C(2, 2, fp32_select="exact"),
-        _C(8, 1, row_groups=8),
+        _C(8, 1, row_groups=8, fp32_select="exact"),
         _C(8, 1, row_groups=8),
         _C(8, 1, row_groups=8),
     ),
