@@ -1,1 +1,1 @@
-"""GPU benchmarks, launch-table sweeps and A/B harnesses (run as ``python -m benchmarks.<name>``)."""
+"""GPU benchmarks, launch-table sweeps and A/B harnesses (``python -m benchmarks.<name>``)."""

@@ -4,7 +4,7 @@ Profile (GPU machine, repo root)::
 
     ncu --kernel-name regex:routing --launch-skip 3 --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section Occupancy \
-        python benchmarks/profile_kernel.py --dtype bfloat16 --tokens 262144
+        python -m benchmarks.profile_kernel --dtype bfloat16 --tokens 262144
 
 ``--impl`` picks ours, vllm or sglang (peer kernels from .cache/peer_kernels,
 see fetch_peer_kernels.sh). ``--host`` instead prints the eager host time per
@@ -14,18 +14,15 @@ call at T=1, split into our wrapper, our bare launch and the peers' wrappers.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host_us_per_call  # noqa: E402
-
-from vllm_gemma4_router import gemma4_routing_triton  # noqa: E402
-from vllm_gemma4_router.launch_table import pick_launch_config  # noqa: E402
-from vllm_gemma4_router.triton_routing import launch  # noqa: E402
+from benchmarks import peer_kernels
+from benchmarks.common import host_us_per_call
+from vllm_gemma4_router import gemma4_routing_triton
+from vllm_gemma4_router._validation import check_routing_inputs
+from vllm_gemma4_router.launch_table import pick_launch_config
+from vllm_gemma4_router.triton_routing import launch
 
 
 def host_breakdown(num_experts: int, topk: int) -> None:
@@ -33,11 +30,8 @@ def host_breakdown(num_experts: int, topk: int) -> None:
     scale = torch.rand(num_experts, device="cuda") + 0.5
     weights = torch.empty(1, topk, device="cuda")
     ids = torch.empty(1, topk, device="cuda", dtype=torch.int32)
-    config = pick_launch_config(1, 1 << (num_experts - 1).bit_length(), "cuda", True)
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router._validation import check_routing_inputs
-
-    plan_args = (0, topk, num_experts, logits.dtype, scale.dtype, "cuda")
+    block_e = 1 << (num_experts - 1).bit_length()
+    config = pick_launch_config(1, block_e, "cuda", True, topk)
     rows = {
         "ours (wrapper, allocates outputs)": lambda: gemma4_routing_triton(logits, topk, scale),
         "ours (wrapper, given outputs)": lambda: gemma4_routing_triton(
@@ -47,60 +41,23 @@ def host_breakdown(num_experts: int, topk: int) -> None:
             logits, topk, scale, weights, ids, config
         ),
         "  of which: input checks": lambda: check_routing_inputs(logits, topk, scale),
-        "  of which: plan lookup": lambda: triton_routing._table_plan(*plan_args),
+        "  of which: table lookup": lambda: pick_launch_config(1, block_e, "cuda", True, topk),
         "torch.empty x2": lambda: (
             torch.empty(1, topk, device="cuda"),
             torch.empty(1, topk, device="cuda", dtype=torch.int32),
         ),
     }
-    rows.update(_triton_run_rows(logits, scale, weights, ids, topk, num_experts))
     try:
-        from peer_kernels import load_sglang_router, load_vllm_router
-
-        for name, loader in (("vllm", load_vllm_router), ("sglang", load_sglang_router)):
+        for name, loader in (
+            ("vllm", peer_kernels.load_vllm_router),
+            ("sglang", peer_kernels.load_sglang_router),
+        ):
             fn = loader()[1]
             rows[f"{name} (wrapper)"] = lambda fn=fn: fn(logits, topk, scale)
     except Exception as exc:  # the peers are optional here
         print(f"peer kernels not loaded: {exc}")
     for name, fn in rows.items():
         print(f"host us/call T=1  {name:38s} {host_us_per_call(fn):7.2f}")
-
-
-def _triton_run_rows(logits, scale, weights, ids, topk, num_experts):
-    """Triton's compiled launcher alone, given tensors (it calls data_ptr() and
-    cuPointerGetAttribute per pointer) or raw pointers (our cached path)."""
-    from vllm_gemma4_router import triton_routing
-
-    launches = triton_routing._LAUNCHES
-    gemma4_routing_triton(logits, topk, scale)  # this shape's compiled kernel: the newest entry
-    if not launches.enabled or not launches._cache:
-        return {}
-    compiled, constexpr_values = next(reversed(launches._cache.values()))
-    stream = launches._stream(0)
-    ints = (1, num_experts, *logits.stride(), scale.stride(0), *weights.stride(), *ids.stride())
-    tensors = (logits, scale, weights, ids)
-    pointers = tuple(t.data_ptr() for t in tensors)
-
-    def run(args):
-        compiled.run(
-            1,
-            1,
-            1,
-            stream,
-            compiled.function,
-            compiled.packed_metadata,
-            None,
-            None,
-            None,
-            *args,
-            *ints,
-            *constexpr_values,
-        )
-
-    return {
-        "triton launcher, tensor args": lambda: run(tensors),
-        "triton launcher, pointer args": lambda: run(pointers),
-    }
 
 
 def main() -> None:
@@ -121,8 +78,6 @@ def main() -> None:
     if args.impl == "ours":
         fn = gemma4_routing_triton
     else:
-        import peer_kernels
-
         fn = getattr(peer_kernels, f"load_{args.impl}_router")()[1]
     for _ in range(args.launches):
         fn(logits, args.topk, scale)
