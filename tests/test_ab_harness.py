@@ -1,4 +1,4 @@
-"""The A/B harnesses (benchmarks/serve_ab.py, benchmarks/gsm8k_ab.py).
+"""The A/B harnesses (benchmarks.serve_ab, benchmarks.gsm8k_ab).
 
 Pure parts (percent change, tables from fixture results, command lines checked
 against the installed vLLM's and lm_eval's own argument parsers, the local
@@ -19,13 +19,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import torch
+
+from benchmarks import ab_common, gsm8k_ab, serve_ab, stamp
+from vllm_gemma4_router.log_contract import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import ab_common  # noqa: E402
-import gsm8k_ab  # noqa: E402
-import serve_ab  # noqa: E402
 
 FIXTURES = REPO / "tests" / "data" / "ab_fixtures"
 LOCAL_TASK_DIR = REPO / "tests" / "data" / "gsm8k_local"
@@ -354,22 +353,6 @@ def test_run_arms_with_external_servers(tmp_path):
     assert ab_common.server_record(out["plugin"][0])["external"] is True
 
 
-def test_dispatch_lines_from_server_log():
-    log = (
-        "(Worker pid=1) INFO [vllm_adapter.py:55] gemma4_routing: 30 layers dispatch to "
-        "forward_cuda (platform cuda)\n"
-        "(EngineCore pid=2) INFO [vllm_adapter.py:55] gemma4_routing: 30 layers dispatch to "
-        "forward_cuda (platform cuda)\n"
-        "INFO gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)\n"
-        "INFO gemma4_routing: first call ran forward_cuda (platform cuda, 8 tokens)\n"
-    )
-    assert ab_common.dispatch_lines(log) == [
-        "gemma4_routing: 30 layers dispatch to forward_cuda (platform cuda)",
-        "gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)",
-    ]
-    assert ab_common.dispatch_lines("no plugin here") == []
-
-
 def test_write_outputs(tmp_path):
     record = {
         "environment": {"date": "D", "device": "Dev", "versions": {"vllm": "1"}},
@@ -409,9 +392,19 @@ def test_run_client_raises_with_the_log_on_failure(tmp_path):
 
 
 def test_environment_stamp():
-    stamp = ab_common.environment_stamp()
-    assert stamp["versions"]["torch"] and stamp["device"] and stamp["date"].endswith("UTC")
-    assert stamp["python"] == ".".join(map(str, sys.version_info[:3]))
+    record = stamp.environment_stamp(argv=["serve_ab", "--tiny"])
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["device"] and record["date"].endswith("UTC")
+    assert record["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert record["argv"].endswith(" serve_ab --tiny")
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    flat = stamp.flat_stamp(record)
+    assert flat["torch"] == torch.__version__ and "versions" not in flat
+    assert all(isinstance(value, str) for value in flat.values())
+    assert stamp.stamp_line(record).startswith(f"date={record['date']}, device=")
+    with_gpu = {**record, "accelerator": {"name": "G", "sms": "132"}, "git_commit": None}
+    assert {"gpu": "G", "sms": "132"}.items() <= stamp.flat_stamp(with_gpu).items()
+    assert "git_commit" not in stamp.flat_stamp(with_gpu)
 
 
 # ------------------------------------------------------- the local gsm8k task
@@ -484,7 +477,7 @@ def tiny_servers(tmp_path_factory):
     a run without ``--base-url-*``), one after the other. ``--enforce-eager``
     halves the CPU start-up (no torch.compile); the harness code is the same.
     """
-    from vllm_gemma4_router.tiny_model import build_tiny_model
+    from vllm_gemma4_router.harness.tiny_model import build_tiny_model
 
     model = str(build_tiny_model())
     out_dir = tmp_path_factory.mktemp("ab_servers")
@@ -522,12 +515,13 @@ def test_smoke_servers_plugin_state(tiny_servers):
     _, infos = tiny_servers
     assert infos["in-tree"].command.startswith("VLLM_PLUGINS='' ")
     for name, info in infos.items():
-        log_text = info.log_path.read_text()
-        info.plugin_active = ab_common.PLUGIN_MARKER in log_text
+        # What arm_server reads from the log when the server stops.
+        plugin_log = parse_log(info.log_path.read_text())
+        info.plugin_active = plugin_log.patched
         assert info.plugin_active is (name == "plugin")
         assert ab_common.check_plugin_state(info) is None
         # The op says which forward serves the routing; the in-tree server has no op.
-        dispatch = ab_common.dispatch_lines(log_text)
+        dispatch = plugin_log.dispatch_texts()
         assert bool(dispatch) is (name == "plugin"), dispatch
         assert all("dispatch to forward_native (platform cpu" in line for line in dispatch)
 
