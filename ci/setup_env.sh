@@ -45,6 +45,9 @@ step "test tools"
 "$VENV/bin/python" -c 'import sys, torch; sys.exit(not torch.__version__.startswith("2.13.0"))' \
   || { echo "setup: installing lm_eval replaced torch 2.13.0"; exit 1; }
 
+step "packaging tools (ci/build_dist.sh, ci/check_wheel_install.py)"
+"${PIP[@]}" install -q build twine trove-classifiers packaging
+
 step "this package (editable, registers the vllm.general_plugins entry point)"
 "${PIP[@]}" install -q --no-deps -e .
 

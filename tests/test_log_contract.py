@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from vllm_gemma4_router import log_contract, vllm_adapter
+from vllm_gemma4_router import __version__, log_contract, vllm_adapter
 from vllm_gemma4_router.log_contract import (
     Dispatch,
     dispatch_line,
@@ -95,8 +95,13 @@ def test_install_unrecognised_and_first_call_round_trip(rng):
     assert parsed.layouts == layouts and parsed.patched
     assert parsed.first_calls == [forward]
     assert parsed.unrecognised == ["vllm.model_executor.models.gemma4"]
+    assert parsed.versions == [__version__] * 4  # the plugin's first line names its version
     assert parsed.lines == lines
     assert parsed.dispatches == [] and not parsed.op_used
+    # Lines of releases that did not name their version still parse.
+    old_line = "INFO vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op (moe_closure)"
+    old = parse_log(old_line)
+    assert (old.layouts, old.versions) == (["moe_closure"], [""])
     empty = parse_log("\n".join(noise))
     assert (empty.lines, empty.patched, empty.dispatch_texts()) == ([], False, [])
 
@@ -136,6 +141,7 @@ def test_the_adapter_writes_its_lines_through_the_contract(plugin_messages):
     unknown = types.ModuleType("fake_gemma4_unknown_layout")
     assert vllm_adapter.install(known) == "router_method"
     assert vllm_adapter.install(unknown) is None
+    assert plugin_messages[0].startswith(f"vllm-gemma4-router {__version__}: ")
     parsed = parse_log("\n".join(plugin_messages))
     assert parsed.layouts == ["router_method"]
     assert parsed.unrecognised == ["fake_gemma4_unknown_layout"]

@@ -7,10 +7,11 @@ live here together and are tested together (tests/test_log_contract.py).
 
 Lines (vLLM prefixes each with its own level, file and process tags):
 
-* ``vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op (<layout>)``
-  once per process that patched vLLM's Gemma4 module (``vllm_adapter``);
-* ``vllm-gemma4-router: unrecognised Gemma4 code in <module> ...`` instead,
-  when the layout is unknown and nothing was changed;
+* ``vllm-gemma4-router <version>: Gemma4 MoE routing -> gemma4_routing op (<layout>)``
+  once per process that patched vLLM's Gemma4 module (``vllm_adapter``): the
+  plugin's first line in a process, so it carries the package version;
+* ``vllm-gemma4-router <version>: unrecognised Gemma4 code in <module> ...``
+  instead, when the layout is unknown and nothing was changed;
 * ``gemma4_routing: <N> layer(s) dispatch to <forward> (platform <p>[, torch.compile])``
   per process that built the model, one line per distinct forward (``vllm_op``);
 * ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
@@ -26,13 +27,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from . import __version__
+
 # A child of vLLM's "vllm" logger, so vLLM's logging configuration prints it in
 # every process (API server, engine core, workers) with the process prefix; a
 # plain getLogger(__name__) would be outside that tree and print nothing.
 LOGGER_NAME = "vllm.gemma4_router"
 logger = logging.getLogger(LOGGER_NAME)
 
-_PLUGIN_PREFIX = "vllm-gemma4-router: "
+_PLUGIN_PREFIX = f"vllm-gemma4-router {__version__}: "
 _OP_PREFIX = "gemma4_routing: "
 
 
@@ -78,11 +81,13 @@ def first_call_line(
 
 # vLLM prefixes every line from a child process with "(Name pid=N) ".
 _PROCESS_RE = re.compile(r"\((?P<proc>[^()]*?)\s*pid=(?P<pid>\d+)\)")
-_ANY_LINE_RE = re.compile(re.escape(_PLUGIN_PREFIX) + "|" + re.escape(_OP_PREFIX))
+# Any version, and none: logs of releases before 0.1.0's version line still parse.
+_PLUGIN_RE = r"vllm-gemma4-router(?: (?P<version>[^\s:]+))?: "
+_ANY_LINE_RE = re.compile(_PLUGIN_RE + "|" + re.escape(_OP_PREFIX))
 _INSTALL_RE = re.compile(
-    re.escape(_PLUGIN_PREFIX) + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
+    _PLUGIN_RE + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
 )
-_UNRECOGNISED_RE = re.compile(re.escape(_PLUGIN_PREFIX) + r"unrecognised Gemma4 code in (\S+)")
+_UNRECOGNISED_RE = re.compile(_PLUGIN_RE + r"unrecognised Gemma4 code in (?P<module>\S+)")
 _DISPATCH_RE = re.compile(
     re.escape(_OP_PREFIX) + r"(?P<layers>\d+) layers? dispatch to (?P<forward>forward_\w+) "
     r"\(platform (?P<platform>\w+)(?P<compiled>, torch\.compile)?\)"
@@ -126,6 +131,8 @@ class PluginLog:
         lines: every plugin line, whole (with vLLM's prefix), in order.
         layouts: one Gemma4 layout per process that patched vLLM's module.
         unrecognised: modules whose Gemma4 code the plugin did not recognise.
+        versions: the package version each patch/unrecognised line names
+            (``""`` for lines of versions that did not say).
         dispatches: the op's dispatch summaries, per process and forward.
         first_calls: the forward of each process's first Python-level call.
     """
@@ -133,6 +140,7 @@ class PluginLog:
     lines: list[str] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
     first_calls: list[str] = field(default_factory=list)
 
@@ -195,6 +203,8 @@ def parse_log(log_text: str) -> PluginLog:
             parsed.first_calls.append(match["forward"])
         elif match := _INSTALL_RE.search(line):
             parsed.layouts.append(match["layout"])
+            parsed.versions.append(match["version"] or "")
         elif match := _UNRECOGNISED_RE.search(line):
-            parsed.unrecognised.append(match[1])
+            parsed.unrecognised.append(match["module"])
+            parsed.versions.append(match["version"] or "")
     return parsed
