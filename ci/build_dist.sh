@@ -22,7 +22,7 @@ SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   git ls-files -z --cached --others --exclude-standard |
-    while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done |
+    while IFS= read -r -d '' f; do [[ -f $f ]] && printf '%s\0' "$f"; done |
     xargs -0 cp --parents -t "$SRC"
 else
   cp -r . "$SRC"
