@@ -19,9 +19,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import torch
 
-from benchmarks import ab_common, gsm8k_ab, serve_ab, stamp
+from benchmarks import ab_common, gsm8k_ab, serve_ab
 from vllm_gemma4_router.log_contract import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -389,22 +388,6 @@ def test_run_client_raises_with_the_log_on_failure(tmp_path):
     with pytest.raises(RuntimeError, match=r"plugin: client exited with 2 \(log: .*bad\.log\)"):
         failing = [sys.executable, "-c", "raise SystemExit(2)"]
         ab_common.run_client(failing, log, 30, "plugin: client")
-
-
-def test_environment_stamp():
-    record = stamp.environment_stamp(argv=["serve_ab", "--tiny"])
-    assert record["versions"]["torch"] == torch.__version__
-    assert record["device"] and record["date"].endswith("UTC")
-    assert record["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert record["argv"].endswith(" serve_ab --tiny")
-    assert record["git_commit"] is None or len(record["git_commit"]) == 40
-    flat = stamp.flat_stamp(record)
-    assert flat["torch"] == torch.__version__ and "versions" not in flat
-    assert all(isinstance(value, str) for value in flat.values())
-    assert stamp.stamp_line(record).startswith(f"date={record['date']}, device=")
-    with_gpu = {**record, "accelerator": {"name": "G", "sms": "132"}, "git_commit": None}
-    assert {"gpu": "G", "sms": "132"}.items() <= stamp.flat_stamp(with_gpu).items()
-    assert "git_commit" not in stamp.flat_stamp(with_gpu)
 
 
 # ------------------------------------------------------- the local gsm8k task
