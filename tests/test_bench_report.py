@@ -1,13 +1,8 @@
 """The kernel benchmark's report writer (runs on CPU with synthetic timings)."""
 
 import csv
-import sys
-from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import bench_kernel  # noqa: E402
+from benchmarks import bench_kernel
 
 
 def test_report_has_stamp_speedups_and_geomeans(tmp_path):
