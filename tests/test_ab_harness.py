@@ -1,4 +1,4 @@
-"""The A/B harnesses (benchmarks/serve_ab.py, benchmarks/gsm8k_ab.py).
+"""The A/B harnesses (benchmarks.serve_ab, benchmarks.gsm8k_ab).
 
 Pure parts (percent change, tables from fixture results, command lines checked
 against the installed vLLM's and lm_eval's own argument parsers, the local
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import ab_common, gsm8k_ab, serve_ab
+from vllm_gemma4_router.log_contract import parse_log
 
-import ab_common  # noqa: E402
-import gsm8k_ab  # noqa: E402
-import serve_ab  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FIXTURES = REPO / "tests" / "data" / "ab_fixtures"
 LOCAL_TASK_DIR = REPO / "tests" / "data" / "gsm8k_local"
@@ -354,22 +352,6 @@ def test_run_arms_with_external_servers(tmp_path):
     assert ab_common.server_record(out["plugin"][0])["external"] is True
 
 
-def test_dispatch_lines_from_server_log():
-    log = (
-        "(Worker pid=1) INFO [vllm_adapter.py:55] gemma4_routing: 30 layers dispatch to "
-        "forward_cuda (platform cuda)\n"
-        "(EngineCore pid=2) INFO [vllm_adapter.py:55] gemma4_routing: 30 layers dispatch to "
-        "forward_cuda (platform cuda)\n"
-        "INFO gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)\n"
-        "INFO gemma4_routing: first call ran forward_cuda (platform cuda, 8 tokens)\n"
-    )
-    assert ab_common.dispatch_lines(log) == [
-        "gemma4_routing: 30 layers dispatch to forward_cuda (platform cuda)",
-        "gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)",
-    ]
-    assert ab_common.dispatch_lines("no plugin here") == []
-
-
 def test_write_outputs(tmp_path):
     record = {
         "environment": {"date": "D", "device": "Dev", "versions": {"vllm": "1"}},
@@ -406,12 +388,6 @@ def test_run_client_raises_with_the_log_on_failure(tmp_path):
     with pytest.raises(RuntimeError, match=r"plugin: client exited with 2 \(log: .*bad\.log\)"):
         failing = [sys.executable, "-c", "raise SystemExit(2)"]
         ab_common.run_client(failing, log, 30, "plugin: client")
-
-
-def test_environment_stamp():
-    stamp = ab_common.environment_stamp()
-    assert stamp["versions"]["torch"] and stamp["device"] and stamp["date"].endswith("UTC")
-    assert stamp["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
 # ------------------------------------------------------- the local gsm8k task
@@ -484,7 +460,7 @@ def tiny_servers(tmp_path_factory):
     a run without ``--base-url-*``), one after the other. ``--enforce-eager``
     halves the CPU start-up (no torch.compile); the harness code is the same.
     """
-    from vllm_gemma4_router.tiny_model import build_tiny_model
+    from vllm_gemma4_router.harness.tiny_model import build_tiny_model
 
     model = str(build_tiny_model())
     out_dir = tmp_path_factory.mktemp("ab_servers")
@@ -522,12 +498,13 @@ def test_smoke_servers_plugin_state(tiny_servers):
     _, infos = tiny_servers
     assert infos["in-tree"].command.startswith("VLLM_PLUGINS='' ")
     for name, info in infos.items():
-        log_text = info.log_path.read_text()
-        info.plugin_active = ab_common.PLUGIN_MARKER in log_text
+        # What arm_server reads from the log when the server stops.
+        plugin_log = parse_log(info.log_path.read_text())
+        info.plugin_active = plugin_log.patched
         assert info.plugin_active is (name == "plugin")
         assert ab_common.check_plugin_state(info) is None
         # The op says which forward serves the routing; the in-tree server has no op.
-        dispatch = ab_common.dispatch_lines(log_text)
+        dispatch = plugin_log.dispatch_texts()
         assert bool(dispatch) is (name == "plugin"), dispatch
         assert all("dispatch to forward_native (platform cpu" in line for line in dispatch)
 

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from vllm_gemma4_router import demo
-from vllm_gemma4_router.tiny_model import build_tiny_model
+from vllm_gemma4_router.harness import demo
+from vllm_gemma4_router.harness.tiny_model import build_tiny_model
 
 MAX_TOKENS = 24
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_gemma4_router import serving
-from vllm_gemma4_router.serving import ServerStartError, VllmServer, find_free_port
+from vllm_gemma4_router.harness import serving
+from vllm_gemma4_router.harness.serving import ServerStartError, VllmServer, find_free_port
 
 FAKE_SERVER = Path(__file__).resolve().parent / "scripts" / "fake_vllm_server.py"
 
@@ -182,7 +182,7 @@ def test_safety_net_stops_servers_of_a_dying_parent(ending, fake_python, tmp_pat
     parent = textwrap.dedent(
         f"""
         import os, signal, sys, time
-        from vllm_gemma4_router.serving import VllmServer
+        from vllm_gemma4_router.harness.serving import VllmServer
         server = VllmServer("family", python={fake_python!r}).start()
         print(server.pid, flush=True)
         if {ending!r} == "sigterm":
@@ -219,7 +219,7 @@ def test_demo_prompts_file_round_trips_and_rejects_bad_lines(tmp_path):
     import json
     from pathlib import Path
 
-    from vllm_gemma4_router.demo import load_prompts
+    from vllm_gemma4_router.harness.demo import load_prompts
 
     shipped = load_prompts(Path(__file__).parents[1] / "benchmarks" / "prompts_mixed_18.jsonl")
     lengths = sorted(len(p.encode()) for p in shipped)

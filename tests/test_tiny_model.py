@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vllm_gemma4_router import tiny_model
-from vllm_gemma4_router.tiny_model import build_tiny_model, is_complete
+from vllm_gemma4_router.harness import tiny_model
+from vllm_gemma4_router.harness.tiny_model import build_tiny_model, is_complete
 
 SMALL = {"num_experts": 16, "top_k": 4, "hidden_size": 64, "num_layers": 2}
 

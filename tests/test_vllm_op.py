@@ -15,6 +15,8 @@ from vllm.platforms import PlatformEnum, current_platform
 
 import vllm_gemma4_router.triton_routing as triton_routing
 import vllm_gemma4_router.vllm_op as vllm_op
+from vllm_gemma4_router.log_contract import logger as plugin_logger
+from vllm_gemma4_router.log_contract import parse_log
 from vllm_gemma4_router.vllm_op import OP_NAME, Gemma4Routing, dispatch_summary
 
 
@@ -131,13 +133,13 @@ class _Records(logging.Handler):
 def plugin_log(monkeypatch):
     monkeypatch.setattr(vllm_op, "_first_call_logged", False)
     handler = _Records()
-    logger = logging.getLogger("vllm.gemma4_router")
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    assert vllm_op.logger is plugin_logger
+    old_level = plugin_logger.level
+    plugin_logger.setLevel(logging.INFO)
+    plugin_logger.addHandler(handler)
     yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    plugin_logger.removeHandler(handler)
+    plugin_logger.setLevel(old_level)
 
 
 @pytest.mark.parametrize(
@@ -156,6 +158,7 @@ def test_first_eager_call_logs_its_forward_once(platform, expected, monkeypatch,
         f"gemma4_routing: first call ran {expected} "
         f"(platform {platform.name.lower()}, 5 tokens, 32 experts, top-4)"
     ]
+    assert parse_log(plugin_log[0]).first_calls == [expected]
 
 
 def test_traced_call_neither_logs_nor_breaks_the_graph(monkeypatch, gen, plugin_log):
@@ -178,9 +181,15 @@ def test_dispatch_summary_counts_layers_per_forward(monkeypatch):
     assert compiled.compiled and compiled.dispatch == "forward_native"
     with monkeypatch.context() as patch:
         patch.setattr(current_platform, "_enum", PlatformEnum.CPU)
-        assert dispatch_summary([*cpu, compiled]) == [
+        lines = dispatch_summary([*cpu, compiled])
+        assert lines == [
             "gemma4_routing: 3 layers dispatch to forward_native (platform cpu)",
             "gemma4_routing: 1 layer dispatch to forward_native (platform cpu, torch.compile)",
+        ]
+        parsed = parse_log("\n".join(lines))
+        assert [(d.layers, d.forward, d.compiled) for d in parsed.dispatches] == [
+            (3, "forward_native", False),
+            (1, "forward_native", True),
         ]
         assert dispatch_summary([]) == [
             "gemma4_routing: 0 layers (this model has no MoE routing; platform cpu)"

@@ -14,6 +14,8 @@ from .reference import gemma4_routing_reference
 if TYPE_CHECKING:
     from .triton_routing import gemma4_routing_triton
 
+# The one version source: pyproject.toml reads it (setuptools dynamic version),
+# the plugin's first log line shows it, CHANGELOG.md's newest release matches it.
 __version__ = "0.1.0"
 __all__ = ["gemma4_routing_reference", "gemma4_routing_triton", "__version__"]
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from types import ModuleType
+
+from .log_contract import install_line, logger, unrecognised_line
 
 GEMMA4_MODULE = "vllm.model_executor.models.gemma4"
 OP_ATTRIBUTE = "gemma4_routing"
 _INSTALLED_FLAG = "_vllm_gemma4_router_layout"
-
-logger = logging.getLogger("vllm.gemma4_router")
 
 _ROUTING_SIGNATURE = ["self", "hidden_states", "gating_output", "topk", "renormalize"]
 
@@ -162,12 +161,8 @@ def install(module: ModuleType) -> str | None:
             apply(module)
             _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
-            logger.info("vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op (%s)", name)
+            logger.info(install_line(name))
             return name
     setattr(module, _INSTALLED_FLAG, None)
-    logger.warning(
-        "vllm-gemma4-router: unrecognised Gemma4 code in %s (neither Gemma4Router."
-        "routing_function nor a Gemma4MoE routing closure); leaving vLLM's routing unchanged",
-        getattr(module, "__name__", module),
-    )
+    logger.warning(unrecognised_line(str(getattr(module, "__name__", module))))
     return None

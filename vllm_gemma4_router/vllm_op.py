@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from collections import Counter
 from collections.abc import Iterable
 
@@ -12,13 +11,10 @@ from vllm.config import get_cached_compilation_config
 from vllm.model_executor.custom_op import CustomOp
 from vllm.platforms import current_platform
 
+from .log_contract import dispatch_line, first_call_line, logger, no_layers_line
 from .reference import gemma4_routing_reference
 
 OP_NAME = "gemma4_routing"
-
-# A child of vLLM's "vllm" logger, so vLLM's logging config prints it in every
-# process (API server, engine core, workers) with the process prefix.
-logger = logging.getLogger("vllm.gemma4_router")
 
 # Once per process, not per layer: every layer's op runs the same forward.
 _first_call_logged = False
@@ -86,12 +82,13 @@ class Gemma4Routing(CustomOp):
         if not torch.compiler.is_compiling() and not _first_call_logged:
             _first_call_logged = True
             logger.info(
-                "gemma4_routing: first call ran %s (platform %s, %d tokens, %d experts, top-%d)",
-                self.dispatch,
-                platform_name(),
-                gating_output.shape[0],
-                gating_output.shape[-1],
-                topk,
+                first_call_line(
+                    self.dispatch,
+                    platform_name(),
+                    gating_output.shape[0],
+                    gating_output.shape[-1],
+                    topk,
+                )
             )
         return self._forward_method(gating_output, topk, per_expert_scale)
 
@@ -136,9 +133,8 @@ def dispatch_summary(ops: Iterable[Gemma4Routing]) -> list[str]:
     counts = Counter((op.dispatch, op.compiled) for op in ops)
     platform = platform_name()
     if not counts:
-        return [f"gemma4_routing: 0 layers (this model has no MoE routing; platform {platform})"]
+        return [no_layers_line(platform)]
     return [
-        f"gemma4_routing: {n} {'layer' if n == 1 else 'layers'} dispatch to {method} "
-        f"(platform {platform}{', torch.compile' if compiled else ''})"
+        dispatch_line(n, method, platform, compiled)
         for (method, compiled), n in sorted(counts.items())
     ]

@@ -279,7 +279,7 @@ def _write_checkpoint(directory: Path, params: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vllm_gemma4_router.tiny_model [PATH]``: build and print the directory."""
+    """``python -m vllm_gemma4_router.harness.tiny_model [PATH]``: build and print the directory."""
     args = sys.argv[1:] if argv is None else argv
     print(build_tiny_model(args[0] if args else None, progress=print))
     return 0

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..log_contract import PluginLog, parse_log
 from .serving import VllmServer
 
 Printer = Callable[[str], None]
@@ -43,96 +43,22 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 
 TRITON_FORWARDS = frozenset({"forward_cuda", "forward_hip", "forward_xpu"})
 
-# vLLM prefixes every line from a child process with "(Name pid=N) ".
-_PROCESS_RE = re.compile(r"\((?P<proc>[^()]*?)\s*pid=(?P<pid>\d+)\)")
-_DISPATCH_RE = re.compile(
-    r"gemma4_routing: (?P<layers>\d+) layers? dispatch to (?P<forward>forward_\w+) "
-    r"\(platform (?P<platform>\w+)(?P<compiled>, torch\.compile)?\)"
-)
-_FIRST_CALL_RE = re.compile(r"gemma4_routing: first call ran (?P<forward>forward_\w+)")
-_INSTALL_RE = re.compile(r"vllm-gemma4-router: Gemma4 MoE routing -> gemma4_routing op \((\w+)\)")
-_PLUGIN_LINE_RE = re.compile(r"gemma4_routing: |vllm-gemma4-router: ")
 
-
-@dataclass(frozen=True)
-class Dispatch:
-    """One ``gemma4_routing: N layers dispatch to ...`` line of a server log."""
-
-    pid: int | None
-    process: str
-    layers: int
-    forward: str
-    platform: str
-    compiled: bool
-
-
-@dataclass
-class RoutingEvidence:
-    """What a server log says about the plugin's routing op."""
-
-    dispatches: list[Dispatch] = field(default_factory=list)
-    first_calls: list[str] = field(default_factory=list)
-    layouts: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def op_used(self) -> bool:
-        """True if at least one process built MoE layers routed by ``gemma4_routing``."""
-        return any(d.layers > 0 for d in self.dispatches)
-
-    @property
-    def forwards(self) -> list[str]:
-        """The distinct forwards the processes dispatched to, sorted."""
-        return sorted({d.forward for d in self.dispatches if d.layers > 0})
-
-    @property
-    def processes(self) -> int:
-        """How many processes built routed layers (one per tensor-parallel worker)."""
-        return len({d.pid for d in self.dispatches if d.layers > 0})
-
-    def describe(self) -> str:
-        """One line: which forward served the routing, where, in how many layers/processes."""
-        if not self.op_used:
-            return "gemma4_routing not used"
-        parts = []
-        for forward in self.forwards:
-            kind = "Triton kernel" if forward in TRITON_FORWARDS else "torch reference"
-            mine = [d for d in self.dispatches if d.forward == forward and d.layers > 0]
-            platforms = ", ".join(sorted({d.platform for d in mine}))
-            compiled = " (torch.compile)" if any(d.compiled for d in mine) else ""
-            parts.append(
-                f"{forward} = {kind}{compiled} on {platforms}: {mine[0].layers} MoE layers "
-                f"x {len({d.pid for d in mine})} worker process(es)"
-            )
-        return "; ".join(parts)
-
-
-def parse_routing_evidence(log_text: str) -> RoutingEvidence:
-    """Collect the plugin's own log lines (dispatch summary, first call, install) from a log."""
-    evidence = RoutingEvidence()
-    for line in log_text.splitlines():
-        if not _PLUGIN_LINE_RE.search(line):
-            continue
-        evidence.lines.append(line)
-        process = _PROCESS_RE.search(line)
-        pid = int(process["pid"]) if process else None
-        name = process["proc"] if process else ""
-        if match := _DISPATCH_RE.search(line):
-            evidence.dispatches.append(
-                Dispatch(
-                    pid=pid,
-                    process=name,
-                    layers=int(match["layers"]),
-                    forward=match["forward"],
-                    platform=match["platform"],
-                    compiled=bool(match["compiled"]),
-                )
-            )
-        elif match := _FIRST_CALL_RE.search(line):
-            evidence.first_calls.append(match["forward"])
-        elif match := _INSTALL_RE.search(line):
-            evidence.layouts.append(match[1])
-    return evidence
+def describe_routing(evidence: PluginLog) -> str:
+    """One line: which forward served the routing, where, in how many layers/processes."""
+    if not evidence.op_used:
+        return "gemma4_routing not used"
+    parts = []
+    for forward in evidence.forwards:
+        kind = "Triton kernel" if forward in TRITON_FORWARDS else "torch reference"
+        mine = [d for d in evidence.dispatches if d.forward == forward and d.layers > 0]
+        platforms = ", ".join(sorted({d.platform for d in mine}))
+        compiled = " (torch.compile)" if any(d.compiled for d in mine) else ""
+        parts.append(
+            f"{forward} = {kind}{compiled} on {platforms}: {mine[0].layers} MoE layers "
+            f"x {len({d.pid for d in mine})} worker process(es)"
+        )
+    return "; ".join(parts)
 
 
 @dataclass
@@ -146,9 +72,9 @@ class ArmResult:
     startup_s: float
 
     @property
-    def evidence(self) -> RoutingEvidence:
+    def evidence(self) -> PluginLog:
         """The plugin's log lines in this run's server log."""
-        return parse_routing_evidence(self.log_text)
+        return parse_log(self.log_text)
 
     @property
     def label(self) -> str:
@@ -268,7 +194,7 @@ def report(
         for line in evidence.lines or ["(none)"]:
             out(f"  {line.strip()}")
     out("")
-    out(f"routing served by: {with_plugin.evidence.describe()}")
+    out(f"routing served by: {describe_routing(with_plugin.evidence)}")
     out("")
     width = 30
     out(f"{'#':>2}  {'prompt':<{width}}  {'plugin':<{width}}  {'in-tree':<{width}}  same")
@@ -372,7 +298,7 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
 
 
 def main(args) -> int:
-    """Entry from ``cli.py`` with parsed ``demo`` arguments; exit code 0 on PASS."""
+    """Entry from ``harness/cli.py`` with parsed ``demo`` arguments; exit code 0 on PASS."""
     import shlex
 
     prompts = DEFAULT_PROMPTS

@@ -1,10 +1,12 @@
-"""``vllm-gemma4-router`` command line."""
+"""``vllm-gemma4-router`` command line: ``selfcheck`` (torch + triton) and ``demo`` (``[demo]``)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from .extras import require_extra, require_module
 
 
 def _gpu_device() -> str | None:
@@ -19,6 +21,11 @@ def _gpu_device() -> str | None:
 
 def selfcheck(num_tokens: int, num_experts: int, topk: int) -> bool:
     """Route random tokens with the Triton kernel and the torch reference; True if they agree."""
+    require_module(
+        "triton",
+        "vllm-gemma4-router selfcheck",
+        "every GPU build of torch brings it (on a CPU-only torch: pip install triton)",
+    )
     device = _gpu_device()
     if device is None:
         # The kernel runs on CPU tensors only under the interpreter, which
@@ -26,7 +33,7 @@ def selfcheck(num_tokens: int, num_experts: int, topk: int) -> bool:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
-    from . import gemma4_routing_reference, gemma4_routing_triton
+    from .. import gemma4_routing_reference, gemma4_routing_triton
 
     where = device or "cpu (TRITON_INTERPRET=1)"
     print(f"vllm-gemma4-router self-check on {where}: T={num_tokens}, E={num_experts}, K={topk}")
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "demo":
+        require_extra("demo", "vllm-gemma4-router demo")
+        require_module("vllm", "vllm-gemma4-router demo", "install vLLM (pip install vllm)")
         from .demo import main as demo_main
 
         return demo_main(args)

@@ -1,0 +1,210 @@
+"""The plugin's log lines as a contract: its logger, the line formats and their parser.
+
+The demo and the A/B harnesses judge a vLLM server by what these lines say
+(was Gemma4 patched, which forward served the routing, in how many
+processes), so the code that writes a line and the code that reads it back
+live here together and are tested together (tests/test_log_contract.py).
+
+Lines (vLLM prefixes each with its own level, file and process tags):
+
+* ``vllm-gemma4-router <version>: Gemma4 MoE routing -> gemma4_routing op (<layout>)``
+  once per process that patched vLLM's Gemma4 module (``vllm_adapter``): the
+  plugin's first line in a process, so it carries the package version;
+* ``vllm-gemma4-router <version>: unrecognised Gemma4 code in <module> ...``
+  instead, when the layout is unknown and nothing was changed;
+* ``gemma4_routing: <N> layer(s) dispatch to <forward> (platform <p>[, torch.compile])``
+  per process that built the model, one line per distinct forward (``vllm_op``);
+* ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
+* ``gemma4_routing: first call ran <forward> (platform <p>, <T> tokens, <E> experts, top-<K>)``
+  where the op runs as Python per call (eager, or inside vLLM's fused-MoE op).
+
+Standard library only: the harnesses read logs without importing vLLM or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from . import __version__
+
+# A child of vLLM's "vllm" logger, so vLLM's logging configuration prints it in
+# every process (API server, engine core, workers) with the process prefix; a
+# plain getLogger(__name__) would be outside that tree and print nothing.
+LOGGER_NAME = "vllm.gemma4_router"
+logger = logging.getLogger(LOGGER_NAME)
+
+_PLUGIN_PREFIX = f"vllm-gemma4-router {__version__}: "
+_OP_PREFIX = "gemma4_routing: "
+
+
+def install_line(layout: str) -> str:
+    """The adapter's line after patching vLLM's Gemma4 module with layout ``layout``."""
+    return f"{_PLUGIN_PREFIX}Gemma4 MoE routing -> gemma4_routing op ({layout})"
+
+
+def unrecognised_line(module_name: str) -> str:
+    """The adapter's warning when ``module_name`` has no Gemma4 layout it knows."""
+    return (
+        f"{_PLUGIN_PREFIX}unrecognised Gemma4 code in {module_name} (neither Gemma4Router."
+        "routing_function nor a Gemma4MoE routing closure); leaving vLLM's routing unchanged"
+    )
+
+
+def dispatch_line(layers: int, forward: str, platform: str, compiled: bool) -> str:
+    """The op's summary for ``layers`` (>= 1) layers that run ``forward`` on ``platform``.
+
+    ``compiled``: the op wraps that forward in ``torch.compile`` itself.
+    """
+    if layers < 1:
+        raise ValueError(f"layers must be >= 1 (0 layers: no_layers_line), got {layers}")
+    noun = "layer" if layers == 1 else "layers"
+    suffix = ", torch.compile" if compiled else ""
+    return f"{_OP_PREFIX}{layers} {noun} dispatch to {forward} (platform {platform}{suffix})"
+
+
+def no_layers_line(platform: str) -> str:
+    """The op's summary for a model without MoE routing layers."""
+    return f"{_OP_PREFIX}0 layers (this model has no MoE routing; platform {platform})"
+
+
+def first_call_line(
+    forward: str, platform: str, num_tokens: int, num_experts: int, topk: int
+) -> str:
+    """The op's line at its first Python-level call in a process."""
+    return (
+        f"{_OP_PREFIX}first call ran {forward} (platform {platform}, {num_tokens} tokens, "
+        f"{num_experts} experts, top-{topk})"
+    )
+
+
+# vLLM prefixes every line from a child process with "(Name pid=N) ".
+_PROCESS_RE = re.compile(r"\((?P<proc>[^()]*?)\s*pid=(?P<pid>\d+)\)")
+# Any version, and none: logs of releases before 0.1.0's version line still parse.
+_PLUGIN_RE = r"vllm-gemma4-router(?: (?P<version>[^\s:]+))?: "
+_ANY_LINE_RE = re.compile(_PLUGIN_RE + "|" + re.escape(_OP_PREFIX))
+_INSTALL_RE = re.compile(
+    _PLUGIN_RE + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
+)
+_UNRECOGNISED_RE = re.compile(_PLUGIN_RE + r"unrecognised Gemma4 code in (?P<module>\S+)")
+_DISPATCH_RE = re.compile(
+    re.escape(_OP_PREFIX) + r"(?P<layers>\d+) layers? dispatch to (?P<forward>forward_\w+) "
+    r"\(platform (?P<platform>\w+)(?P<compiled>, torch\.compile)?\)"
+)
+_NO_LAYERS_RE = re.compile(
+    re.escape(_OP_PREFIX)
+    + r"0 layers \(this model has no MoE routing; platform (?P<platform>\w+)\)"
+)
+_FIRST_CALL_RE = re.compile(
+    re.escape(_OP_PREFIX) + r"first call ran (?P<forward>forward_\w+) \(platform (?P<platform>\w+)"
+)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One dispatch summary of one process.
+
+    Attributes:
+        pid, process: vLLM's process tag (``None``/``""`` for the main process).
+        layers: routed MoE layers (0: the model has none).
+        forward: ``forward_native``, ``forward_cuda``, ...; ``""`` when ``layers`` is 0.
+        platform: vLLM's platform word (cuda, rocm, xpu, cpu, tpu, oot, unspecified).
+        compiled: the op compiled that forward itself.
+        text: the line without vLLM's prefix, exactly as the op formatted it.
+    """
+
+    pid: int | None
+    process: str
+    layers: int
+    forward: str
+    platform: str
+    compiled: bool
+    text: str
+
+
+@dataclass
+class PluginLog:
+    """What a (server) log says about the plugin, from its lines only.
+
+    Attributes:
+        lines: every plugin line, whole (with vLLM's prefix), in order.
+        layouts: one Gemma4 layout per process that patched vLLM's module.
+        unrecognised: modules whose Gemma4 code the plugin did not recognise.
+        versions: the package version each patch/unrecognised line names
+            (``""`` for lines of versions that did not say).
+        dispatches: the op's dispatch summaries, per process and forward.
+        first_calls: the forward of each process's first Python-level call.
+    """
+
+    lines: list[str] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)
+    unrecognised: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    first_calls: list[str] = field(default_factory=list)
+
+    @property
+    def patched(self) -> bool:
+        """True if some process patched vLLM's Gemma4 routing."""
+        return bool(self.layouts)
+
+    @property
+    def op_used(self) -> bool:
+        """True if at least one process built MoE layers routed by ``gemma4_routing``."""
+        return any(d.layers > 0 for d in self.dispatches)
+
+    @property
+    def forwards(self) -> list[str]:
+        """The distinct forwards the processes dispatched to, sorted."""
+        return sorted({d.forward for d in self.dispatches if d.layers > 0})
+
+    @property
+    def processes(self) -> int:
+        """How many processes built routed layers (one per tensor-parallel worker)."""
+        return len({d.pid for d in self.dispatches if d.layers > 0})
+
+    def dispatch_texts(self) -> list[str]:
+        """The distinct dispatch summaries, without vLLM's prefix, in first-seen order.
+
+        Every process that builds the model logs them (API server, engine,
+        each worker), hence the deduplication.
+        """
+        return list(dict.fromkeys(d.text for d in self.dispatches))
+
+
+def parse_log(log_text: str) -> PluginLog:
+    """The plugin's lines of ``log_text`` (a server log, or any text), parsed."""
+    parsed = PluginLog()
+    for line in log_text.splitlines():
+        if not _ANY_LINE_RE.search(line):
+            continue
+        parsed.lines.append(line)
+        process = _PROCESS_RE.search(line)
+        pid = int(process["pid"]) if process else None
+        name = process["proc"] if process else ""
+        if match := _DISPATCH_RE.search(line):
+            parsed.dispatches.append(
+                Dispatch(
+                    pid=pid,
+                    process=name,
+                    layers=int(match["layers"]),
+                    forward=match["forward"],
+                    platform=match["platform"],
+                    compiled=bool(match["compiled"]),
+                    text=match[0],
+                )
+            )
+        elif match := _NO_LAYERS_RE.search(line):
+            parsed.dispatches.append(
+                Dispatch(pid, name, 0, "", match["platform"], compiled=False, text=match[0])
+            )
+        elif match := _FIRST_CALL_RE.search(line):
+            parsed.first_calls.append(match["forward"])
+        elif match := _INSTALL_RE.search(line):
+            parsed.layouts.append(match["layout"])
+            parsed.versions.append(match["version"] or "")
+        elif match := _UNRECOGNISED_RE.search(line):
+            parsed.unrecognised.append(match["module"])
+            parsed.versions.append(match["version"] or "")
+    return parsed
