@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
 import math
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
+
+from benchmarks import stamp
 
 TOKEN_COUNTS_POW2 = [2**t for t in range(19)]  # 1 .. 262144
 TOKEN_COUNTS_ODD = [2**t - 1 for t in range(2, 19)]  # 3 .. 262143
 
 
 def environment_stamp() -> dict[str, str]:
-    """GPU, driver, versions and date, for every result file."""
-    import triton
-
-    stamp = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        stamp["gpu"] = props.name
-        stamp["sms"] = str(props.multi_processor_count)
-        stamp["cuda"] = str(torch.version.cuda or torch.version.hip)
-        try:
-            stamp["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            stamp["driver"] = "unknown"
-    return stamp
+    """GPU, driver, versions and date, for every result file (``benchmarks.stamp``)."""
+    return stamp.flat_stamp(stamp.environment_stamp())
 
 
 def l2_bytes() -> int:

@@ -19,14 +19,13 @@ launch hook installed (profilers) or on any surprise, calls go through
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-logger = logging.getLogger("vllm.gemma4_router")
+from .log_contract import logger
 
 _MAX_CLASSES = 256
 
