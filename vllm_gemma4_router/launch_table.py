@@ -49,8 +49,9 @@ Provenance of ``_CUDA_TABLE``:
   swept T and shapes (the 4097..8192 bucket, not swept, takes the 4096 entry).
 
 Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
-ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
-lanes, so the same ``num_warps`` means twice the threads there).
+XPU reuses the table until swept on its hardware; ROCm has its own rows
+(``_HIP_TABLE``, reasoned from offline gfx942 compiles: a ROCm "warp" is 64 lanes,
+so the same ``num_warps`` means twice the threads there).
 """
 
 from __future__ import annotations
@@ -141,6 +142,71 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
     ),
 }
 
+# ROCm rows: reasoned from offline gfx942 compiles (triton 3.9.0, 2026-12-01; ci/offline_compile.py,
+# numbers for every row in benchmarks/results/compile_resources_triton3.9.0.md), not from AMD
+# timings (none exist). A CDNA wave has 64 lanes, so the same num_warps is twice the threads:
+# * Triton leaves no lane idle there: it narrows the per-lane vector instead. A CUDA decode row
+#   (one token per 32-lane warp) becomes one token per 64-lane wave: fp32 E=128 loads 2 values
+#   per lane (sizePerThread [1, 2], threadsPerWarp [1, 64]) where sm_90 loads 4. That is the
+#   cheap case on AMD: a whole-wave reduction lowers to DPP row ops + v_readlane (fp32 E=128
+#   K=8: 0 ds_bpermute, 24 VGPRs, occupancy 8), while two tokens per wave (32 lanes a row)
+#   need LDS permutes (67 ds_bpermute, 64 VGPRs). So every one-token-per-warp row (buckets 0-1,
+#   and fp32 E=128/E=256 up to 4096/8192 tokens) is kept as it is.
+# * Multi-token rows (the throughput buckets): each lane of a wave holds half the rows a CUDA
+#   lane holds (fp32 E=64 4 tokens: threadsPerWarp [4, 2, 8] vs sm_90 [2, 2, 8]), so the
+#   per-row work (selection rounds, picks) is amortised over half the rows. Those rows double
+#   tokens_per_program, restoring the rows per lane the H100 sweep chose, wherever the doubled
+#   kernel stays at <= 128 VGPRs (occupancy >= 4 waves per SIMD, far from the 256-VGPR spill
+#   edge): e.g. fp32 E=64 4 -> 8 tokens: 31 -> 52 VGPRs, static instructions per token
+#   282 -> 120, ds_bpermute per token 4.8 -> 2.6; bf16 E=128 8 -> 16: 52 -> 79 VGPRs.
+# * Kept where doubling would cross that line: fp32 E=64 8 tokens (16: 161 VGPRs, occupancy
+#   3), fp32 E=128 4 and 8 tokens (8: 154, occupancy 3; 16: 274, occupancy 1), bf16 E=128
+#   32 tokens (64: 148). With these rows no gfx90a/gfx942/gfx950 compile spills or uses scratch
+#   (tests/test_compile_matrix.py checks it on every CI run).
+_HIP_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
+    (True, 64): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (8, 1, _MEM, 2),
+        (8, 1, _MEM, 2),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+    ),
+    (True, 128): _CUDA_TABLE[(True, 128)],
+    (True, 256): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (4, 1, _MEM, 2),
+        (8, 1, _MEM),
+    ),
+    (False, 64): (
+        (2, 2, _REG),
+        (2, 2, _REG),
+        (32, 2, _REG, 2),
+        (32, 2, _REG, 2),
+        (32, 1, _REG, 4),
+        (64, 2, _REG, 4),
+    ),
+    (False, 128): (
+        (2, 2, _REG),
+        (4, 4, _REG),
+        (16, 1, _REG, 4),
+        (16, 1, _REG, 4),
+        (32, 2, _REG, 4),
+        (32, 2, _REG, 4),
+    ),
+    (False, 256): (
+        (1, 1, _REG),
+        (2, 2, _REG),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+        (8, 1, _REG, 4),
+    ),
+}
+
 # TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.
 _INTERPRETER_TILE = 1 << 16
 
@@ -169,13 +235,14 @@ def pick_launch_config(
 @functools.lru_cache(maxsize=256)
 def table_config(bucket: int, block_e: int, platform: str, fp32_logits: bool) -> LaunchConfig:
     """The table's launch shape for a :func:`token_bucket` on a GPU ``platform``
-    (cuda, hip, xpu: one table until swept on each)."""
+    (cuda and xpu: the H100-swept table; hip: its own rows, see ``_HIP_TABLE``)."""
+    table = _HIP_TABLE if platform == "hip" else _CUDA_TABLE
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
-        tokens, warps, register_picks, *_ = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        tokens, warps, register_picks, *_ = table[(fp32_logits, 64)][bucket]
         return LaunchConfig(min(128, tokens * (64 // block_e)), warps, False, register_picks)
     if block_e > 256:
         # Wider rows than swept: one token per program, ~256 logits per warp.
         return LaunchConfig(1, min(8, block_e // 256))
-    tokens, warps, register_picks, *groups = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+    tokens, warps, register_picks, *groups = table[(fp32_logits, block_e)][bucket]
     return LaunchConfig(tokens, warps, False, register_picks, groups[0] if groups else 1)
