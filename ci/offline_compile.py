@@ -43,7 +43,7 @@ class Target:
     """One offline compile target: Triton's ``GPUTarget`` fields and the launch-table platform."""
 
     name: str
-    backend: str  # "cuda" or "hip"
+    backend: str  # "cuda", "hip" or "xpu"
     arch: int | str
     warp_size: int
 
@@ -54,7 +54,7 @@ class Target:
 
     @property
     def vendor(self) -> str:
-        return "NVIDIA" if self.backend == "cuda" else "AMD"
+        return {"cuda": "NVIDIA", "hip": "AMD", "xpu": "Intel"}[self.backend]
 
 
 TARGETS: dict[str, Target] = {
@@ -66,8 +66,12 @@ TARGETS: dict[str, Target] = {
         Target("gfx90a", "hip", "gfx90a", 64),  # MI200
         Target("gfx942", "hip", "gfx942", 64),  # MI300X / MI325X
         Target("gfx950", "hip", "gfx950", 64),  # MI350X / MI355X
+        # Ponte Vecchio (Max 1550) through Intel's Triton and ocloc: ci/xpu_compile.py
+        Target("pvc", "xpu", "pvc", 32),
     )
 }
+
+XPU_TOOLCHAIN = REPO / ".cache" / "xpu-toolchain"
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -220,22 +224,49 @@ def compile_all(
     Each result has ``ok`` and, when ok, ``resources`` (registers, shared/LDS,
     spills, scratch), ``layout`` (the logits load) and ``seconds``; else ``error``."""
     kernel_hash = kernel_source_hash()
-    triton_version = installed_triton_version()
     unique = list(dict.fromkeys(jobs))
-    paths = {job: cache_dir / f"{job.key(kernel_hash, triton_version)}.json" for job in unique}
+    versions = {
+        backend: (xpu_toolchain_version() if backend == "xpu" else installed_triton_version())
+        for backend in {TARGETS[job.target].backend for job in unique}
+    }
+    paths = {
+        job: cache_dir / f"{job.key(kernel_hash, versions[TARGETS[job.target].backend])}.json"
+        for job in unique
+    }
     missing = [job for job in unique if not paths[job].is_file()]
     if missing:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _run_workers(missing, paths, workers)
+        xpu = [job for job in missing if TARGETS[job.target].backend == "xpu"]
+        _run_workers([job for job in missing if job not in xpu], paths, workers)
+        _run_workers(xpu, paths, workers, xpu=True)
     results: dict[CompileJob, dict[str, Any]] = {}
     for job in unique:
         results[job] = json.loads(paths[job].read_text())
     return results
 
 
+def xpu_toolchain_version() -> str:
+    """Versions of the XPU toolchain (``ci/setup_xpu_toolchain.sh``): its Triton and ocloc."""
+    stamp = XPU_TOOLCHAIN / ".ready"
+    wheels = sorted(XPU_TOOLCHAIN.glob("venv/lib/python*/site-packages/triton_xpu-*.dist-info"))
+    debs = sorted(p.name for p in (REPO / ".cache" / "debs").glob("intel-opencl-icd_*.deb"))
+    if not stamp.is_file() or not wheels or not debs:
+        raise RuntimeError(
+            "the Intel XPU compile toolchain is missing: run bash ci/setup_xpu_toolchain.sh"
+        )
+    # The worker's own code decides what is read from the binaries: part of the key too.
+    worker = hashlib.sha256((REPO / "ci" / "xpu_compile.py").read_bytes()).hexdigest()[:12]
+    return f"{wheels[-1].name}+{debs[-1]}+{worker}"
+
+
 def _run_workers(
-    jobs: Sequence[CompileJob], paths: dict[CompileJob, Path], workers: int | None
+    jobs: Sequence[CompileJob],
+    paths: dict[CompileJob, Path],
+    workers: int | None,
+    xpu: bool = False,
 ) -> None:
+    if not jobs:
+        return
     if workers is None:
         workers = int(os.environ.get("COMPILE_MATRIX_WORKERS", min(4, os.cpu_count() or 1)))
     workers = max(1, min(workers, len(jobs)))
@@ -244,14 +275,28 @@ def _run_workers(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     # Triton 3.9 warns when this is unset; 1 is its default (what a launch gets).
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    if xpu:
+        xpu_toolchain_version()  # a clear error when it is not set up
+        # Intel's Triton builds its arch parser with $CC (C++ source) against libze_loader.
+        lib = str(XPU_TOOLCHAIN / "root" / "usr" / "lib" / "x86_64-linux-gnu")
+        env.update(CC="g++", LIBRARY_PATH=lib, LD_LIBRARY_PATH=lib)
+        env["GEMMA4_PACKAGE_DIR"] = str(_package_dir())
+        env.pop("PYTHONPATH")  # the worker loads kernel.py alone (not the torch-importing package)
+        # Kept: the arch parser Intel's Triton compiles first (SYCL headers) takes ~20 s.
+        env["TRITON_CACHE_DIR"] = str(XPU_TOOLCHAIN / "triton-cache")
+        command = [
+            str(XPU_TOOLCHAIN / "venv" / "bin" / "python"),
+            str(REPO / "ci" / "xpu_compile.py"),
+        ]
     procs = []
     with tempfile.TemporaryDirectory(prefix="gemma4-compile-") as triton_cache:
-        env["TRITON_CACHE_DIR"] = triton_cache
+        env.setdefault("TRITON_CACHE_DIR", triton_cache)
         for index in range(workers):
             # Interleaved shares: neighbouring jobs (similar cost) go to different workers.
             share = [_job_payload(job, paths[job]) for job in jobs[index::workers]]
             proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--worker"],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -121,7 +121,10 @@ def test_committed_resource_table_covers_every_target_without_amd_spills():
     with table.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["triton"] for row in rows} == {version}
-    assert {row["target"] for row in rows} == set(oc.TARGETS)
+    # Intel (pvc) needs its own toolchain and has its own table (..._pvc.md).
+    assert {row["target"] for row in rows} == {
+        n for n, t in oc.TARGETS.items() if t.vendor != "Intel"
+    }
     for row in rows:
         assert row["ok"] == "True", row
         if row["target"] in AMD:
