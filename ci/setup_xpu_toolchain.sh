@@ -41,7 +41,9 @@ for package in "${PACKAGES[@]}"; do
 done
 
 LIB=$PWD/$DEST/root/usr/lib/x86_64-linux-gnu
-LD_LIBRARY_PATH=$LIB "$DEST/root/usr/bin/ocloc" query OCL_DRIVER_VERSION >/dev/null \
+# (ocloc query writes its answer to a file in the current directory: run it elsewhere)
+(cd "$(mktemp -d)" && LD_LIBRARY_PATH=$LIB "$OLDPWD/$DEST/root/usr/bin/ocloc" \
+  query OCL_DRIVER_VERSION >/dev/null) \
   || { echo "setup: ocloc from $DEST/root does not run"; exit 1; }
 "$DEST/venv/bin/python" -c 'import triton; print("setup: xpu toolchain: triton", triton.__version__)'
 touch "$STAMP"

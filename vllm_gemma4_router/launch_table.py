@@ -150,7 +150,8 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
 #   per lane (sizePerThread [1, 2], threadsPerWarp [1, 64]) where sm_90 loads 4. That is the
 #   cheap case on AMD: a whole-wave reduction lowers to DPP row ops + v_readlane (fp32 E=128
 #   K=8: 0 ds_bpermute, 24 VGPRs, occupancy 8), while two tokens per wave (32 lanes a row)
-#   need LDS permutes (67 ds_bpermute, 64 VGPRs). So every one-token-per-warp row (buckets 0-1,
+#   need LDS permutes (67 ds_bpermute, 64 VGPRs; that and the other alternatives below were
+#   compiled the same way with the row changed). So every one-token-per-warp row (buckets 0-1,
 #   and fp32 E=128/E=256 up to 4096/8192 tokens) is kept as it is.
 # * Multi-token rows (the throughput buckets): each lane of a wave holds half the rows a CUDA
 #   lane holds (fp32 E=64 4 tokens: threadsPerWarp [4, 2, 8] vs sm_90 [2, 2, 8]), so the
