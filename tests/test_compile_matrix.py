@@ -92,19 +92,24 @@ def test_no_lane_loads_logits_another_lane_already_holds(compiled, target_name):
     assert not duplicated, "\n".join(duplicated)
 
 
-def test_amd_targets_run_the_hip_rows_and_nvidia_the_cuda_rows(compiled):
-    # The matrix must compile what each platform launches: bf16 E=128 in the
-    # prefill bucket has different rows on hip (see launch_table._HIP_TABLE).
+def test_each_target_compiles_its_platforms_launch_rows():
+    # AMD targets must compile the hip rows (launch_table._HIP_TABLE), NVIDIA the CUDA rows.
     from vllm_gemma4_router.launch_table import table_config
 
-    point = oc.MatrixPoint("bfloat16", 128, 8, 2)
-    for name in ("sm_90", "gfx942"):
-        target = oc.TARGETS[name]
-        config = table_config(point.bucket, 128, target.platform, False)
-        job = oc.job_for(point, target)
-        assert dict(job.constants)["TOKENS_PER_PROGRAM"] == config.tokens_per_program
-        assert job.num_warps == config.num_warps
-    assert table_config(2, 128, "hip", False) != table_config(2, 128, "cuda", False)
+    points = oc.matrix_points(experts=(64, 128, 256), topks=(8,))
+    for point in points:
+        fp32 = point.dtype == "float32"
+        same_rows = table_config(point.bucket, point.num_experts, "hip", fp32) == table_config(
+            point.bucket, point.num_experts, "cuda", fp32
+        )
+        amd, nvidia = (oc.job_for(point, oc.TARGETS[name]) for name in ("gfx942", "sm_90"))
+        same_compile = (amd.constants, amd.num_warps) == (nvidia.constants, nvidia.num_warps)
+        assert same_compile == same_rows, point
+    assert any(
+        table_config(p.bucket, p.num_experts, "hip", p.dtype == "float32")
+        != table_config(p.bucket, p.num_experts, "cuda", p.dtype == "float32")
+        for p in points
+    ), "no hip row differs from the CUDA rows"
 
 
 def test_resource_readers_reject_artefacts_without_the_fields():

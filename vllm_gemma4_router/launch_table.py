@@ -173,7 +173,14 @@ _HIP_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
         (8, 1, _REG, 4),
         (8, 1, _REG, 4),
     ),
-    (True, 128): _CUDA_TABLE[(True, 128)],
+    (True, 128): (
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (1, 1, _REG),
+        (4, 1, _REG, 4),
+        (4, 1, _REG, 4),
+        (8, 1, _REG, 8),
+    ),
     (True, 256): (
         (1, 1, _REG),
         (1, 1, _REG),
