@@ -163,7 +163,9 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
 # * Kept where doubling would cross that line: fp32 E=64 8 tokens (16: 161 VGPRs, occupancy
 #   3), fp32 E=128 4 and 8 tokens (8: 154, occupancy 3; 16: 274, occupancy 1), bf16 E=128
 #   32 tokens (64: 148). With these rows no gfx90a/gfx942/gfx950 compile spills or uses scratch
-#   (tests/test_compile_matrix.py checks it on every CI run).
+#   (the table above; tests/test_compile_matrix.py re-checks on every CI run). Not covered: an
+#   E that is not a multiple of 16 (E=100) loses the vector loads and spills in the large
+#   buckets with these rows and with the CUDA ones (compile_resources_..._unaligned_E100.md).
 _HIP_TABLE: dict[tuple[bool, int], tuple[tuple[int, ...], ...]] = {
     (True, 64): (
         (1, 1, _REG),
