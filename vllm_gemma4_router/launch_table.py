@@ -80,8 +80,9 @@ Provenance of ``_CUDA_TABLE``:
   showed 64x6 at 0.98-1.01x of vLLM there with the H100 entries.
 
 Each entry is the fastest (or within 2 % of it) CUDA-graph median at that point.
-ROCm and XPU reuse the table until swept on their hardware (a ROCm "warp" is 64
-lanes, so the same ``num_warps`` means twice the threads there).
+XPU reuses the table until swept on its hardware; ROCm has its own rows
+(``_HIP_TABLE``, reasoned from offline gfx942 compiles: a ROCm "warp" is 64 lanes,
+so the same ``num_warps`` means twice the threads there).
 """
 
 from __future__ import annotations
@@ -208,6 +209,86 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
     ),
 }
 
+# ROCm rows: reasoned from offline gfx942 compiles (triton 3.9.0, 2026-12-01; ci/offline_compile.py,
+# numbers for every row in benchmarks/results/compile_resources_triton3.9.0.md), not from AMD
+# timings (none exist). A CDNA wave has 64 lanes, so the same num_warps is twice the threads:
+# * Triton leaves no lane idle there: it narrows the per-lane vector instead. A CUDA decode row
+#   (one token per 32-lane warp) becomes one token per 64-lane wave: fp32 E=128 loads 2 values
+#   per lane (sizePerThread [1, 2], threadsPerWarp [1, 64]) where sm_90 loads 4. That is the
+#   cheap case on AMD: a whole-wave reduction lowers to DPP row ops + v_readlane (fp32 E=128
+#   K=8: 0 ds_bpermute, 24 VGPRs, occupancy 8), while two tokens per wave (32 lanes a row)
+#   need LDS permutes (67 ds_bpermute, 64 VGPRs; that and the other alternatives below were
+#   compiled the same way with the row changed). So every one-token-per-warp row (buckets 0-1,
+#   and fp32 E=128/E=256 up to 4096/8192 tokens) is kept as it is.
+# * Multi-token rows (the throughput buckets): each lane of a wave holds half the rows a CUDA
+#   lane holds (fp32 E=64 4 tokens: threadsPerWarp [4, 2, 8] vs sm_90 [2, 2, 8]), so the
+#   per-row work (selection rounds, picks) is amortised over half the rows. Those rows double
+#   tokens_per_program, restoring the rows per lane the H100 sweep chose, wherever the doubled
+#   kernel stays at <= 128 VGPRs (occupancy >= 4 waves per SIMD, far from the 256-VGPR spill
+#   edge): e.g. fp32 E=64 4 -> 8 tokens: 31 -> 52 VGPRs, static instructions per token
+#   282 -> 120, ds_bpermute per token 4.8 -> 2.6; bf16 E=128 8 -> 16: 52 -> 79 VGPRs.
+# * Kept where doubling would cross that line: fp32 E=64 8 tokens (16: 161 VGPRs, occupancy
+#   3), fp32 E=128 4 and 8 tokens (8: 154, occupancy 3; 16: 274, occupancy 1), bf16 E=128
+#   32 tokens (64: 148).
+# * fp32 E=128 above 8192 tokens (the checked rounds of 2026-12-01): the CUDA row, 8 tokens
+#   with 8 row groups, spills SGPRs on every AMD target (gfx942: 27, gfx90a: 32, gfx950: 25,
+#   it also keeps a 144-byte stack on sm_90), so hip halves it to 4 tokens with 4 groups
+#   (no spill on gfx90a/942/950; on the H200 that row ran 74.8 us at T=262144 vs 64.7).
+#   With these rows no gfx90a/gfx942/gfx950 compile spills or uses scratch
+#   (the table above; tests/test_compile_matrix.py re-checks on every CI run). Not covered: an
+#   E that is not a multiple of 16 (E=100) loses the vector loads and spills in the large
+#   buckets with these rows and with the CUDA ones (compile_resources_..._unaligned_E100.md).
+_HIP_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
+    (True, 64): (
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(2, 2, fp32_select="exact", scale_pick="in_row"),
+        _C(8, 1, row_groups=2, **_MEM),
+        _C(8, 1, row_groups=2, **_MEM),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
+    ),
+    (True, 128): (
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(1, 1, scale_pick="in_row", values_by_reduction=True),
+        _C(2, 2, fp32_select="exact"),
+        _C(8, 1, row_groups=8, fp32_select="exact"),
+        _C(4, 1, row_groups=4),
+        _C(4, 1, row_groups=4),
+    ),
+    (True, 256): (
+        _C(1, 1),
+        _C(1, 1),
+        _C(1, 1),
+        _C(1, 1),
+        _C(4, 1, row_groups=2, **_MEM),
+        _C(8, 1, **_MEM),
+    ),
+    (False, 64): (
+        _C(2, 2),
+        _C(2, 2),
+        _C(32, 2, row_groups=2),
+        _C(32, 2, row_groups=2),
+        _C(32, 1, row_groups=4),
+        _C(64, 2, row_groups=4),
+    ),
+    (False, 128): (
+        _C(2, 2),
+        _C(4, 4),
+        _C(16, 1, row_groups=4),
+        _C(16, 1, row_groups=4),
+        _C(32, 2, row_groups=4),
+        _C(32, 2, row_groups=4),
+    ),
+    (False, 256): (
+        _C(1, 1),
+        _C(2, 2),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
+        _C(8, 1, row_groups=4),
+    ),
+}
+
 # TRITON_INTERPRET=1 on CPU tensors pays ~0.3 s per program: as few programs as sensible.
 _INTERPRETER_TILE = 1 << 16
 
@@ -239,11 +320,13 @@ def pick_launch_config(
 def table_config(
     bucket: int, block_e: int, platform: str, fp32_logits: bool, topk: int = 8
 ) -> LaunchConfig:
-    """The launch shape for a :func:`token_bucket` on a GPU ``platform`` (cuda, hip,
-    xpu: one table until swept on each), valid for ``topk`` (see :func:`check_config`)."""
+    """The launch shape for a :func:`token_bucket` on a GPU ``platform`` (cuda and xpu:
+    the swept table; hip: its own rows, see ``_HIP_TABLE``), valid for ``topk`` (see
+    :func:`check_config`)."""
+    table = _HIP_TABLE if platform == "hip" else _CUDA_TABLE
     if block_e < 64:
         # Fewer experts than swept: keep the E=64 work per program, more tokens.
-        base = _CUDA_TABLE[(fp32_logits, 64)][bucket]
+        base = table[(fp32_logits, 64)][bucket]
         config = LaunchConfig(
             min(128, base.tokens_per_program * (64 // block_e)),
             base.num_warps,
@@ -253,7 +336,7 @@ def table_config(
         # Wider rows than swept: one token per program, ~256 logits per warp.
         config = LaunchConfig(1, min(8, block_e // 256))
     else:
-        config = _CUDA_TABLE[(fp32_logits, block_e)][bucket]
+        config = table[(fp32_logits, block_e)][bucket]
     if topk > MAX_REGISTER_PICKS:
         config = replace(config, register_picks=False)
     return config
