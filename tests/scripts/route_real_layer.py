@@ -6,11 +6,16 @@ one JSON line with what it saw.
 """
 
 import json
+import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fp64 oracle
 
 # The decoder layer's MLP looks its compiled activation op up when it is built.
 _MLP_OP = "gelu_tanh_and_mul"
@@ -41,7 +46,26 @@ def compiled_ops_or_stub() -> str:
     return "stubbed"
 
 
+def collect_plugin_log() -> list[str]:
+    """The plugin's log messages from now on.
+
+    Call it after ``import vllm.logger``: up to 0.31 that import configures
+    vLLM's loggers (and strips handlers off their children); 0.32+ configures
+    them only in its entry points, so vLLM's own handlers print nothing here.
+    """
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    plugin_logger = logging.getLogger("vllm.gemma4_router")
+    plugin_logger.addHandler(handler)
+    plugin_logger.setLevel(logging.INFO)
+    return messages
+
+
 def main() -> None:
+    import vllm.logger
+
+    plugin_log = collect_plugin_log()
     import vllm
     import vllm.plugins
 
@@ -102,7 +126,8 @@ def main() -> None:
             owner = layer.moe
             experts = owner.experts
         result["owner"] = type(owner).__name__
-    from vllm_gemma4_router import gemma4_routing_reference
+    from oracle import oracle_fp64
+
     from vllm_gemma4_router.vllm_op import Gemma4Routing
 
     ops = [m for m in owner.modules() if isinstance(m, Gemma4Routing)]
@@ -123,9 +148,11 @@ def main() -> None:
             return experts.router.select_experts(hidden_states=hidden, router_logits=logits)
 
     def matches_reference(weights, ids):
-        ref_w, ref_ids = gemma4_routing_reference(logits, topk, owner.per_expert_scale.detach())
-        return bool(torch.equal(ids.int(), ref_ids)) and bool(
-            torch.allclose(weights.float(), ref_w, rtol=1e-6, atol=1e-7)
+        # Every path selects on the exact fp32 logits: ids agree exactly with
+        # the fp64 oracle, weights to fp32 rounding.
+        ref_w, ref_ids = oracle_fp64(logits, topk, owner.per_expert_scale)
+        return bool(np.array_equal(ids.long().numpy(), ref_ids)) and bool(
+            np.allclose(weights.double().numpy(), ref_w, rtol=1e-5, atol=1e-7)
         )
 
     weights, ids = route()
@@ -144,6 +171,7 @@ def main() -> None:
         (weights3 > weights2).any()
     )
     result["op_calls"] = calls
+    result["plugin_log"] = plugin_log
     print(json.dumps(result))
     sys.stdout.flush()
 
