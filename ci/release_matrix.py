@@ -58,6 +58,8 @@ class SourceFacts:
     triton_kernel: bool = False
     activation: str = "-"
     scale_copied_at_init: bool = False
+    siblings: list[str] = field(default_factory=list)  # other gemma4_*.py modules
+    siblings_with_routing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,10 +72,16 @@ class Row:
     error: str = ""
 
     @property
+    def ok(self) -> bool:
+        """Routed through the op, and no other Gemma4 module routes on its own."""
+        return self.routed and not self.source.siblings_with_routing
+
+    @property
     def routed(self) -> bool:
         run = self.run or {}
         return (
             run.get("layout") == self.source.layout
+            and (run.get("closure_handover") or "-") == self.source.handover
             and run.get("ops_in_owner") == 1
             and run.get("op_calls") == [7, 7, 7]
             and all(
@@ -120,15 +128,26 @@ def _keyword(call: ast.Call, name: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
-def read_source_facts(gemma4_py: Path) -> SourceFacts:
-    """Layout facts of one release's ``gemma4.py``, from its syntax tree."""
-    tree = ast.parse(gemma4_py.read_text())
-    facts = SourceFacts(triton_kernel=any(_is_decorated_triton_jit(n) for n in ast.walk(tree)))
-    handovers = [
+def _handovers(tree: ast.AST) -> list[ast.Call]:
+    return [
         node
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and _keyword(node, "custom_routing_function") is not None
     ]
+
+
+def read_source_facts(gemma4_py: Path) -> SourceFacts:
+    """Layout facts of one release's ``gemma4.py`` (and its siblings), from syntax trees."""
+    tree = ast.parse(gemma4_py.read_text())
+    facts = SourceFacts(triton_kernel=any(_is_decorated_triton_jit(n) for n in ast.walk(tree)))
+    # gemma4_mm, _unified, _mtp, _dspark reuse gemma4.py's layers or have no
+    # MoE; one handing its own routing to a fused MoE would escape the plugin.
+    for sibling in sorted(gemma4_py.parent.glob("gemma4_*.py")):
+        name = sibling.stem.removeprefix("gemma4_")
+        facts.siblings.append(name)
+        if _handovers(ast.parse(sibling.read_text())):
+            facts.siblings_with_routing.append(name)
+    handovers = _handovers(tree)
     activations = {
         ast.literal_eval(value)
         for call in handovers
@@ -207,6 +226,12 @@ def check_release(
     return row
 
 
+def _siblings(facts: SourceFacts) -> str:
+    if facts.siblings_with_routing:
+        return "**own routing: " + ", ".join(facts.siblings_with_routing) + "**"
+    return (", ".join(facts.siblings) + ": none") if facts.siblings else "-"
+
+
 def _yes_no(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
@@ -215,7 +240,7 @@ def render(rows: list[Row], command: str) -> str:
     import torch
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    routed = sum(row.routed for row in rows)
+    routed = sum(row.ok for row in rows)
     out = [
         "# vLLM releases with Gemma 4: layout and plugin check",
         "",
@@ -225,8 +250,9 @@ def render(rows: list[Row], command: str) -> str:
         "",
         "| vLLM | wheel | torch pin | layout (its gemma4.py) | closure handed to "
         "| in-tree fused Triton routing | MoE activation | vLLM's closure reads "
-        "`per_expert_scale` | compiled ops here | plugin layout | routed through the op |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "`per_expert_scale` | other `gemma4_*.py` (own routing?) | compiled ops here "
+        "| plugin layout | routed through the op |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         run = row.run or {}
@@ -241,7 +267,8 @@ def render(rows: list[Row], command: str) -> str:
         out.append(
             f"| {row.release} | {row.dist} | {row.torch_pin} | {facts.layout} "
             f"| {facts.handover} | {_yes_no(facts.triton_kernel)} | {facts.activation} "
-            f"| {scale} | {run.get('compiled_ops', '-')} | {run.get('layout', '-')} | {verdict} |"
+            f"| {scale} | {_siblings(facts)} | {run.get('compiled_ops', '-')} "
+            f"| {run.get('layout', '-')} | {verdict} |"
         )
     out += [
         "",
@@ -253,11 +280,15 @@ def render(rows: list[Row], command: str) -> str:
         "(built for another torch, or a CUDA wheel unpacked without its `.so` files): "
         "the decoder layer's MLP activation op is then a stand-in that is never "
         "called. *plugin layout*: what `vllm_gemma4_router.vllm_adapter` detected "
-        "and patched after `vllm.plugins.load_general_plugins()`. *routed*: "
+        "and patched after `vllm.plugins.load_general_plugins()` (for `moe_closure` "
+        "its hand-over must match the source's). *routed*: "
         "`tests/scripts/route_real_layer.py` built a `Gemma4DecoderLayer` with the "
         "release's code and routed 3 calls of 7 tokens through the layer's fused-MoE "
         "router; each matched the fp64 oracle and saw `per_expert_scale` changed in "
-        "place and replaced.",
+        "place and replaced. *other `gemma4_*.py`*: the release's other Gemma4 model "
+        "modules (multimodal, MTP and DSpark drafters, ...); *none* means none hands a "
+        "`custom_routing_function` to a fused MoE: they reuse `gemma4.py`'s layers or "
+        "have no MoE.",
         "",
     ]
     return "\n".join(out)
@@ -293,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python ci/release_matrix.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.write_text(render(rows, command.strip()))
     print(f"release-matrix: wrote {args.out}", file=sys.stderr)
-    return 0 if rows and all(row.routed for row in rows) else 1
+    return 0 if rows and all(row.ok for row in rows) else 1
 
 
 if __name__ == "__main__":

@@ -306,3 +306,24 @@ def test_multimodal_gemma4_architectures_reuse_the_patched_text_model():
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
         assert "Gemma4ForCausalLM" in imported, name
         assert not defined & {"Gemma4Router", "Gemma4MoE", "routing_function"}, name
+
+
+def test_no_other_gemma4_module_hands_routing_to_a_fused_moe():
+    # The drafters (gemma4_mtp, gemma4_dspark) have dense MLPs; no Gemma4
+    # module but gemma4.py may hand a custom_routing_function over, or the
+    # plugin would leave a routing path unpatched.
+    import ast
+    import importlib.util
+
+    models = Path(importlib.util.find_spec("vllm.model_executor.models").origin).parent
+    siblings = sorted(models.glob("gemma4_*.py"))
+    assert {"gemma4_mm.py", "gemma4_mtp.py"} <= {path.name for path in siblings}
+    for path in siblings:
+        tree = ast.parse(path.read_text())
+        handovers = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and any(k.arg == "custom_routing_function" for k in node.keywords)
+        ]
+        assert not handovers, path.name
