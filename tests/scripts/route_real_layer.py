@@ -79,6 +79,7 @@ def main() -> None:
 
     result = {
         "vllm": vllm.__version__,
+        "torch": torch.__version__,
         "layout": getattr(gemma4, "_vllm_gemma4_router_layout", "not installed"),
         "closure_handover": vllm_adapter.closure_handover(gemma4),
         "routing_function_module": getattr(
