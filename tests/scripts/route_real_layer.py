@@ -49,9 +49,10 @@ def compiled_ops_or_stub() -> str:
 def collect_plugin_log() -> list[str]:
     """The plugin's log messages from now on.
 
-    Call it after ``import vllm.logger``: up to 0.31 that import configures
-    vLLM's loggers (and strips handlers off their children); 0.32+ configures
-    them only in its entry points, so vLLM's own handlers print nothing here.
+    Call it after ``import vllm.logger``: in older releases (0.19.1, 0.24.0,
+    0.29.0 at least) that import configures vLLM's loggers and strips handlers
+    off their children; 0.32 configures them only in its entry points, so
+    vLLM's own handlers print nothing here.
     """
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
@@ -66,7 +67,6 @@ def main() -> None:
     import vllm.logger
 
     plugin_log = collect_plugin_log()
-    import vllm
     import vllm.plugins
 
     vllm.plugins.load_general_plugins()
