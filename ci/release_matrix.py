@@ -1,7 +1,7 @@
 """Check every vLLM release with Gemma 4 against the plugin; write the table.
 
-On demand, not part of ``make test`` (it downloads one wheel per release, about
-100-340 MB each, and takes 15-25 minutes on 2 cores):
+On demand, not part of ``make test`` (it downloads one wheel per release,
+75-340 MB each, once, and takes 7-20 minutes on 2 cores):
 
     .venv/bin/python ci/release_matrix.py                  # 0.19.0 ... 0.33.0
     .venv/bin/python ci/release_matrix.py --releases 0.29.0 0.33.0 --out /tmp/m.md
