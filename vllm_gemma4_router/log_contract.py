@@ -52,6 +52,14 @@ def unrecognised_line(module_name: str) -> str:
     )
 
 
+def simulated_routing_line(variable: str, strategy: str) -> str:
+    """The adapter's warning when vLLM's routing simulator replaces every custom routing."""
+    return (
+        f"vllm-gemma4-router: {variable}={strategy} is set, so vLLM routes every MoE layer "
+        "with its routing simulator: the gemma4_routing op will not run"
+    )
+
+
 def dispatch_line(layers: int, forward: str, platform: str, compiled: bool) -> str:
     """The op's summary for ``layers`` (>= 1) layers that run ``forward`` on ``platform``.
 

@@ -1,21 +1,74 @@
-"""Build a real Gemma4 MoE layer with the installed vLLM and route through it.
+"""Build a real Gemma4 decoder layer with the importable vLLM and route through it.
 
-Run as a subprocess by tests/test_plugin.py (plugins load once per process).
-Prints one JSON line with what it saw. vLLM 0.24's C extension does not load
-against this torch, so with that version the MoE block (the routing owner) is
-built on its own instead of the whole decoder layer (whose MLP needs ``_C``).
+Run as a subprocess by tests/test_plugin.py and ci/release_matrix.py (plugins
+load once per process), with the vLLM under test first on PYTHONPATH. Prints
+one JSON line with what it saw.
 """
 
 import json
+import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fp64 oracle
+
+# The decoder layer's MLP looks its compiled activation op up when it is built.
+_MLP_OP = "gelu_tanh_and_mul"
+_MLP_OP_SCHEMA = "gelu_tanh_and_mul(Tensor! out, Tensor input) -> ()"
+_stub_libraries = []  # a torch Library unregisters its ops when collected
+
+
+def compiled_ops_or_stub() -> str:
+    """``"loaded"`` if this vLLM's compiled CPU ops load, else ``"stubbed"``.
+
+    Releases built for another torch (0.19, 0.24 on torch 2.13) or for CUDA
+    (0.33) cannot load theirs. Routing never calls the MLP, so an op that
+    raises if it is ever called is enough to build the layer.
+    """
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()  # logs, does not raise, when they do not load
+    if hasattr(torch.ops._C, _MLP_OP):
+        return "loaded"
+
+    def never_called(out: torch.Tensor, input: torch.Tensor) -> None:
+        raise RuntimeError(f"stand-in for vLLM's _C.{_MLP_OP}: its compiled ops did not load")
+
+    library = torch.library.Library("_C", "FRAGMENT")
+    library.define(_MLP_OP_SCHEMA)
+    library.impl(_MLP_OP, never_called, "CPU")
+    _stub_libraries.append(library)
+    return "stubbed"
+
+
+def collect_plugin_log() -> list[str]:
+    """The plugin's log messages from now on.
+
+    Call it after ``import vllm.logger``: in older releases (0.19.1, 0.24.0,
+    0.29.0 at least) that import configures vLLM's loggers and strips handlers
+    off their children; 0.32 configures them only in its entry points, so
+    vLLM's own handlers print nothing here.
+    """
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    from vllm_gemma4_router.log_contract import LOGGER_NAME
+
+    plugin_logger = logging.getLogger(LOGGER_NAME)
+    plugin_logger.addHandler(handler)
+    plugin_logger.setLevel(logging.INFO)
+    return messages
 
 
 def main() -> None:
-    import vllm
+    import vllm.logger
+
+    plugin_log = collect_plugin_log()
     import vllm.plugins
 
     vllm.plugins.load_general_plugins()
@@ -24,9 +77,13 @@ def main() -> None:
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.model_executor.models import gemma4
 
+    from vllm_gemma4_router import vllm_adapter
+
     result = {
         "vllm": vllm.__version__,
+        "torch": torch.__version__,
         "layout": getattr(gemma4, "_vllm_gemma4_router_layout", "not installed"),
+        "closure_handover": vllm_adapter.closure_handover(gemma4),
         "routing_function_module": getattr(
             getattr(getattr(gemma4, "Gemma4Router", None), "routing_function", None),
             "__module__",
@@ -64,13 +121,16 @@ def main() -> None:
             distributed_init_method=f"file://{tempfile.mktemp()}",
         )
         initialize_model_parallel(1, 1)
-        if result["layout"] == "moe_closure":
-            owner = gemma4.Gemma4MoE(config, prefix="model.layers.0.moe")
-            experts = owner.experts
-        else:
-            layer = gemma4.Gemma4DecoderLayer(config, prefix="model.layers.0")
+        result["compiled_ops"] = compiled_ops_or_stub()
+        layer = gemma4.Gemma4DecoderLayer(config, prefix="model.layers.0")
+        if hasattr(layer, "experts"):  # router_method: Gemma4Router owns the routing
             owner, experts = layer.router, layer.experts
-    from vllm_gemma4_router import gemma4_routing_reference
+        else:  # moe_closure: Gemma4MoE owns it and its experts
+            owner = layer.moe
+            experts = owner.experts
+        result["owner"] = type(owner).__name__
+    from oracle import oracle_fp64
+
     from vllm_gemma4_router.vllm_op import Gemma4Routing
 
     ops = [m for m in owner.modules() if isinstance(m, Gemma4Routing)]
@@ -91,9 +151,11 @@ def main() -> None:
             return experts.router.select_experts(hidden_states=hidden, router_logits=logits)
 
     def matches_reference(weights, ids):
-        ref_w, ref_ids = gemma4_routing_reference(logits, topk, owner.per_expert_scale.detach())
-        return bool(torch.equal(ids.int(), ref_ids)) and bool(
-            torch.allclose(weights.float(), ref_w, rtol=1e-6, atol=1e-7)
+        # Every path selects on the exact fp32 logits: ids agree exactly with
+        # the fp64 oracle, weights to fp32 rounding.
+        ref_w, ref_ids = oracle_fp64(logits, topk, owner.per_expert_scale)
+        return bool(np.array_equal(ids.long().numpy(), ref_ids)) and bool(
+            np.allclose(weights.double().numpy(), ref_w, rtol=1e-5, atol=1e-7)
         )
 
     weights, ids = route()
@@ -112,6 +174,7 @@ def main() -> None:
         (weights3 > weights2).any()
     )
     result["op_calls"] = calls
+    result["plugin_log"] = plugin_log
     print(json.dumps(result))
     sys.stdout.flush()
 
