@@ -18,8 +18,7 @@ from .kernel_keys import as_fp32, canonical, narrow_keys, ordered_bits
 from .kernel_select import (
     SCALE_AFTER,
     SCALE_IN_ROW,
-    exact_order,
-    last_bucket_overtaken,
+    repair_checked_picks,
     select_exact_memory,
     select_exact_registers,
     select_narrow_memory,
@@ -171,45 +170,35 @@ def gemma4_routing_kernel(
                 )
             )
             if SELECT == CHECKED:
-                # Faults are rare (random fp32 rows: about one in a thousand has
-                # one), so the common tile pays two branches on tile-wide flags.
-                crowded = crowded & row_ok & (num_experts > TOPK)
-                overtaken = tl.zeros([TOKENS_PER_PROGRAM], dtype=tl.int1)
-                if tl.max(crowded.to(tl.int32), axis=0) != 0:
-                    overtaken = crowded & last_bucket_overtaken(
-                        keys, ordered, last_key, bucket_min, expert_ok, BLOCK_E
-                    )
-                misordered = misordered & row_ok
-                if TOKENS_PER_PROGRAM > 1:
-                    # Re-sorting picks in registers costs [tokens, K, K] tiles,
-                    # which spill in a many-token tile: there any fault redoes it.
-                    overtaken = overtaken | misordered
-                if tl.max(overtaken.to(tl.int32), axis=0) != 0:
-                    # Through memory: the exact rounds' own register tiles would
-                    # sit beside the narrow ones and spill.
-                    select_exact_memory(
-                        ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E
-                    )
-                    tl.debug_barrier()
-                    ids, logits, top, total = weights_from_stored_ids(
-                        row_logits,
-                        id_ptrs,
-                        row_ok,
-                        stride_logit_e,
-                        stride_id_k,
-                        TOPK,
-                        BLOCK_K,
-                        TOKENS_PER_PROGRAM,
-                    )
-                    if HAS_SCALE and SCALE_PICK != SCALE_AFTER:
-                        scales = as_fp32(
-                            tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0)
-                        )
-                elif TOKENS_PER_PROGRAM == 1:  # noqa: SIM102 (constexpr apart from runtime)
-                    if tl.max(misordered.to(tl.int32), axis=0) != 0:
-                        ids, logits, scales, top, total = exact_order(
-                            ids, logits, scales, TOPK, BLOCK_K
-                        )
+                ids, logits, scales, top, total = repair_checked_picks(
+                    ids,
+                    logits,
+                    scales,
+                    top,
+                    total,
+                    misordered,
+                    crowded,
+                    last_key,
+                    bucket_min,
+                    keys,
+                    ordered,
+                    experts,
+                    expert_ok,
+                    row_ok,
+                    num_experts,
+                    row_logits,
+                    stride_logit_e,
+                    id_ptrs,
+                    stride_id_k,
+                    scale_ptr,
+                    stride_scale,
+                    TOPK,
+                    BLOCK_E,
+                    BLOCK_K,
+                    TOKENS_PER_PROGRAM,
+                    HAS_SCALE,
+                    SCALE_PICK,
+                )
         tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
     else:
         if SELECT == NARROW:

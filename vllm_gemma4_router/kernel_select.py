@@ -198,6 +198,71 @@ def last_bucket_overtaken(keys, ordered, last_key, bucket_min, expert_ok, BLOCK_
 
 
 @triton.jit
+def repair_checked_picks(
+    ids,
+    logits,
+    scales,
+    top,
+    total,
+    misordered,
+    crowded,
+    last_key,
+    bucket_min,
+    keys,
+    ordered,
+    experts,
+    expert_ok,
+    row_ok,
+    num_experts,
+    row_logits,
+    stride_logit_e,
+    id_ptrs,
+    stride_id_k,
+    scale_ptr,
+    stride_scale,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """Make checked narrow picks (``select_narrow_registers``) exact.
+
+    Faults are rare (random fp32 rows: about one in a thousand has one), so the
+    common tile pays two branches on tile-wide flags. A tile where some row's last
+    bucket was overtaken (or, with several tokens, any fault) takes the exact rounds;
+    a one-token tile whose picks are only out of order is re-sorted in registers.
+    Returns ``(ids, logits, scales, top, total)``."""
+    crowded = crowded & row_ok & (num_experts > TOPK)
+    overtaken = tl.zeros([TOKENS], dtype=tl.int1)
+    if tl.max(crowded.to(tl.int32), axis=0) != 0:
+        overtaken = crowded & last_bucket_overtaken(
+            keys, ordered, last_key, bucket_min, expert_ok, BLOCK_E
+        )
+    misordered = misordered & row_ok
+    if TOKENS > 1:
+        # Re-sorting picks in registers costs [tokens, K, K] tiles, which spill
+        # in a many-token tile: there any fault redoes it.
+        overtaken = overtaken | misordered
+    if tl.max(overtaken.to(tl.int32), axis=0) != 0:
+        # Through memory: the exact rounds' own register tiles would sit beside
+        # the narrow ones and spill.
+        select_exact_memory(ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        tl.debug_barrier()
+        ids, logits, top, total = weights_from_stored_ids(
+            row_logits, id_ptrs, row_ok, stride_logit_e, stride_id_k, TOPK, BLOCK_K, TOKENS
+        )
+        if HAS_SCALE and SCALE_PICK != SCALE_AFTER:
+            out_ok = row_ok[:, None] & (tl.arange(0, BLOCK_K) < TOPK)[None, :]
+            scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
+    elif TOKENS == 1:  # noqa: SIM102 (the constexpr test must not reach the runtime branch)
+        if tl.max(misordered.to(tl.int32), axis=0) != 0:
+            ids, logits, scales, top, total = exact_order(ids, logits, scales, TOPK, BLOCK_K)
+    return ids, logits, scales, top, total
+
+
+@triton.jit
 def _column(tile, slot: tl.constexpr, BLOCK_K: tl.constexpr):
     """``tile[:, slot]`` of a float tile (-inf stays -inf)."""
     return tl.max(tl.where((tl.arange(0, BLOCK_K) == slot)[None, :], tile, float("-inf")), axis=1)
