@@ -52,7 +52,22 @@ TINY_SERVER_ARGS = (
     "float32",
 )
 
+# Environment settings that change what a server does; recorded with each run.
+RECORDED_ENV = (
+    "VLLM_DISABLE_COMPILE_CACHE",
+    "VLLM_USE_FLASHINFER_SAMPLER",
+    "NCCL_NVLS_ENABLE",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+    "CUDA_VISIBLE_DEVICES",
+    "VLLM_CPU_KVCACHE_SPACE",
+)
+
 T = TypeVar("T")
+
+
+def recorded_env() -> dict[str, str | None]:
+    """:data:`RECORDED_ENV` as this process (hence every server it starts) sees it."""
+    return {name: os.environ.get(name) for name in RECORDED_ENV}
 
 
 @dataclass(frozen=True)

@@ -485,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "backend": args.backend,
             "endpoint": args.endpoint,
+            "env": ab_common.recorded_env(),
             "profile": (
                 {
                     "prompts": profile_prompts,
