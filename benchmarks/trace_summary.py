@@ -340,6 +340,7 @@ def summarize(
             "before": dict(neighbors_before.most_common(8)),
             "after": dict(neighbors_after.most_common(8)),
         },
+        "gpu_events": len(kernels),
         "unattributed_kernels": unattributed,
         "patterns": dict(patterns),
         "gemm_pattern": gemm_pattern,
@@ -395,6 +396,8 @@ def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
         f"routing: median {num(summary['routing_us_per_step_median'], 2)} us per step, "
         f"{num(summary['routing_share_pct'], 2)} % of GPU time"
     )
+    if not summary.get("gpu_events", 1):
+        lines += ["", "(no GPU kernels in this trace: a CPU-only server, or CUPTI saw none)"]
     lines += ["", "| kernels | us / step (median) | share of GPU time | launches / step |"]
     lines.append("| --- | ---: | ---: | ---: |")
     for name, row in summary["categories"].items():

@@ -21,6 +21,8 @@
 #   bash ci/device_e2e.sh tp2_identity   # tiny fp32, TP=2: plugin == in-tree greedy text
 # Either:
 #   bash ci/device_e2e.sh gsm8k_gpu      # benchmarks.gsm8k_ab, tiny model, local gsm8k task
+#                                    # (carry .cache/device_runtime/lm_eval/lm_eval-site.tar.xz
+#                                    # + .sha256 from ci/device_runtime/lm_eval_extra.sh build)
 #
 # Timing (one device call is at most 10 minutes). A server of the 26B-A4B
 # profile starts in an estimated 2-4 min: vLLM import ~20 s, 50 GB of dummy
@@ -253,11 +255,20 @@ case $STEP in
     # 22-question task: the lm_eval path on a GPU once. The random model scores
     # 0: accuracy means nothing here, only that the harness runs and both arms
     # answer. ~3-4 min: two tiny servers + 22 x 5-shot prompts, 256 tokens each.
+    # lm_eval is not part of the vLLM runtime: carry the archive of
+    # `bash ci/device_runtime/lm_eval_extra.sh build` (~5 MB) with this call.
     if ! python3 -c 'import lm_eval' 2> /dev/null; then
-      echo "lm_eval is not installed on the device (not in ci/device_runtime): cannot run" \
-        | tee "$WORK/gsm8k_ab.txt"
-      pack
-      exit 3
+      lm_site=${LM_EVAL_PREFIX:-/root/lm_eval_site}
+      if bash ci/device_runtime/lm_eval_extra.sh install > "$WORK/lm_eval_install.txt" 2>&1; then
+        export PYTHONPATH=$PYTHONPATH:$lm_site
+      fi
+      if ! python3 -c 'import lm_eval' 2>> "$WORK/lm_eval_install.txt"; then
+        echo "lm_eval missing on the device and no carried lm_eval-site.tar.xz installed" \
+          | tee -a "$WORK/gsm8k_ab.txt"
+        tail -n 5 "$WORK/lm_eval_install.txt"
+        pack
+        exit 3
+      fi
     fi
     python3 -m benchmarks.gsm8k_ab --tiny --include-path tests/data/gsm8k_local \
       --task gsm8k_local --num-concurrent 8 \

@@ -36,6 +36,8 @@ def test_decode_steps_routing_time_and_shares(arm, rng):
     summary = trace_summary.summarize(trace)
     assert (summary["steps"], summary["decode_steps"], summary["steps_used"]) == (7, 6, 6)
     assert summary["unattributed_kernels"] == 1
+    kernels = sum(1 for e in trace["traceEvents"] if e["cat"] == "kernel")
+    assert summary["gpu_events"] == kernels - 1  # all but the stray one, prefill included
     total = sum(step["gpu"] for step in expected)
     routing = [step["routing"] for step in expected]
     assert summary["gpu_us_per_step_median"] == pytest.approx(
