@@ -197,3 +197,20 @@ def test_vllm_024_needs_the_hf_overrides(real_dir):
     )
     assert result.returncode != 0
     assert "AmbiguousGlobalPerLayerAttributeError" in result.stderr
+
+
+def test_vllm_random_dataset_makes_exact_length_prompts(real_dir):
+    """serve_ab's client (vllm bench serve, random dataset) on the profile's tokenizer:
+    prompts of exactly --random-input-len tokens, drawn from the whole vocabulary."""
+    from transformers import AutoTokenizer
+    from vllm.benchmarks.datasets import RandomDataset
+
+    tokenizer = AutoTokenizer.from_pretrained(real_dir)
+    seed = int.from_bytes(os.urandom(4), "little")
+    requests = RandomDataset(random_seed=seed).sample(
+        tokenizer=tokenizer, num_requests=16, input_len=2048, output_len=512, range_ratio=0.0
+    )
+    assert len(requests) == 16
+    assert {request.prompt_len for request in requests} == {2048}, seed
+    for request in requests:
+        assert len(tokenizer(request.prompt, add_special_tokens=False).input_ids) == 2048
