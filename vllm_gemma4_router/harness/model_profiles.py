@@ -293,9 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m vllm_gemma4_router.harness.model_profiles NAME [PATH]``: build, print the dir."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(
-            f"usage: python -m vllm_gemma4_router.harness.model_profiles {{{','.join(PROFILES)}}} [PATH]"
-        )
+        names = ",".join(PROFILES)
+        print(f"usage: python -m vllm_gemma4_router.harness.model_profiles {{{names}}} [PATH]")
         return 0 if args else 2
     print(build_profile(args[0], args[1] if len(args) > 1 else None, progress=print))
     return 0
