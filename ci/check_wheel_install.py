@@ -204,6 +204,14 @@ require_extra("demo", "vllm-gemma4-router demo")  # CI's environment has the [de
 """
 
 
+def check_selfcheck(venv: Path, label: str) -> None:
+    """``vllm-gemma4-router selfcheck`` in ``venv`` must end with PASS."""
+    selfcheck = run(venv, "vllm-gemma4-router", *SELFCHECK)
+    if selfcheck.stdout.splitlines()[-1:] != ["PASS"]:
+        fail(f"{label}: selfcheck did not pass:\n{selfcheck.stdout}")
+    log(f"{label}: vllm-gemma4-router selfcheck PASS")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("wheel", type=Path)
@@ -219,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     bare = make_venv("bare", bare_packages)
     install_wheel(bare, wheel)
     print(run(bare, "python", "-c", prologue + textwrap.dedent(BARE_CHECK)).stdout, end="")
-    selfcheck = run(bare, "vllm-gemma4-router", *SELFCHECK)
-    if selfcheck.stdout.splitlines()[-1:] != ["PASS"]:
-        fail(f"bare: selfcheck did not pass:\n{selfcheck.stdout}")
-    log("bare: vllm-gemma4-router selfcheck PASS")
+    check_selfcheck(bare, "bare")
     demo = run(bare, "vllm-gemma4-router", "demo", check=False)
     message = demo.stderr.strip()
     if demo.returncode == 0 or "\n" in message or "vllm-gemma4-router[demo]" not in message:
@@ -233,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     with_vllm = make_venv("vllm", site)
     install_wheel(with_vllm, wheel)
     print(run(with_vllm, "python", "-c", prologue + textwrap.dedent(VLLM_CHECK)).stdout, end="")
-    selfcheck = run(with_vllm, "vllm-gemma4-router", *SELFCHECK)
-    if selfcheck.stdout.splitlines()[-1:] != ["PASS"]:
-        fail(f"vllm: selfcheck did not pass:\n{selfcheck.stdout}")
-    log("vllm: vllm-gemma4-router selfcheck PASS")
+    check_selfcheck(with_vllm, "vllm")
     log(f"OK: {wheel.name}")
     return 0
 

@@ -112,6 +112,15 @@ plugin_lines() {
 }
 
 # The config-only checkpoint, built on the device (no weights: ~7 MB, seconds).
+# What a serve_ab step prints last: the stamp, the plugin's log lines, the
+# table's tail and the result summary.
+report_serve_ab() {
+  cat "$WORK/stamp.txt"
+  plugin_lines "$WORK/run"
+  tail -n 5 "$WORK/serve_ab.txt"
+  summary "$WORK/run"
+}
+
 real_model() {
   python3 -m vllm_gemma4_router.harness.model_profiles "$PROFILE_NAME" > "$WORK/model_profile.txt" 2>&1 || {
     cat "$WORK/model_profile.txt"
@@ -180,10 +189,7 @@ case $STEP in
       --server-args "$REAL_ARGS $REAL_EXTRA" \
       --result-dir "$WORK" --tag run > "$WORK/serve_ab.txt" 2>&1
     status=$?
-    cat "$WORK/stamp.txt"
-    plugin_lines "$WORK/run"
-    tail -n 5 "$WORK/serve_ab.txt"
-    summary "$WORK/run"
+    report_serve_ab
     pack
     exit "$status"
     ;;
@@ -200,10 +206,7 @@ case $STEP in
       --server-args "$REAL_ARGS $REAL_EXTRA" \
       --result-dir "$WORK" --tag run > "$WORK/serve_ab.txt" 2>&1
     status=$?
-    cat "$WORK/stamp.txt"
-    plugin_lines "$WORK/run"
-    tail -n 5 "$WORK/serve_ab.txt"
-    summary "$WORK/run"
+    report_serve_ab
     # Keep the summaries; the full traces come back only if small (a few MB gz).
     du -sh "$WORK/run/traces" 2>/dev/null
     pack
@@ -224,10 +227,7 @@ case $STEP in
       --server-args "$REAL_ARGS $REAL_EXTRA $parallel" \
       --result-dir "$WORK" --tag run > "$WORK/serve_ab.txt" 2>&1
     status=$?
-    cat "$WORK/stamp.txt"
-    plugin_lines "$WORK/run"
-    tail -n 5 "$WORK/serve_ab.txt"
-    summary "$WORK/run"
+    report_serve_ab
     pack
     exit "$status"
     ;;
