@@ -1,0 +1,93 @@
+"""``torch.ops.vllm_gemma4_router.fused_router``: the whole Gemma 4 router as one op.
+
+Functional (mutates nothing), with a fake implementation, so torch.compile
+traces model code that calls it without a graph break. On the CPU it runs the
+torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
+of ``fused_router_launch``. Either way it returns the packed buffer of
+``fused_handover`` and records it for one claim.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._validation import check_fused_router_inputs
+from .fused_handover import logits_view, new_packed, record_produced, unpack
+from .reference import gemma4_fused_router_reference
+
+OP_QUALNAME = "vllm_gemma4_router::fused_router"
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@torch.library.custom_op(OP_QUALNAME, mutates_args=())
+def fused_router(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+) -> torch.Tensor:
+    """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``fused_handover``)."""
+    num_tokens, _, num_experts = check_fused_router_inputs(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
+    packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
+    logits, weights, ids = unpack(packed, num_tokens, num_experts, topk)
+    if hidden_states.device.type == "cpu":
+        ref = gemma4_fused_router_reference(
+            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+        )
+        for out, value in zip((logits, weights, ids), ref, strict=True):
+            out.copy_(value)
+    else:
+        from .fused_router_launch import gemma4_fused_router_triton
+
+        gemma4_fused_router_triton(
+            hidden_states,
+            scale,
+            gate_weight,
+            per_expert_scale,
+            eps,
+            topk,
+            out=(logits, weights, ids),
+        )
+    record_produced(packed, num_tokens, num_experts, topk)
+    return packed
+
+
+@fused_router.register_fake
+def _fused_router_fake(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
+    num_tokens, _, num_experts = check_fused_router_inputs(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
+    return hidden_states.new_empty((num_tokens * (num_experts + 2 * topk),), dtype=torch.float32)
+
+
+def gemma4_fused_router(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Gemma 4 router in one op: ``(logits, weights, ids)``, fp32 [T, E], fp32 and int32 [T, K].
+
+    Same contract as :func:`vllm_gemma4_router.gemma4_fused_router_reference`
+    (the logits within fp32 GEMM tolerance of it; weights and ids exactly the
+    routing of the returned logits). The three are views of one buffer.
+    """
+    packed = torch.ops.vllm_gemma4_router.fused_router(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
+    num_tokens = hidden_states.shape[0]
+    return unpack(packed, num_tokens, gate_weight.shape[0], topk)
+
+
+def router_logits(packed: torch.Tensor, num_tokens: int, num_experts: int) -> torch.Tensor:
+    """The logits part of the op's output, the tensor model code passes on."""
+    return logits_view(packed, num_tokens, num_experts)
