@@ -81,11 +81,14 @@ def gemma4_fused_router(
     (the logits within fp32 GEMM tolerance of it; weights and ids exactly the
     routing of the returned logits). The three are views of one buffer.
     """
+    # Checked here too: the op's schema would reject a wrong type with a less clear error.
+    num_tokens, _, num_experts = check_fused_router_inputs(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
     packed = torch.ops.vllm_gemma4_router.fused_router(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
-    num_tokens = hidden_states.shape[0]
-    return unpack(packed, num_tokens, gate_weight.shape[0], topk)
+    return unpack(packed, num_tokens, num_experts, topk)
 
 
 def router_logits(packed: torch.Tensor, num_tokens: int, num_experts: int) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""The fused router (norm, scale, gate GEMM, routing) on the CPU: the torch chain, the
+Triton kernel under the interpreter, the torch op and its hand-over."""
+
+import pytest
+import torch
+from fused_oracle import assert_fused_contract, router_inputs
+from oracle import assert_ids_valid
+
+from vllm_gemma4_router import fused_handover
+from vllm_gemma4_router.fused_router_launch import (
+    FusedLaunchConfig,
+    candidate_configs,
+    check_config,
+    clip_config,
+    gemma4_fused_router_triton,
+    launch_with_config,
+    supports,
+    table_config,
+)
+from vllm_gemma4_router.fused_router_op import gemma4_fused_router, router_logits
+from vllm_gemma4_router.reference import gemma4_fused_router_reference
+
+EPS = 1e-6
+SPLIT = FusedLaunchConfig(16, 16, 64, 128, 4, 2)  # expert and H slices: the counter path
+WHOLE_ROWS = FusedLaunchConfig(32, 128, 64, 2**31, 4, 2, 8)  # routing in the epilogue
+
+
+def _launch(config, h, s, w, pes, topk):
+    t, e = h.shape[0], w.shape[0]
+    out = (torch.empty(t, e), torch.empty(t, topk), torch.empty(t, topk, dtype=torch.int32))
+    launch_with_config(clip_config(config, h.shape[1], e), h, s, w, pes, EPS, topk, out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_reference_chain_matches_fp64(dtype, gen):
+    h, s, w, pes = router_inputs(37, 320, 128, dtype, gen)
+    logits, weights, ids = gemma4_fused_router_reference(h, s, w, pes, EPS, 8)
+    assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.parametrize(
+    ("num_tokens", "hidden", "num_experts", "topk", "dtype", "config"),
+    [
+        (1, 192, 128, 8, torch.bfloat16, SPLIT),
+        (19, 200, 128, 8, torch.bfloat16, SPLIT),
+        (5, 192, 100, 6, torch.float32, SPLIT),
+        (33, 192, 128, 8, torch.bfloat16, WHOLE_ROWS),
+        (40, 136, 64, 1, torch.float16, WHOLE_ROWS),
+        (3, 256, 128, 8, torch.float32, None),
+    ],
+)
+def test_kernel_matches_fp64_chain(num_tokens, hidden, num_experts, topk, dtype, config, gen):
+    h, s, w, pes = router_inputs(num_tokens, hidden, num_experts, dtype, gen)
+    if config is None:
+        logits, weights, ids = gemma4_fused_router_triton(h, s, w, pes, EPS, topk)
+    else:
+        logits, weights, ids = _launch(config, h, s, w, pes, topk)
+    assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, topk)
+
+
+@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS])
+def test_equal_logits_tie_to_the_lowest_id(config, gen):
+    # Small integers and eighths: every product and partial sum is exact in fp32,
+    # so equal gate rows give bitwise equal logits whatever the summation order.
+    h = torch.randint(-2, 3, (20, 128), generator=gen).to(torch.bfloat16)
+    s = torch.ones(128, dtype=torch.bfloat16)
+    w = (torch.randint(-1, 2, (128, 128), generator=gen) * 0.125).to(torch.bfloat16)
+    w[64:] = w[:64]
+    logits, weights, ids = _launch(config, h, s, w, None, 8)
+    assert torch.equal(logits[:, :64], logits[:, 64:])
+    assert_fused_contract(logits, weights, ids, h, s, w, None, EPS, 8)
+    for row in ids.tolist():  # an expert's lower twin is always picked before it
+        for slot, expert in enumerate(row):
+            if expert >= 64:
+                assert expert - 64 in row[:slot]
+
+
+def test_split_counters_reset_between_launches(gen):
+    h, s, w, pes = router_inputs(18, 192, 128, torch.bfloat16, gen)
+    first = _launch(SPLIT, h, s, w, pes, 8)
+    second = _launch(SPLIT, h[:5], s, w, pes, 8)  # fewer token blocks, same counters
+    third = _launch(SPLIT, h, s, w, pes, 8)
+    for a, b in zip(first, third, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(second[2], first[2][:5])
+
+
+def test_non_finite_hidden_states_give_valid_ids(gen):
+    h, s, w, pes = router_inputs(6, 128, 128, torch.float32, gen)
+    h[0, 3] = float("nan")
+    h[1] = float("inf")
+    h[2, :] = 0.0  # rms 0: factor 1/sqrt(eps), finite logits of 0
+    for config in (SPLIT, WHOLE_ROWS):
+        _, weights, ids = _launch(config, h, s, w, pes, 8)
+        assert_ids_valid(ids, 128)
+        assert torch.isfinite(weights[3:]).all()
+
+
+def test_table_configs_are_valid_for_every_bucket():
+    for t in (1, 16, 17, 64, 65, 256, 257, 1024, 4097, 70000):
+        check_config(table_config(t, 2816, 128), t, 2816, 128)
+        assert candidate_configs(t, 2816, 128, 8, torch.bfloat16)
+
+
+def test_supports_and_bad_configs():
+    assert supports(128, 8) and not supports(512, 8) and not supports(128, 17)
+    with pytest.raises(ValueError, match="block_h"):
+        check_config(FusedLaunchConfig(16, 16, 24, 128, 4, 2), 4, 128, 128)
+    with pytest.raises(ValueError, match="h_slice"):
+        check_config(FusedLaunchConfig(16, 16, 64, 96, 4, 2), 4, 128, 128)
+    with pytest.raises(ValueError, match="token blocks"):
+        check_config(SPLIT, 16 * 1025, 2816, 128)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda a: a.update(hidden_states=a["hidden_states"][0]), ValueError, "hidden_states"),
+        (lambda a: a.update(scale=a["scale"][:-1]), ValueError, "scale"),
+        (lambda a: a.update(gate_weight=a["gate_weight"].float()), TypeError, "gate_weight"),
+        (lambda a: a.update(gate_weight=a["gate_weight"][:, :-1]), ValueError, "gate_weight"),
+        (lambda a: a.update(per_expert_scale=a["per_expert_scale"][:3]), ValueError, "per_exp"),
+        (lambda a: a.update(eps=0.0), ValueError, "eps"),
+        (lambda a: a.update(eps="1e-6"), TypeError, "eps"),
+        (lambda a: a.update(topk=0), ValueError, "topk"),
+        (lambda a: a.update(topk=True), TypeError, "topk"),
+    ],
+)
+def test_bad_arguments_are_named(change, error, match, gen):
+    h, s, w, pes = router_inputs(2, 64, 16, torch.bfloat16, gen)
+    args = dict(hidden_states=h, scale=s, gate_weight=w, per_expert_scale=pes, eps=EPS, topk=4)
+    change(args)
+    for fn in (gemma4_fused_router_triton, gemma4_fused_router_reference, gemma4_fused_router):
+        with pytest.raises(error, match=match):
+            fn(**args)
+
+
+def test_unsupported_shape_is_a_clear_error(gen):
+    h, s, w, pes = router_inputs(2, 64, 300, torch.float32, gen)
+    with pytest.raises(ValueError, match="E <= 256"):
+        gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
+
+
+def test_op_hands_its_routing_over_once(gen):
+    h, s, w, pes = router_inputs(9, 96, 32, torch.bfloat16, gen)
+    packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 4)
+    logits = router_logits(packed, 9, 32)
+    ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
+    assert fused_handover.claim_routing(logits.clone(), 4) is None  # a copy is not ours
+    assert fused_handover.claim_routing(logits, 5) is None  # another K
+    claimed = fused_handover.claim_routing(logits, 4)
+    assert claimed is not None
+    assert torch.equal(claimed[0], ref[1]) and torch.equal(claimed[1], ref[2])
+    assert fused_handover.claim_routing(logits, 4) is None  # taken once
+
+
+def test_op_under_torch_compile_keeps_the_hand_over(gen):
+    h, s, w, pes = router_inputs(7, 96, 32, torch.bfloat16, gen)
+
+    def router(x):
+        packed = torch.ops.vllm_gemma4_router.fused_router(x, s, w, pes, EPS, 4)
+        return router_logits(packed, x.shape[0], 32)
+
+    logits = torch.compile(router, fullgraph=True, dynamic=True)(h)
+    claimed = fused_handover.claim_routing(logits, 4)
+    assert claimed is not None
+    ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
+    assert torch.equal(claimed[1], ref[2])
+    torch.testing.assert_close(logits, ref[0], rtol=0, atol=0)

@@ -1,0 +1,377 @@
+"""The fused Gemma 4 router kernel (Triton): norm, scale, gate GEMM and routing in one launch.
+
+Per token ``t`` and expert ``e``::
+
+    logits[t, e] = rsqrt(mean_h(x[t, h]**2) + eps) * H**-0.5 * sum_h (x[t, h] * scale[h]) * W[e, h]
+
+The norm is one fp32 factor per token, applied after the sum (it commutes with
+it), so a single pass over ``x`` feeds both the sum of squares and the GEMM.
+The GEMM operand ``x * scale`` is rounded to bf16 for bf16 inputs (tensor
+cores), kept fp32 otherwise (``OPERAND``). The routing of the finished
+logits is the exact selection of ``kernel_select``: lowest id on equal logits,
+rows sorted by weight, K distinct valid ids whatever the bits, and bitwise the
+weights ``gemma4_routing_triton`` gives for the same logits.
+
+A program computes a ``[BLOCK_T, BLOCK_E]`` tile of the sum over one slice of
+``H`` (grid: token blocks x expert slices x H slices). With one expert slice
+and one H slice (large T) it holds the whole row and routes it in its epilogue.
+Otherwise (decode sizes: few tokens, so the 720 KB of gate weight must be read
+by many programs) each program stores its partial sums; a counter per token
+block elects the last program to arrive, which adds the partials in a fixed
+order (deterministic bits), routes the rows and resets the counter for the next
+launch. Launches sharing a counter buffer must therefore be stream-ordered.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .kernel_keys import as_fp32, canonical, ordered_bits
+from .kernel_select import SCALE_AFTER, select_exact_registers
+
+#: The GEMM operand ``x * scale`` (constexpr ``OPERAND``).
+OPERAND_FP32 = tl.constexpr(0)  # fp32, IEEE dot (fp16 and fp32 inputs)
+OPERAND_BF16 = tl.constexpr(1)  # rounded to bf16, tensor-core dot (bf16 inputs)
+OPERAND_BF16_ROUNDED = tl.constexpr(2)  # rounded to bf16, fp32 dot (bf16 under the interpreter)
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """fp32 ``x`` rounded to the nearest bf16 (ties to even), as fp32 (finite ``x``)."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_slice(
+    x_ptr,
+    scale_ptr,
+    w_ptr,
+    rows64,
+    row_ok,
+    experts,
+    expert_ok,
+    h_begin,
+    h_end,
+    stride_xt,
+    stride_xh,
+    stride_s,
+    stride_we,
+    stride_wh,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    OPERAND: tl.constexpr,
+):
+    """``(sum_h x*scale*W over [h_begin, h_end) as [BLOCK_T, BLOCK_E], sum_h x**2 as [BLOCK_T])``."""
+    acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    experts64 = experts.to(tl.int64)
+    for h0 in range(h_begin, h_end, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < h_end
+        x = tl.load(
+            x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh,
+            mask=row_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
+        w = tl.load(
+            w_ptr + experts64[None, :] * stride_we + h[:, None] * stride_wh,
+            mask=h_ok[:, None] & expert_ok[None, :],
+            other=0.0,
+        )
+        sumsq += tl.sum(x * x, axis=1)
+        operand = x * s[None, :]
+        if OPERAND == OPERAND_BF16:
+            acc = tl.dot(operand.to(tl.bfloat16), w, acc)
+        elif OPERAND == OPERAND_BF16_ROUNDED:
+            # Same products and fp32 sums, for the interpreter: its bf16 dot is
+            # wrong and its bf16 cast truncates, so round to nearest even by hand.
+            operand = _round_to_bf16(operand)
+            acc = tl.dot(operand, w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(operand, w.to(tl.float32), acc, input_precision="ieee")
+    return acc, sumsq
+
+
+@triton.jit
+def _route_stored_rows(
+    rows64,
+    row_ok,
+    pes_ptr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    num_experts,
+    stride_pes,
+    stride_lt,
+    stride_le,
+    stride_wt,
+    stride_wk,
+    stride_it,
+    stride_ik,
+    TOPK: tl.constexpr,
+    ROUTE_T: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """Route ``ROUTE_T`` rows from the logits this program stored."""
+    experts = tl.arange(0, BLOCK_E_ALL)
+    expert_ok = experts < num_experts
+    # Padding columns read -inf: with the highest ids they lose every tie.
+    logits = tl.load(
+        logits_ptr + rows64[:, None] * stride_lt + experts[None, :] * stride_le,
+        mask=row_ok[:, None] & expert_ok[None, :],
+        other=float("-inf"),
+    )
+    ids, picked, scales, top, total = select_exact_registers(
+        ordered_bits(canonical(logits)),
+        experts,
+        row_ok,
+        pes_ptr,
+        stride_pes,
+        tl.zeros([BLOCK_E_ALL], dtype=tl.int32),
+        TOPK,
+        BLOCK_E_ALL,
+        BLOCK_K,
+        ROUTE_T,
+        HAS_SCALE,
+        SCALE_AFTER,
+    )
+    slots = tl.arange(0, BLOCK_K)
+    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+    weights = tl.exp(picked - top[:, None]) / total[:, None]
+    if HAS_SCALE:
+        weights = weights * as_fp32(tl.load(pes_ptr + ids * stride_pes, mask=out_ok, other=1.0))
+    tl.store(
+        weights_ptr + rows64[:, None] * stride_wt + slots[None, :] * stride_wk, weights, mask=out_ok
+    )
+    tl.store(ids_ptr + rows64[:, None] * stride_it + slots[None, :] * stride_ik, ids, mask=out_ok)
+
+
+@triton.jit
+def _finish_rows(
+    sums,
+    sumsq,
+    first_row,
+    num_tokens,
+    pes_ptr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    hidden,
+    num_experts,
+    eps,
+    inv_sqrt_hidden,
+    stride_pes,
+    stride_lt,
+    stride_le,
+    stride_wt,
+    stride_wk,
+    stride_it,
+    stride_ik,
+    TOPK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    ROUTE_T: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """Norm the full-row sums into logits and store them; then route them, ``ROUTE_T``
+    rows at a time, read back from the store (a whole [BLOCK_T, E] tile through the
+    selection rounds would not fit in registers next to the GEMM's)."""
+    experts = tl.arange(0, BLOCK_E_ALL)
+    rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
+    factor = tl.rsqrt(sumsq / hidden + eps) * inv_sqrt_hidden
+    tl.store(
+        logits_ptr + rows64[:, None] * stride_lt + experts[None, :] * stride_le,
+        sums * factor[:, None],
+        mask=(rows64 < num_tokens)[:, None] & (experts < num_experts)[None, :],
+    )
+    # Every thread's logit stores must be visible to the reads.
+    tl.debug_barrier()
+    for chunk in tl.static_range(BLOCK_T // ROUTE_T):
+        route_rows = (first_row + chunk * ROUTE_T + tl.arange(0, ROUTE_T)).to(tl.int64)
+        _route_stored_rows(
+            route_rows,
+            route_rows < num_tokens,
+            pes_ptr,
+            logits_ptr,
+            weights_ptr,
+            ids_ptr,
+            num_experts,
+            stride_pes,
+            stride_lt,
+            stride_le,
+            stride_wt,
+            stride_wk,
+            stride_it,
+            stride_ik,
+            TOPK,
+            ROUTE_T,
+            BLOCK_E_ALL,
+            BLOCK_K,
+            HAS_SCALE,
+        )
+
+
+@triton.jit
+def gemma4_fused_router_kernel(
+    x_ptr,
+    scale_ptr,
+    w_ptr,
+    pes_ptr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    partial_ptr,
+    partial_sumsq_ptr,
+    counter_ptr,
+    num_tokens,
+    hidden,
+    num_experts,
+    eps,
+    inv_sqrt_hidden,
+    stride_xt,
+    stride_xh,
+    stride_s,
+    stride_we,
+    stride_wh,
+    stride_pes,
+    stride_lt,
+    stride_le,
+    stride_wt,
+    stride_wk,
+    stride_it,
+    stride_ik,
+    TOPK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    H_SLICE: tl.constexpr,
+    H_SLICES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ROUTE_T: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    OPERAND: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_tokens
+    rows64 = rows.to(tl.int64)
+    experts = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    expert_ok = experts < num_experts
+    h_begin = pid_h * H_SLICE
+    h_end = tl.minimum(h_begin + H_SLICE, hidden)
+    sums, sumsq = _dot_slice(
+        x_ptr,
+        scale_ptr,
+        w_ptr,
+        rows64,
+        row_ok,
+        experts,
+        expert_ok,
+        h_begin,
+        h_end,
+        stride_xt,
+        stride_xh,
+        stride_s,
+        stride_we,
+        stride_wh,
+        BLOCK_T,
+        BLOCK_E,
+        BLOCK_H,
+        OPERAND,
+    )
+    E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
+    if E_SLICES * H_SLICES == 1:
+        _finish_rows(
+            sums,
+            sumsq,
+            pid_t * BLOCK_T,
+            num_tokens,
+            pes_ptr,
+            logits_ptr,
+            weights_ptr,
+            ids_ptr,
+            hidden,
+            num_experts,
+            eps,
+            inv_sqrt_hidden,
+            stride_pes,
+            stride_lt,
+            stride_le,
+            stride_wt,
+            stride_wk,
+            stride_it,
+            stride_ik,
+            TOPK,
+            BLOCK_T,
+            ROUTE_T,
+            BLOCK_E_ALL,
+            BLOCK_K,
+            HAS_SCALE,
+        )
+    else:
+        # Partials: [H_SLICES, T, BLOCK_E_ALL] sums and [H_SLICES, T] sums of squares.
+        slice_rows = pid_h * num_tokens + rows64
+        tl.store(
+            partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
+            sums,
+            mask=row_ok[:, None],
+        )
+        if pid_e == 0:
+            tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
+        # Every thread's stores come before the one release below.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
+        if arrived == E_SLICES * H_SLICES - 1:
+            all_experts = tl.arange(0, BLOCK_E_ALL)
+            total_sums = tl.zeros([BLOCK_T, BLOCK_E_ALL], dtype=tl.float32)
+            total_sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+            for s in range(H_SLICES):
+                part_rows = s * num_tokens + rows64
+                total_sums += tl.load(
+                    partial_ptr + part_rows[:, None] * BLOCK_E_ALL + all_experts[None, :],
+                    mask=row_ok[:, None],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
+                total_sumsq += tl.load(
+                    partial_sumsq_ptr + part_rows, mask=row_ok, other=0.0, cache_modifier=".cg"
+                )
+            _finish_rows(
+                total_sums,
+                total_sumsq,
+                pid_t * BLOCK_T,
+                num_tokens,
+                pes_ptr,
+                logits_ptr,
+                weights_ptr,
+                ids_ptr,
+                hidden,
+                num_experts,
+                eps,
+                inv_sqrt_hidden,
+                stride_pes,
+                stride_lt,
+                stride_le,
+                stride_wt,
+                stride_wk,
+                stride_it,
+                stride_ik,
+                TOPK,
+                BLOCK_T,
+                ROUTE_T,
+                BLOCK_E_ALL,
+                BLOCK_K,
+                HAS_SCALE,
+            )
+            tl.atomic_xchg(counter_ptr + pid_t, 0)

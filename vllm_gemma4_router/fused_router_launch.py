@@ -1,0 +1,288 @@
+"""Host side of the fused router kernel: launch configs, checks, the launch itself."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+from ._validation import check_fused_router_inputs, check_output
+from .fused_router_kernel import (
+    OPERAND_BF16,
+    OPERAND_BF16_ROUNDED,
+    OPERAND_FP32,
+    gemma4_fused_router_kernel,
+)
+
+#: Largest expert count and top-K the fused router takes (one [tokens, E] row tile
+#: in registers; the picks unrolled). Gemma 4 MoE models have E=128, K=8.
+MAX_FUSED_EXPERTS = 256
+MAX_FUSED_TOPK = 16
+#: Token blocks one counter buffer serves (the split launches are for small T).
+_MAX_SPLIT_BLOCKS = 1024
+
+
+class FusedLaunchConfig(NamedTuple):
+    """One launch of the fused router: exactly what runs.
+
+    ``block_e < E`` or ``h_slice < H`` splits the GEMM over programs whose
+    partial sums the last program per token block adds up and routes;
+    otherwise each program owns whole rows.
+    """
+
+    block_t: int
+    block_e: int
+    block_h: int
+    h_slice: int
+    num_warps: int
+    num_stages: int
+    route_t: int = 16
+
+
+# Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
+# router (H=2816, E=128, K=8, bf16). Reasoned defaults until an H200 sweep
+# (benchmarks/sweep_fused_router.py) replaces them.
+_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 2**62)
+_BF16_TABLE = (
+    FusedLaunchConfig(16, 16, 128, 256, 4, 2),
+    FusedLaunchConfig(16, 32, 128, 512, 4, 2),
+    FusedLaunchConfig(32, 128, 128, 1024, 4, 2),
+    FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
+    FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
+    FusedLaunchConfig(128, 128, 64, 2**31, 8, 3),
+)
+
+
+def supports(num_experts: int, topk: int) -> bool:
+    """Whether the fused router takes ``E`` experts and top-``K`` (else route unfused)."""
+    return 1 <= topk <= min(num_experts, MAX_FUSED_TOPK) and num_experts <= MAX_FUSED_EXPERTS
+
+
+def _bucket(num_tokens: int) -> int:
+    return next(i for i, bound in enumerate(_TOKEN_BUCKETS) if num_tokens <= bound)
+
+
+def table_config(num_tokens: int, hidden: int, num_experts: int) -> FusedLaunchConfig:
+    """The launch config the table gives ``T`` tokens (clipped to ``H``)."""
+    config = _BF16_TABLE[_bucket(num_tokens)]
+    return clip_config(config, hidden, num_experts)
+
+
+def clip_config(config: FusedLaunchConfig, hidden: int, num_experts: int) -> FusedLaunchConfig:
+    """``config`` with its H slice and expert slice no wider than the problem."""
+    block_e_all = triton.next_power_of_2(num_experts)
+    h_slice = min(config.h_slice, _round_up(hidden, config.block_h))
+    return config._replace(block_e=min(config.block_e, block_e_all), h_slice=h_slice)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
+def check_config(config: FusedLaunchConfig, num_tokens: int, hidden: int, num_experts: int) -> None:
+    """Raise ``ValueError`` unless ``config`` is a valid launch for this problem."""
+    block_e_all = triton.next_power_of_2(num_experts)
+    for name in ("block_t", "block_e", "block_h"):
+        value = getattr(config, name)
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"config.{name} must be a power of two >= 16, got {value}")
+    if config.block_e > block_e_all:
+        raise ValueError(f"config.block_e={config.block_e} exceeds the padded E={block_e_all}")
+    if config.h_slice < config.block_h or config.h_slice % config.block_h:
+        raise ValueError(
+            f"config.h_slice={config.h_slice} must be a multiple of block_h={config.block_h}"
+        )
+    if config.num_warps not in (1, 2, 4, 8, 16) or config.num_stages < 1:
+        raise ValueError(f"bad num_warps/num_stages in {config}")
+    split = config.block_e < block_e_all or config.h_slice < hidden
+    if split and triton.cdiv(num_tokens, config.block_t) > _MAX_SPLIT_BLOCKS:
+        raise ValueError(
+            f"a split launch serves at most {_MAX_SPLIT_BLOCKS} token blocks, "
+            f"got T={num_tokens} with block_t={config.block_t}"
+        )
+
+
+def candidate_configs(
+    num_tokens: int, hidden: int, num_experts: int, topk: int, dtype: torch.dtype
+) -> list[FusedLaunchConfig]:
+    """The configs ``benchmarks/sweep_fused_router.py`` times for one problem (valid ones)."""
+    del topk, dtype  # the same space for every K and dtype the table serves
+    seen: list[FusedLaunchConfig] = []
+    if num_tokens <= 256:
+        # Split launches: many programs read the gate weight, the last adds up.
+        for block_t in (16,) if num_tokens <= 16 else (16, 32):
+            for block_e in (16, 32, 128):
+                for h_slice in (256, 512, 2**31):
+                    seen.append(FusedLaunchConfig(block_t, block_e, 128, h_slice, 4, 2))
+    if num_tokens > 64:
+        # Whole-row programs: the routing in the GEMM's epilogue.
+        for block_t, num_warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
+            for block_h in (64, 128):
+                seen.append(FusedLaunchConfig(block_t, 128, block_h, 2**31, num_warps, 3, 8))
+    out: list[FusedLaunchConfig] = []
+    for config in seen:
+        config = clip_config(config, hidden, num_experts)
+        try:
+            check_config(config, num_tokens, hidden, num_experts)
+        except ValueError:
+            continue
+        if config not in out:
+            out.append(config)
+    return out
+
+
+# triton.jit reads TRITON_INTERPRET once, at import; so does this.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _operand_mode(dtype: torch.dtype) -> int:
+    if dtype != torch.bfloat16:
+        return OPERAND_FP32.value
+    return (OPERAND_BF16_ROUNDED if _INTERPRETED else OPERAND_BF16).value
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    # Zeroed once per device; every split launch leaves its counters at zero.
+    counters = _COUNTERS.get(device)
+    if counters is None:
+        counters = torch.zeros(_MAX_SPLIT_BLOCKS, dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
+
+
+def launch_with_config(
+    config: FusedLaunchConfig,
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Launch the fused router with ``config`` into ``out = (logits, weights, ids)``.
+
+    Inputs and outputs are not validated here (:func:`gemma4_fused_router_triton`
+    does it); ``config`` is (``check_config``).
+    """
+    num_tokens, hidden = hidden_states.shape
+    num_experts = gate_weight.shape[0]
+    check_config(config, num_tokens, hidden, num_experts)
+    logits, weights, ids = out
+    if num_tokens == 0:
+        return
+    block_e_all = triton.next_power_of_2(num_experts)
+    h_slices = triton.cdiv(hidden, config.h_slice)
+    e_slices = block_e_all // config.block_e
+    device = hidden_states.device
+    if e_slices * h_slices > 1:
+        partial = torch.empty(h_slices * num_tokens * block_e_all, dtype=torch.float32, device=device)
+        partial_sumsq = torch.empty(h_slices * num_tokens, dtype=torch.float32, device=device)
+        counters = _counters(device)
+    else:
+        partial = partial_sumsq = counters = logits  # never touched by a one-slice launch
+    pes = per_expert_scale if per_expert_scale is not None else scale
+    grid = (triton.cdiv(num_tokens, config.block_t), e_slices, h_slices)
+    gemma4_fused_router_kernel[grid](
+        hidden_states,
+        scale,
+        gate_weight,
+        pes,
+        logits,
+        weights,
+        ids,
+        partial,
+        partial_sumsq,
+        counters,
+        num_tokens,
+        hidden,
+        num_experts,
+        float(eps),
+        float(hidden) ** -0.5,
+        hidden_states.stride(0),
+        hidden_states.stride(1),
+        scale.stride(0),
+        gate_weight.stride(0),
+        gate_weight.stride(1),
+        pes.stride(0),
+        logits.stride(0),
+        logits.stride(1),
+        weights.stride(0),
+        weights.stride(1),
+        ids.stride(0),
+        ids.stride(1),
+        TOPK=topk,
+        BLOCK_T=config.block_t,
+        BLOCK_E=config.block_e,
+        BLOCK_E_ALL=block_e_all,
+        BLOCK_H=config.block_h,
+        H_SLICE=config.h_slice,
+        H_SLICES=h_slices,
+        BLOCK_K=triton.next_power_of_2(topk),
+        ROUTE_T=min(config.block_t, config.route_t),
+        HAS_SCALE=per_expert_scale is not None,
+        OPERAND=_operand_mode(hidden_states.dtype),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+
+
+def gemma4_fused_router_triton(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole Gemma 4 router in one Triton launch (GPU, or CPU under TRITON_INTERPRET=1).
+
+    Contract of :func:`vllm_gemma4_router.reference.gemma4_fused_router_reference`:
+    logits within fp32 GEMM tolerance of it, weights and ids exactly the routing
+    of the returned logits (equal logits lowest id first, rows sorted by weight).
+
+    Args:
+        hidden_states: ``[T, H]`` bfloat16/float16/float32, any strides.
+        scale: ``[H]`` float; gate_weight: ``[E, H]`` in the dtype of ``hidden_states``.
+        per_expert_scale: ``[E]`` float or ``None``; eps: ``> 0``; topk: ``1..min(E, 16)``,
+            ``E <= 256``.
+        out: optional ``(logits [T, E] fp32, weights [T, K] fp32, ids [T, K] int32)``
+            to write into (any strides).
+
+    Returns:
+        ``(logits, weights, ids)`` (``out`` when given).
+    """
+    num_tokens, hidden, num_experts = check_fused_router_inputs(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
+    if not supports(num_experts, topk):
+        raise ValueError(
+            f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= {MAX_FUSED_TOPK}, "
+            f"got E={num_experts}, topk={topk}"
+        )
+    device = hidden_states.device
+    if out is None:
+        out = (
+            torch.empty((num_tokens, num_experts), dtype=torch.float32, device=device),
+            torch.empty((num_tokens, topk), dtype=torch.float32, device=device),
+            torch.empty((num_tokens, topk), dtype=torch.int32, device=device),
+        )
+    else:
+        if not isinstance(out, tuple) or len(out) != 3:
+            raise TypeError("out must be a tuple (logits, weights, ids)")
+        check_output("logits", out[0], (num_tokens, num_experts), torch.float32, device)
+        check_output("weights", out[1], (num_tokens, topk), torch.float32, device)
+        check_output("ids", out[2], (num_tokens, topk), torch.int32, device)
+    config = table_config(num_tokens, hidden, num_experts)
+    launch_with_config(
+        config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
+    )
+    return out
