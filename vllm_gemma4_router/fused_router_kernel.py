@@ -65,7 +65,7 @@ def _dot_slice(
     BLOCK_H: tl.constexpr,
     OPERAND: tl.constexpr,
 ):
-    """``(sum_h x*scale*W over [h_begin, h_end) as [BLOCK_T, BLOCK_E], sum_h x**2 as [BLOCK_T])``."""
+    """Sums of ``x*scale*W`` [BLOCK_T, BLOCK_E] and ``x**2`` [BLOCK_T] over h_begin..h_end."""
     acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     experts64 = experts.to(tl.int64)

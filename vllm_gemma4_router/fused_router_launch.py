@@ -182,7 +182,8 @@ def launch_with_config(
     e_slices = block_e_all // config.block_e
     device = hidden_states.device
     if e_slices * h_slices > 1:
-        partial = torch.empty(h_slices * num_tokens * block_e_all, dtype=torch.float32, device=device)
+        numel = h_slices * num_tokens * block_e_all
+        partial = torch.empty(numel, dtype=torch.float32, device=device)
         partial_sumsq = torch.empty(h_slices * num_tokens, dtype=torch.float32, device=device)
         counters = _counters(device)
     else:
