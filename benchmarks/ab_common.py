@@ -92,9 +92,11 @@ class Arm:
 
 
 # The arms a run can name in --order, in table column order.
-ARM_NAMES = ("in-tree", "plugin", "native")
+ARM_NAMES = ("in-tree", "plugin", "native", "fused")
 # The native arm's compilation setting: the op stays, its torch reference runs.
 NATIVE_CUSTOM_OPS = ("-gemma4_routing",)
+# The fused arm's: the whole router (norm, scale, gate GEMM, routing) in one op.
+FUSED_CUSTOM_OPS = ("+gemma4_fused_router",)
 
 
 @dataclass
@@ -358,6 +360,7 @@ def arms_in_order(
     base_url_in_tree: str | None,
     base_url_plugin: str | None,
     base_url_native: str | None = None,
+    base_url_fused: str | None = None,
     *,
     required: Sequence[str] | None = ("in-tree", "plugin"),
 ) -> list[Arm]:
@@ -375,6 +378,7 @@ def arms_in_order(
         "native": Arm(
             "native", plugin=True, base_url=base_url_native, custom_ops=NATIVE_CUSTOM_OPS
         ),
+        "fused": Arm("fused", plugin=True, base_url=base_url_fused, custom_ops=FUSED_CUSTOM_OPS),
     }
     names = [name.strip() for name in order.split(",") if name.strip()]
     if required is not None:
@@ -478,7 +482,7 @@ def add_common_args(
         "--order",
         default="in-tree,plugin",
         help="the arms in run order, comma-separated: 'in-tree,plugin' (default), "
-        "'plugin,in-tree'" + ("; serve_ab also 'native'" if native_arm else ""),
+        "'plugin,in-tree'" + ("; serve_ab also 'native' and 'fused'" if native_arm else ""),
     )
     parser.add_argument(
         "--base-url-in-tree",
@@ -496,6 +500,12 @@ def add_common_args(
             default=None,
             help="use this running server (plugin loaded, custom_ops -gemma4_routing) "
             "as the native arm",
+        )
+        parser.add_argument(
+            "--base-url-fused",
+            default=None,
+            help="use this running server (plugin loaded, custom_ops +gemma4_fused_router) "
+            "as the fused arm",
         )
     parser.add_argument(
         "--startup-timeout", type=float, default=1800.0, help="seconds to wait for each server"
@@ -806,6 +816,7 @@ class AbSetup:
             args.base_url_in_tree,
             args.base_url_plugin,
             getattr(args, "base_url_native", None),
+            getattr(args, "base_url_fused", None),
             required=required_arms,
         )
         model, server_args = resolve_model(args)

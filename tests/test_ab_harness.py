@@ -880,3 +880,12 @@ def test_smoke_gsm8k_ab(tiny_servers, tmp_path, monkeypatch):
         table,
     )
     assert "Identical greedy answers, in-tree vs plugin: gsm8k_local " in table
+
+
+def test_fused_arm_turns_the_fused_router_on():
+    fused = ab_common.arms_in_order("fused", None, None, None, "http://f:4", required=None)[0]
+    assert fused.plugin and fused.base_url == "http://f:4"
+    added = ab_common.arm_server_args(fused, ["-tp", "2"])
+    assert json.loads(added[3]) == {"custom_ops": ["+gemma4_fused_router"]}
+    order = ab_common.arms_in_order("fused,in-tree", None, None, required=None)
+    assert [a.name for a in order] == ["fused", "in-tree"]
