@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 PYTEST=("$PYTHON" -m pytest -q -p no:cacheprovider)
 
-SUITE=(tests/test_gpu.py tests/test_kernel_matrix.py tests/test_torch_op.py)
+SUITE=(tests/test_gpu.py tests/test_kernel_matrix.py tests/test_torch_op.py tests/test_gpu_fused_router.py)
 # The CustomOp check needs vLLM (on the device: ci/device_runtime/ installs it).
 if "$PYTHON" -c "import vllm" > /dev/null 2>&1; then
   SUITE+=(tests/test_gpu_vllm_op.py)

@@ -1,0 +1,103 @@
+"""GPU checks of the fused router kernel (the CPU suite runs the same contract under
+the interpreter, where bf16 takes the rounded-operand fp32 dot instead of the
+tensor-core one)."""
+
+import pytest
+import torch
+from fused_oracle import assert_fused_contract, router_inputs
+from oracle import assert_ids_valid
+
+from vllm_gemma4_router import fused_handover
+from vllm_gemma4_router.fused_router_launch import (
+    candidate_configs,
+    gemma4_fused_router_triton,
+    launch_with_config,
+)
+from vllm_gemma4_router.triton_routing import gemma4_routing_triton
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU"),
+]
+EPS = 1e-6
+TOKENS = [1, 2, 7, 16, 17, 64, 100, 256, 1000, 4097, 16384]
+
+
+def _empty_out(t, e, k):
+    return (
+        torch.empty(t, e, device="cuda"),
+        torch.empty(t, k, device="cuda"),
+        torch.empty(t, k, dtype=torch.int32, device="cuda"),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("num_tokens", TOKENS)
+def test_gpu_table_launch_matches_fp64_chain(dtype, num_tokens, gen):
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, dtype, gen, device="cuda")
+    logits, weights, ids = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
+    assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, 8)
+    # Bitwise the routing kernel's weights and ids for the same logits.
+    ref_w, ref_ids = gemma4_routing_triton(logits, 8, pes)
+    assert torch.equal(ids, ref_ids) and torch.equal(weights, ref_w)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 16, 64, 256, 2048])
+def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    for config in candidate_configs(num_tokens, 2816, 128, 8, torch.bfloat16):
+        out = _empty_out(num_tokens, 128, 8)
+        launch_with_config(config, h, s, w, pes, EPS, 8, out)
+        assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.parametrize(("num_experts", "topk", "hidden"), [(64, 6, 2048), (100, 8, 1000)])
+def test_gpu_other_shapes(num_experts, topk, hidden, gen):
+    for t in (1, 33, 3000):
+        h, s, w, pes = router_inputs(t, hidden, num_experts, torch.bfloat16, gen, device="cuda")
+        assert_fused_contract(
+            *gemma4_fused_router_triton(h, s, w, pes, EPS, topk), h, s, w, pes, EPS, topk
+        )
+
+
+def test_gpu_deterministic_and_counters_reset(gen):
+    h, s, w, pes = router_inputs(64, 2816, 128, torch.bfloat16, gen, device="cuda")
+    runs = [gemma4_fused_router_triton(h, s, w, pes, EPS, 8) for _ in range(3)]
+    gemma4_fused_router_triton(h[:3], s, w, pes, EPS, 8)  # a different grid in between
+    runs.append(gemma4_fused_router_triton(h, s, w, pes, EPS, 8))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_gpu_cuda_graph_replay(gen):
+    h, s, w, pes = router_inputs(16, 2816, 128, torch.bfloat16, gen, device="cuda")
+    out = _empty_out(16, 128, 8)
+    gemma4_fused_router_triton(h, s, w, pes, EPS, 8, out=out)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gemma4_fused_router_triton(h, s, w, pes, EPS, 8, out=out)
+    for _ in range(3):
+        h.copy_(router_inputs(16, 2816, 128, torch.bfloat16, gen, device="cuda")[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+def test_gpu_non_finite_rows_give_valid_ids(gen):
+    h, s, w, pes = router_inputs(50, 2816, 128, torch.bfloat16, gen, device="cuda")
+    h[0, 3] = float("nan")
+    h[1] = float("inf")
+    h[2] = 0.0
+    for t in (50, 5):
+        _, _, ids = gemma4_fused_router_triton(h[:t], s, w, pes, EPS, 8)
+        assert_ids_valid(ids, 128)
+
+
+def test_gpu_op_hand_over(gen):
+    h, s, w, pes = router_inputs(9, 2816, 128, torch.bfloat16, gen, device="cuda")
+    packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 8)
+    logits = fused_handover.logits_view(packed, 9, 128)
+    claimed = fused_handover.claim_routing(logits, 8)
+    assert claimed is not None
+    assert_fused_contract(logits, *claimed, h, s, w, pes, EPS, 8)
