@@ -336,7 +336,8 @@ def gemma4_fused_router_kernel(
             all_experts = tl.arange(0, BLOCK_E_ALL)
             total_sums = tl.zeros([BLOCK_T, BLOCK_E_ALL], dtype=tl.float32)
             total_sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-            for s in range(H_SLICES):
+            # Unrolled: the slices' loads are independent and go out together.
+            for s in tl.static_range(H_SLICES):
                 part_rows = s * num_tokens + rows64
                 total_sums += tl.load(
                     partial_ptr + part_rows[:, None] * BLOCK_E_ALL + all_experts[None, :],

@@ -47,8 +47,8 @@ class FusedLaunchConfig(NamedTuple):
 # (benchmarks/sweep_fused_router.py) replaces them.
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 2**62)
 _BF16_TABLE = (
-    FusedLaunchConfig(16, 16, 128, 256, 4, 2),
-    FusedLaunchConfig(16, 32, 128, 512, 4, 2),
+    FusedLaunchConfig(16, 16, 128, 1024, 4, 2),
+    FusedLaunchConfig(16, 32, 128, 1024, 4, 2),
     FusedLaunchConfig(32, 128, 128, 1024, 4, 2),
     FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
     FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
@@ -115,7 +115,7 @@ def candidate_configs(
         # Split launches: many programs read the gate weight, the last adds up.
         for block_t in (16,) if num_tokens <= 16 else (16, 32):
             for block_e in (16, 32, 128):
-                for h_slice in (256, 512, 2**31):
+                for h_slice in (512, 1024, 2**31):
                     seen.append(FusedLaunchConfig(block_t, block_e, 128, h_slice, 4, 2))
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
