@@ -49,10 +49,10 @@ _TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 2**62)
 _BF16_TABLE = (
     FusedLaunchConfig(16, 16, 128, 1024, 4, 2),
     FusedLaunchConfig(16, 32, 128, 1024, 4, 2),
-    FusedLaunchConfig(32, 128, 128, 1024, 4, 2),
-    FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
-    FusedLaunchConfig(64, 128, 64, 2**31, 4, 3),
-    FusedLaunchConfig(128, 128, 64, 2**31, 8, 3),
+    FusedLaunchConfig(16, 32, 128, 1024, 4, 2),
+    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
+    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
+    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
 )
 
 
