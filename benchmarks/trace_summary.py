@@ -55,6 +55,9 @@ from typing import Any
 # Ordered: the first matching category names a kernel. The three routing
 # categories are the three arms of benchmarks.serve_ab.
 DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
+    # This package's fused router (vllm_gemma4_router/fused_router_kernel.py): the
+    # norm, scale, gate GEMM and routing in one kernel (custom_ops +gemma4_fused_router).
+    ("routing: fused router", r"^gemma4_fused_router_kernel"),
     # This package's Triton kernel (vllm_gemma4_router/kernel.py).
     ("routing: ours", r"^gemma4_routing_kernel"),
     # vLLM's in-tree Triton kernel (model_executor/models/gemma4.py, 0.24+).
@@ -68,6 +71,8 @@ DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
     ),
 )
 ROUTING_PREFIX = "routing"
+# The category whose kernel is the whole router: no separate gate GEMM or norm to find.
+FUSED_ROUTER = "routing: fused router"
 # cuBLAS / cuBLASLt / CUTLASS / nvJet GEMM kernels, and Triton matmuls.
 DEFAULT_GEMM_PATTERN = r"gemm|Gemm|GEMM|cutlass|xmma|cublas|nvjet|sm\d+_|matmul|_mm_"
 DEFAULT_STEP_PATTERN = r"^execute_context_(\d+)\((\d+)\)_generation_(\d+)\((\d+)\)$"
@@ -287,7 +292,8 @@ def summarize(
                 ROUTING_PREFIX
             ):
                 index += 1
-            _attribute_router(stream_kernels, first, gemm, norm_kernels, stat_of)
+            if all(k.category != FUSED_ROUTER for k in stream_kernels[first:index]):
+                _attribute_router(stream_kernels, first, gemm, norm_kernels, stat_of)
             if id(stat_of(kernel)) not in used_ids:
                 continue
             for near in stream_kernels[max(0, first - 3) : first]:

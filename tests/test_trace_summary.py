@@ -60,6 +60,18 @@ def test_decode_steps_routing_time_and_shares(arm, rng):
     assert f"| {CATEGORY[arm]} |" in text and "router: gate GEMM" in text
 
 
+def test_fused_router_is_the_whole_router(rng):
+    trace, expected = _build("fused", rng)
+    summary = trace_summary.summarize(trace)
+    total = sum(step["gpu"] for step in expected)
+    routing = [step["routing"] for step in expected]
+    assert summary["routing_us_per_step_median"] == pytest.approx(statistics.median(routing))
+    assert summary["routing_share_pct"] == pytest.approx(100 * sum(routing) / total)
+    # The GEMM just before it is the attention's, not a gate: nothing else is the router.
+    assert set(summary["categories"]) == {CATEGORY["fused"]}
+    assert summary["categories"][CATEGORY["fused"]]["launches_per_step"] == 3
+
+
 def test_all_steps_and_a_trace_without_annotations(rng):
     trace, _ = _build("plugin", rng, decode_steps=3)
     every = trace_summary.summarize(trace, decode_only=False)

@@ -18,11 +18,14 @@ ROUTING = {
         "void at::native::sbtopk::gatherTopK<float, unsigned int, 2, false>(...)",
         "triton_poi_fused_div_gather_mul_sum_1",
     ],
+    # The whole router in one kernel: no norm or gate GEMM of its own.
+    "fused": ["gemma4_fused_router_kernel"],
 }
 CATEGORY = {
     "plugin": "routing: ours",
     "in-tree": "routing: vLLM in-tree",
     "native": "routing: torch reference",
+    "fused": "routing: fused router",
 }
 SAMPLER_TOPK = "void at::native::sbtopk::gatherTopK<float, unsigned int, 1, false>(...)"
 
@@ -92,8 +95,13 @@ def build_trace(arm: str, rng: random.Random, *, decode_steps: int = 6, layers: 
         corr = launch("cudaGraphLaunch")
         for _ in range(layers):
             totals["gpu"] += kernel("kernel_unified_attention_2d", corr)
-            norm = kernel(NORM, corr)
-            gemm = kernel(GEMM, corr)
+            if arm == "fused":
+                # The attention's output GEMM comes right before: not a gate GEMM.
+                totals["gpu"] += kernel(GEMM, corr)
+                norm = gemm = 0.0
+            else:
+                norm = kernel(NORM, corr)
+                gemm = kernel(GEMM, corr)
             routing = sum(kernel(name, corr) for name in ROUTING[arm])
             totals["gpu"] += norm + gemm + routing
             totals["gemm"] += gemm
