@@ -113,10 +113,11 @@ def candidate_configs(
     seen: list[FusedLaunchConfig] = []
     if num_tokens <= 256:
         # Split launches: many programs read the gate weight, the last adds up.
-        for block_t in (16,) if num_tokens <= 16 else (16, 32):
-            for block_e in (16, 32, 128):
-                for h_slice in (512, 1024, 2**31):
-                    seen.append(FusedLaunchConfig(block_t, block_e, 128, h_slice, 4, 2))
+        # Wide H steps keep more of the weight in flight per program.
+        for block_e in (16, 32, 64):
+            for h_slice, block_hs in ((256, (256,)), (512, (256,)), (1024, (128, 256))):
+                for block_h in block_hs:
+                    seen.append(FusedLaunchConfig(16, block_e, block_h, h_slice, 4, 2))
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
         for block_t, num_warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
