@@ -3,7 +3,8 @@
 The module runs the demo's own code (``demo.run``) once: a server with the
 plugin, then (after it stopped, never both at once) one with vLLM's in-tree
 routing (``VLLM_PLUGINS=""``), the same greedy prompts to both. Every test reads
-that one outcome. The tensor-parallel test starts a third server.
+that one outcome. The tensor-parallel test starts a third server, the fused
+router tests a fourth (the plugin with ``+gemma4_fused_router``).
 """
 
 import dataclasses
@@ -127,3 +128,48 @@ def test_tensor_parallel_2_routes_through_the_op_in_both_workers(outcome, tmp_pa
     # Same text as one worker without the plugin: the sharded attention and
     # experts sum in another order, which in fp32 has not flipped a token here.
     assert arm.completions == result.in_tree.completions
+
+
+@pytest.fixture(scope="module")
+def fused_arm(outcome, tmp_path_factory):
+    """A third server: the plugin with the opt-in fused router, fp32 (the demo's CPU default)."""
+    return demo.run_arm(
+        build_tiny_model(),
+        plugin=True,
+        prompts=demo.DEFAULT_PROMPTS,
+        max_tokens=MAX_TOKENS,
+        server_args=[*demo.default_server_args(gpu=False), *demo.fused_router_args()],
+        env=demo.default_server_env(gpu=False),
+        log_path=tmp_path_factory.mktemp("e2e-fused") / "server-fused.log",
+        out=print,
+    )
+
+
+def test_default_plugin_server_keeps_vllms_router(outcome):
+    result, _ = outcome
+    evidence = result.with_plugin.evidence
+    assert [(f.fused, f.routers, f.enabled) for f in evidence.fused_routers] == [(0, 4, False)]
+    assert evidence.claims == [] and evidence.claim_misses == 0
+
+
+def test_fused_router_gives_identical_greedy_text_in_fp32(outcome, fused_arm):
+    result, _ = outcome
+    assert demo.default_server_args(gpu=False)[-2:] == ["--dtype", "float32"]
+    assert fused_arm.completions == result.in_tree.completions
+
+
+def test_fused_router_hand_over_is_claimed_inside_the_compiled_graph(outcome, fused_arm):
+    # vLLM compiles the model on the CPU and Dynamo traces through its fused
+    # MoE, so the claim is the claimed_routing op inside the compiled graph:
+    # it logs its first claim there and would log any routing from the logits.
+    result, _ = outcome
+    evidence = fused_arm.evidence
+    assert [(f.fused, f.routers, f.enabled) for f in evidence.fused_routers] == [(4, 4, True)]
+    assert True in evidence.claims, evidence.lines
+    assert evidence.claim_misses == 0, evidence.lines
+    [dispatch] = evidence.dispatches
+    assert (dispatch.layers, dispatch.forward) == (4, "forward_native")
+    verdict = demo.judge(fused_arm, result.in_tree, gpu=False, fused_router=True)
+    assert verdict.passed, verdict.reasons
+    # The default plugin server is no fused-router run.
+    assert demo.fused_router_reasons(result.with_plugin.evidence) != []

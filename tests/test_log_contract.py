@@ -153,3 +153,40 @@ def test_one_logger_under_vllms_tree():
     # vLLM's logging configuration covers the "vllm" logger and its children only.
     assert log_contract.LOGGER_NAME.startswith("vllm.")
     assert vllm_adapter.logger is log_contract.logger is fast_launch.logger
+
+
+def test_fused_router_lines_round_trip(rng):
+    from vllm_gemma4_router.log_contract import (
+        FusedRouters,
+        fused_router_line,
+        handover_claimed_line,
+        handover_missed_line,
+    )
+
+    summaries = []
+    for _ in range(6):
+        routers = rng.randint(0, 120)
+        summaries.append(
+            FusedRouters(
+                rng.randint(2, 99999), rng.randint(0, routers), routers, rng.random() < 0.5
+            )
+        )
+    tokens, experts, topk = rng.randint(1, 9999), rng.randint(2, 4096), rng.randint(1, 16)
+    compiled = [rng.random() < 0.5 for _ in range(3)]
+    lines = [
+        _vllm_prefix(rng, s.pid) + fused_router_line(s.fused, s.routers, s.enabled)
+        for s in summaries
+    ]
+    lines += [
+        _vllm_prefix(rng, 7) + handover_claimed_line(tokens, experts, topk, c) for c in compiled
+    ]
+    lines += [_vllm_prefix(rng, 8) + handover_missed_line(tokens, experts, topk)] * 2
+    parsed = parse_log("\n".join(["INFO unrelated", *lines]))
+    assert parsed.fused_routers == summaries and parsed.lines == lines
+    assert parsed.fused_router_used is any(s.fused for s in summaries)
+    assert parsed.claims == compiled and parsed.claim_misses == 2
+    assert (
+        fused_router_line(1, 1, True) == "gemma4_fused_router: 1 of 1 router fused (custom_ops on)"
+    )
+    with pytest.raises(ValueError):
+        fused_router_line(3, 2, True)

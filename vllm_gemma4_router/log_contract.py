@@ -16,7 +16,16 @@ Lines (vLLM prefixes each with its own level, file and process tags):
   per process that built the model, one line per distinct forward (``vllm_op``);
 * ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
 * ``gemma4_routing: first call ran <forward> (platform <p>, <T> tokens, <E> experts, top-<K>)``
-  where the op runs as Python per call (eager, or inside vLLM's fused-MoE op).
+  where the op runs as Python per call (eager, or inside vLLM's fused-MoE op);
+* ``gemma4_fused_router: <N> of <M> router(s) fused (custom_ops <on|off>)`` per
+  process that built the model: how many Gemma4 routers run the opt-in fused
+  router op (``+gemma4_fused_router``), the rest vLLM's own router forward;
+* ``gemma4_fused_router: first hand-over claimed (<T> tokens, <E> experts, top-<K>``
+  ``[, compiled graph])`` once per process, when a routing function first took
+  the fused router's routing;
+* ``gemma4_fused_router: logits reached the routing without the fused router's routing ...``
+  once per process, when a fused layer's routing function had to route from the
+  logits itself (copied or gathered logits).
 
 Standard library only: the harnesses read logs without importing vLLM or torch.
 """
@@ -37,6 +46,7 @@ logger = logging.getLogger(LOGGER_NAME)
 
 _PLUGIN_PREFIX = f"vllm-gemma4-router {__version__}: "
 _OP_PREFIX = "gemma4_routing: "
+_FUSED_PREFIX = "gemma4_fused_router: "
 
 
 def install_line(layout: str) -> str:
@@ -87,11 +97,42 @@ def first_call_line(
     )
 
 
+def fused_router_line(fused: int, routers: int, enabled: bool) -> str:
+    """The adapter's summary after a model build: ``fused`` of ``routers`` routers run the
+    fused router op; ``enabled``: ``custom_ops`` has ``+gemma4_fused_router``."""
+    if not 0 <= fused <= routers:
+        raise ValueError(f"need 0 <= fused <= routers, got fused={fused}, routers={routers}")
+    noun = "router" if routers == 1 else "routers"
+    state = "on" if enabled else "off"
+    return f"{_FUSED_PREFIX}{fused} of {routers} {noun} fused (custom_ops {state})"
+
+
+def handover_claimed_line(num_tokens: int, num_experts: int, topk: int, compiled: bool) -> str:
+    """The first successful claim of the fused router's routing in a process.
+
+    ``compiled``: claimed by the ``claimed_routing`` op inside a compiled graph.
+    """
+    suffix = ", compiled graph" if compiled else ""
+    return (
+        f"{_FUSED_PREFIX}first hand-over claimed ({num_tokens} tokens, {num_experts} experts, "
+        f"top-{topk}{suffix})"
+    )
+
+
+def handover_missed_line(num_tokens: int, num_experts: int, topk: int) -> str:
+    """The first time a fused layer's routing function had to route from the logits."""
+    return (
+        f"{_FUSED_PREFIX}logits reached the routing without the fused router's routing "
+        f"(copied or gathered?); routed from the logits ({num_tokens} tokens, "
+        f"{num_experts} experts, top-{topk})"
+    )
+
+
 # vLLM prefixes every line from a child process with "(Name pid=N) ".
 _PROCESS_RE = re.compile(r"\((?P<proc>[^()]*?)\s*pid=(?P<pid>\d+)\)")
 # Any version, and none: logs of releases before 0.1.0's version line still parse.
 _PLUGIN_RE = r"vllm-gemma4-router(?: (?P<version>[^\s:]+))?: "
-_ANY_LINE_RE = re.compile(_PLUGIN_RE + "|" + re.escape(_OP_PREFIX))
+_ANY_LINE_RE = re.compile(_PLUGIN_RE + "|" + re.escape(_OP_PREFIX) + "|" + re.escape(_FUSED_PREFIX))
 _INSTALL_RE = re.compile(
     _PLUGIN_RE + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
 )
@@ -107,6 +148,27 @@ _NO_LAYERS_RE = re.compile(
 _FIRST_CALL_RE = re.compile(
     re.escape(_OP_PREFIX) + r"first call ran (?P<forward>forward_\w+) \(platform (?P<platform>\w+)"
 )
+_FUSED_RE = re.compile(
+    re.escape(_FUSED_PREFIX)
+    + r"(?P<fused>\d+) of (?P<routers>\d+) routers? fused \(custom_ops (?P<state>on|off)\)"
+)
+_CLAIMED_RE = re.compile(
+    re.escape(_FUSED_PREFIX) + r"first hand-over claimed \((?P<tokens>\d+) tokens, "
+    r"(?P<experts>\d+) experts, top-(?P<topk>\d+)(?P<compiled>, compiled graph)?\)"
+)
+_MISSED_RE = re.compile(
+    re.escape(_FUSED_PREFIX) + r"logits reached the routing without the fused router's routing"
+)
+
+
+@dataclass(frozen=True)
+class FusedRouters:
+    """One process's fused-router summary (``fused_router_line``)."""
+
+    pid: int | None
+    fused: int
+    routers: int
+    enabled: bool
 
 
 @dataclass(frozen=True)
@@ -143,6 +205,10 @@ class PluginLog:
             (``""`` for lines of versions that did not say).
         dispatches: the op's dispatch summaries, per process and forward.
         first_calls: the forward of each process's first Python-level call.
+        fused_routers: the fused-router summaries, one per process that built the model.
+        claims: per process whose routing first claimed the fused router's
+            routing, True if that claim ran inside a compiled graph.
+        claim_misses: processes where a fused layer routed from the logits itself.
     """
 
     lines: list[str] = field(default_factory=list)
@@ -151,6 +217,14 @@ class PluginLog:
     versions: list[str] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
     first_calls: list[str] = field(default_factory=list)
+    fused_routers: list[FusedRouters] = field(default_factory=list)
+    claims: list[bool] = field(default_factory=list)
+    claim_misses: int = 0
+
+    @property
+    def fused_router_used(self) -> bool:
+        """True if some process built routers that run the fused router op."""
+        return any(f.fused > 0 for f in self.fused_routers)
 
     @property
     def patched(self) -> bool:
@@ -207,6 +281,13 @@ def parse_log(log_text: str) -> PluginLog:
             parsed.dispatches.append(
                 Dispatch(pid, name, 0, "", match["platform"], compiled=False, text=match[0])
             )
+        elif match := _FUSED_RE.search(line):
+            fused, routers = int(match["fused"]), int(match["routers"])
+            parsed.fused_routers.append(FusedRouters(pid, fused, routers, match["state"] == "on"))
+        elif match := _CLAIMED_RE.search(line):
+            parsed.claims.append(bool(match["compiled"]))
+        elif _MISSED_RE.search(line):
+            parsed.claim_misses += 1
         elif match := _FIRST_CALL_RE.search(line):
             parsed.first_calls.append(match["forward"])
         elif match := _INSTALL_RE.search(line):

@@ -18,6 +18,14 @@ time (so ``functional_call`` and weight reloads see the live tensor; vLLM's
 own closure copied it into a local at ``__init__`` through 0.21.0). The
 multimodal, MTP and other Gemma4 architectures build their layers from the
 same module, so they are covered too.
+
+The opt-in fused router (``+gemma4_fused_router`` in ``custom_ops``) patches
+``Gemma4Router.forward`` in both layouts: a router linked, at decoder-layer
+construction, to the module that owns ``per_expert_scale`` (the router itself,
+or its sibling ``Gemma4MoE``) returns the logits view of the fused router op's
+packed buffer, and that owner's routing function claims the routing in it
+instead of routing again (``fused_claim``). Anything unsupported (a quantized or
+biased gate, other dtypes, non-2-D input, no owner) runs vLLM's own forward.
 """
 
 from __future__ import annotations
@@ -25,13 +33,29 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 
-from .log_contract import install_line, logger, simulated_routing_line, unrecognised_line
+import torch
+
+from .log_contract import (
+    fused_router_line,
+    install_line,
+    logger,
+    simulated_routing_line,
+    unrecognised_line,
+)
 
 GEMMA4_MODULE = "vllm.model_executor.models.gemma4"
 OP_ATTRIBUTE = "gemma4_routing"
 _INSTALLED_FLAG = "_vllm_gemma4_router_layout"
+FUSED_OP_ATTRIBUTE = "gemma4_fused_router"
+# On a router: its _FusedPlan (in __dict__, so nothing it holds is registered).
+FUSED_PLAN_ATTRIBUTE = "_gemma4_fused_plan"
+# On the per_expert_scale owner: True when a fused router feeds its routing.
+FUSED_FEEDS_ATTRIBUTE = "_gemma4_fused_feeds"
+FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 _ROUTING_SIGNATURE = ["self", "hidden_states", "gating_output", "topk", "renormalize"]
 _HANDOVER_PARAMETER = "custom_routing_function"
@@ -60,6 +84,7 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
         ops = [m for m in self.modules() if isinstance(m, Gemma4Routing)]
         for line in dispatch_summary(ops):
             logger.info(line)
+        logger.info(_fused_router_summary(module, self))
 
     model_cls.__init__ = __init__
 
@@ -71,7 +96,160 @@ def _attach_op(owner) -> None:
 
 
 def _route(owner, gating_output, topk):
+    # A plain bool: a constant for Dynamo. Unfused layers never try a claim.
+    if getattr(owner, FUSED_FEEDS_ATTRIBUTE, False):
+        from .fused_claim import claim_fused_routing
+
+        claimed = claim_fused_routing(gating_output, topk, owner.per_expert_scale)
+        if claimed is not None:
+            return claimed
     return getattr(owner, OP_ATTRIBUTE)(gating_output, topk, owner.per_expert_scale)
+
+
+@dataclass(frozen=True)
+class _FusedPlan:
+    """What a router's fused forward needs beyond its own parameters (fixed at construction).
+
+    ``per_expert_scale`` reads the owner's Parameter at call time (not a copy).
+    ``loaded_gate_weight`` is ``proj.weight`` as built and loaded: on the CPU,
+    vLLM's linear method prepacks the gate after loading and replaces
+    ``proj.weight`` with an empty placeholder; the fused op still needs [E, H].
+    """
+
+    eps: float
+    topk: int
+    per_expert_scale: Callable[[], torch.Tensor] = field(repr=False)
+    loaded_gate_weight: torch.Tensor = field(repr=False)
+
+
+def _unquantized_gate(proj) -> bool:
+    """True when ``proj`` is a plain unquantized linear without bias (set at construction)."""
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    quant_method = getattr(proj, "quant_method", None)
+    if quant_method is not None and not isinstance(quant_method, UnquantizedLinearMethod):
+        return False
+    weight = getattr(proj, "weight", None)
+    return (
+        getattr(proj, "bias", None) is None
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+    )
+
+
+def _scale_owner(layer, router):
+    """The module whose ``per_expert_scale`` the layer's routing reads, or ``None``.
+
+    ``router_method``: the router itself; ``moe_closure``: the sibling ``.moe``.
+    Either way it is the module the plugin's routing function belongs to.
+    """
+    for owner in (router, getattr(layer, "moe", None)):
+        if (
+            owner is not None
+            and isinstance(getattr(owner, "per_expert_scale", None), torch.nn.Parameter)
+            and hasattr(owner, OP_ATTRIBUTE)
+        ):
+            return owner
+    return None
+
+
+def _link_fused_router(layer, router, config) -> None:
+    """Give ``router`` its fused-router op and, when it can use it, a plan."""
+    from .vllm_fused_op import Gemma4FusedRouter
+
+    op = Gemma4FusedRouter()
+    router.gemma4_fused_router = op
+    owner = _scale_owner(layer, router)
+    eps = getattr(getattr(router, "norm", None), "variance_epsilon", None)
+    topk = getattr(config, "top_k_experts", None)
+    proj = getattr(router, "proj", None)
+    if not (
+        op.active
+        and owner is not None
+        and isinstance(eps, float)
+        and isinstance(topk, int)
+        and proj is not None
+        and _unquantized_gate(proj)
+    ):
+        return
+    plan = _FusedPlan(eps, topk, lambda: owner.per_expert_scale, proj.weight)
+    router.__dict__[FUSED_PLAN_ATTRIBUTE] = plan
+    owner.__dict__[FUSED_FEEDS_ATTRIBUTE] = True
+
+
+def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | None:
+    """The fused op's logits view ``[T, E]`` fp32 for ``x`` [T, H], or ``None`` when
+    this call is unsupported. Metadata checks only (constants for Dynamo)."""
+    from .fused_router_op import router_logits
+
+    weight = router.proj.weight
+    if weight.dim() != 2:  # vLLM's CPU linear method prepacked it (see _FusedPlan)
+        weight = plan.loaded_gate_weight
+    if (
+        x.dim() != 2
+        or x.dtype not in FUSED_DTYPES
+        or weight.dtype != x.dtype
+        or weight.dim() != 2
+        or weight.shape[1] != x.shape[1]
+    ):
+        return None
+    packed = router.gemma4_fused_router(
+        x, router.scale, weight, plan.per_expert_scale(), plan.eps, plan.topk
+    )
+    return router_logits(packed, x.shape[0], weight.shape[0])
+
+
+def _install_fused_router(module: ModuleType) -> None:
+    """Patch ``Gemma4Router.forward`` and link routers at decoder-layer construction.
+
+    The decoder layers are found structurally: every class of ``module`` whose
+    ``__init__`` builds a ``Gemma4Router`` (``Gemma4DecoderLayer`` in 0.19 - 0.33).
+    """
+    router_cls = getattr(module, "Gemma4Router", None)
+    original_forward = getattr(router_cls, "forward", None)
+    if not isinstance(router_cls, type) or not callable(original_forward):
+        return
+
+    @functools.wraps(original_forward)
+    def forward(self, x):
+        plan = getattr(self, FUSED_PLAN_ATTRIBUTE, None)
+        if plan is not None:
+            logits = _fused_logits(self, plan, x)
+            if logits is not None:
+                return logits
+        return original_forward(self, x)
+
+    router_cls.forward = forward
+    for cls in list(vars(module).values()):
+        init = getattr(cls, "__init__", None) if isinstance(cls, type) else None
+        code = getattr(inspect.unwrap(init), "__code__", None) if callable(init) else None
+        if code is None or cls is router_cls or "Gemma4Router" not in code.co_names:
+            continue
+        _wrap_layer_init(cls, router_cls)
+
+
+def _wrap_layer_init(layer_cls, router_cls) -> None:
+    original_init = layer_cls.__init__
+    signature = inspect.signature(original_init)
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        router = getattr(self, "router", None)
+        if isinstance(router, router_cls):
+            bound = signature.bind_partial(self, *args, **kwargs)
+            _link_fused_router(self, router, bound.arguments.get("config"))
+
+    layer_cls.__init__ = __init__
+
+
+def _fused_router_summary(module: ModuleType, model) -> str:
+    from .vllm_fused_op import Gemma4FusedRouter
+
+    router_cls = getattr(module, "Gemma4Router", None)
+    routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
+    fused = sum(getattr(r, FUSED_PLAN_ATTRIBUTE, None) is not None for r in routers)
+    return fused_router_line(fused, len(routers), Gemma4FusedRouter.enabled())
 
 
 def _is_router_method_layout(module: ModuleType) -> bool:
@@ -207,6 +385,7 @@ def install(module: ModuleType) -> str | None:
     for name, matches, apply in _LAYOUTS:
         if matches(module):
             apply(module)
+            _install_fused_router(module)
             _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
             logger.info(install_line(name))

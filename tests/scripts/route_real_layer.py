@@ -65,6 +65,54 @@ def collect_plugin_log() -> list[str]:
     return messages
 
 
+def tiny_gemma4_config(num_experts: int, topk: int, hidden_size: int = 64):
+    """A two-layer Gemma4 MoE text config (transformers' ``Gemma4TextConfig``)."""
+    from transformers import Gemma4TextConfig
+
+    config = Gemma4TextConfig(
+        vocab_size=256,
+        hidden_size=hidden_size,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=32,
+        enable_moe_block=True,
+        num_experts=num_experts,
+        top_k_experts=topk,
+        moe_intermediate_size=32,
+    )
+    config.architectures = ["Gemma4ForCausalLM"]
+    return config
+
+
+def tiny_vllm_config(config, custom_ops: list[str] | None = None, dtype: str = "float32"):
+    """A ``VllmConfig`` for ``config`` (saved to a temporary directory), eager (mode 0)."""
+    from vllm.config import CompilationConfig, ModelConfig, VllmConfig
+
+    model_dir = tempfile.mkdtemp()
+    config.save_pretrained(model_dir)
+    return VllmConfig(
+        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype=dtype),
+        compilation_config=CompilationConfig(mode=0, custom_ops=custom_ops or []),
+    )
+
+
+def init_single_process_distributed() -> None:
+    """vLLM's distributed state for one process (gloo, world size 1)."""
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+    init_distributed_environment(
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        backend="gloo",
+        distributed_init_method=f"file://{tempfile.mktemp()}",
+    )
+    initialize_model_parallel(1, 1)
+
+
 def main() -> None:
     import vllm.logger
 
@@ -72,9 +120,7 @@ def main() -> None:
     import vllm.plugins
 
     vllm.plugins.load_general_plugins()
-    from transformers import Gemma4TextConfig
-    from vllm.config import CompilationConfig, ModelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.config import set_current_vllm_config
     from vllm.model_executor.models import gemma4
 
     from vllm_gemma4_router import vllm_adapter
@@ -91,36 +137,10 @@ def main() -> None:
         ),
     }
     num_experts, topk = 16, 4
-    config = Gemma4TextConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        global_head_dim=32,
-        enable_moe_block=True,
-        num_experts=num_experts,
-        top_k_experts=topk,
-        moe_intermediate_size=32,
-    )
-    config.architectures = ["Gemma4ForCausalLM"]
-    model_dir = tempfile.mkdtemp()
-    config.save_pretrained(model_dir)
-    vllm_config = VllmConfig(
-        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="float32"),
-        compilation_config=CompilationConfig(mode=0),
-    )
+    config = tiny_gemma4_config(num_experts, topk)
+    vllm_config = tiny_vllm_config(config)
     with set_current_vllm_config(vllm_config):
-        init_distributed_environment(
-            world_size=1,
-            rank=0,
-            local_rank=0,
-            backend="gloo",
-            distributed_init_method=f"file://{tempfile.mktemp()}",
-        )
-        initialize_model_parallel(1, 1)
+        init_single_process_distributed()
         result["compiled_ops"] = compiled_ops_or_stub()
         layer = gemma4.Gemma4DecoderLayer(config, prefix="model.layers.0")
         if hasattr(layer, "experts"):  # router_method: Gemma4Router owns the routing

@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--startup-timeout", type=float, default=900.0, help="seconds per server start"
     )
+    demo.add_argument(
+        "--fused-router",
+        action="store_true",
+        help="the plugin server also runs the opt-in fused router "
+        '(--compilation-config \'{"custom_ops": ["+gemma4_fused_router"]}\')',
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         require_extra("demo", "vllm-gemma4-router demo")

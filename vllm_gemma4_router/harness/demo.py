@@ -42,6 +42,33 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 TRITON_FORWARDS = frozenset({"forward_cuda", "forward_hip", "forward_xpu"})
+FUSED_ROUTER_OP = "gemma4_fused_router"
+
+
+def fused_router_args() -> list[str]:
+    """Server arguments that turn the opt-in fused router on (``+gemma4_fused_router``)."""
+    import json
+
+    return ["--compilation-config", json.dumps({"custom_ops": [f"+{FUSED_ROUTER_OP}"]})]
+
+
+def fused_router_reasons(evidence: PluginLog) -> list[str]:
+    """Why a server meant to run the fused router did not (``[]``: it did).
+
+    Every router must be fused, a routing function must have claimed the fused
+    routing, and none may have routed from the logits itself.
+    """
+    reasons = []
+    if not evidence.fused_router_used or any(f.fused != f.routers for f in evidence.fused_routers):
+        summaries = [f"{f.fused} of {f.routers}" for f in evidence.fused_routers]
+        reasons.append(f"not every router ran the fused router (log: {summaries})")
+    if not evidence.claims:
+        reasons.append("no routing function claimed the fused router's routing")
+    if evidence.claim_misses:
+        reasons.append(
+            f"{evidence.claim_misses} process(es) routed from the logits instead of claiming"
+        )
+    return reasons
 
 
 def describe_routing(evidence: PluginLog) -> str:
@@ -154,8 +181,16 @@ def run_arm(
     return ArmResult(plugin, completions, server.log_text(), server.log_path, startup_s)
 
 
-def judge(with_plugin: ArmResult, in_tree: ArmResult, *, gpu: bool | None = None) -> Verdict:
-    """Compare the two runs. ``gpu``: if given, the forward the plugin must have used."""
+def judge(
+    with_plugin: ArmResult,
+    in_tree: ArmResult,
+    *,
+    gpu: bool | None = None,
+    fused_router: bool = False,
+) -> Verdict:
+    """Compare the two runs. ``gpu``: if given, the forward the plugin must have used;
+    ``fused_router``: the plugin run must show the fused router (:func:`fused_router_reasons`).
+    """
     a, b = with_plugin.completions, in_tree.completions
     identical = [i < len(a) and i < len(b) and a[i] == b[i] for i in range(max(len(a), len(b)))]
     reasons = []
@@ -170,6 +205,8 @@ def judge(with_plugin: ArmResult, in_tree: ArmResult, *, gpu: bool | None = None
         if want_triton != got_triton:
             expected = "a Triton forward" if gpu else "forward_native"
             reasons.append(f"expected {expected}, the log says {plugin_evidence.forwards}")
+    if fused_router:
+        reasons.extend(fused_router_reasons(plugin_evidence))
     if in_tree_evidence.lines:
         reasons.append("the in-tree server loaded the plugin (VLLM_PLUGINS opt-out failed)")
     return Verdict(identical, reasons)
@@ -238,6 +275,7 @@ def run(
     log_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     startup_timeout_s: float = 900.0,
+    fused_router: bool = False,
     out: Printer = print,
 ) -> DemoOutcome:
     """The whole demo (``outcome.passed`` is the result).
@@ -251,6 +289,8 @@ def run(
             they win), e.g. ``["--attention-backend", "TRITON_ATTN"]``.
         log_dir: where the two server logs go; default a new temporary directory.
         startup_timeout_s: per server.
+        fused_router: the plugin server also runs the opt-in fused router
+            (:func:`fused_router_args`), and PASS requires its log to show it.
         out: where the report lines go.
     """
     if model is None:
@@ -273,7 +313,10 @@ def run(
                 plugin=plugin,
                 prompts=prompts,
                 max_tokens=max_tokens,
-                server_args=server_args,
+                server_args=[
+                    *server_args,
+                    *(fused_router_args() if plugin and fused_router else []),
+                ],
                 env=env,
                 log_path=logs / f"server-{'plugin' if plugin else 'in-tree'}.log",
                 startup_timeout_s=startup_timeout_s,
@@ -281,7 +324,7 @@ def run(
             )
         )
     out("")
-    verdict = judge(arms[0], arms[1], gpu=gpu)
+    verdict = judge(arms[0], arms[1], gpu=gpu, fused_router=fused_router)
     report(prompts, arms[0], arms[1], verdict, out=out)
     return DemoOutcome(str(model), list(prompts), arms[0], arms[1], verdict)
 
@@ -313,6 +356,7 @@ def main(args) -> int:
             log_dir=args.log_dir,
             seed=args.seed,
             startup_timeout_s=args.startup_timeout,
+            fused_router=getattr(args, "fused_router", False),
             out=lambda line: print(line, flush=True),
         )
     except Exception as err:  # a server that fails to start is a FAIL, not a traceback
