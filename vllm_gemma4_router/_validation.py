@@ -133,7 +133,8 @@ def check_fused_router_inputs(
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if isinstance(topk, bool) or not isinstance(topk, int):
+    # A SymInt when torch.compile traces with dynamic shapes (the fake implementation).
+    if isinstance(topk, bool) or not isinstance(topk, (int, torch.SymInt)):
         raise TypeError(f"topk must be an int, got {type(topk).__name__} ({topk!r})")
     if not 1 <= topk <= num_experts:
         raise ValueError(f"topk must be in [1, E={num_experts}], got topk={topk}")
