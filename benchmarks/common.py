@@ -104,6 +104,12 @@ def bench_hot(fn: Callable[[], object], calls: int = 32, replays: int = 15) -> f
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
+    return _median_replay_us(graph, calls, replays)
+
+
+def _median_replay_us(graph, calls: int, replays: int) -> float:
+    """One untimed replay, then the median over ``replays`` replays of each one's
+    CUDA-event time divided by the ``calls`` it holds."""
     graph.replay()
     torch.cuda.synchronize()
     times = []
@@ -115,6 +121,44 @@ def bench_hot(fn: Callable[[], object], calls: int = 32, replays: int = 15) -> f
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls)
     return statistics.median(times)
+
+
+def rotation_sets(bytes_per_set: int, l2: int, minimum: int = 30, factor: int = 3) -> int:
+    """Input sets to rotate so that together they are ``factor`` x the L2 (``l2`` bytes),
+    at least ``minimum`` (for ``bench_rotated``)."""
+    if bytes_per_set < 1:
+        raise ValueError(f"bytes_per_set must be >= 1, got {bytes_per_set}")
+    return max(minimum, math.ceil(factor * l2 / bytes_per_set))
+
+
+def rotation_calls(num_sets: int, min_calls: int = 32) -> int:
+    """Calls in one ``bench_rotated`` graph: whole passes over the sets, at least ``min_calls``."""
+    if num_sets < 1:
+        raise ValueError(f"num_sets must be >= 1, got {num_sets}")
+    return num_sets * max(1, math.ceil(min_calls / num_sets))
+
+
+def bench_rotated(
+    fn: Callable[[int], object], num_sets: int, replays: int = 15, min_calls: int = 32
+) -> float:
+    """Median microseconds per call when call ``c`` reads input set ``c % num_sets``:
+    one CUDA graph of ``fn(0), fn(1), ..., fn(num_sets - 1)`` (whole passes, at least
+    ``min_calls`` calls, ``rotation_calls``), timed with CUDA events over ``replays``
+    replays, as ``bench_hot``. Sets that together are 3x the L2 come from HBM at
+    every call (each was last read a whole pass ago); what ``fn`` reads besides the
+    set (the same tensor at every call) stays L2-hot as in ``bench_hot``."""
+    calls = rotation_calls(num_sets, min_calls)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(num_sets):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in range(calls):
+            fn(c % num_sets)
+    return _median_replay_us(graph, calls, replays)
 
 
 #: fp32 logit families (``make_logits``): what vLLM's router hands the op.
