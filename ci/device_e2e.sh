@@ -108,6 +108,9 @@ plugin_lines() {
     [[ -f $log ]] || continue
     echo "== $(basename "$log"): $(grep -c 'vllm-gemma4-router .*: Gemma4 MoE routing' "$log") install line(s)"
     grep -E 'gemma4_routing: [0-9]+ layers dispatch' "$log" | sed 's/^.*\(gemma4_routing: \)/  \1/' | sort | uniq -c
+    # The fused arm: how many routers are fused, and whether the hand-over is claimed.
+    grep -E 'gemma4_fused_router: |hand-over|routed from the logits|without the fused' "$log" |
+      sed 's/^.*\(gemma4_fused_router\)/  \1/' | sort | uniq -c
   done
 }
 
