@@ -546,6 +546,20 @@ _MERGE_KEYS = (
 )
 
 
+def _resummarize_local_traces(run: dict[str, Any], part_dir: Path) -> None:
+    """Summarize again, with this trace_summary, the traces a part brought back
+    (found by file name under the part directory), so a merge applies the current
+    attribution to runs made before it changed."""
+    profile = run.get("profile")
+    if not isinstance(profile, dict):
+        return
+    summaries = profile.get("summaries", {})
+    for key in list(summaries):
+        local = next(iter(sorted(part_dir.rglob(Path(key).name))), None)
+        if local is not None:
+            summaries[key] = trace_summary.summarize(trace_summary.load_trace(local))
+
+
 def merge(run_dirs: Sequence[str], result_dir: str, tag: str | None) -> int:
     """One table over the runs of several earlier ``serve_ab`` directories; 0 if all complete.
 
@@ -574,6 +588,7 @@ def merge(run_dirs: Sequence[str], result_dir: str, tag: str | None) -> int:
     rounds: dict[str, int] = {}
     for directory, record in parts:
         for run in record["runs"]:
+            _resummarize_local_traces(run, directory)
             rounds[run["arm"]] = rounds.get(run["arm"], 0) + 1
             name = f"{run['arm']}_r{rounds[run['arm']]}"
             runs.append({**run, "name": name, "round": rounds[run["arm"]], "part": str(directory)})

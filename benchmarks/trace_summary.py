@@ -361,13 +361,23 @@ def _attribute_router(
     norm_kernels: int,
     stat_of,
 ) -> None:
-    """Walk back from a routing call: nearest GEMM = the gate, the kernels before it = norm."""
+    """Walk back from a routing call: the nearest run of GEMM kernels = the gate (a
+    split-K GEMM is two: cuBLAS's partial GEMM, then its ``splitKreduce``), the
+    kernels before that run = norm."""
     index = first - 1
     while index >= 0 and index >= first - _GATE_SEARCH:
         candidate = stream_kernels[index]
         if candidate.category is None and gemm.search(candidate.name):
-            _count(candidate, GATE_GEMM, stat_of)
-            for norm in stream_kernels[max(0, index - norm_kernels) : index]:
+            start = index
+            while (
+                start > 0
+                and stream_kernels[start - 1].category is None
+                and gemm.search(stream_kernels[start - 1].name)
+            ):
+                start -= 1
+            for part in stream_kernels[start : index + 1]:
+                _count(part, GATE_GEMM, stat_of)
+            for norm in stream_kernels[max(0, start - norm_kernels) : start]:
                 if norm.category is None:
                     _count(norm, ROUTER_NORM, stat_of)
             return

@@ -128,3 +128,14 @@ def test_cli_reads_gzip_and_plain_and_writes_json(rng, tmp_path, capsys):
     with pytest.raises(ValueError, match="not a Chrome trace"):
         (tmp_path / "bad.json").write_text("{}")
         trace_summary.load_trace(tmp_path / "bad.json")
+
+
+def test_split_k_gate_gemm_counts_both_kernels(rng):
+    trace, expected = _build("plugin", rng, split_k=True)
+    summary = trace_summary.summarize(trace)
+    total = sum(step["gpu"] for step in expected)
+    gemm = summary["categories"]["router: gate GEMM"]
+    assert gemm["share_pct"] == pytest.approx(100 * sum(s["gemm"] for s in expected) / total)
+    assert gemm["launches_per_step"] == 2 * 3
+    norm = summary["categories"]["router: norm/scale"]
+    assert norm["us_per_step_mean"] == pytest.approx(statistics.fmean(s["norm"] for s in expected))

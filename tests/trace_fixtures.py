@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64_warpgroupsize1x1x1"
+# What vLLM 0.24's gate runs on the H200 at decode: a cuBLAS split-K GEMM in two kernels.
+SPLIT_K_GEMM = "nvjet_sm90_tss_64x16_64x16_2x1_v_bz_splitK_TNT"
+SPLIT_K_REDUCE = "void cublasLt::splitKreduce_kernel<32, 16, int, float, float>(...)"
 NORM = "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_3"
 ROUTING = {
     "plugin": ["gemma4_routing_kernel"],
@@ -30,7 +33,9 @@ CATEGORY = {
 SAMPLER_TOPK = "void at::native::sbtopk::gatherTopK<float, unsigned int, 1, false>(...)"
 
 
-def build_trace(arm: str, rng: random.Random, *, decode_steps: int = 6, layers: int = 3):
+def build_trace(
+    arm: str, rng: random.Random, *, decode_steps: int = 6, layers: int = 3, split_k: bool = False
+):
     """A trace plus the expected per-step totals (from the generated events)."""
     events = []
     correlation = [1000]
@@ -101,7 +106,10 @@ def build_trace(arm: str, rng: random.Random, *, decode_steps: int = 6, layers: 
                 norm = gemm = 0.0
             else:
                 norm = kernel(NORM, corr)
-                gemm = kernel(GEMM, corr)
+                if split_k:
+                    gemm = kernel(SPLIT_K_GEMM, corr) + kernel(SPLIT_K_REDUCE, corr)
+                else:
+                    gemm = kernel(GEMM, corr)
             routing = sum(kernel(name, corr) for name in ROUTING[arm])
             totals["gpu"] += norm + gemm + routing
             totals["gemm"] += gemm
