@@ -168,3 +168,20 @@ def test_op_under_torch_compile_keeps_the_hand_over(gen):
     ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
     assert torch.equal(claimed[1], ref[2])
     torch.testing.assert_close(logits, ref[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemm_path_keeps_the_contract(dtype, gen):
+    from vllm_gemma4_router.fused_router_gemm import route_by_gemm
+
+    h, s, w, pes = router_inputs(21, 192, 128, dtype, gen)
+    out = (torch.empty(21, 128), torch.empty(21, 8), torch.empty(21, 8, dtype=torch.int32))
+    route_by_gemm(h, s, w, pes, EPS, 8, out)
+    assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+def test_gemm_path_covers_the_slow_kernel_range():
+    from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS
+
+    assert 256 not in GEMM_PATH_TOKENS and 512 in GEMM_PATH_TOKENS
+    assert 4096 in GEMM_PATH_TOKENS and 8192 not in GEMM_PATH_TOKENS

@@ -101,3 +101,13 @@ def test_gpu_op_hand_over(gen):
     claimed = fused_handover.claim_routing(logits, 8)
     assert claimed is not None
     assert_fused_contract(logits, *claimed, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.parametrize("num_tokens", [16, 1000, 8192])
+def test_gpu_op_on_each_path(num_tokens, gen):
+    # 16 and 8192: the kernel; 1000: cuBLAS and the routing kernel (GEMM_PATH_TOKENS).
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 8)
+    logits, weights, ids = fused_handover.unpack(packed, num_tokens, 128, 8)
+    assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, 8)
+    assert fused_handover.claim_routing(logits, 8) is not None

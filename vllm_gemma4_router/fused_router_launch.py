@@ -43,17 +43,26 @@ class FusedLaunchConfig(NamedTuple):
 
 
 # Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
-# router (H=2816, E=128, K=8, bf16). Reasoned defaults until an H200 sweep
-# (benchmarks/sweep_fused_router.py) replaces them.
+# router (H=2816, E=128, K=8, bf16). Provenance: benchmarks/sweep_fused_router.py
+# on an NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0), 2026-12-01, gate weights
+# from HBM (L=260 rotation); benchmarks/results/sweep_fused_router_NVIDIA_H200_
+# 2026-12-01_summary.md. Best per bucket: 8.9-10.1 us at T <= 64, 14.1 at 256.
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 2**62)
 _BF16_TABLE = (
-    FusedLaunchConfig(16, 16, 128, 1024, 4, 2),
-    FusedLaunchConfig(16, 32, 128, 1024, 4, 2),
-    FusedLaunchConfig(16, 32, 128, 1024, 4, 2),
-    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
-    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
-    FusedLaunchConfig(64, 128, 64, 2**31, 8, 3, 8),
+    FusedLaunchConfig(16, 64, 256, 256, 4, 2),
+    FusedLaunchConfig(16, 64, 256, 256, 4, 2),
+    FusedLaunchConfig(16, 64, 256, 512, 4, 2),
+    FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8),
+    FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8),
+    FusedLaunchConfig(64, 128, 64, 2**31, 4, 3, 8),
 )
+#: Token counts where the fused op computes its contract with cuBLAS plus the
+#: routing kernel instead of this kernel. Same sweep: whole-row launches take
+#: ~50 us from T=512 to 4096 (each program streams the whole gate weight), the
+#: unfused chain 13-33 us; from T=8192 on the kernel is as fast or faster
+#: (59.8 vs 61.8 us at 8192, 92 vs 116 us at 16384). T=257..511 is not measured;
+#: it goes with 512.
+GEMM_PATH_TOKENS = range(257, 8192)
 
 
 def supports(num_experts: int, topk: int) -> bool:
@@ -284,7 +293,5 @@ def gemma4_fused_router_triton(
         check_output("weights", out[1], (num_tokens, topk), torch.float32, device)
         check_output("ids", out[2], (num_tokens, topk), torch.int32, device)
     config = table_config(num_tokens, hidden, num_experts)
-    launch_with_config(
-        config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
-    )
+    launch_with_config(config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     return out

@@ -3,8 +3,10 @@
 Functional (mutates nothing), with a fake implementation, so torch.compile
 traces model code that calls it without a graph break. On the CPU it runs the
 torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
-of ``fused_router_launch``. Either way it returns the packed buffer of
-``fused_handover`` and records it for one claim.
+of ``fused_router_launch``, or, for the token counts where that kernel is slower
+(``GEMM_PATH_TOKENS``), the same contract through cuBLAS and the routing kernel.
+Either way it returns the packed buffer of ``fused_handover`` and records it for
+one claim.
 """
 
 from __future__ import annotations
@@ -44,17 +46,25 @@ def fused_router(
         for out, value in zip((logits, weights, ids), ref, strict=True):
             out.copy_(value)
     else:
-        from .fused_router_launch import gemma4_fused_router_triton
+        from .fused_router_launch import GEMM_PATH_TOKENS, gemma4_fused_router_triton
 
-        gemma4_fused_router_triton(
-            hidden_states,
-            scale,
-            gate_weight,
-            per_expert_scale,
-            eps,
-            topk,
-            out=(logits, weights, ids),
-        )
+        if num_tokens in GEMM_PATH_TOKENS:
+            from .fused_router_gemm import route_by_gemm
+
+            route_by_gemm(
+                hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
+                (logits, weights, ids),
+            )  # fmt: skip
+        else:
+            gemma4_fused_router_triton(
+                hidden_states,
+                scale,
+                gate_weight,
+                per_expert_scale,
+                eps,
+                topk,
+                out=(logits, weights, ids),
+            )
     record_produced(packed, num_tokens, num_experts, topk)
     return packed
 
