@@ -1,0 +1,84 @@
+"""Compile the fused router kernel offline (no GPU) for sm_90 and gfx942 and read its resources.
+
+``python ci/offline_compile_fused.py`` compiles every distinct row of the fused
+router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
+exactly as ``fused_router_launch.launch_with_config`` would launch it, and prints
+one JSON object per (target, row): registers, spills, scratch. It runs in its own
+process because the test suite imports Triton kernels under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "ci")]
+
+HIDDEN, EXPERTS, TOPK = 2816, 128, 8
+_POINTERS = {
+    "x_ptr": "*bf16",
+    "scale_ptr": "*bf16",
+    "w_ptr": "*bf16",
+    "pes_ptr": "*fp32",
+    "logits_ptr": "*fp32",
+    "weights_ptr": "*fp32",
+    "ids_ptr": "*i32",
+    "partial_ptr": "*fp32",
+    "partial_sumsq_ptr": "*fp32",
+    "counter_ptr": "*i32",
+    "eps": "fp32",
+    "inv_sqrt_hidden": "fp32",
+}
+
+
+def main() -> None:
+    import triton
+    from offline_compile import TARGETS, _resources
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16, gemma4_fused_router_kernel
+    from vllm_gemma4_router.fused_router_launch import _BF16_TABLE, clip_config
+
+    fn = gemma4_fused_router_kernel
+    rows = []
+    for config in _BF16_TABLE:
+        config = clip_config(config, HIDDEN, EXPERTS)
+        if config not in rows:
+            rows.append(config)
+    for name in ("sm_90", "gfx942"):
+        target = TARGETS[name]
+        gpu_target = GPUTarget(target.backend, target.arch, target.warp_size)
+        for config in rows:
+            constants = {
+                "TOPK": TOPK,
+                "BLOCK_T": config.block_t,
+                "BLOCK_E": config.block_e,
+                "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
+                "BLOCK_H": config.block_h,
+                "H_SLICE": config.h_slice,
+                "H_SLICES": triton.cdiv(HIDDEN, config.h_slice),
+                "BLOCK_K": triton.next_power_of_2(TOPK),
+                "ROUTE_T": min(config.block_t, config.route_t),
+                "HAS_SCALE": True,
+                "OPERAND": OPERAND_BF16.value,
+            }
+            signature = {arg: _POINTERS.get(arg, "i32") for arg in fn.arg_names}
+            signature.update({key: "constexpr" for key in constants})
+            result = {"target": name, "config": list(config)}
+            try:
+                compiled = triton.compile(
+                    ASTSource(fn, signature, constants),
+                    target=gpu_target,
+                    options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+                )
+                result.update(ok=True, split=config.block_t <= 16, **_resources(target, compiled))
+            except Exception as exc:  # one failure must not hide the others
+                result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
