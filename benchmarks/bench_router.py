@@ -13,7 +13,8 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   ``out_dtype``, ``F.linear(x, w).float()``, named in the output);
 * ``route_vllm`` / ``route_ours``: vLLM's in-tree routing kernel / ours on those logits;
 * ``chain_vllm`` / ``chain_ours``: norm + gemm + that routing, one call after the other;
-* ``fused``: ``gemma4_fused_router_triton``, all of it in one launch;
+* ``fused``: what the fused op runs (``fused_router_op.fused_router_into``): one
+  launch of its kernel, or cuBLAS plus the routing kernel for ``GEMM_PATH_TOKENS``;
 * ``empty``: an empty Triton kernel, the floor of one graph-replayed launch.
 
 Timing (``common.bench_rotated``): one CUDA graph of calls cycling through L
@@ -75,7 +76,7 @@ HEADERS = {
     "fused": "fused",
     "empty": "empty launch",
 }
-FUSED_IMPL = "vllm_gemma4_router.fused_router_launch.gemma4_fused_router_triton"
+FUSED_IMPL = "vllm_gemma4_router.fused_router_op.fused_router_into (what the op runs)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -312,10 +313,23 @@ def _empty_launcher() -> Callable[[], object]:
 
 
 def load_fused() -> Callable:
-    """Our fused router op (``FUSED_IMPL``), no fallback: a missing op fails the run."""
-    from vllm_gemma4_router.fused_router_launch import gemma4_fused_router_triton
+    """What our fused router op runs (``FUSED_IMPL``: the kernel, or cuBLAS and the routing
+    kernel where the op takes that path), as ``fn(h, s, w, pes, eps, topk) -> (logits,
+    weights, ids)``; no fallback: a missing op fails the run."""
+    from vllm_gemma4_router.fused_router_op import fused_router_into
 
-    return gemma4_fused_router_triton
+    def fused(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
+        num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
+        device = hidden_states.device
+        out = (
+            torch.empty((num_tokens, num_experts), dtype=torch.float32, device=device),
+            torch.empty((num_tokens, topk), dtype=torch.float32, device=device),
+            torch.empty((num_tokens, topk), dtype=torch.int32, device=device),
+        )
+        fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+        return out
+
+    return fused
 
 
 def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], int]:
@@ -504,7 +518,7 @@ def write_results(
         f"({stamp.get('impl_norm', '?')}: weightless RMSNorm, * H**-0.5, * scale), "
         f"gate GEMM ({stamp.get('impl_gemm', '?')}), routing vLLM "
         f"({stamp.get('impl_route_vllm', '?')}) and ours; chain = the three one after "
-        f"the other; fused = {stamp.get('impl_fused', '?')} (one launch); empty launch = "
+        f"the other; fused = {stamp.get('impl_fused', '?')} (what the op runs); empty launch = "
         "an empty Triton kernel. Times: median us per call over "
         f"{stamp.get('graph', '?')}: one CUDA graph of calls cycling through L layers' "
         "router weights (gate weight, scale, per_expert_scale), the hidden states one "

@@ -24,6 +24,39 @@ OP_QUALNAME = "vllm_gemma4_router::fused_router"
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def fused_router_into(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """What the op computes, into ``out = (logits [T, E], weights, ids [T, K])``, without
+    the dispatcher or the hand-over record (benchmarks time this). Inputs unchecked."""
+    logits, weights, ids = out
+    if hidden_states.device.type == "cpu":
+        ref = gemma4_fused_router_reference(
+            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+        )
+        for target, value in zip(out, ref, strict=True):
+            target.copy_(value)
+        return
+    from .fused_router_launch import GEMM_PATH_TOKENS, launch_with_config, table_config
+
+    num_tokens, hidden = hidden_states.shape
+    if num_tokens in GEMM_PATH_TOKENS:
+        from .fused_router_gemm import route_by_gemm
+
+        route_by_gemm(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+    else:
+        config = table_config(num_tokens, hidden, gate_weight.shape[0])
+        launch_with_config(
+            config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
+        )
+
+
 @torch.library.custom_op(OP_QUALNAME, mutates_args=())
 def fused_router(
     hidden_states: torch.Tensor,
@@ -37,34 +70,17 @@ def fused_router(
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
-    packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
-    logits, weights, ids = unpack(packed, num_tokens, num_experts, topk)
-    if hidden_states.device.type == "cpu":
-        ref = gemma4_fused_router_reference(
-            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
-        )
-        for out, value in zip((logits, weights, ids), ref, strict=True):
-            out.copy_(value)
-    else:
-        from .fused_router_launch import GEMM_PATH_TOKENS, gemma4_fused_router_triton
+    if hidden_states.device.type != "cpu":
+        from .fused_router_launch import MAX_FUSED_EXPERTS, MAX_FUSED_TOPK, supports
 
-        if num_tokens in GEMM_PATH_TOKENS:
-            from .fused_router_gemm import route_by_gemm
-
-            route_by_gemm(
-                hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
-                (logits, weights, ids),
-            )  # fmt: skip
-        else:
-            gemma4_fused_router_triton(
-                hidden_states,
-                scale,
-                gate_weight,
-                per_expert_scale,
-                eps,
-                topk,
-                out=(logits, weights, ids),
+        if not supports(num_experts, topk):
+            raise ValueError(
+                f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= "
+                f"{MAX_FUSED_TOPK}, got E={num_experts}, topk={topk}"
             )
+    packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
+    out = unpack(packed, num_tokens, num_experts, topk)
+    fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     record_produced(packed, num_tokens, num_experts, topk)
     return packed
 
