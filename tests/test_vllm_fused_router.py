@@ -6,6 +6,7 @@ test_plugin.py routes them: one layer built with ``+gemma4_fused_router``, one
 with the default, the same random weights.
 """
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -202,6 +203,7 @@ class _QuantizedGate:
         ([], None, False),
         ([f"+{OP_NAME}"], "quantized", False),
         ([f"+{OP_NAME}"], "bias", False),
+        ([f"+{OP_NAME}"], "top-17", False),  # beyond the kernel's MAX_FUSED_TOPK
     ],
 )
 def test_real_router_fuses_only_an_unquantized_gate_without_bias(
@@ -242,8 +244,12 @@ def test_real_router_fuses_only_an_unquantized_gate_without_bias(
         router.proj.quant_method = _QuantizedGate()
     elif change == "bias":
         router.proj.bias = torch.nn.Parameter(torch.zeros(8))
+    link_config = config
+    if change == "top-17":
+        link_config = copy.copy(config)
+        link_config.num_experts, link_config.top_k_experts = 32, 17
     with set_current_vllm_config(vllm_config):
-        vllm_adapter._link_fused_router(router, router, config)
+        vllm_adapter._link_fused_router(router, router, link_config)
     assert (getattr(router, vllm_adapter.FUSED_PLAN_ATTRIBUTE, None) is not None) is fused
     assert getattr(router, vllm_adapter.FUSED_FEEDS_ATTRIBUTE, False) is fused
     assert "gemma4_fused_router" not in dict(router.named_buffers())  # nothing registered

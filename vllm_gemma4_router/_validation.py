@@ -156,3 +156,14 @@ def check_fused_router_inputs(
                 f"{hidden_states.device}; all must be on the same device"
             )
     return num_tokens, hidden, num_experts
+
+
+#: Largest expert count and top-K the fused router's kernel takes (one [tokens, E]
+#: row tile in registers, the picks unrolled). Gemma 4 MoE models have E=128, K=8.
+MAX_FUSED_EXPERTS = 256
+MAX_FUSED_TOPK = 16
+
+
+def fused_router_supports(num_experts: int, topk: int) -> bool:
+    """Whether the fused router's kernel takes ``E`` experts and top-``K``."""
+    return 1 <= topk <= min(num_experts, MAX_FUSED_TOPK) and num_experts <= MAX_FUSED_EXPERTS

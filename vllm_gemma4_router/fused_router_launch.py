@@ -9,7 +9,13 @@ from typing import NamedTuple
 import torch
 import triton
 
-from ._validation import check_fused_router_inputs, check_output
+from ._validation import (
+    MAX_FUSED_EXPERTS,
+    MAX_FUSED_TOPK,
+    check_fused_router_inputs,
+    check_output,
+    fused_router_supports,
+)
 from .fused_router_kernel import (
     OPERAND_BF16,
     OPERAND_BF16_ROUNDED,
@@ -17,10 +23,6 @@ from .fused_router_kernel import (
     gemma4_fused_router_kernel,
 )
 
-#: Largest expert count and top-K the fused router takes (one [tokens, E] row tile
-#: in registers; the picks unrolled). Gemma 4 MoE models have E=128, K=8.
-MAX_FUSED_EXPERTS = 256
-MAX_FUSED_TOPK = 16
 #: Token blocks one counter buffer serves (the split launches are for small T).
 _MAX_SPLIT_BLOCKS = 1024
 
@@ -67,7 +69,7 @@ GEMM_PATH_TOKENS = range(257, 8192)
 
 def supports(num_experts: int, topk: int) -> bool:
     """Whether the fused router takes ``E`` experts and top-``K`` (else route unfused)."""
-    return 1 <= topk <= min(num_experts, MAX_FUSED_TOPK) and num_experts <= MAX_FUSED_EXPERTS
+    return fused_router_supports(num_experts, topk)
 
 
 def _bucket(num_tokens: int) -> int:

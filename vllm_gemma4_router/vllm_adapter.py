@@ -155,6 +155,7 @@ def _scale_owner(layer, router):
 
 def _link_fused_router(layer, router, config) -> None:
     """Give ``router`` its fused-router op and, when it can use it, a plan."""
+    from ._validation import fused_router_supports
     from .vllm_fused_op import Gemma4FusedRouter
 
     op = Gemma4FusedRouter()
@@ -163,11 +164,14 @@ def _link_fused_router(layer, router, config) -> None:
     eps = getattr(getattr(router, "norm", None), "variance_epsilon", None)
     topk = getattr(config, "top_k_experts", None)
     proj = getattr(router, "proj", None)
+    num_experts = getattr(config, "num_experts", None)
     if not (
         op.active
         and owner is not None
         and isinstance(eps, float)
         and isinstance(topk, int)
+        and isinstance(num_experts, int)
+        and fused_router_supports(num_experts, topk)
         and proj is not None
         and _unquantized_gate(proj)
     ):
