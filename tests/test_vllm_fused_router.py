@@ -7,6 +7,7 @@ with the default, the same random weights.
 """
 
 import copy
+
 import numpy as np
 import pytest
 import torch
