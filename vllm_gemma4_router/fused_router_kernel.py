@@ -220,6 +220,37 @@ def _finish_rows(
 
 
 @triton.jit
+def _gather_partials(
+    partial_ptr,
+    partial_sumsq_ptr,
+    rows64,
+    row_ok,
+    num_tokens,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    H_SLICES: tl.constexpr,
+):
+    """The full-row sums [BLOCK_T, BLOCK_E_ALL] and sums of squares [BLOCK_T], added
+    over the H slices in a fixed order (the same bits whichever program finishes)."""
+    experts = tl.arange(0, BLOCK_E_ALL)
+    total_sums = tl.zeros([BLOCK_T, BLOCK_E_ALL], dtype=tl.float32)
+    total_sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    # Unrolled: the slices' loads are independent and go out together.
+    for s in tl.static_range(H_SLICES):
+        part_rows = s * num_tokens + rows64
+        total_sums += tl.load(
+            partial_ptr + part_rows[:, None] * BLOCK_E_ALL + experts[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        total_sumsq += tl.load(
+            partial_sumsq_ptr + part_rows, mask=row_ok, other=0.0, cache_modifier=".cg"
+        )
+    return total_sums, total_sumsq
+
+
+@triton.jit
 def gemma4_fused_router_kernel(
     x_ptr,
     scale_ptr,
@@ -291,10 +322,33 @@ def gemma4_fused_router_kernel(
         OPERAND,
     )
     E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
-    if E_SLICES * H_SLICES == 1:
-        _finish_rows(
+    SPLIT: tl.constexpr = E_SLICES * H_SLICES > 1
+    finishes = True
+    if SPLIT:
+        # Partials: [H_SLICES, T, BLOCK_E_ALL] sums and [H_SLICES, T] sums of squares.
+        slice_rows = pid_h * num_tokens + rows64
+        tl.store(
+            partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
             sums,
-            sumsq,
+            mask=row_ok[:, None],
+        )
+        if pid_e == 0:
+            tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
+        # Every thread's stores come before the one release below.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
+        finishes = arrived == E_SLICES * H_SLICES - 1
+    if finishes:
+        if SPLIT:
+            row_sums, row_sumsq = _gather_partials(
+                partial_ptr, partial_sumsq_ptr, rows64, row_ok, num_tokens,
+                BLOCK_T, BLOCK_E_ALL, H_SLICES,
+            )  # fmt: skip
+        else:
+            row_sums, row_sumsq = sums, sumsq
+        _finish_rows(
+            row_sums,
+            row_sumsq,
             pid_t * BLOCK_T,
             num_tokens,
             pes_ptr,
@@ -319,60 +373,5 @@ def gemma4_fused_router_kernel(
             BLOCK_K,
             HAS_SCALE,
         )
-    else:
-        # Partials: [H_SLICES, T, BLOCK_E_ALL] sums and [H_SLICES, T] sums of squares.
-        slice_rows = pid_h * num_tokens + rows64
-        tl.store(
-            partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
-            sums,
-            mask=row_ok[:, None],
-        )
-        if pid_e == 0:
-            tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
-        # Every thread's stores come before the one release below.
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
-        if arrived == E_SLICES * H_SLICES - 1:
-            all_experts = tl.arange(0, BLOCK_E_ALL)
-            total_sums = tl.zeros([BLOCK_T, BLOCK_E_ALL], dtype=tl.float32)
-            total_sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-            # Unrolled: the slices' loads are independent and go out together.
-            for s in tl.static_range(H_SLICES):
-                part_rows = s * num_tokens + rows64
-                total_sums += tl.load(
-                    partial_ptr + part_rows[:, None] * BLOCK_E_ALL + all_experts[None, :],
-                    mask=row_ok[:, None],
-                    other=0.0,
-                    cache_modifier=".cg",
-                )
-                total_sumsq += tl.load(
-                    partial_sumsq_ptr + part_rows, mask=row_ok, other=0.0, cache_modifier=".cg"
-                )
-            _finish_rows(
-                total_sums,
-                total_sumsq,
-                pid_t * BLOCK_T,
-                num_tokens,
-                pes_ptr,
-                logits_ptr,
-                weights_ptr,
-                ids_ptr,
-                hidden,
-                num_experts,
-                eps,
-                inv_sqrt_hidden,
-                stride_pes,
-                stride_lt,
-                stride_le,
-                stride_wt,
-                stride_wk,
-                stride_it,
-                stride_ik,
-                TOPK,
-                BLOCK_T,
-                ROUTE_T,
-                BLOCK_E_ALL,
-                BLOCK_K,
-                HAS_SCALE,
-            )
+        if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)
