@@ -316,16 +316,13 @@ def load_fused() -> Callable:
     """What our fused router op runs (``FUSED_IMPL``: the kernel, or cuBLAS and the routing
     kernel where the op takes that path), as ``fn(h, s, w, pes, eps, topk) -> (logits,
     weights, ids)``; no fallback: a missing op fails the run."""
+    from vllm_gemma4_router.fused_handover import new_packed, unpack
     from vllm_gemma4_router.fused_router_op import fused_router_into
 
     def fused(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
         num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
-        device = hidden_states.device
-        out = (
-            torch.empty((num_tokens, num_experts), dtype=torch.float32, device=device),
-            torch.empty((num_tokens, topk), dtype=torch.float32, device=device),
-            torch.empty((num_tokens, topk), dtype=torch.int32, device=device),
-        )
+        packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
+        out = unpack(packed, num_tokens, num_experts, topk)
         fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
         return out
 

@@ -167,3 +167,12 @@ MAX_FUSED_TOPK = 16
 def fused_router_supports(num_experts: int, topk: int) -> bool:
     """Whether the fused router's kernel takes ``E`` experts and top-``K``."""
     return 1 <= topk <= min(num_experts, MAX_FUSED_TOPK) and num_experts <= MAX_FUSED_EXPERTS
+
+
+def check_fused_router_supported(num_experts: int, topk: int) -> None:
+    """Raise ``ValueError`` unless :func:`fused_router_supports` takes ``E`` and ``topk``."""
+    if not fused_router_supports(num_experts, topk):
+        raise ValueError(
+            f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= {MAX_FUSED_TOPK}, "
+            f"got E={num_experts}, topk={topk}"
+        )

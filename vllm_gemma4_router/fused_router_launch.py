@@ -10,12 +10,12 @@ import torch
 import triton
 
 from ._validation import (
-    MAX_FUSED_EXPERTS,
-    MAX_FUSED_TOPK,
     check_fused_router_inputs,
+    check_fused_router_supported,
     check_output,
     fused_router_supports,
 )
+from .fused_handover import new_packed, unpack
 from .fused_router_kernel import (
     OPERAND_BF16,
     OPERAND_BF16_ROUNDED,
@@ -268,7 +268,7 @@ def gemma4_fused_router_triton(
         per_expert_scale: ``[E]`` float or ``None``; eps: ``> 0``; topk: ``1..min(E, 16)``,
             ``E <= 256``.
         out: optional ``(logits [T, E] fp32, weights [T, K] fp32, ids [T, K] int32)``
-            to write into (any strides).
+            to write into (any strides); without it, three views of one new buffer.
 
     Returns:
         ``(logits, weights, ids)`` (``out`` when given).
@@ -276,18 +276,11 @@ def gemma4_fused_router_triton(
     num_tokens, hidden, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
-    if not supports(num_experts, topk):
-        raise ValueError(
-            f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= {MAX_FUSED_TOPK}, "
-            f"got E={num_experts}, topk={topk}"
-        )
+    check_fused_router_supported(num_experts, topk)
     device = hidden_states.device
     if out is None:
-        out = (
-            torch.empty((num_tokens, num_experts), dtype=torch.float32, device=device),
-            torch.empty((num_tokens, topk), dtype=torch.float32, device=device),
-            torch.empty((num_tokens, topk), dtype=torch.int32, device=device),
-        )
+        packed = new_packed(num_tokens, num_experts, topk, device)
+        out = unpack(packed, num_tokens, num_experts, topk)
     else:
         if not isinstance(out, tuple) or len(out) != 3:
             raise TypeError("out must be a tuple (logits, weights, ids)")

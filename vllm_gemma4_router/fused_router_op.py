@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from ._validation import check_fused_router_inputs
+from ._validation import check_fused_router_inputs, check_fused_router_supported
 from .fused_handover import logits_view, new_packed, record_produced, unpack
 from .reference import gemma4_fused_router_reference
 
@@ -70,14 +70,8 @@ def fused_router(
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
-    if hidden_states.device.type != "cpu":
-        from .fused_router_launch import MAX_FUSED_EXPERTS, MAX_FUSED_TOPK, supports
-
-        if not supports(num_experts, topk):
-            raise ValueError(
-                f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= "
-                f"{MAX_FUSED_TOPK}, got E={num_experts}, topk={topk}"
-            )
+    if hidden_states.device.type != "cpu":  # the CPU's torch chain takes any E and K
+        check_fused_router_supported(num_experts, topk)
     packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
     out = unpack(packed, num_tokens, num_experts, topk)
     fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
