@@ -7,6 +7,8 @@ from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
 from vllm_gemma4_router import fused_handover
+from vllm_gemma4_router._validation import fused_router_supports
+from vllm_gemma4_router.fused_handover import logits_view
 from vllm_gemma4_router.fused_router_launch import (
     FusedLaunchConfig,
     candidate_configs,
@@ -14,10 +16,9 @@ from vllm_gemma4_router.fused_router_launch import (
     clip_config,
     gemma4_fused_router_triton,
     launch_with_config,
-    supports,
     table_config,
 )
-from vllm_gemma4_router.fused_router_op import gemma4_fused_router, router_logits
+from vllm_gemma4_router.fused_router_op import gemma4_fused_router
 from vllm_gemma4_router.reference import gemma4_fused_router_reference
 
 EPS = 1e-6
@@ -104,7 +105,8 @@ def test_table_configs_are_valid_for_every_bucket():
 
 
 def test_supports_and_bad_configs():
-    assert supports(128, 8) and not supports(512, 8) and not supports(128, 17)
+    assert fused_router_supports(128, 8)
+    assert not fused_router_supports(512, 8) and not fused_router_supports(128, 17)
     with pytest.raises(ValueError, match="block_h"):
         check_config(FusedLaunchConfig(16, 16, 24, 128, 4, 2), 4, 128, 128)
     with pytest.raises(ValueError, match="h_slice"):
@@ -145,7 +147,7 @@ def test_unsupported_shape_is_a_clear_error(gen):
 def test_op_hands_its_routing_over_once(gen):
     h, s, w, pes = router_inputs(9, 96, 32, torch.bfloat16, gen)
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 4)
-    logits = router_logits(packed, 9, 32)
+    logits = logits_view(packed, 9, 32)
     ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
     assert fused_handover.claim_routing(logits.clone(), 4) is None  # a copy is not ours
     assert fused_handover.claim_routing(logits, 5) is None  # another K
@@ -160,7 +162,7 @@ def test_op_under_torch_compile_keeps_the_hand_over(gen):
 
     def router(x):
         packed = torch.ops.vllm_gemma4_router.fused_router(x, s, w, pes, EPS, 4)
-        return router_logits(packed, x.shape[0], 32)
+        return logits_view(packed, x.shape[0], 32)
 
     logits = torch.compile(router, fullgraph=True, dynamic=True)(h)
     claimed = fused_handover.claim_routing(logits, 4)

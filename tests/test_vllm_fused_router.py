@@ -17,7 +17,7 @@ from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 from vllm.config.compilation import CompilationMode
 
 from vllm_gemma4_router import fused_claim, fused_handover
-from vllm_gemma4_router.fused_router_op import router_logits
+from vllm_gemma4_router.fused_handover import logits_view
 from vllm_gemma4_router.reference import gemma4_fused_router_reference
 from vllm_gemma4_router.vllm_fused_op import OP_NAME, Gemma4FusedRouter
 
@@ -77,7 +77,7 @@ def test_forward_returns_the_torch_ops_packed_buffer(gen):
     topk = 3
     packed = op(x, scale, weight, pes, 1e-6, topk)
     assert packed.dtype == torch.float32 and packed.dim() == 1
-    logits = router_logits(packed, x.shape[0], weight.shape[0])
+    logits = logits_view(packed, x.shape[0], weight.shape[0])
     ref_logits, _, _ = gemma4_fused_router_reference(x, scale, weight, pes, 1e-6, topk)
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)  # CPU runs that chain
     claimed = fused_handover.claim_routing(logits, topk)
@@ -89,7 +89,7 @@ def _fused_then_route(topk, change):
     # topk a constant of the traced function, as a router's plan holds it.
     def fused_then_route(x, scale, weight, pes):
         packed = torch.ops.vllm_gemma4_router.fused_router(x, scale, weight, pes, 1e-6, topk)
-        logits = router_logits(packed, x.shape[0], weight.shape[0])
+        logits = logits_view(packed, x.shape[0], weight.shape[0])
         if change == "clone":
             logits = logits.clone()
         elif change == "scale":
@@ -125,7 +125,7 @@ def test_eager_claim_is_taken_once_and_copies_fall_back(gen):
     x, scale, weight, pes = _router_inputs(gen)
     topk = 2
     packed = torch.ops.vllm_gemma4_router.fused_router(x, scale, weight, pes, 1e-6, topk)
-    logits = router_logits(packed, x.shape[0], weight.shape[0])
+    logits = logits_view(packed, x.shape[0], weight.shape[0])
     assert fused_claim.claim_fused_routing(logits.clone(), topk, pes) is None
     weights, ids = fused_claim.claim_fused_routing(logits, topk, pes)
     ref_w, ref_ids = oracle_fp64(logits, topk, pes)

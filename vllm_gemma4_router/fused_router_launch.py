@@ -13,7 +13,6 @@ from ._validation import (
     check_fused_router_inputs,
     check_fused_router_supported,
     check_output,
-    fused_router_supports,
 )
 from .fused_handover import new_packed, unpack
 from .fused_router_kernel import (
@@ -65,11 +64,6 @@ _BF16_TABLE = (
 #: (59.8 vs 61.8 us at 8192, 92 vs 116 us at 16384). T=257..511 is not measured;
 #: it goes with 512.
 GEMM_PATH_TOKENS = range(257, 8192)
-
-
-def supports(num_experts: int, topk: int) -> bool:
-    """Whether the fused router takes ``E`` experts and top-``K`` (else route unfused)."""
-    return fused_router_supports(num_experts, topk)
 
 
 def _bucket(num_tokens: int) -> int:

@@ -16,7 +16,7 @@ import os
 import torch
 
 from ._validation import check_fused_router_inputs, check_fused_router_supported
-from .fused_handover import logits_view, new_packed, record_produced, unpack
+from .fused_handover import new_packed, record_produced, unpack
 from .reference import gemma4_fused_router_reference
 
 OP_QUALNAME = "vllm_gemma4_router::fused_router"
@@ -109,8 +109,3 @@ def gemma4_fused_router(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
     return unpack(packed, num_tokens, num_experts, topk)
-
-
-def router_logits(packed: torch.Tensor, num_tokens: int, num_experts: int) -> torch.Tensor:
-    """The logits part of the op's output, the tensor model code passes on."""
-    return logits_view(packed, num_tokens, num_experts)

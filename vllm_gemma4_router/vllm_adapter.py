@@ -184,7 +184,7 @@ def _link_fused_router(layer, router, config) -> None:
 def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | None:
     """The fused op's logits view ``[T, E]`` fp32 for ``x`` [T, H], or ``None`` when
     this call is unsupported. Metadata checks only (constants for Dynamo)."""
-    from .fused_router_op import router_logits
+    from .fused_handover import logits_view
 
     weight = router.proj.weight
     if weight.dim() != 2:  # vLLM's CPU linear method prepacked it (see _FusedPlan)
@@ -200,7 +200,7 @@ def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | N
     packed = router.gemma4_fused_router(
         x, router.scale, weight, plan.per_expert_scale(), plan.eps, plan.topk
     )
-    return router_logits(packed, x.shape[0], weight.shape[0])
+    return logits_view(packed, x.shape[0], weight.shape[0])
 
 
 def _install_fused_router(module: ModuleType) -> None:
