@@ -79,14 +79,20 @@ HEADERS = {
 FUSED_IMPL = "vllm_gemma4_router.fused_router_op.fused_router_into (what the op runs)"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_router_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The router problem both this bench and ``sweep_fused_router`` take: T list, H, E,
+    K, eps, dtype (gemma-4-26B-A4B by default)."""
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument("--hidden", type=int, default=ROUTER_HIDDEN)
     parser.add_argument("--experts", type=int, default=128)
     parser.add_argument("--topk", type=int, default=8)
     parser.add_argument("--eps", type=float, default=1e-6, help="gemma-4 rms_norm_eps")
     parser.add_argument("--dtype", default="bfloat16", help="hidden states and weights")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_router_shape_args(parser)
     parser.add_argument(
         "--layers",
         default="auto",

@@ -29,14 +29,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_router import (
-    TOKENS,
+    add_router_shape_args,
     layer_bytes,
     logit_error,
     make_layer_sets,
     weights_location,
 )
 from benchmarks.common import (
-    ROUTER_HIDDEN,
     bench_rotated,
     environment_stamp,
     l2_bytes,
@@ -50,12 +49,7 @@ from vllm_gemma4_router.reference import gemma4_fused_router_reference
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    parser.add_argument("--hidden", type=int, default=ROUTER_HIDDEN)
-    parser.add_argument("--experts", type=int, default=128)
-    parser.add_argument("--topk", type=int, default=8)
-    parser.add_argument("--eps", type=float, default=1e-6)
-    parser.add_argument("--dtype", default="bfloat16")
+    add_router_shape_args(parser)
     parser.add_argument(
         "--layers", default="auto", help="weight sets rotated: 'auto' (3x the L2) or a number"
     )
