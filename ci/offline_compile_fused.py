@@ -2,9 +2,11 @@
 
 ``python ci/offline_compile_fused.py`` compiles every distinct row of the fused
 router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
-exactly as ``fused_router_launch.launch_with_config`` would launch it, and prints
-one JSON object per (target, row): registers, spills, scratch. It runs in its own
-process because the test suite imports Triton kernels under ``TRITON_INTERPRET=1``.
+exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
+GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
+them, and prints one JSON object per (target, kernel): registers, spills,
+scratch. It runs in its own process because the test suite imports Triton
+kernels under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _POINTERS = {
     "partial_ptr": "*fp32",
     "partial_sumsq_ptr": "*fp32",
     "counter_ptr": "*i32",
+    "operand_ptr": "*bf16",
+    "sumsq_ptr": "*fp32",
+    "sums_ptr": "*fp32",
     "eps": "fp32",
     "inv_sqrt_hidden": "fp32",
 }
@@ -78,6 +83,45 @@ def main() -> None:
             except Exception as exc:  # one failure must not hide the others
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)
+        for kernel, constants in _gemm_path_kernels():
+            signature = {arg: _POINTERS.get(arg, "i32") for arg in kernel.arg_names}
+            signature.update({key: "constexpr" for key in constants})
+            result = {"target": name, "kernel": kernel.__name__}
+            try:
+                compiled = triton.compile(
+                    ASTSource(kernel, signature, constants),
+                    target=gpu_target,
+                    options={"num_warps": 4},
+                )
+                result.update(ok=True, **_resources(target, compiled))
+            except Exception as exc:  # one failure must not hide the others
+                result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
+            print(json.dumps(result), flush=True)
+
+
+def _gemm_path_kernels():
+    import triton
+
+    from vllm_gemma4_router import fused_router_gemm as gemm
+    from vllm_gemma4_router.fused_router_kernel import (
+        OPERAND_BF16,
+        gemma4_router_finish_kernel,
+        gemma4_router_operand_kernel,
+    )
+
+    operand = {
+        "BLOCK_T": gemm._OPERAND_BLOCK_T,
+        "BLOCK_H": gemm._OPERAND_BLOCK_H,
+        "OPERAND": OPERAND_BF16.value,
+    }
+    finish = {
+        "TOPK": TOPK,
+        "BLOCK_T": gemm._FINISH_BLOCK_T,
+        "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
+        "BLOCK_K": triton.next_power_of_2(TOPK),
+        "HAS_SCALE": True,
+    }
+    return [(gemma4_router_operand_kernel, operand), (gemma4_router_finish_kernel, finish)]
 
 
 if __name__ == "__main__":

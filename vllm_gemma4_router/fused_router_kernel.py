@@ -27,8 +27,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel_keys import as_fp32, canonical, ordered_bits
-from .kernel_select import SCALE_AFTER, select_exact_registers
+from .kernel_keys import canonical, ordered_bits
+from .kernel_select import SCALE_PER_PICK, select_exact_registers
 
 #: The GEMM operand ``x * scale`` (constexpr ``OPERAND``).
 OPERAND_FP32 = tl.constexpr(0)  # fp32, IEEE dot (fp16 and fp32 inputs)
@@ -98,17 +98,14 @@ def _dot_slice(
 
 
 @triton.jit
-def _route_stored_rows(
+def _route_rows(
+    logits,
     rows64,
     row_ok,
     pes_ptr,
-    logits_ptr,
     weights_ptr,
     ids_ptr,
-    num_experts,
     stride_pes,
-    stride_lt,
-    stride_le,
     stride_wt,
     stride_wk,
     stride_it,
@@ -119,15 +116,10 @@ def _route_stored_rows(
     BLOCK_K: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
-    """Route ``ROUTE_T`` rows from the logits this program stored."""
+    """Route ``ROUTE_T`` rows of fp32 ``logits`` [ROUTE_T, BLOCK_E_ALL] (padding -inf)."""
     experts = tl.arange(0, BLOCK_E_ALL)
-    expert_ok = experts < num_experts
-    # Padding columns read -inf: with the highest ids they lose every tie.
-    logits = tl.load(
-        logits_ptr + rows64[:, None] * stride_lt + experts[None, :] * stride_le,
-        mask=row_ok[:, None] & expert_ok[None, :],
-        other=float("-inf"),
-    )
+    # Each pick's per_expert_scale load goes out right after the pick and is
+    # only waited for after the last round: no gather round trip at the end.
     ids, picked, scales, top, total = select_exact_registers(
         ordered_bits(canonical(logits)),
         experts,
@@ -140,13 +132,13 @@ def _route_stored_rows(
         BLOCK_K,
         ROUTE_T,
         HAS_SCALE,
-        SCALE_AFTER,
+        SCALE_PER_PICK,
     )
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
     weights = tl.exp(picked - top[:, None]) / total[:, None]
     if HAS_SCALE:
-        weights = weights * as_fp32(tl.load(pes_ptr + ids * stride_pes, mask=out_ok, other=1.0))
+        weights = weights * scales
     tl.store(
         weights_ptr + rows64[:, None] * stride_wt + slots[None, :] * stride_wk, weights, mask=out_ok
     )
@@ -181,32 +173,33 @@ def _finish_rows(
     BLOCK_K: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
-    """Norm the full-row sums into logits and store them; then route them, ``ROUTE_T``
-    rows at a time, read back from the store (a whole [BLOCK_T, E] tile through the
-    selection rounds would not fit in registers next to the GEMM's)."""
+    """Norm the full-row sums into logits, store them and route them.
+
+    One routing chunk (``ROUTE_T == BLOCK_T``, the split launches) routes the
+    registers it stored. Wider tiles route ``ROUTE_T`` rows at a time, read back
+    from the store: a whole [BLOCK_T, E] tile through the selection rounds would
+    not fit in registers next to the GEMM's."""
     experts = tl.arange(0, BLOCK_E_ALL)
+    expert_ok = experts < num_experts
     rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_ok = rows64 < num_tokens
     factor = tl.rsqrt(sumsq / hidden + eps) * inv_sqrt_hidden
+    logits = sums * factor[:, None]
     tl.store(
         logits_ptr + rows64[:, None] * stride_lt + experts[None, :] * stride_le,
-        sums * factor[:, None],
-        mask=(rows64 < num_tokens)[:, None] & (experts < num_experts)[None, :],
+        logits,
+        mask=row_ok[:, None] & expert_ok[None, :],
     )
-    # Every thread's logit stores must be visible to the reads.
-    tl.debug_barrier()
-    for chunk in tl.static_range(BLOCK_T // ROUTE_T):
-        route_rows = (first_row + chunk * ROUTE_T + tl.arange(0, ROUTE_T)).to(tl.int64)
-        _route_stored_rows(
-            route_rows,
-            route_rows < num_tokens,
+    if ROUTE_T == BLOCK_T:
+        # Padding columns read -inf: with the highest ids they lose every tie.
+        _route_rows(
+            tl.where(expert_ok[None, :], logits, float("-inf")),
+            rows64,
+            row_ok,
             pes_ptr,
-            logits_ptr,
             weights_ptr,
             ids_ptr,
-            num_experts,
             stride_pes,
-            stride_lt,
-            stride_le,
             stride_wt,
             stride_wk,
             stride_it,
@@ -217,6 +210,34 @@ def _finish_rows(
             BLOCK_K,
             HAS_SCALE,
         )
+    else:
+        # Every thread's logit stores must be visible to the reads.
+        tl.debug_barrier()
+        for chunk in tl.static_range(BLOCK_T // ROUTE_T):
+            route_rows = (first_row + chunk * ROUTE_T + tl.arange(0, ROUTE_T)).to(tl.int64)
+            route_ok = route_rows < num_tokens
+            _route_rows(
+                tl.load(
+                    logits_ptr + route_rows[:, None] * stride_lt + experts[None, :] * stride_le,
+                    mask=route_ok[:, None] & expert_ok[None, :],
+                    other=float("-inf"),
+                ),
+                route_rows,
+                route_ok,
+                pes_ptr,
+                weights_ptr,
+                ids_ptr,
+                stride_pes,
+                stride_wt,
+                stride_wk,
+                stride_it,
+                stride_ik,
+                TOPK,
+                ROUTE_T,
+                BLOCK_E_ALL,
+                BLOCK_K,
+                HAS_SCALE,
+            )
 
 
 @triton.jit
@@ -375,3 +396,113 @@ def gemma4_fused_router_kernel(
         )
         if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)
+
+
+@triton.jit
+def gemma4_router_operand_kernel(
+    x_ptr,
+    scale_ptr,
+    operand_ptr,
+    sumsq_ptr,
+    num_tokens,
+    hidden,
+    stride_xt,
+    stride_xh,
+    stride_s,
+    stride_ot,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    OPERAND: tl.constexpr,
+):
+    """The GEMM path's prologue: ``operand = x * scale`` (rounded as ``OPERAND`` says) and
+    each row's fp32 sum of squares, in one pass over ``x``."""
+    rows64 = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_ok = rows64 < num_tokens
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for h0 in range(0, hidden, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < hidden
+        ok = row_ok[:, None] & h_ok[None, :]
+        x = tl.load(
+            x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh, mask=ok, other=0.0
+        ).to(tl.float32)
+        s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
+        sumsq += tl.sum(x * x, axis=1)
+        operand = x * s[None, :]
+        if OPERAND == OPERAND_BF16_ROUNDED:
+            operand = _round_to_bf16(operand)  # exact in bf16: the store's cast keeps it
+        tl.store(
+            operand_ptr + rows64[:, None] * stride_ot + h[None, :],
+            operand.to(operand_ptr.dtype.element_ty),
+            mask=ok,
+        )
+    tl.store(sumsq_ptr + rows64, sumsq, mask=row_ok)
+
+
+@triton.jit
+def gemma4_router_finish_kernel(
+    sums_ptr,
+    sumsq_ptr,
+    pes_ptr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    num_tokens,
+    hidden,
+    num_experts,
+    eps,
+    inv_sqrt_hidden,
+    stride_st,
+    stride_pes,
+    stride_lt,
+    stride_le,
+    stride_wt,
+    stride_wk,
+    stride_it,
+    stride_ik,
+    TOPK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """The GEMM path's epilogue: a vendor GEMM's row sums [T, E] (row stride
+    ``stride_st``, unit column stride) normed into logits and routed, as the fused
+    kernel's own epilogue does."""
+    first_row = tl.program_id(0) * BLOCK_T
+    rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_ok = rows64 < num_tokens
+    experts = tl.arange(0, BLOCK_E_ALL)
+    sums = tl.load(
+        sums_ptr + rows64[:, None] * stride_st + experts[None, :],
+        mask=row_ok[:, None] & (experts < num_experts)[None, :],
+        other=0.0,
+    )
+    sumsq = tl.load(sumsq_ptr + rows64, mask=row_ok, other=0.0)
+    _finish_rows(
+        sums,
+        sumsq,
+        first_row,
+        num_tokens,
+        pes_ptr,
+        logits_ptr,
+        weights_ptr,
+        ids_ptr,
+        hidden,
+        num_experts,
+        eps,
+        inv_sqrt_hidden,
+        stride_pes,
+        stride_lt,
+        stride_le,
+        stride_wt,
+        stride_wk,
+        stride_it,
+        stride_ik,
+        TOPK,
+        BLOCK_T,
+        BLOCK_T,
+        BLOCK_E_ALL,
+        BLOCK_K,
+        HAS_SCALE,
+    )

@@ -144,7 +144,8 @@ def candidate_configs(
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _operand_mode(dtype: torch.dtype) -> int:
+def operand_mode(dtype: torch.dtype) -> int:
+    """The fused kernels' ``OPERAND`` for inputs of ``dtype`` (bf16 tensor cores on GPUs)."""
     if dtype != torch.bfloat16:
         return OPERAND_FP32.value
     return (OPERAND_BF16_ROUNDED if _INTERPRETED else OPERAND_BF16).value
@@ -234,7 +235,7 @@ def launch_with_config(
         BLOCK_K=triton.next_power_of_2(topk),
         ROUTE_T=min(config.block_t, config.route_t),
         HAS_SCALE=per_expert_scale is not None,
-        OPERAND=_operand_mode(hidden_states.dtype),
+        OPERAND=operand_mode(hidden_states.dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
