@@ -64,6 +64,7 @@ PIECES = (
     "chain_vllm",
     "chain_ours",
     "fused",
+    "fused_gemm",
     "empty",
 )
 HEADERS = {
@@ -74,6 +75,7 @@ HEADERS = {
     "chain_vllm": "chain vLLM",
     "chain_ours": "chain ours",
     "fused": "fused",
+    "fused_gemm": "fused, GEMM path",
     "empty": "empty launch",
 }
 FUSED_IMPL = "vllm_gemma4_router.fused_router_op.fused_router_into (what the op runs)"
@@ -192,6 +194,7 @@ class Router:
     route_vllm: Callable
     route_ours: Callable
     fused: Callable
+    fused_gemm: Callable  # the op's GEMM path at every T: where it beats the kernel
 
 
 def make_layer_sets(count, hidden, experts, dtype, device, generator=None):
@@ -266,6 +269,9 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
         "chain_vllm": chain(r.route_vllm),
         "chain_ours": chain(r.route_ours),
         "fused": lambda i: r.fused(h, r.scales[i], r.weights[i], r.expert_scales[i], r.eps, k),
+        "fused_gemm": lambda i: r.fused_gemm(
+            h, r.scales[i], r.weights[i], r.expert_scales[i], r.eps, k
+        ),
         "empty": lambda i: empty(),
     }
 
@@ -318,21 +324,25 @@ def _empty_launcher() -> Callable[[], object]:
     return lambda: _empty_kernel[(1,)]()
 
 
-def load_fused() -> Callable:
+def load_fused() -> tuple[Callable, Callable]:
     """What our fused router op runs (``FUSED_IMPL``: the kernel, or cuBLAS and the routing
-    kernel where the op takes that path), as ``fn(h, s, w, pes, eps, topk) -> (logits,
-    weights, ids)``; no fallback: a missing op fails the run."""
+    kernel where the op takes that path), and its GEMM path alone, each as ``fn(h, s, w,
+    pes, eps, topk) -> (logits, weights, ids)``; no fallback: a missing op fails the run."""
     from vllm_gemma4_router.fused_handover import new_packed, unpack
+    from vllm_gemma4_router.fused_router_gemm import route_by_gemm
     from vllm_gemma4_router.fused_router_op import fused_router_into
 
-    def fused(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
-        num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
-        packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
-        out = unpack(packed, num_tokens, num_experts, topk)
-        fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
-        return out
+    def into_new_buffer(compute):
+        def run(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
+            num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
+            packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
+            out = unpack(packed, num_tokens, num_experts, topk)
+            compute(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+            return out
 
-    return fused
+        return run
+
+    return into_new_buffer(fused_router_into), into_new_buffer(route_by_gemm)
 
 
 def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], int]:
@@ -357,6 +367,7 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         x = torch.randn(64, args.hidden, device=device).to(dtype)
         torch._dynamo.maybe_mark_dynamic(x, 0)
         norm(x, torch.tensor(args.hidden**-0.5, device=device).to(dtype), scales[0], args.eps)
+    fused, fused_gemm = load_fused()
     router = Router(
         weights=weights,
         scales=scales,
@@ -368,7 +379,8 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         gemm=gemm,
         route_vllm=route_vllm,
         route_ours=gemma4_routing_triton,
-        fused=load_fused(),
+        fused=fused,
+        fused_gemm=fused_gemm,
     )
     labels = dict(
         impl_norm=norm_label,

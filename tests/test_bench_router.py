@@ -71,6 +71,7 @@ def _router(fused=gemma4_fused_router_reference, layers=3, hidden=64, experts=16
         route_vllm=gemma4_routing_reference,
         route_ours=gemma4_routing_triton,
         fused=fused,
+        fused_gemm=gemma4_fused_router_reference,
     )
     return router, gemm_label
 
@@ -103,7 +104,8 @@ def test_measure_point_times_every_piece_over_every_layer_and_checks():
         router, 5, [3, 2], LAYER_BYTES, H200_L2, timer, lambda: None, 2e-2, torch.bfloat16, "cpu"
     )
     assert [r["layers"] for r in rows] == [3, 2]
-    assert calls == [3] * 8 + [2] * 8  # every piece, over every layer count
+    n = len(bench_router.PIECES)
+    assert calls == [3] * n + [2] * n  # every piece, over every layer count
     row = rows[0]
     assert row["T"] == 5 and row["weights_from"] == "L2"
     assert row["check"] == "ok", row
@@ -148,6 +150,7 @@ def _rows():
                 chain_vllm=3 * fused * slower,
                 chain_ours=2 * fused * slower,
                 fused=fused * slower,
+                fused_gemm=fused * slower * 1.1,
                 empty=1.0,
             )
             rows.append(
@@ -193,8 +196,9 @@ def test_report_has_stamp_tables_ratios_and_real_step_estimate(tmp_path):
     assert "torch.mm(x, w.t(), out_dtype=torch.float32)" in report
     hbm, l2 = report.index("## L=217 layer weight sets (HBM: 157.7 MB"), report.index("## L=30")
     assert hbm < l2  # the HBM rotation first
-    # T=16, L=217: norm 3, gemm 4.5, routing 2.5 / 1.5, chains 18 / 12, fused 6, empty 1
-    row_16 = "| 16 | 3.00 | 4.50 | 2.50 | 1.50 | 18.00 | 12.00 | 6.00 | 1.00 | 3.00x | 2.00x | ok |"
+    # T=16, L=217: norm 3, gemm 4.5, routing 2.5 / 1.5, chains 18 / 12, fused 6 (GEMM
+    # path 6.6), empty 1
+    row_16 = "| 16 | 3.00 | 4.50 | 2.50 | 1.50 | 18.00 | 12.00 | 6.00 | 6.60 | 1.00 | 3.00x | 2.00x | ok |"  # noqa: E501
     assert row_16 in report
     assert "| 4096 | 2.00 | 3.00 |" in report and "| FAIL: ids != our routing" in report
     assert "chain vLLM / fused 3.00x (min 3.00x), chain ours / fused 2.00x" in report

@@ -172,7 +172,7 @@ def test_op_under_torch_compile_keeps_the_hand_over(gen):
     torch.testing.assert_close(logits, ref[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gemm_path_keeps_the_contract(dtype, gen):
     from vllm_gemma4_router.fused_router_gemm import route_by_gemm
 

@@ -119,10 +119,12 @@ def candidate_configs(
     if num_tokens <= 256:
         # Split launches: many programs read the gate weight, the last adds up.
         # Wide H steps keep more of the weight in flight per program.
-        for block_e in (16, 32, 64):
-            for h_slice, block_hs in ((256, (256,)), (512, (256,)), (1024, (128, 256))):
-                for block_h in block_hs:
-                    seen.append(FusedLaunchConfig(16, block_e, block_h, h_slice, 4, 2))
+        # 8 warps halve each thread's share of the weight tile (fewer registers).
+        for block_e in (32, 64, 128):
+            for h_slice in (256, 512, 1024):
+                for num_warps in (4, 8):
+                    seen.append(FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2))
+        seen.append(FusedLaunchConfig(16, 64, 128, 128, 4, 2))
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
         for block_t, num_warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
