@@ -186,4 +186,4 @@ def test_gemm_path_covers_the_slow_kernel_range():
     from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS
 
     assert 256 not in GEMM_PATH_TOKENS and 512 in GEMM_PATH_TOKENS
-    assert 4096 in GEMM_PATH_TOKENS and 8192 not in GEMM_PATH_TOKENS
+    assert 8192 in GEMM_PATH_TOKENS and 16384 not in GEMM_PATH_TOKENS

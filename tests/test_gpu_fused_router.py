@@ -7,7 +7,7 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
-from vllm_gemma4_router import fused_handover
+from vllm_gemma4_router import fused_handover, fused_router_op  # noqa: F401 (registers the op)
 from vllm_gemma4_router.fused_router_launch import (
     candidate_configs,
     gemma4_fused_router_triton,
@@ -103,9 +103,9 @@ def test_gpu_op_hand_over(gen):
     assert_fused_contract(logits, *claimed, h, s, w, pes, EPS, 8)
 
 
-@pytest.mark.parametrize("num_tokens", [16, 1000, 8192])
+@pytest.mark.parametrize("num_tokens", [16, 1000, 16384])
 def test_gpu_op_on_each_path(num_tokens, gen):
-    # 16 and 8192: the kernel; 1000: cuBLAS and the routing kernel (GEMM_PATH_TOKENS).
+    # 16 and 16384: the kernel; 1000: cuBLAS and the GEMM path's epilogue (GEMM_PATH_TOKENS).
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 8)
     logits, weights, ids = fused_handover.unpack(packed, num_tokens, 128, 8)

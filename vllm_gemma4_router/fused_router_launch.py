@@ -45,25 +45,29 @@ class FusedLaunchConfig(NamedTuple):
 
 # Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
 # router (H=2816, E=128, K=8, bf16). Provenance: benchmarks/sweep_fused_router.py
-# on an NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0), 2026-12-01, gate weights
-# from HBM (L=260 rotation); benchmarks/results/sweep_fused_router_NVIDIA_H200_
-# 2026-12-01_summary.md. Best per bucket: 8.9-10.1 us at T <= 64, 14.1 at 256.
+# on an NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0), gate weights from HBM
+# (L=260 rotation). Rows 1-3: sweep of 2026-12-01 14:02 UTC at T=1/16/64/256
+# (benchmarks/results/sweep_fused_router_NVIDIA_H200_2026-12-01.md): 8.0 us at
+# T=1, 8.7 at 16, 8.8 at 64, 11.5 at 256. Rows 4-6: the 11:00 UTC sweep
+# (sweep_fused_router_NVIDIA_H200_2026-12-01_summary.md); the op takes the GEMM
+# path at those T (GEMM_PATH_TOKENS) but the kernel API still launches them.
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 2**62)
 _BF16_TABLE = (
-    FusedLaunchConfig(16, 64, 256, 256, 4, 2),
-    FusedLaunchConfig(16, 64, 256, 256, 4, 2),
-    FusedLaunchConfig(16, 64, 256, 512, 4, 2),
+    FusedLaunchConfig(16, 32, 256, 256, 8, 2),
+    FusedLaunchConfig(16, 64, 256, 256, 8, 2),
+    FusedLaunchConfig(16, 128, 256, 512, 4, 2),
     FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8),
     FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8),
     FusedLaunchConfig(64, 128, 64, 2**31, 4, 3, 8),
 )
 #: Token counts where the fused op computes its contract with cuBLAS plus the
-#: routing kernel instead of this kernel. Same sweep: whole-row launches take
-#: ~50 us from T=512 to 4096 (each program streams the whole gate weight), the
-#: unfused chain 13-33 us; from T=8192 on the kernel is as fast or faster
-#: (59.8 vs 61.8 us at 8192, 92 vs 116 us at 16384). T=257..511 is not measured;
-#: it goes with 512.
-GEMM_PATH_TOKENS = range(257, 8192)
+#: routing kernel instead of this kernel. benchmarks/results/bench_router_NVIDIA_
+#: H200_2026-12-01_L260.md (weights from HBM): whole-row launches take ~50 us
+#: from T=512 to 4096 (each program streams the whole gate weight), the GEMM
+#: path 15.0-25.1 us; at 8192 the GEMM path takes 46.3 us, the kernel 58.4; at
+#: 16384 the kernel 72.5, the GEMM path 86.2. Between 8192 and 16384 and from
+#: 257 to 511 nothing is measured: those go with the nearest measured T.
+GEMM_PATH_TOKENS = range(257, 8193)
 
 
 def _bucket(num_tokens: int) -> int:
