@@ -12,10 +12,12 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 PYTEST=("$PYTHON" -m pytest -q -p no:cacheprovider)
 
-"${PYTEST[@]}" tests/test_gpu_fused_router.py > "$LOGS/gpu_fused_pytest.log" 2>&1
+# -v: each test's name and outcome reach the log as it ends, even if the timeout cuts the run.
+timeout 240 "$PYTHON" -m pytest -v -p no:cacheprovider tests/test_gpu_fused_router.py > "$LOGS/gpu_fused_pytest.log" 2>&1
 suite=$?
 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
-  "${PYTEST[@]}" tests/test_gpu_fused_router.py -k "deterministic or cuda_graph or non_finite" \
+  "${PYTEST[@]}" tests/test_gpu_fused_router.py \
+  -k "deterministic or cuda_graph or non_finite or op_on_each_path" \
   > "$LOGS/memcheck.log" 2>&1
 memcheck=$?
 # Bounded, so one slow step cannot take the device call's whole 10 minutes.
