@@ -17,6 +17,7 @@ from .fused_router_kernel import (
     gemma4_router_finish_kernel,
     gemma4_router_operand_kernel,
 )
+from .fused_router_launch import operand_mode, output_strides
 
 # Not swept: both kernels are a few us of memory-bound work at these T (the
 # prologue streams [T, H] once, the epilogue [T, E] once); bench_router times
@@ -47,8 +48,6 @@ def route_by_gemm(
     (validated by the caller); ties and ordering as the routing kernel's. Three
     launches, as many as vLLM's chain: prologue, GEMM, epilogue.
     """
-    from .fused_router_launch import operand_mode
-
     logits, weights, ids = out
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
@@ -89,12 +88,7 @@ def route_by_gemm(
         float(hidden) ** -0.5,
         sums.stride(0),
         pes.stride(0),
-        logits.stride(0),
-        logits.stride(1),
-        weights.stride(0),
-        weights.stride(1),
-        ids.stride(0),
-        ids.stride(1),
+        *output_strides(out),
         TOPK=topk,
         BLOCK_T=_FINISH_BLOCK_T,
         BLOCK_E_ALL=triton.next_power_of_2(num_experts),

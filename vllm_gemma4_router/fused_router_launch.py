@@ -157,6 +157,11 @@ def operand_mode(dtype: torch.dtype) -> int:
     return (OPERAND_BF16_ROUNDED if _INTERPRETED else OPERAND_BF16).value
 
 
+def output_strides(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[int, ...]:
+    """The fused kernels' output stride arguments: logits, weights, ids, (row, column) each."""
+    return tuple(stride for tensor in out for stride in tensor.stride())
+
+
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -225,12 +230,7 @@ def launch_with_config(
         gate_weight.stride(0),
         gate_weight.stride(1),
         pes.stride(0),
-        logits.stride(0),
-        logits.stride(1),
-        weights.stride(0),
-        weights.stride(1),
-        ids.stride(0),
-        ids.stride(1),
+        *output_strides(out),
         TOPK=topk,
         BLOCK_T=config.block_t,
         BLOCK_E=config.block_e,
