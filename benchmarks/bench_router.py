@@ -14,7 +14,9 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
 * ``route_vllm`` / ``route_ours``: vLLM's in-tree routing kernel / ours on those logits;
 * ``chain_vllm`` / ``chain_ours``: norm + gemm + that routing, one call after the other;
 * ``fused``: what the fused op runs (``fused_router_op.fused_router_into``): one
-  launch of its kernel, or cuBLAS plus the routing kernel for ``GEMM_PATH_TOKENS``;
+  launch of its kernel, or its GEMM path for ``GEMM_PATH_TOKENS``;
+* ``fused_gemm``: the op's GEMM path (Triton prologue, cuBLAS, the kernel's
+  epilogue: ``fused_router_gemm.route_by_gemm``) at every T;
 * ``empty``: an empty Triton kernel, the floor of one graph-replayed launch.
 
 Timing (``common.bench_rotated``): one CUDA graph of calls cycling through L
@@ -325,8 +327,8 @@ def _empty_launcher() -> Callable[[], object]:
 
 
 def load_fused() -> tuple[Callable, Callable]:
-    """What our fused router op runs (``FUSED_IMPL``: the kernel, or cuBLAS and the routing
-    kernel where the op takes that path), and its GEMM path alone, each as ``fn(h, s, w,
+    """What our fused router op runs (``FUSED_IMPL``: the kernel, or its GEMM path where
+    the op takes that path), and its GEMM path alone, each as ``fn(h, s, w,
     pes, eps, topk) -> (logits, weights, ids)``; no fallback: a missing op fails the run."""
     from vllm_gemma4_router.fused_handover import new_packed, unpack
     from vllm_gemma4_router.fused_router_gemm import route_by_gemm
