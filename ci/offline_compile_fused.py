@@ -103,11 +103,11 @@ def _gemm_path_kernels():
     import triton
 
     from vllm_gemma4_router import fused_router_gemm as gemm
-    from vllm_gemma4_router.fused_router_kernel import (
-        OPERAND_BF16,
+    from vllm_gemma4_router.fused_router_gemm import (
         gemma4_router_finish_kernel,
         gemma4_router_operand_kernel,
     )
+    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
 
     operand = {
         "BLOCK_T": gemm._OPERAND_BLOCK_T,

@@ -5,19 +5,134 @@ Same numbers as the kernel up to the GEMM's summation order: the operand
 ``h * scale`` rounded to bf16 for bf16 inputs (fp32 otherwise), an fp32 GEMM
 accumulation, the row's ``rsqrt(mean(h**2) + eps) * H**-0.5`` applied after it,
 then the fused kernel's own epilogue (norm factor, routing) on the GEMM's sums.
+Two Triton kernels around the vendor GEMM: the prologue makes its operand and the
+sums of squares in one pass over ``h``; the epilogue runs ``finish_rows``.
 """
 
 from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 from .fused_router_kernel import (
+    OPERAND_BF16_ROUNDED,
     OPERAND_FP32,
-    gemma4_router_finish_kernel,
-    gemma4_router_operand_kernel,
+    finish_rows,
+    round_to_bf16,
 )
 from .fused_router_launch import operand_mode, output_strides
+
+
+@triton.jit
+def gemma4_router_operand_kernel(
+    x_ptr,
+    scale_ptr,
+    operand_ptr,
+    sumsq_ptr,
+    num_tokens,
+    hidden,
+    stride_xt,
+    stride_xh,
+    stride_s,
+    stride_ot,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    OPERAND: tl.constexpr,
+):
+    """The GEMM path's prologue: ``operand = x * scale`` (rounded as ``OPERAND`` says) and
+    each row's fp32 sum of squares, in one pass over ``x``."""
+    rows64 = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_ok = rows64 < num_tokens
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for h0 in range(0, hidden, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < hidden
+        ok = row_ok[:, None] & h_ok[None, :]
+        x = tl.load(
+            x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh, mask=ok, other=0.0
+        ).to(tl.float32)
+        s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
+        sumsq += tl.sum(x * x, axis=1)
+        operand = x * s[None, :]
+        if OPERAND == OPERAND_BF16_ROUNDED:
+            operand = round_to_bf16(operand)  # exact in bf16: the store's cast keeps it
+        tl.store(
+            operand_ptr + rows64[:, None] * stride_ot + h[None, :],
+            operand.to(operand_ptr.dtype.element_ty),
+            mask=ok,
+        )
+    tl.store(sumsq_ptr + rows64, sumsq, mask=row_ok)
+
+
+@triton.jit
+def gemma4_router_finish_kernel(
+    sums_ptr,
+    sumsq_ptr,
+    pes_ptr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    num_tokens,
+    hidden,
+    num_experts,
+    eps,
+    inv_sqrt_hidden,
+    stride_st,
+    stride_pes,
+    stride_lt,
+    stride_le,
+    stride_wt,
+    stride_wk,
+    stride_it,
+    stride_ik,
+    TOPK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E_ALL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """The GEMM path's epilogue: a vendor GEMM's row sums [T, E] (row stride
+    ``stride_st``, unit column stride) normed into logits and routed, as the fused
+    kernel's own epilogue does."""
+    first_row = tl.program_id(0) * BLOCK_T
+    rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_ok = rows64 < num_tokens
+    experts = tl.arange(0, BLOCK_E_ALL)
+    sums = tl.load(
+        sums_ptr + rows64[:, None] * stride_st + experts[None, :],
+        mask=row_ok[:, None] & (experts < num_experts)[None, :],
+        other=0.0,
+    )
+    sumsq = tl.load(sumsq_ptr + rows64, mask=row_ok, other=0.0)
+    finish_rows(
+        sums,
+        sumsq,
+        first_row,
+        num_tokens,
+        pes_ptr,
+        logits_ptr,
+        weights_ptr,
+        ids_ptr,
+        hidden,
+        num_experts,
+        eps,
+        inv_sqrt_hidden,
+        stride_pes,
+        stride_lt,
+        stride_le,
+        stride_wt,
+        stride_wk,
+        stride_it,
+        stride_ik,
+        TOPK,
+        BLOCK_T,
+        BLOCK_T,
+        BLOCK_E_ALL,
+        BLOCK_K,
+        HAS_SCALE,
+    )
+
 
 # Not swept: both kernels are a few us of memory-bound work at these T (the
 # prologue streams [T, H] once, the epilogue [T, E] once); bench_router times

@@ -37,7 +37,7 @@ OPERAND_BF16_ROUNDED = tl.constexpr(2)  # rounded to bf16, fp32 dot (bf16 under 
 
 
 @triton.jit
-def _round_to_bf16(x):
+def round_to_bf16(x):
     """fp32 ``x`` rounded to the nearest bf16 (ties to even), as fp32 (finite ``x``)."""
     bits = x.to(tl.int32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
@@ -90,7 +90,7 @@ def _dot_slice(
         elif OPERAND == OPERAND_BF16_ROUNDED:
             # Same products and fp32 sums, for the interpreter: its bf16 dot is
             # wrong and its bf16 cast truncates, so round to nearest even by hand.
-            operand = _round_to_bf16(operand)
+            operand = round_to_bf16(operand)
             acc = tl.dot(operand, w.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(operand, w.to(tl.float32), acc, input_precision="ieee")
@@ -146,7 +146,7 @@ def _route_rows(
 
 
 @triton.jit
-def _finish_rows(
+def finish_rows(
     sums,
     sumsq,
     first_row,
@@ -367,7 +367,7 @@ def gemma4_fused_router_kernel(
             )  # fmt: skip
         else:
             row_sums, row_sumsq = sums, sumsq
-        _finish_rows(
+        finish_rows(
             row_sums,
             row_sumsq,
             pid_t * BLOCK_T,
@@ -396,113 +396,3 @@ def gemma4_fused_router_kernel(
         )
         if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)
-
-
-@triton.jit
-def gemma4_router_operand_kernel(
-    x_ptr,
-    scale_ptr,
-    operand_ptr,
-    sumsq_ptr,
-    num_tokens,
-    hidden,
-    stride_xt,
-    stride_xh,
-    stride_s,
-    stride_ot,
-    BLOCK_T: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    OPERAND: tl.constexpr,
-):
-    """The GEMM path's prologue: ``operand = x * scale`` (rounded as ``OPERAND`` says) and
-    each row's fp32 sum of squares, in one pass over ``x``."""
-    rows64 = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    row_ok = rows64 < num_tokens
-    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for h0 in range(0, hidden, BLOCK_H):
-        h = h0 + tl.arange(0, BLOCK_H)
-        h_ok = h < hidden
-        ok = row_ok[:, None] & h_ok[None, :]
-        x = tl.load(
-            x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh, mask=ok, other=0.0
-        ).to(tl.float32)
-        s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
-        sumsq += tl.sum(x * x, axis=1)
-        operand = x * s[None, :]
-        if OPERAND == OPERAND_BF16_ROUNDED:
-            operand = _round_to_bf16(operand)  # exact in bf16: the store's cast keeps it
-        tl.store(
-            operand_ptr + rows64[:, None] * stride_ot + h[None, :],
-            operand.to(operand_ptr.dtype.element_ty),
-            mask=ok,
-        )
-    tl.store(sumsq_ptr + rows64, sumsq, mask=row_ok)
-
-
-@triton.jit
-def gemma4_router_finish_kernel(
-    sums_ptr,
-    sumsq_ptr,
-    pes_ptr,
-    logits_ptr,
-    weights_ptr,
-    ids_ptr,
-    num_tokens,
-    hidden,
-    num_experts,
-    eps,
-    inv_sqrt_hidden,
-    stride_st,
-    stride_pes,
-    stride_lt,
-    stride_le,
-    stride_wt,
-    stride_wk,
-    stride_it,
-    stride_ik,
-    TOPK: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E_ALL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-):
-    """The GEMM path's epilogue: a vendor GEMM's row sums [T, E] (row stride
-    ``stride_st``, unit column stride) normed into logits and routed, as the fused
-    kernel's own epilogue does."""
-    first_row = tl.program_id(0) * BLOCK_T
-    rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
-    row_ok = rows64 < num_tokens
-    experts = tl.arange(0, BLOCK_E_ALL)
-    sums = tl.load(
-        sums_ptr + rows64[:, None] * stride_st + experts[None, :],
-        mask=row_ok[:, None] & (experts < num_experts)[None, :],
-        other=0.0,
-    )
-    sumsq = tl.load(sumsq_ptr + rows64, mask=row_ok, other=0.0)
-    _finish_rows(
-        sums,
-        sumsq,
-        first_row,
-        num_tokens,
-        pes_ptr,
-        logits_ptr,
-        weights_ptr,
-        ids_ptr,
-        hidden,
-        num_experts,
-        eps,
-        inv_sqrt_hidden,
-        stride_pes,
-        stride_lt,
-        stride_le,
-        stride_wt,
-        stride_wk,
-        stride_it,
-        stride_ik,
-        TOPK,
-        BLOCK_T,
-        BLOCK_T,
-        BLOCK_E_ALL,
-        BLOCK_K,
-        HAS_SCALE,
-    )
