@@ -4,9 +4,9 @@
 router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
 exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
 GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
-them, and prints one JSON object per (target, kernel): registers, spills,
-scratch. It runs in its own process because the test suite imports Triton
-kernels under ``TRITON_INTERPRET=1``.
+them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
+(target, kernel): registers, spills, scratch. It runs in its own process because
+the test suite imports Triton kernels under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ def main() -> None:
         config = clip_config(config, HIDDEN, EXPERTS)
         if config not in rows:
             rows.append(config)
+    # NVIDIA also compiles the split rows with programmatic dependent launch.
+    pdl_rows = [c._replace(pdl=True) for c in rows if c.block_t <= 16 and not c.pdl]
     for name in ("sm_90", "gfx942"):
         target = TARGETS[name]
         gpu_target = GPUTarget(target.backend, target.arch, target.warp_size)
-        for config in rows:
+        for config in rows + (pdl_rows if name == "sm_90" else []):
             constants = {
                 "TOPK": TOPK,
                 "BLOCK_T": config.block_t,
@@ -69,6 +71,7 @@ def main() -> None:
                 "ROUTE_T": min(config.block_t, config.route_t),
                 "HAS_SCALE": True,
                 "OPERAND": OPERAND_BF16.value,
+                "PDL": config.pdl,
             }
             signature = {arg: _POINTERS.get(arg, "i32") for arg in fn.arg_names}
             signature.update({key: "constexpr" for key in constants})
@@ -80,6 +83,8 @@ def main() -> None:
                     options={"num_warps": config.num_warps, "num_stages": config.num_stages},
                 )
                 result.update(ok=True, split=config.block_t <= 16, **_resources(target, compiled))
+                if name == "sm_90":
+                    result["griddepcontrol"] = "griddepcontrol.wait" in compiled.asm["ptx"]
             except Exception as exc:  # one failure must not hide the others
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)

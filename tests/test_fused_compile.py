@@ -4,7 +4,8 @@ VGPR spill. NVIDIA: no local memory and at most 1 KiB of stack: the rows the H20
 sweep of 2026-12-01 14:02 UTC measured fastest keep 0-848 B of stack under triton 3.9
 (848 B: the T <= 256 row, whole E and an H slice of 512, 11.5 us;
 ``benchmarks/results/compile_resources_fused_triton3.9.0.jsonl``); more would be a
-regression."""
+regression. With ``pdl`` the sm_90 kernel waits for the kernel ahead of it
+(``griddepcontrol.wait``); without, it never does."""
 
 import json
 import os
@@ -33,5 +34,7 @@ def test_fused_table_compiles_for_nvidia_and_amd():
     for r in results:
         if r["target"] == "sm_90":
             assert r["local"] == 0 and r["stack"] <= 1024, r
+            if "config" in r:  # a pdl row waits for the kernel ahead; the others never do
+                assert r["griddepcontrol"] == r["config"][-1], r
         else:
             assert r["scratch"] == 0 and r["vgpr_spills"] == 0, r

@@ -16,6 +16,7 @@ from vllm_gemma4_router.fused_router_launch import (
     clip_config,
     gemma4_fused_router_triton,
     launch_with_config,
+    pdl_supported,
     table_config,
 )
 from vllm_gemma4_router.fused_router_op import gemma4_fused_router
@@ -102,6 +103,19 @@ def test_table_configs_are_valid_for_every_bucket():
     for t in (1, 16, 17, 64, 65, 256, 257, 1024, 4097, 70000):
         check_config(table_config(t, 2816, 128), t, 2816, 128)
         assert candidate_configs(t, 2816, 128, 8, torch.bfloat16)
+
+
+def test_pdl_needs_an_nvidia_sm90_device(gen):
+    # The CPU (interpreter) has no programmatic dependent launch: refused before any launch.
+    h, s, w, pes = router_inputs(4, 128, 16, torch.bfloat16, gen)
+    out = (torch.empty(4, 16), torch.empty(4, 4), torch.empty(4, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="config.pdl"):
+        launch_with_config(SPLIT._replace(pdl=True), h, s, w, pes, EPS, 4, out)
+    assert not pdl_supported(torch.device("cpu"))
+    # The sweep times each one-step split candidate with and without it.
+    for t in (1, 64):
+        pdl = [c for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16) if c.pdl]
+        assert pdl and all(c.h_slice == c.block_h for c in pdl)
 
 
 def test_supports_and_bad_configs():

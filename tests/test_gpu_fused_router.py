@@ -9,9 +9,11 @@ from oracle import assert_ids_valid
 
 from vllm_gemma4_router import fused_handover, fused_router_op  # noqa: F401 (registers the op)
 from vllm_gemma4_router.fused_router_launch import (
+    FusedLaunchConfig,
     candidate_configs,
     gemma4_fused_router_triton,
     launch_with_config,
+    pdl_supported,
 )
 from vllm_gemma4_router.triton_routing import gemma4_routing_triton
 
@@ -83,6 +85,30 @@ def test_gpu_cuda_graph_replay(gen):
         h.copy_(router_inputs(16, 2816, 128, torch.bfloat16, gen, device="cuda")[0])
         graph.replay()
         torch.cuda.synchronize()
+        assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not pdl_supported(torch.device("cuda")),
+    reason="programmatic dependent launch needs an NVIDIA sm_90+ GPU",
+)
+def test_gpu_pdl_launch_replays_in_a_cuda_graph(gen):
+    # Weights load before the wait, the hidden states after: each replay must see
+    # the hidden states the kernel ahead of it (the copy) wrote.
+    config = FusedLaunchConfig(16, 32, 256, 256, 8, 2, pdl=True)
+    h, s, w, pes = router_inputs(16, 2816, 128, torch.bfloat16, gen, device="cuda")
+    fresh = torch.empty_like(h)
+    out = _empty_out(16, 128, 8)
+    launch_with_config(config, h, s, w, pes, EPS, 8, out)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        h.copy_(fresh)
+        launch_with_config(config, h, s, w, pes, EPS, 8, out)
+    for _ in range(3):
+        fresh.copy_(router_inputs(16, 2816, 128, torch.bfloat16, gen, device="cuda")[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(h, fresh)
         assert_fused_contract(*out, h, s, w, pes, EPS, 8)
 
 

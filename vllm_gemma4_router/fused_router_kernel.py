@@ -45,6 +45,24 @@ def round_to_bf16(x):
 
 
 @triton.jit
+def _hidden_tile(x_ptr, rows64, row_ok, h, h_ok, stride_xt, stride_xh):
+    return tl.load(
+        x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh,
+        mask=row_ok[:, None] & h_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
+def _weight_tile(w_ptr, experts64, expert_ok, h, h_ok, stride_we, stride_wh):
+    return tl.load(
+        w_ptr + experts64[None, :] * stride_we + h[:, None] * stride_wh,
+        mask=h_ok[:, None] & expert_ok[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
 def _dot_slice(
     x_ptr,
     scale_ptr,
@@ -64,25 +82,28 @@ def _dot_slice(
     BLOCK_E: tl.constexpr,
     BLOCK_H: tl.constexpr,
     OPERAND: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """Sums of ``x*scale*W`` [BLOCK_T, BLOCK_E] and ``x**2`` [BLOCK_T] over h_begin..h_end."""
+    """Sums of ``x*scale*W`` [BLOCK_T, BLOCK_E] and ``x**2`` [BLOCK_T] over h_begin..h_end.
+
+    ``PDL`` (programmatic dependent launch): the weight and scale tiles load
+    before waiting for the previous kernel, ``x`` after (from the second step on
+    the wait returns at once)."""
     acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     experts64 = experts.to(tl.int64)
     for h0 in range(h_begin, h_end, BLOCK_H):
         h = h0 + tl.arange(0, BLOCK_H)
         h_ok = h < h_end
-        x = tl.load(
-            x_ptr + rows64[:, None] * stride_xt + h[None, :] * stride_xh,
-            mask=row_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
-        w = tl.load(
-            w_ptr + experts64[None, :] * stride_we + h[:, None] * stride_wh,
-            mask=h_ok[:, None] & expert_ok[None, :],
-            other=0.0,
-        )
+        if PDL:
+            s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
+            w = _weight_tile(w_ptr, experts64, expert_ok, h, h_ok, stride_we, stride_wh)
+            tl.extra.cuda.gdc_wait()
+            x = _hidden_tile(x_ptr, rows64, row_ok, h, h_ok, stride_xt, stride_xh)
+        else:
+            x = _hidden_tile(x_ptr, rows64, row_ok, h, h_ok, stride_xt, stride_xh)
+            s = tl.load(scale_ptr + h * stride_s, mask=h_ok, other=0.0).to(tl.float32)
+            w = _weight_tile(w_ptr, experts64, expert_ok, h, h_ok, stride_we, stride_wh)
         sumsq += tl.sum(x * x, axis=1)
         operand = x * s[None, :]
         if OPERAND == OPERAND_BF16:
@@ -311,6 +332,7 @@ def gemma4_fused_router_kernel(
     ROUTE_T: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     OPERAND: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
@@ -341,6 +363,7 @@ def gemma4_fused_router_kernel(
         BLOCK_E,
         BLOCK_H,
         OPERAND,
+        PDL,
     )
     E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
     SPLIT: tl.constexpr = E_SLICES * H_SLICES > 1

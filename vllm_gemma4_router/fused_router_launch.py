@@ -41,6 +41,10 @@ class FusedLaunchConfig(NamedTuple):
     num_warps: int
     num_stages: int
     route_t: int = 16
+    #: Programmatic dependent launch (NVIDIA sm_90+): the program loads its gate
+    #: weight and scale tiles before waiting for the kernel ahead of it, so it
+    #: may only serve weights that kernel does not write (vLLM's: loaded once).
+    pdl: bool = False
 
 
 # Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
@@ -114,6 +118,15 @@ def check_config(config: FusedLaunchConfig, num_tokens: int, hidden: int, num_ex
         )
 
 
+def pdl_supported(device: torch.device) -> bool:
+    """Whether launches on ``device`` can use programmatic dependent launch (CUDA sm_90+)."""
+    return (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device)[0] >= 9
+    )
+
+
 def candidate_configs(
     num_tokens: int, hidden: int, num_experts: int, topk: int, dtype: torch.dtype
 ) -> list[FusedLaunchConfig]:
@@ -128,6 +141,11 @@ def candidate_configs(
             for h_slice in (256, 512, 1024):
                 for num_warps in (4, 8):
                     seen.append(FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2))
+                    if h_slice == 256:
+                        # One H step: the whole weight slice loads before the wait.
+                        seen.append(
+                            FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2, pdl=True)
+                        )
         seen.append(FusedLaunchConfig(16, 64, 128, 128, 4, 2))
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
@@ -192,13 +210,15 @@ def launch_with_config(
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     check_config(config, num_tokens, hidden, num_experts)
+    device = hidden_states.device
+    if config.pdl and not pdl_supported(device):
+        raise ValueError(f"config.pdl needs an NVIDIA GPU of compute capability 9.0+, not {device}")
     logits, weights, ids = out
     if num_tokens == 0:
         return
     block_e_all = triton.next_power_of_2(num_experts)
     h_slices = triton.cdiv(hidden, config.h_slice)
     e_slices = block_e_all // config.block_e
-    device = hidden_states.device
     if e_slices * h_slices > 1:
         numel = h_slices * num_tokens * block_e_all
         partial = torch.empty(numel, dtype=torch.float32, device=device)
@@ -242,8 +262,10 @@ def launch_with_config(
         ROUTE_T=min(config.block_t, config.route_t),
         HAS_SCALE=per_expert_scale is not None,
         OPERAND=operand_mode(hidden_states.dtype),
+        PDL=config.pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **({"launch_pdl": True} if config.pdl else {}),
     )
 
 
