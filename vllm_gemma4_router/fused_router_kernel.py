@@ -211,12 +211,25 @@ def finish_rows(
         logits,
         mask=row_ok[:, None] & expert_ok[None, :],
     )
-    if ROUTE_T == BLOCK_T:
-        # Padding columns read -inf: with the highest ids they lose every tie.
+    if ROUTE_T != BLOCK_T:
+        # Every thread's logit stores must be visible to the reads.
+        tl.debug_barrier()
+    for chunk in tl.static_range(BLOCK_T // ROUTE_T):
+        route_rows = (first_row + chunk * ROUTE_T + tl.arange(0, ROUTE_T)).to(tl.int64)
+        route_ok = route_rows < num_tokens
+        # Padding columns are -inf: with the highest ids they lose every tie.
+        if ROUTE_T == BLOCK_T:
+            chunk_logits = tl.where(expert_ok[None, :], logits, float("-inf"))
+        else:
+            chunk_logits = tl.load(
+                logits_ptr + route_rows[:, None] * stride_lt + experts[None, :] * stride_le,
+                mask=route_ok[:, None] & expert_ok[None, :],
+                other=float("-inf"),
+            )
         _route_rows(
-            tl.where(expert_ok[None, :], logits, float("-inf")),
-            rows64,
-            row_ok,
+            chunk_logits,
+            route_rows,
+            route_ok,
             pes_ptr,
             weights_ptr,
             ids_ptr,
@@ -231,34 +244,6 @@ def finish_rows(
             BLOCK_K,
             HAS_SCALE,
         )
-    else:
-        # Every thread's logit stores must be visible to the reads.
-        tl.debug_barrier()
-        for chunk in tl.static_range(BLOCK_T // ROUTE_T):
-            route_rows = (first_row + chunk * ROUTE_T + tl.arange(0, ROUTE_T)).to(tl.int64)
-            route_ok = route_rows < num_tokens
-            _route_rows(
-                tl.load(
-                    logits_ptr + route_rows[:, None] * stride_lt + experts[None, :] * stride_le,
-                    mask=route_ok[:, None] & expert_ok[None, :],
-                    other=float("-inf"),
-                ),
-                route_rows,
-                route_ok,
-                pes_ptr,
-                weights_ptr,
-                ids_ptr,
-                stride_pes,
-                stride_wt,
-                stride_wk,
-                stride_it,
-                stride_ik,
-                TOPK,
-                ROUTE_T,
-                BLOCK_E_ALL,
-                BLOCK_K,
-                HAS_SCALE,
-            )
 
 
 @triton.jit
