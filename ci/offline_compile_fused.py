@@ -5,8 +5,11 @@ router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
 exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
 GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
 them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
-(target, kernel): registers, spills, scratch. It runs in its own process because
-the test suite imports Triton kernels under ``TRITON_INTERPRET=1``.
+(target, kernel): registers, spills, scratch. Each compile is specialised as
+Triton's launcher specialises a contiguous launch (ints equal to 1 become
+constexprs; pointers and multiples of 16 are marked 16-divisible), so the weight
+loads vectorise as on the GPU. It runs in its own process because the test suite
+imports Triton kernels under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -38,11 +41,60 @@ _POINTERS = {
 }
 
 
+def _typical_ints(num_tokens: int) -> dict[str, int]:
+    """The int arguments of a contiguous launch for gemma-4-26B-A4B's router at ``T``."""
+    return {
+        "num_tokens": num_tokens,
+        "hidden": HIDDEN,
+        "num_experts": EXPERTS,
+        "stride_xt": HIDDEN,
+        "stride_xh": 1,
+        "stride_s": 1,
+        "stride_we": HIDDEN,
+        "stride_wh": 1,
+        "stride_pes": 1,
+        "stride_lt": EXPERTS,
+        "stride_le": 1,
+        "stride_wt": TOPK,
+        "stride_wk": 1,
+        "stride_it": TOPK,
+        "stride_ik": 1,
+        "stride_ot": HIDDEN,
+        "stride_st": EXPERTS,
+    }
+
+
+def _specialised(kernel, constants: dict, num_tokens: int, backend) -> tuple:
+    """``ASTSource(kernel, ...)`` arguments as the launcher would specialise them."""
+    from triton.compiler import ASTSource
+
+    constants = dict(constants)
+    typical = _typical_ints(num_tokens)
+    signature, divisible = {}, []
+    for arg in kernel.arg_names:
+        if arg in constants:
+            signature[arg] = "constexpr"
+            continue
+        arg_type = _POINTERS.get(arg, "i32")
+        value = typical.get(arg)
+        if arg_type.startswith("*"):
+            divisible.append(arg)  # torch allocations are at least 16-byte aligned
+        elif value == 1:
+            signature[arg] = "constexpr"
+            constants[arg] = 1
+            continue
+        elif value is not None and value % 16 == 0:
+            divisible.append(arg)
+        signature[arg] = arg_type
+    attrs = {(kernel.arg_names.index(arg),): backend.parse_attr("D") for arg in divisible}
+    return ASTSource(kernel, signature, constants, attrs)
+
+
 def main() -> None:
     import triton
     from offline_compile import TARGETS, _resources
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
 
     from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16, gemma4_fused_router_kernel
     from vllm_gemma4_router.fused_router_launch import _BF16_TABLE, clip_config
@@ -58,6 +110,7 @@ def main() -> None:
     for name in ("sm_90", "gfx942"):
         target = TARGETS[name]
         gpu_target = GPUTarget(target.backend, target.arch, target.warp_size)
+        backend = make_backend(gpu_target)
         for config in rows + (pdl_rows if name == "sm_90" else []):
             constants = {
                 "TOPK": TOPK,
@@ -73,12 +126,12 @@ def main() -> None:
                 "OPERAND": OPERAND_BF16.value,
                 "PDL": config.pdl,
             }
-            signature = {arg: _POINTERS.get(arg, "i32") for arg in fn.arg_names}
-            signature.update({key: "constexpr" for key in constants})
             result = {"target": name, "config": list(config)}
+            # A decode-size T for split rows, a large one for whole-row rows.
+            num_tokens = 16 if config.block_t <= 16 else 4096
             try:
                 compiled = triton.compile(
-                    ASTSource(fn, signature, constants),
+                    _specialised(fn, constants, num_tokens, backend),
                     target=gpu_target,
                     options={"num_warps": config.num_warps, "num_stages": config.num_stages},
                 )
@@ -89,12 +142,10 @@ def main() -> None:
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)
         for kernel, constants in _gemm_path_kernels():
-            signature = {arg: _POINTERS.get(arg, "i32") for arg in kernel.arg_names}
-            signature.update({key: "constexpr" for key in constants})
             result = {"target": name, "kernel": kernel.__name__}
             try:
                 compiled = triton.compile(
-                    ASTSource(kernel, signature, constants),
+                    _specialised(kernel, constants, 1024, backend),
                     target=gpu_target,
                     options={"num_warps": 4},
                 )

@@ -1,8 +1,8 @@
 """The fused router's launch-table rows and GEMM-path kernels compile offline for NVIDIA
-sm_90 and AMD gfx942 (``ci/offline_compile_fused.py``, no GPU). AMD: no scratch, no
-VGPR spill. NVIDIA: no local memory and at most 1 KiB of stack: the rows the H200
-sweep of 2026-12-01 14:02 UTC measured fastest keep 0-848 B of stack under triton 3.9
-(848 B: the T <= 256 row, whole E and an H slice of 512, 11.5 us;
+sm_90 and AMD gfx942 (``ci/offline_compile_fused.py``, no GPU, specialised as the
+launcher specialises a contiguous launch). AMD: no scratch, no VGPR spill. NVIDIA: no
+local memory and at most 512 B of stack: under triton 3.9 every table row keeps 0 B,
+the T <= 256 row with ``pdl`` 384 B (its whole weight tile waits in registers;
 ``benchmarks/results/compile_resources_fused_triton3.9.0.jsonl``); more would be a
 regression. With ``pdl`` the sm_90 kernel waits for the kernel ahead of it
 (``griddepcontrol.wait``); without, it never does."""
@@ -33,7 +33,7 @@ def test_fused_table_compiles_for_nvidia_and_amd():
     assert not failed, failed
     for r in results:
         if r["target"] == "sm_90":
-            assert r["local"] == 0 and r["stack"] <= 1024, r
+            assert r["local"] == 0 and r["stack"] <= 512, r
             if "config" in r:  # a pdl row waits for the kernel ahead; the others never do
                 assert r["griddepcontrol"] == r["config"][-1], r
         else:
