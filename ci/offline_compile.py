@@ -151,6 +151,36 @@ def _typical_ints(num_experts: int, topk: int) -> dict[str, int]:
     }
 
 
+def launcher_specialisation(
+    arg_names: Sequence[str],
+    arg_types: dict[str, str],
+    typical: dict[str, int],
+    constexprs: dict[str, Any],
+) -> tuple[list[tuple[str, str]], dict[str, Any], list[str]]:
+    """``(signature, constants, divisible)`` of a kernel launched with the ``typical`` int
+    arguments, specialised as Triton's launcher specialises them: ints equal to 1
+    become constexprs; tensor pointers and multiples of 16 are 16-divisible."""
+    signature: list[tuple[str, str]] = []
+    constants = dict(constexprs)
+    divisible: list[str] = []
+    for name in arg_names:
+        if name in constexprs:
+            signature.append((name, "constexpr"))
+            continue
+        arg_type = arg_types[name]
+        value = typical.get(name)
+        if arg_type.startswith("*"):
+            divisible.append(name)  # torch allocations are at least 16-byte aligned
+        elif value == 1:
+            signature.append((name, "constexpr"))
+            constants[name] = 1
+            continue
+        elif value is not None and value % 16 == 0:
+            divisible.append(name)
+        signature.append((name, arg_type))
+    return signature, constants, divisible
+
+
 def job_for(point: MatrixPoint, target: Target) -> CompileJob:
     """The compile a launch at ``point`` makes on ``target``, specialised as Triton's launcher
     would specialise a contiguous launch (ints equal to 1 become constexprs, multiples of 16
@@ -162,25 +192,12 @@ def job_for(point: MatrixPoint, target: Target) -> CompileJob:
 
     dtype = getattr(torch, point.dtype)
     spec = compile_spec(point.bucket, point.topk, point.num_experts, dtype, dtype, target.platform)
-    typical = _typical_ints(point.num_experts, point.topk)
-    signature: list[tuple[str, str]] = []
-    constants = dict(spec.constexprs)
-    divisible: list[str] = []
-    for name in gemma4_routing_kernel.arg_names:
-        if name in spec.constexprs:
-            signature.append((name, "constexpr"))
-            continue
-        arg_type = spec.arg_types[name]
-        value = typical.get(name)
-        if arg_type.startswith("*"):
-            divisible.append(name)  # torch allocations are at least 16-byte aligned
-        elif value == 1:
-            signature.append((name, "constexpr"))
-            constants[name] = 1
-            continue
-        elif value is not None and value % 16 == 0:
-            divisible.append(name)
-        signature.append((name, arg_type))
+    signature, constants, divisible = launcher_specialisation(
+        gemma4_routing_kernel.arg_names,
+        spec.arg_types,
+        _typical_ints(point.num_experts, point.topk),
+        spec.constexprs,
+    )
     return CompileJob(
         target.name,
         tuple(signature),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "ci")]
@@ -64,30 +65,17 @@ def _typical_ints(num_tokens: int) -> dict[str, int]:
     }
 
 
-def _specialised(kernel, constants: dict, num_tokens: int, backend) -> tuple:
-    """``ASTSource(kernel, ...)`` arguments as the launcher would specialise them."""
+def _specialised(kernel, constants: dict, num_tokens: int, backend) -> Any:
+    """``ASTSource(kernel, ...)`` as the launcher would specialise a contiguous launch."""
+    from offline_compile import launcher_specialisation
     from triton.compiler import ASTSource
 
-    constants = dict(constants)
-    typical = _typical_ints(num_tokens)
-    signature, divisible = {}, []
-    for arg in kernel.arg_names:
-        if arg in constants:
-            signature[arg] = "constexpr"
-            continue
-        arg_type = _POINTERS.get(arg, "i32")
-        value = typical.get(arg)
-        if arg_type.startswith("*"):
-            divisible.append(arg)  # torch allocations are at least 16-byte aligned
-        elif value == 1:
-            signature[arg] = "constexpr"
-            constants[arg] = 1
-            continue
-        elif value is not None and value % 16 == 0:
-            divisible.append(arg)
-        signature[arg] = arg_type
+    arg_types = {arg: _POINTERS.get(arg, "i32") for arg in kernel.arg_names}
+    signature, constants, divisible = launcher_specialisation(
+        kernel.arg_names, arg_types, _typical_ints(num_tokens), constants
+    )
     attrs = {(kernel.arg_names.index(arg),): backend.parse_attr("D") for arg in divisible}
-    return ASTSource(kernel, signature, constants, attrs)
+    return ASTSource(kernel, dict(signature), constants, attrs)
 
 
 def main() -> None:
