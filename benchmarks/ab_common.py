@@ -60,6 +60,7 @@ RECORDED_ENV = (
     "TORCH_SYMM_MEM_DISABLE_MULTICAST",
     "CUDA_VISIBLE_DEVICES",
     "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_GEMMA4_FUSED_PDL",
 )
 
 T = TypeVar("T")
@@ -78,12 +79,15 @@ class Arm:
         name: column title, ``"in-tree"`` or ``"plugin"``.
         plugin: whether the server loads this package's plugin.
         base_url: an already running server to use instead of starting one.
+        custom_ops: entries for the server's ``--compilation-config`` custom_ops.
+        env: ``(name, value)`` pairs added to a started server's environment.
     """
 
     name: str
     plugin: bool
     base_url: str | None = None
     custom_ops: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def expected_forward(self) -> str | None:
@@ -92,11 +96,14 @@ class Arm:
 
 
 # The arms a run can name in --order, in table column order.
-ARM_NAMES = ("in-tree", "plugin", "native", "fused")
+ARM_NAMES = ("in-tree", "plugin", "native", "fused", "fused-pdl")
 # The native arm's compilation setting: the op stays, its torch reference runs.
 NATIVE_CUSTOM_OPS = ("-gemma4_routing",)
 # The fused arm's: the whole router (norm, scale, gate GEMM, routing) in one op.
 FUSED_CUSTOM_OPS = ("+gemma4_fused_router",)
+# The fused-pdl arm's environment: the fused op's decode launches with
+# programmatic dependent launch (fused_router_launch.PDL_ENV, NVIDIA sm_90+).
+FUSED_PDL_ENV = (("VLLM_GEMMA4_FUSED_PDL", "1"),)
 
 
 @dataclass
@@ -379,6 +386,7 @@ def arms_in_order(
             "native", plugin=True, base_url=base_url_native, custom_ops=NATIVE_CUSTOM_OPS
         ),
         "fused": Arm("fused", plugin=True, base_url=base_url_fused, custom_ops=FUSED_CUSTOM_OPS),
+        "fused-pdl": Arm("fused-pdl", plugin=True, custom_ops=FUSED_CUSTOM_OPS, env=FUSED_PDL_ENV),
     }
     names = [name.strip() for name in order.split(",") if name.strip()]
     if required is not None:
@@ -645,7 +653,7 @@ def arm_server(
         return
     from vllm_gemma4_router.harness.serving import VllmServer
 
-    env = dict(extra_env or {})
+    env = {**dict(arm.env), **dict(extra_env or {})}
     if not arm.plugin:
         env["VLLM_PLUGINS"] = ""
     server = VllmServer(

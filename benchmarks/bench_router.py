@@ -17,6 +17,8 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   launch of its kernel, or its GEMM path for ``GEMM_PATH_TOKENS``;
 * ``fused_gemm``: the op's GEMM path (Triton prologue, cuBLAS, the kernel's
   epilogue: ``fused_router_gemm.route_by_gemm``) at every T;
+* ``fused_pdl``: the table's split launch with programmatic dependent launch
+  (``FusedLaunchConfig.pdl``), where the op launches a split row (else ``-``);
 * ``empty``: an empty Triton kernel, the floor of one graph-replayed launch.
 
 Timing (``common.bench_rotated``): one CUDA graph of calls cycling through L
@@ -26,6 +28,12 @@ so every call reads its gate weight from HBM, as in a real step where the
 experts' weights flush the L2 between two routers; ``--layers 30`` is the plain
 30-layer rotation, whose weights (30 x 0.7 MB) stay in the L2. The hidden
 states are one tensor, L2-hot as after the op before the router.
+
+``--producer``: as in serving, a kernel that writes the hidden states (a copy
+of an L2-hot tensor of the same shape, standing in for vLLM's residual add and
+norm) runs before every call; that producer is timed alone in the same graph
+set-up and its time subtracted from every piece. Programmatic dependent launch
+only pays where the kernel ahead is not one's own: this is the set-up for it.
 
 Before timing, each T is checked: the fused op's ids must equal our routing
 kernel's on the fused op's own logits (exactly; weights to 1e-5), and its
@@ -67,6 +75,7 @@ PIECES = (
     "chain_ours",
     "fused",
     "fused_gemm",
+    "fused_pdl",
     "empty",
 )
 HEADERS = {
@@ -78,6 +87,7 @@ HEADERS = {
     "chain_ours": "chain ours",
     "fused": "fused",
     "fused_gemm": "fused, GEMM path",
+    "fused_pdl": "fused, PDL",
     "empty": "empty launch",
 }
 FUSED_IMPL = "vllm_gemma4_router.fused_router_op.fused_router_into (what the op runs)"
@@ -119,6 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="md line: (chain vLLM - fused) x --model-layers at T=16 and T=64",
     )
     parser.add_argument("--model-layers", type=int, default=30, help="routers per decode step")
+    parser.add_argument(
+        "--producer",
+        action="store_true",
+        help="a kernel writing the hidden states before every call, its time subtracted",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="")
@@ -197,6 +212,7 @@ class Router:
     route_ours: Callable
     fused: Callable
     fused_gemm: Callable  # the op's GEMM path at every T: where it beats the kernel
+    fused_pdl: Callable  # the op's split launch with PDL; None where the op has none
 
 
 def make_layer_sets(count, hidden, experts, dtype, device, generator=None):
@@ -244,6 +260,9 @@ def check_point(router: Router, hidden_states: torch.Tensor, logit_rtol: float) 
     err = logit_error(logits, chain_logits)
     if not err <= logit_rtol:  # NaN fails too
         problems.append(f"logits {err:.3g} > {logit_rtol:g} of row max")
+    pdl_out = r.fused_pdl(hidden_states, s, w, p, r.eps, k)
+    if pdl_out is not None and not all(map(torch.equal, pdl_out, (logits, weights, ids))):
+        problems.append("PDL launch != the op's bits")
     same_set = ids.long().sort(dim=1).values == chain_ids.long().sort(dim=1).values
     agree = float(same_set.all(dim=1).float().mean()) if ids.numel() else 1.0
     check = "ok" if not problems else "FAIL: " + "; ".join(problems)
@@ -251,7 +270,8 @@ def check_point(router: Router, hidden_states: torch.Tensor, logit_rtol: float) 
 
 
 def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], object]) -> dict:
-    """``{piece: fn(layer)}``; ``norm``/``gemm``/routing alone read layer 0's upstream output."""
+    """``{piece: fn(layer)}``; ``norm``/``gemm``/routing alone read layer 0's upstream output.
+    ``fused_pdl`` only where the op launches a split row."""
     r, h, k = router, hidden_states, router.topk
     normed = r.norm(h, r.root_size, r.scales[0], r.eps)
     logits = r.gemm(normed, r.weights[0])
@@ -263,7 +283,7 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
             r.expert_scales[i],
         )
 
-    return {
+    fns = {
         "norm": lambda i: r.norm(h, r.root_size, r.scales[i], r.eps),
         "gemm": lambda i: r.gemm(normed, r.weights[i]),
         "route_vllm": lambda i: r.route_vllm(logits, k, r.expert_scales[i]),
@@ -274,8 +294,28 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
         "fused_gemm": lambda i: r.fused_gemm(
             h, r.scales[i], r.weights[i], r.expert_scales[i], r.eps, k
         ),
+        "fused_pdl": lambda i: r.fused_pdl(
+            h, r.scales[i], r.weights[i], r.expert_scales[i], r.eps, k
+        ),
         "empty": lambda i: empty(),
     }
+    if r.fused_pdl(h, r.scales[0], r.weights[0], r.expert_scales[0], r.eps, k) is None:
+        del fns["fused_pdl"]
+    return fns
+
+
+def with_producer(fns: dict, hidden_states: torch.Tensor) -> dict:
+    """``fns`` each preceded by a kernel writing ``hidden_states`` (a copy of an
+    L2-hot twin: same values), plus ``producer`` alone."""
+    source = hidden_states.clone()
+
+    def produce():
+        hidden_states.copy_(source)
+
+    def preceded(fn):
+        return lambda i: (produce(), fn(i))
+
+    return {"producer": lambda i: produce(), **{name: preceded(fn) for name, fn in fns.items()}}
 
 
 def measure_point(
@@ -290,17 +330,23 @@ def measure_point(
     dtype: torch.dtype,
     device,
     generator=None,
+    producer: bool = False,
 ) -> list[dict]:
-    """One row per layer count at ``T = num_tokens``: the check, then every piece timed."""
+    """One row per layer count at ``T = num_tokens``: the check, then every piece timed
+    (``producer``: :func:`with_producer`, its time subtracted; ``producer_us`` the row's)."""
     hidden = router.weights[0].shape[1]
     h = torch.randn(num_tokens, hidden, generator=generator, device=device).to(dtype)
     check = check_point(router, h, logit_rtol)
     if check["check"] != "ok":
         print(f"\nWARNING T={num_tokens}: {check['check']}", flush=True)
     fns = pieces(router, h, empty)
+    if producer:
+        fns = with_producer(fns, h)
     rows = []
     for layers in layer_counts:
         us = {name: timer(fn, layers) for name, fn in fns.items()}
+        base = us.pop("producer", 0.0)
+        us = {name: us[name] - base if name in us else float("nan") for name in PIECES}
         rows.append(
             dict(
                 T=num_tokens,
@@ -308,6 +354,7 @@ def measure_point(
                 weights_from=weights_location(layers, bytes_per_layer, l2),
                 weights_MB=round(layers * bytes_per_layer / 1e6, 1),
                 **{f"{name}_us": round(v, 3) for name, v in us.items()},
+                **({"producer_us": round(base, 3)} if producer else {}),
                 vllm_over_fused=round(us["chain_vllm"] / us["fused"], 3),
                 ours_over_fused=round(us["chain_ours"] / us["fused"], 3),
                 **check,
@@ -326,25 +373,48 @@ def _empty_launcher() -> Callable[[], object]:
     return lambda: _empty_kernel[(1,)]()
 
 
-def load_fused() -> tuple[Callable, Callable]:
+def load_fused() -> tuple[Callable, Callable, Callable]:
     """What our fused router op runs (``FUSED_IMPL``: the kernel, or its GEMM path where
-    the op takes that path), and its GEMM path alone, each as ``fn(h, s, w,
-    pes, eps, topk) -> (logits, weights, ids)``; no fallback: a missing op fails the run."""
+    the op takes that path), its GEMM path alone, and the op's split launch with
+    programmatic dependent launch (``None`` where the op launches no split row),
+    each as ``fn(h, s, w, pes, eps, topk) -> (logits, weights, ids)``; no
+    fallback: a missing op fails the run."""
     from vllm_gemma4_router.fused_handover import new_packed, unpack
     from vllm_gemma4_router.fused_router_gemm import route_by_gemm
+    from vllm_gemma4_router.fused_router_launch import (
+        GEMM_PATH_TOKENS,
+        is_split,
+        launch_with_config,
+        table_config,
+    )
     from vllm_gemma4_router.fused_router_op import fused_router_into
+
+    def split_with_pdl(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out):
+        (num_tokens, hidden), num_experts = hidden_states.shape, gate_weight.shape[0]
+        config = table_config(num_tokens, hidden, num_experts)
+        if num_tokens in GEMM_PATH_TOKENS or not is_split(config, hidden, num_experts):
+            return False
+        launch_with_config(
+            config._replace(pdl=True),
+            hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out,
+        )  # fmt: skip
+        return True
 
     def into_new_buffer(compute):
         def run(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
             num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
             packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
             out = unpack(packed, num_tokens, num_experts, topk)
-            compute(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
-            return out
+            ran = compute(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+            return None if ran is False else out
 
         return run
 
-    return into_new_buffer(fused_router_into), into_new_buffer(route_by_gemm)
+    return (
+        into_new_buffer(fused_router_into),
+        into_new_buffer(route_by_gemm),
+        into_new_buffer(split_with_pdl),
+    )
 
 
 def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], int]:
@@ -369,7 +439,7 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         x = torch.randn(64, args.hidden, device=device).to(dtype)
         torch._dynamo.maybe_mark_dynamic(x, 0)
         norm(x, torch.tensor(args.hidden**-0.5, device=device).to(dtype), scales[0], args.eps)
-    fused, fused_gemm = load_fused()
+    fused, fused_gemm, fused_pdl = load_fused()
     router = Router(
         weights=weights,
         scales=scales,
@@ -383,6 +453,7 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         route_ours=gemma4_routing_triton,
         fused=fused,
         fused_gemm=fused_gemm,
+        fused_pdl=fused_pdl,
     )
     labels = dict(
         impl_norm=norm_label,
@@ -416,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         graph=f"{args.replays} replays, calls per graph "
         + "/".join(str(rotation_calls(n, args.min_calls)) for n in counts),
         logit_rtol=f"{args.logit_rtol:g}",
+        producer="hidden-states copy before every call, subtracted" if args.producer else "none",
     )
     print(stamp, flush=True)
     print(
@@ -442,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
             args.logit_rtol,
             dtype,
             device,
+            producer=args.producer,
         )
     print(f"\r[{len(args.tokens)}/{len(args.tokens)}] done", flush=True)
     tag = args.tag or ("" if args.layers == ["auto"] else "L" + "-".join(args.layers))

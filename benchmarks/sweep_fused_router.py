@@ -11,7 +11,10 @@ fails to launch or to check is recorded with the reason and not timed. The
 others, and the launch table's own choice (``gemma4_fused_router_triton``), are
 timed as ``benchmarks.bench_router`` times the fused op: ``common.bench_rotated``
 over L layers' weight sets (by default 3x the L2, so the gate weights come from
-HBM), the hidden states one L2-hot tensor.
+HBM), the hidden states one L2-hot tensor. ``--producer``: as ``bench_router
+--producer``, a kernel writing the hidden states runs before every call and its
+own time is subtracted (the set-up in which programmatic dependent launch can
+pay: the kernel ahead is not the router).
 
 Writes benchmarks/results/sweep_fused_router_<device>_<date>[_<tag>].{csv,md}
 after every T (a cut-off run keeps what it has): every config's time, the best
@@ -61,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1e-3,
         help="logits vs the fp32 reference, relative to the row's largest |logit|",
+    )
+    parser.add_argument(
+        "--producer",
+        action="store_true",
+        help="a kernel writing the hidden states before every call, its time subtracted",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
@@ -120,11 +128,14 @@ def sweep_point(
     dtype: torch.dtype,
     device,
     generator=None,
+    producer: bool = False,
 ) -> list[dict]:
     """Rows for one T: each candidate (``method='config'``), then the table's own choice
     (``method='table'``). ``launch(config, h, scale, w, pes, eps, topk, out)`` and
     ``table(h, scale, w, pes, eps, topk, out=out)`` write into ``out``; ``timer(fn,
-    layers)`` times ``fn(layer)`` (``common.bench_rotated``)."""
+    layers)`` times ``fn(layer)`` (``common.bench_rotated``). ``producer``: every
+    timed call is preceded by a copy into the hidden states, whose time alone
+    (``producer_us`` of every row) is subtracted."""
     p, k = problem, problem.topk
     hidden = p.weights[0].shape[1]
     experts = p.weights[0].shape[0]
@@ -137,6 +148,13 @@ def sweep_point(
         torch.empty(num_tokens, k, dtype=torch.float32, device=device),
         torch.empty(num_tokens, k, dtype=torch.int32, device=device),
     )
+    source = h.clone()
+    producer_us = round(timer(lambda i: h.copy_(source), layers), 3) if producer else 0.0
+
+    def timed(call):
+        if not producer:
+            return timer(call, layers)
+        return timer(lambda i: (h.copy_(source), call(i)), layers) - producer_us
 
     def run(method, config, call):
         """Check ``call(layer)`` at layer 0 on poisoned outputs, then time it."""
@@ -147,6 +165,7 @@ def sweep_point(
             config_type=type(config).__name__ if config is not None else "",
             config=config_text(config) if config is not None else "",
             us=float("nan"),
+            producer_us=producer_us,
             ok=False,
             reason="",
             logit_err=float("nan"),
@@ -166,7 +185,7 @@ def sweep_point(
         if reason:
             return row
         try:
-            row["us"] = round(timer(call, layers), 3)
+            row["us"] = round(timed(call), 3)
         except Exception as exc:  # noqa: BLE001 - e.g. capture fails
             row["reason"] = "timing: " + _first_line(exc)
             return row
@@ -323,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         graph=f"{args.replays} replays of {rotation_calls(layers, args.min_calls)} calls",
         logit_rtol=f"{args.logit_rtol:g}",
         L2_bytes=str(l2),
+        producer="hidden-states copy before every call, subtracted" if args.producer else "none",
     )
     print(stamp, flush=True)
 
@@ -347,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
             args.logit_rtol,
             dtype,
             device,
+            producer=args.producer,
         )
         b = best_per_t([r for r in rows if r["T"] == num_tokens])[0]
         print(

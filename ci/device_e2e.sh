@@ -13,6 +13,7 @@
 # vLLM PR #39083 (random, 160 prompts, concurrency 16, 2048 in / 512 out, EOS
 # ignored). One H200 (nvidia-h200):
 #   bash ci/device_e2e.sh real_serve_ab ARMS [ROUND]  # ARMS: in-tree, plugin, native, fused,
+#                                    # fused-pdl (the fused op with VLLM_GEMMA4_FUSED_PDL=1),
 #                                    # comma-separated (one per call: see the timing below);
 #                                    # PROFILE=1 also traces decode steps (round 1)
 #   bash ci/device_e2e.sh real_profile ARM   # trace of 32 decode steps at batch 16 + summary
@@ -134,8 +135,8 @@ real_model() {
 check_arms() {
   local arm
   for arm in ${1//,/ }; do
-    case $arm in in-tree | plugin | native | fused) ;; *)
-      echo "unknown arm $arm (in-tree, plugin, native, fused)" >&2
+    case $arm in in-tree | plugin | native | fused | fused-pdl) ;; *)
+      echo "unknown arm $arm (in-tree, plugin, native, fused, fused-pdl)" >&2
       exit 2
       ;;
     esac

@@ -889,3 +889,43 @@ def test_fused_arm_turns_the_fused_router_on():
     assert json.loads(added[3]) == {"custom_ops": ["+gemma4_fused_router"]}
     order = ab_common.arms_in_order("fused,in-tree", None, None, required=None)
     assert [a.name for a in order] == ["fused", "in-tree"]
+
+
+def test_fused_pdl_arm_serves_the_fused_router_with_pdl_on(monkeypatch, tmp_path):
+    from vllm_gemma4_router.harness import serving
+
+    arm = ab_common.arms_in_order("fused-pdl", None, None, required=None)[0]
+    assert arm.plugin and arm.custom_ops == ab_common.FUSED_CUSTOM_OPS
+    assert "VLLM_GEMMA4_FUSED_PDL" in ab_common.RECORDED_ENV
+    started = []
+
+    class FakeServer:  # records what the arm hands the server, starts nothing
+        def __init__(self, model, **kwargs):
+            started.append(kwargs)
+            self.base_url, self.model_name, self.startup_s = "http://x:1", model, 1.0
+            self.log_path = tmp_path / "server.log"
+            self.command = ["vllm"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def log_text(self):
+            return ""
+
+    monkeypatch.setattr(serving, "VllmServer", FakeServer)
+    with ab_common.arm_server(
+        arm,
+        "m",
+        served_model_name=None,
+        server_args=[],
+        out_dir=tmp_path,
+        startup_timeout_s=1,
+        extra_env={"X": "1"},
+    ) as info:
+        assert info.command == "VLLM_GEMMA4_FUSED_PDL=1 X=1 vllm"
+    (kwargs,) = started
+    assert kwargs["env"] == {"VLLM_GEMMA4_FUSED_PDL": "1", "X": "1"}
+    assert json.loads(kwargs["extra_args"][1]) == {"custom_ops": ["+gemma4_fused_router"]}

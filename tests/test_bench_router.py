@@ -53,7 +53,18 @@ def test_rotation_reaches_three_l2s_of_gate_weights():
         common.rotation_sets(0, H200_L2)
 
 
-def _router(fused=gemma4_fused_router_reference, layers=3, hidden=64, experts=16, topk=4):
+def _no_split_launch(*args):
+    return None
+
+
+def _router(
+    fused=gemma4_fused_router_reference,
+    layers=3,
+    hidden=64,
+    experts=16,
+    topk=4,
+    fused_pdl=_no_split_launch,
+):
     gen = torch.Generator().manual_seed(1)
     weights, scales, expert_scales = bench_router.make_layer_sets(
         layers, hidden, experts, torch.bfloat16, "cpu", gen
@@ -72,6 +83,7 @@ def _router(fused=gemma4_fused_router_reference, layers=3, hidden=64, experts=16
         route_ours=gemma4_routing_triton,
         fused=fused,
         fused_gemm=gemma4_fused_router_reference,
+        fused_pdl=fused_pdl,
     )
     return router, gemm_label
 
@@ -104,14 +116,61 @@ def test_measure_point_times_every_piece_over_every_layer_and_checks():
         router, 5, [3, 2], LAYER_BYTES, H200_L2, timer, lambda: None, 2e-2, torch.bfloat16, "cpu"
     )
     assert [r["layers"] for r in rows] == [3, 2]
-    n = len(bench_router.PIECES)
-    assert calls == [3] * n + [2] * n  # every piece, over every layer count
+    n = len(bench_router.PIECES) - 1  # no split launch here: no fused_pdl piece
+    assert calls == [3] * n + [2] * n  # every other piece, over every layer count
     row = rows[0]
     assert row["T"] == 5 and row["weights_from"] == "L2"
     assert row["check"] == "ok", row
     assert row["logit_err"] < 2e-2 and 0.0 <= row["ids_vs_chain"] <= 1.0
     assert row["fused_us"] == 4.0 and row["chain_vllm_us"] == row["norm_us"] == 8.0
     assert row["vllm_over_fused"] == row["ours_over_fused"] == 2.0
+    assert math.isnan(row["fused_pdl_us"]) and "producer_us" not in row
+
+
+def test_producer_runs_before_every_piece_and_its_time_is_subtracted():
+    """``--producer``: each timed call first rewrites the hidden states (same values);
+    the producer alone is timed too and taken off every piece, fused_pdl included."""
+    seen = []
+
+    def pdl_launch(h, *args):
+        seen.append(h.clone())
+        return gemma4_fused_router_reference(h, *args)
+
+    router, _ = _router(fused_pdl=pdl_launch)
+    names = ["producer", *bench_router.PIECES]
+
+    def timer(fn, layers):  # producer 3 us; every piece 3 + 5 (fused 3 + 2)
+        name = names[timer.calls]
+        timer.calls += 1
+        for i in range(layers):
+            fn(i)
+        return 3.0 + (0.0 if name == "producer" else 2.0 if name == "fused" else 5.0)
+
+    timer.calls = 0
+    rows = bench_router.measure_point(
+        router, 5, [2], LAYER_BYTES, H200_L2, timer, lambda: None, 2e-2, torch.bfloat16, "cpu",
+        producer=True,
+    )  # fmt: skip
+    row = rows[0]
+    assert timer.calls == len(names) and row["check"] == "ok", row
+    assert row["producer_us"] == 3.0 and row["fused_us"] == 2.0
+    assert row["fused_pdl_us"] == row["chain_vllm_us"] == row["empty_us"] == 5.0
+    assert row["vllm_over_fused"] == 2.5
+    # the check's call, then two timed ones: each read the same hidden states
+    assert len(seen) >= 3 and all(torch.equal(x, seen[0]) for x in seen)
+
+
+def test_check_flags_a_pdl_launch_whose_bits_differ():
+    h = torch.randn(6, 64).to(torch.bfloat16)
+
+    def off_by_one_ulp(*args):
+        logits, weights, ids = gemma4_fused_router_reference(*args)
+        return torch.nextafter(logits, torch.full_like(logits, math.inf)), weights, ids
+
+    router, _ = _router(fused_pdl=gemma4_fused_router_reference)
+    assert bench_router.check_point(router, h, 2e-2)["check"] == "ok"
+    router, _ = _router(fused_pdl=off_by_one_ulp)
+    assert bench_router.check_point(router, h, 2e-2)["check"] == "FAIL: PDL launch != the op's bits"
 
 
 def test_check_flags_wrong_ids_and_far_logits():
@@ -151,6 +210,7 @@ def _rows():
                 chain_ours=2 * fused * slower,
                 fused=fused * slower,
                 fused_gemm=fused * slower * 1.1,
+                fused_pdl=fused * slower * 0.9 if num_tokens < 4096 else float("nan"),
                 empty=1.0,
             )
             rows.append(
@@ -198,9 +258,10 @@ def test_report_has_stamp_tables_ratios_and_real_step_estimate(tmp_path):
     assert hbm < l2  # the HBM rotation first
     # T=16, L=217: norm 3, gemm 4.5, routing 2.5 / 1.5, chains 18 / 12, fused 6 (GEMM
     # path 6.6), empty 1
-    row_16 = "| 16 | 3.00 | 4.50 | 2.50 | 1.50 | 18.00 | 12.00 | 6.00 | 6.60 | 1.00 | 3.00x | 2.00x | ok |"  # noqa: E501
+    row_16 = "| 16 | 3.00 | 4.50 | 2.50 | 1.50 | 18.00 | 12.00 | 6.00 | 6.60 | 5.40 | 1.00 | 3.00x | 2.00x | ok |"  # noqa: E501
     assert row_16 in report
     assert "| 4096 | 2.00 | 3.00 |" in report and "| FAIL: ids != our routing" in report
+    assert "| 11.00 | - | 1.00 |" in report  # T=4096, L=30: no split launch, no PDL time
     assert "chain vLLM / fused 3.00x (min 3.00x), chain ours / fused 2.00x" in report
     # (18 - 6) x 30 at T=16 and (22.5 - 7.5) x 30 at T=64, HBM; (12 - 4) x 30 in L2
     assert "L=217: (chain vLLM - fused) x 30 router layers per decode step: " in report

@@ -6,7 +6,7 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
-from vllm_gemma4_router import fused_handover
+from vllm_gemma4_router import fused_handover, fused_router_launch
 from vllm_gemma4_router._validation import fused_router_supports
 from vllm_gemma4_router.fused_handover import logits_view
 from vllm_gemma4_router.fused_router_launch import (
@@ -15,7 +15,9 @@ from vllm_gemma4_router.fused_router_launch import (
     check_config,
     clip_config,
     gemma4_fused_router_triton,
+    is_split,
     launch_with_config,
+    pdl_override,
     pdl_supported,
     table_config,
 )
@@ -116,6 +118,29 @@ def test_pdl_needs_an_nvidia_sm90_device(gen):
     for t in (1, 64):
         pdl = [c for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16) if c.pdl]
         assert pdl and all(c.h_slice == c.block_h for c in pdl)
+
+
+def test_pdl_switch_reads_only_0_1_or_empty():
+    assert pdl_override(None) is None and pdl_override("") is None
+    assert pdl_override("1") is True and pdl_override("0") is False
+    for bad in ("yes", "true", " 1"):
+        with pytest.raises(ValueError, match="VLLM_GEMMA4_FUSED_PDL"):
+            pdl_override(bad)
+
+
+@pytest.mark.parametrize("override", [None, True, False])
+def test_table_pdl_only_on_split_rows_of_a_supporting_device(monkeypatch, override):
+    monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", override)
+    monkeypatch.setattr(fused_router_launch, "pdl_supported", lambda device: device.type == "meta")
+    for t in (1, 16, 64, 256, 1024, 70000):
+        plain = table_config(t, 2816, 128)
+        # The CPU launches as the table row says; a device without PDL never gets it.
+        assert table_config(t, 2816, 128, torch.device("cpu")) == plain._replace(pdl=False)
+        on_device = table_config(t, 2816, 128, torch.device("meta"))
+        asked = plain.pdl if override is None else override
+        assert on_device == plain._replace(pdl=asked and is_split(plain, 2816, 128))
+    assert is_split(table_config(16, 2816, 128), 2816, 128)
+    assert not is_split(table_config(70000, 2816, 128), 2816, 128)
 
 
 def test_supports_and_bad_configs():

@@ -7,13 +7,18 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
-from vllm_gemma4_router import fused_handover, fused_router_op  # noqa: F401 (registers the op)
+from vllm_gemma4_router import (  # noqa: F401 (fused_router_op registers the op)
+    fused_handover,
+    fused_router_launch,
+    fused_router_op,
+)
 from vllm_gemma4_router.fused_router_launch import (
     FusedLaunchConfig,
     candidate_configs,
     gemma4_fused_router_triton,
     launch_with_config,
     pdl_supported,
+    table_config,
 )
 from vllm_gemma4_router.triton_routing import gemma4_routing_triton
 
@@ -110,6 +115,25 @@ def test_gpu_pdl_launch_replays_in_a_cuda_graph(gen):
         torch.cuda.synchronize()
         assert torch.equal(h, fresh)
         assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not pdl_supported(torch.device("cuda")),
+    reason="programmatic dependent launch needs an NVIDIA sm_90+ GPU",
+)
+def test_gpu_pdl_switch_keeps_the_op_bits(monkeypatch, gen):
+    # VLLM_GEMMA4_FUSED_PDL=1 (read at import; set here as it would be read) turns
+    # the split rows' launches into PDL launches: same kernel sums, same bits.
+    for t in (1, 16, 64, 256):
+        h, s, w, pes = router_inputs(t, 2816, 128, torch.bfloat16, gen, device="cuda")
+        monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", False)
+        plain = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
+        monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", True)
+        assert table_config(t, 2816, 128, h.device).pdl
+        with_pdl = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
+        for a, b in zip(plain, with_pdl, strict=True):
+            assert torch.equal(a, b)
+        assert_fused_contract(*with_pdl, h, s, w, pes, EPS, 8)
 
 
 def test_gpu_non_finite_rows_give_valid_ids(gen):

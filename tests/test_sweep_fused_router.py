@@ -90,6 +90,32 @@ def test_sweep_point_times_only_configs_that_check():
     assert (b["timed"], b["failed"]) == (3, 3)
 
 
+def test_sweep_point_producer_precedes_every_timed_call_and_is_subtracted():
+    """``--producer``: the producer alone is timed first, then each checked config with
+    a copy into the hidden states ahead of every call; the rows hold the difference."""
+    seen = []
+
+    def launch(config, h, *args):
+        seen.append(h.clone())
+        fake_launch(config, h, *args)
+
+    def timer(fn, layers):
+        for i in range(layers):
+            fn(i)
+        timer.calls += 1
+        return 2.0 if timer.calls == 1 else 7.5  # the producer, then producer + call
+
+    timer.calls = 0
+    rows = sweep_fused_router.sweep_point(
+        _problem(), 5, 3, [Cfg(16, 4)], launch, fake_table, timer, 1e-3, torch.bfloat16, "cpu",
+        producer=True,
+    )  # fmt: skip
+    assert timer.calls == 3  # producer, the config, the table
+    assert rows[0]["ok"] and rows[0]["us"] == 5.5 and rows[0]["producer_us"] == 2.0
+    assert rows[-1]["us"] == 5.5
+    assert len(seen) == 4 and all(torch.equal(x, seen[0]) for x in seen)  # check + 3 timed
+
+
 def _rows():
     rows = []
     for num_tokens, times in ((1, (3.0, 3.3)), (4096, (9.0, 9.9)), (16384, (20.0,))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -78,10 +79,43 @@ def _bucket(num_tokens: int) -> int:
     return next(i for i, bound in enumerate(_TOKEN_BUCKETS) if num_tokens <= bound)
 
 
-def table_config(num_tokens: int, hidden: int, num_experts: int) -> FusedLaunchConfig:
-    """The launch config the table gives ``T`` tokens (clipped to ``H``)."""
-    config = _BF16_TABLE[_bucket(num_tokens)]
-    return clip_config(config, hidden, num_experts)
+#: Programmatic dependent launch of the table's split rows: "1" on, "0" off, unset
+#: (or empty) the table's own choice. Read once, at import. PDL applies only on
+#: devices where ``pdl_supported``; elsewhere the rows launch without it.
+PDL_ENV = "VLLM_GEMMA4_FUSED_PDL"
+
+
+def pdl_override(value: str | None) -> bool | None:
+    """``PDL_ENV``'s value as ``True``/``False``, or ``None`` (unset or empty: the table's)."""
+    if value is None or value == "":
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"{PDL_ENV} must be '0', '1' or empty, got {value!r}")
+    return value == "1"
+
+
+_PDL_OVERRIDE = pdl_override(os.environ.get(PDL_ENV))
+
+
+def table_config(
+    num_tokens: int, hidden: int, num_experts: int, device: torch.device | None = None
+) -> FusedLaunchConfig:
+    """The launch config the table gives ``T`` tokens (clipped to ``H``).
+
+    With ``device``, a split row launches with programmatic dependent launch
+    when the table (or ``PDL_ENV``) asks for it and ``device`` supports it;
+    without ``device``, as the table row says."""
+    config = clip_config(_BF16_TABLE[_bucket(num_tokens)], hidden, num_experts)
+    if device is None:
+        return config
+    pdl = config.pdl if _PDL_OVERRIDE is None else _PDL_OVERRIDE
+    split = is_split(config, hidden, num_experts)
+    return config._replace(pdl=pdl and split and pdl_supported(device))
+
+
+def is_split(config: FusedLaunchConfig, hidden: int, num_experts: int) -> bool:
+    """Whether ``config`` splits the GEMM over programs (the last per token block routes)."""
+    return config.block_e < triton.next_power_of_2(num_experts) or config.h_slice < hidden
 
 
 def clip_config(config: FusedLaunchConfig, hidden: int, num_experts: int) -> FusedLaunchConfig:
@@ -110,14 +144,15 @@ def check_config(config: FusedLaunchConfig, num_tokens: int, hidden: int, num_ex
         )
     if config.num_warps not in (1, 2, 4, 8, 16) or config.num_stages < 1:
         raise ValueError(f"bad num_warps/num_stages in {config}")
-    split = config.block_e < block_e_all or config.h_slice < hidden
-    if split and triton.cdiv(num_tokens, config.block_t) > _MAX_SPLIT_BLOCKS:
+    blocks = triton.cdiv(num_tokens, config.block_t)
+    if is_split(config, hidden, num_experts) and blocks > _MAX_SPLIT_BLOCKS:
         raise ValueError(
             f"a split launch serves at most {_MAX_SPLIT_BLOCKS} token blocks, "
             f"got T={num_tokens} with block_t={config.block_t}"
         )
 
 
+@functools.cache
 def pdl_supported(device: torch.device) -> bool:
     """Whether launches on ``device`` can use programmatic dependent launch (CUDA sm_90+)."""
     return (
@@ -310,6 +345,6 @@ def gemma4_fused_router_triton(
         check_output("logits", out[0], (num_tokens, num_experts), torch.float32, device)
         check_output("weights", out[1], (num_tokens, topk), torch.float32, device)
         check_output("ids", out[2], (num_tokens, topk), torch.int32, device)
-    config = table_config(num_tokens, hidden, num_experts)
+    config = table_config(num_tokens, hidden, num_experts, device)
     launch_with_config(config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     return out

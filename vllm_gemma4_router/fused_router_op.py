@@ -51,7 +51,7 @@ def fused_router_into(
 
         route_by_gemm(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     else:
-        config = table_config(num_tokens, hidden, gate_weight.shape[0])
+        config = table_config(num_tokens, hidden, gate_weight.shape[0], hidden_states.device)
         launch_with_config(
             config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
         )
