@@ -66,13 +66,27 @@ for wheel in wheels:
         sys.exit(f"{wheel.name}: not a pure-Python wheel")
     carried.add(canonicalize_name(msg["Name"]))
     metas.append(msg)
-problems = []
-for msg in metas:
-    extras = {"api"} if canonicalize_name(msg["Name"]) == "lm-eval" else set()
+def active(msg, extras):
     for text in msg.get_all("Requires-Dist") or []:
         req = Requirement(text)
-        if req.marker and not any(req.marker.evaluate({**env, "extra": e}) for e in extras | {""}):
-            continue
+        if not req.marker or any(req.marker.evaluate({**env, "extra": e}) for e in extras | {""}):
+            yield req
+# The extras each package is asked for: lm_eval[api], and whatever a carried
+# package asks of another (pytablewriter needs typepy[datetime], hence pytz).
+extras_of = {canonicalize_name(m["Name"]): set() for m in metas}
+extras_of["lm-eval"] = {"api"}
+changed = True
+while changed:
+    changed = False
+    for msg in metas:
+        for req in active(msg, extras_of[canonicalize_name(msg["Name"])]):
+            wanted = extras_of.setdefault(canonicalize_name(req.name), set())
+            if not set(req.extras) <= wanted:
+                wanted |= set(req.extras)
+                changed = True
+problems = []
+for msg in metas:
+    for req in active(msg, extras_of[canonicalize_name(msg["Name"])]):
         name = canonicalize_name(req.name)
         if name in carried:
             continue
