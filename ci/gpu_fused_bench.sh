@@ -8,6 +8,8 @@
 #                                      # 30-layer rotation with the producer, ~4 min
 #   bash ci/gpu_fused_bench.sh sweep   # sweep_fused_router --producer at the split
 #                                      # launches' T (SWEEP_TOKENS), ~4 min
+#   bash ci/gpu_fused_bench.sh stages  # bench_fused_stages: the split launch cut after
+#                                      # each stage, HBM and L2 weights, ~2 min
 #
 # On an H200 (2026-12-01) the test file took ~400 s, the three bench_router runs
 # ~90 s each: together they do not fit one 10-minute call. Results and logs go to
@@ -15,7 +17,7 @@
 # short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: $0 tests|bench|sweep}
+PART=${1:?usage: $0 tests|bench|sweep|stages}
 OUT_DIR=${OUT:-gpu-fused}
 LOGS=$OUT_DIR/fused_$PART
 mkdir -p "$LOGS"
@@ -63,8 +65,18 @@ case $PART in
     echo "== sweep"
     tail -n 25 "$LOGS/sweep.txt"
     ;;
+  stages)
+    timeout 150 "$PYTHON" -m benchmarks.bench_fused_stages --producer --tag producer \
+      --out "$LOGS" > "$LOGS/stages.txt" 2>&1 || status=1
+    timeout 100 "$PYTHON" -m benchmarks.bench_fused_stages --producer --layers 30 \
+      --tag L30_producer --out "$LOGS" > "$LOGS/stages_L30.txt" 2>&1 || status=1
+    for name in stages stages_L30; do
+      echo "== $name"
+      grep -E "^\| " "$LOGS/$name.txt" | tail -6
+    done
+    ;;
   *)
-    echo "usage: $0 tests|bench|sweep" >&2
+    echo "usage: $0 tests|bench|sweep|stages" >&2
     exit 2
     ;;
 esac

@@ -242,15 +242,36 @@ def launch_with_config(
     Inputs and outputs are not validated here (:func:`gemma4_fused_router_triton`
     does it); ``config`` is (``check_config``).
     """
+    launch = kernel_launch(
+        config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
+    )
+    if launch is not None:
+        grid, args, kwargs = launch
+        gemma4_fused_router_kernel[grid](*args, **kwargs)
+
+
+def kernel_launch(
+    config: FusedLaunchConfig,
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[tuple[int, int, int], tuple, dict] | None:
+    """``(grid, args, kwargs)`` of ``gemma4_fused_router_kernel[grid](*args, **kwargs)``
+    for ``config`` (split buffers allocated), or ``None`` for ``T = 0``; raises
+    ``ValueError`` for a config the problem or the device cannot take."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     check_config(config, num_tokens, hidden, num_experts)
     device = hidden_states.device
     if config.pdl and not pdl_supported(device):
         raise ValueError(f"config.pdl needs an NVIDIA GPU of compute capability 9.0+, not {device}")
-    logits, weights, ids = out
+    logits = out[0]
     if num_tokens == 0:
-        return
+        return None
     block_e_all = triton.next_power_of_2(num_experts)
     h_slices = triton.cdiv(hidden, config.h_slice)
     e_slices = block_e_all // config.block_e
@@ -263,14 +284,12 @@ def launch_with_config(
         partial = partial_sumsq = counters = logits  # never touched by a one-slice launch
     pes = per_expert_scale if per_expert_scale is not None else scale
     grid = (triton.cdiv(num_tokens, config.block_t), e_slices, h_slices)
-    gemma4_fused_router_kernel[grid](
+    args = (
         hidden_states,
         scale,
         gate_weight,
         pes,
-        logits,
-        weights,
-        ids,
+        *out,
         partial,
         partial_sumsq,
         counters,
@@ -286,6 +305,8 @@ def launch_with_config(
         gate_weight.stride(1),
         pes.stride(0),
         *output_strides(out),
+    )
+    kwargs = dict(
         TOPK=topk,
         BLOCK_T=config.block_t,
         BLOCK_E=config.block_e,
@@ -302,6 +323,7 @@ def launch_with_config(
         num_stages=config.num_stages,
         **({"launch_pdl": True} if config.pdl else {}),
     )
+    return grid, args, kwargs
 
 
 def gemma4_fused_router_triton(
