@@ -6,9 +6,12 @@ router (H=2816, E=128, K=8, bfloat16) and each token count T, every config of
 (``launch_with_config``) and checked: the ids exactly the torch reference
 routing of the config's own logits, the weights to 1e-5, the logits within
 ``--logit-rtol`` of the row's largest |logit| of ``gemma4_fused_router_reference``
-(the same single bf16 rounding, so only the fp32 sum order differs). A config that
-fails to launch or to check is recorded with the reason and not timed. The
-others, and the launch table's own choice (``gemma4_fused_router_triton``), are
+(the same single bf16 rounding, so only the fp32 sum order differs). Where the op
+takes its GEMM path (``GEMM_PATH_TOKENS``), the GEMM path's configs
+(``fused_router_gemm.gemm_path_candidates``: prologue and epilogue launches) are
+candidates too. A config that fails to launch or to check is recorded with the
+reason and not timed. The others, and what the op itself runs at that T (``table``:
+``fused_router_op.fused_router_into``, its table row or its GEMM path), are
 timed as ``benchmarks.bench_router`` times the fused op: ``common.bench_rotated``
 over L layers' weight sets (by default 3x the L2, so the gate weights come from
 HBM), the hidden states one L2-hot tensor. ``--producer``: as ``bench_router
@@ -288,9 +291,10 @@ def write_results(rows: list[dict], stamp: dict[str, str], out: Path, tag: str) 
         "checked first (ids exactly the reference routing of its own logits, weights to "
         f"1e-5, logits within {stamp.get('logit_rtol', '?')} of the row max of the fp32 "
         "reference) and timed only if right: median us per call, a CUDA graph cycling "
-        "through the layers' weight sets (common.bench_rotated). table = the launcher's "
-        "own choice (gemma4_fused_router_triton). margin = how much slower the second "
-        "best config is.",
+        "through the layers' weight sets (common.bench_rotated). table = what the op "
+        "runs (its table row or its GEMM path). margin = how much slower the second "
+        "best config is. GemmPathConfig rows are the op's GEMM path with that prologue "
+        "and epilogue.",
         "",
         "| T | best us | best config | 2nd us | margin | table us | table / best "
         "| timed | failed |",
@@ -320,6 +324,22 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("sweep_fused_router times CUDA graphs: it needs an NVIDIA GPU")
     launcher = _load_launcher()
+    from vllm_gemma4_router.fused_router_gemm import (
+        GemmPathConfig,
+        gemm_path_candidates,
+        route_by_gemm,
+    )
+    from vllm_gemma4_router.fused_router_op import fused_router_into
+
+    def launch(config, h, scale, w, pes, eps, topk, out):
+        if isinstance(config, GemmPathConfig):
+            route_by_gemm(h, scale, w, pes, eps, topk, out, config)
+        else:
+            launcher.launch_with_config(config, h, scale, w, pes, eps, topk, out)
+
+    def op_choice(h, scale, w, pes, eps, topk, *, out):
+        fused_router_into(h, scale, w, pes, eps, topk, out)
+
     torch.manual_seed(args.seed)
     device = torch.device("cuda")
     dtype = getattr(torch, args.dtype)
@@ -355,14 +375,16 @@ def main(argv: list[str] | None = None) -> None:
         candidates = launcher.candidate_configs(
             num_tokens, args.hidden, args.experts, args.topk, dtype
         )
+        if num_tokens in launcher.GEMM_PATH_TOKENS:
+            candidates += gemm_path_candidates(args.hidden)
         print(f"T={num_tokens}: {len(candidates)} configs ...", end="", flush=True)
         rows += sweep_point(
             problem,
             num_tokens,
             layers,
             candidates,
-            launcher.launch_with_config,
-            launcher.gemma4_fused_router_triton,
+            launch,
+            op_choice,
             timer,
             args.logit_rtol,
             dtype,
@@ -383,11 +405,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load_launcher():
-    """The lead's launcher module: ``candidate_configs``, ``launch_with_config``,
-    ``gemma4_fused_router_triton`` (no fallback: a missing one fails the run)."""
+    """The launcher module: ``candidate_configs``, ``launch_with_config``,
+    ``GEMM_PATH_TOKENS`` (no fallback: a missing one fails the run)."""
     import vllm_gemma4_router.fused_router_launch as launcher
 
-    for name in ("candidate_configs", "launch_with_config", "gemma4_fused_router_triton"):
+    for name in ("candidate_configs", "launch_with_config", "GEMM_PATH_TOKENS"):
         if not hasattr(launcher, name):
             raise SystemExit(f"vllm_gemma4_router.fused_router_launch has no {name}")
     return launcher

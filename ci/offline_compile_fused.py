@@ -129,13 +129,13 @@ def main() -> None:
             except Exception as exc:  # one failure must not hide the others
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)
-        for kernel, constants in _gemm_path_kernels():
+        for kernel, constants, num_warps in _gemm_path_kernels():
             result = {"target": name, "kernel": kernel.__name__}
             try:
                 compiled = triton.compile(
                     _specialised(kernel, constants, 1024, backend),
                     target=gpu_target,
-                    options={"num_warps": 4},
+                    options={"num_warps": num_warps},
                 )
                 result.update(ok=True, **_resources(target, compiled))
             except Exception as exc:  # one failure must not hide the others
@@ -154,18 +154,22 @@ def _gemm_path_kernels():
     from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
 
     operand = {
-        "BLOCK_T": gemm._OPERAND_BLOCK_T,
-        "BLOCK_H": gemm._OPERAND_BLOCK_H,
+        "BLOCK_T": gemm.GEMM_PATH_CONFIG.operand_block_t,
+        "BLOCK_H": gemm.GEMM_PATH_CONFIG.operand_block_h,
         "OPERAND": OPERAND_BF16.value,
     }
     finish = {
         "TOPK": TOPK,
-        "BLOCK_T": gemm._FINISH_BLOCK_T,
+        "BLOCK_T": gemm.GEMM_PATH_CONFIG.finish_block_t,
         "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
         "BLOCK_K": triton.next_power_of_2(TOPK),
         "HAS_SCALE": True,
     }
-    return [(gemma4_router_operand_kernel, operand), (gemma4_router_finish_kernel, finish)]
+    config = gemm.GEMM_PATH_CONFIG
+    return [
+        (gemma4_router_operand_kernel, operand, config.operand_warps),
+        (gemma4_router_finish_kernel, finish, config.finish_warps),
+    ]
 
 
 if __name__ == "__main__":

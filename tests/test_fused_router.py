@@ -221,6 +221,33 @@ def test_gemm_path_keeps_the_contract(dtype, gen):
     assert_fused_contract(*out, h, s, w, pes, EPS, 8)
 
 
+def test_every_gemm_path_candidate_keeps_the_contract(gen):
+    from vllm_gemma4_router.fused_router_gemm import (
+        GEMM_PATH_CONFIG,
+        gemm_path_candidates,
+        route_by_gemm,
+    )
+
+    candidates = gemm_path_candidates(192)
+    assert GEMM_PATH_CONFIG in gemm_path_candidates(2816) and len(set(candidates)) == 20
+    assert {c.operand_block_h for c in candidates} >= {256, 1024}  # a whole row in one step
+    h, s, w, pes = router_inputs(21, 192, 128, torch.bfloat16, gen)
+    for config in candidates:
+        out = (torch.empty(21, 128), torch.empty(21, 8), torch.empty(21, 8, dtype=torch.int32))
+        route_by_gemm(h, s, w, pes, EPS, 8, out, config)
+        assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
+def test_split_candidates_reach_the_gemm_path_range():
+    def split(t):
+        configs = candidate_configs(t, 2816, 128, 8, torch.bfloat16)
+        return [c for c in configs if is_split(c, 2816, 128)]
+
+    for t in (512, 1024):
+        assert split(t) and all(c.block_t == 16 and c.block_e == 128 for c in split(t))
+    assert not split(2048)
+
+
 def test_gemm_path_covers_the_slow_kernel_range():
     from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS
 

@@ -11,6 +11,8 @@ sums of squares in one pass over ``h``; the epilogue runs ``finish_rows``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -134,11 +136,31 @@ def gemma4_router_finish_kernel(
     )
 
 
-# Not swept: both kernels are a few us of memory-bound work at these T (the
-# prologue streams [T, H] once, the epilogue [T, E] once); bench_router times
-# the whole path against vLLM's chain.
-_OPERAND_BLOCK_T, _OPERAND_BLOCK_H = 4, 1024
-_FINISH_BLOCK_T = 16
+class GemmPathConfig(NamedTuple):
+    """The GEMM path's two Triton launches: the prologue's rows x H step and warps, the
+    epilogue's rows per program and warps."""
+
+    operand_block_t: int
+    operand_block_h: int
+    operand_warps: int
+    finish_block_t: int
+    finish_warps: int
+
+
+#: What the op launches. Not swept yet: bench_router (H200, 2026-12-01) puts the whole
+#: path 1.9-2.2 us behind vLLM's chain at T=1-1024 while cuBLAS is the same call, so
+#: the prologue and epilogue cost ~2 us more than vLLM's norm and routing kernels;
+#: ``gemm_path_candidates`` is what benchmarks/sweep_fused_router.py times instead.
+GEMM_PATH_CONFIG = GemmPathConfig(4, 1024, 4, 16, 4)
+
+
+def gemm_path_candidates(hidden: int) -> list[GemmPathConfig]:
+    """The GEMM-path configs the sweep times: prologues from one whole row per program
+    (one load, as Inductor's norm) to 8 rows in H steps; epilogues of 2-16 rows."""
+    whole_row = triton.next_power_of_2(hidden)
+    prologues = [(1, whole_row, 4), (1, whole_row, 8), (2, whole_row, 8), (4, 1024, 4), (8, 512, 4)]
+    epilogues = [(2, 1), (4, 2), (8, 4), (16, 4)]
+    return [GemmPathConfig(*a, *b) for a in prologues for b in epilogues]
 
 
 def _gemm_fp32_out(operand: torch.Tensor, gate_weight: torch.Tensor) -> torch.Tensor:
@@ -156,12 +178,13 @@ def route_by_gemm(
     eps: float,
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    config: GemmPathConfig = GEMM_PATH_CONFIG,
 ) -> None:
     """Write the router's ``(logits [T, E] fp32, weights, ids [T, K])`` into ``out``.
 
     Inputs as :func:`~vllm_gemma4_router.fused_router_launch.gemma4_fused_router_triton`
     (validated by the caller); ties and ordering as the routing kernel's. Three
-    launches, as many as vLLM's chain: prologue, GEMM, epilogue.
+    launches, as many as vLLM's chain: prologue, GEMM, epilogue (``config``).
     """
     logits, weights, ids = out
     num_tokens, hidden = hidden_states.shape
@@ -171,7 +194,7 @@ def route_by_gemm(
     device = hidden_states.device
     operand = torch.empty(num_tokens, hidden, dtype=operand_dtype, device=device)
     sumsq = torch.empty(num_tokens, dtype=torch.float32, device=device)
-    gemma4_router_operand_kernel[(triton.cdiv(num_tokens, _OPERAND_BLOCK_T),)](
+    gemma4_router_operand_kernel[(triton.cdiv(num_tokens, config.operand_block_t),)](
         hidden_states,
         scale,
         operand,
@@ -182,14 +205,14 @@ def route_by_gemm(
         hidden_states.stride(1),
         scale.stride(0),
         operand.stride(0),
-        BLOCK_T=_OPERAND_BLOCK_T,
-        BLOCK_H=_OPERAND_BLOCK_H,
+        BLOCK_T=config.operand_block_t,
+        BLOCK_H=config.operand_block_h,
         OPERAND=mode,
-        num_warps=4,
+        num_warps=config.operand_warps,
     )
     sums = _gemm_fp32_out(operand, gate_weight)
     pes = per_expert_scale if per_expert_scale is not None else sumsq
-    gemma4_router_finish_kernel[(triton.cdiv(num_tokens, _FINISH_BLOCK_T),)](
+    gemma4_router_finish_kernel[(triton.cdiv(num_tokens, config.finish_block_t),)](
         sums,
         sumsq,
         pes,
@@ -205,9 +228,9 @@ def route_by_gemm(
         pes.stride(0),
         *output_strides(out),
         TOPK=topk,
-        BLOCK_T=_FINISH_BLOCK_T,
+        BLOCK_T=config.finish_block_t,
         BLOCK_E_ALL=triton.next_power_of_2(num_experts),
         BLOCK_K=triton.next_power_of_2(topk),
         HAS_SCALE=per_expert_scale is not None,
-        num_warps=4,
+        num_warps=config.finish_warps,
     )

@@ -182,6 +182,11 @@ def candidate_configs(
                             FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2, pdl=True)
                         )
         seen.append(FusedLaunchConfig(16, 64, 128, 128, 4, 2))
+    elif num_tokens <= 1024:
+        # The T <= 256 row's shape, where the GEMM path is slower than vLLM's chain.
+        for h_slice in (256, 512):
+            for num_warps in (4, 8):
+                seen.append(FusedLaunchConfig(16, 128, 256, h_slice, num_warps, 2))
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
         for block_t, num_warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
