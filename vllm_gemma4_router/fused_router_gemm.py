@@ -147,10 +147,11 @@ class GemmPathConfig(NamedTuple):
     finish_warps: int
 
 
-#: What the op launches. Not swept yet: bench_router (H200, 2026-12-01) puts the whole
-#: path 1.9-2.2 us behind vLLM's chain at T=1-1024 while cuBLAS is the same call, so
-#: the prologue and epilogue cost ~2 us more than vLLM's norm and routing kernels;
-#: ``gemm_path_candidates`` is what benchmarks/sweep_fused_router.py times instead.
+#: What the op launches. Not swept yet: bench_router --producer (H200, 2026-12-01,
+#: benchmarks/results/bench_router_NVIDIA_H200_2026-12-01_producer.md) puts the whole
+#: path 1.3-2.9 us behind vLLM's chain at T=1-1024 while cuBLAS is the same call: the
+#: prologue and epilogue cost that much more than vLLM's norm and routing kernels.
+#: ``gemm_path_candidates`` is what benchmarks/sweep_fused_router.py times to replace it.
 GEMM_PATH_CONFIG = GemmPathConfig(4, 1024, 4, 16, 4)
 
 

@@ -80,8 +80,10 @@ def _bucket(num_tokens: int) -> int:
 
 
 #: Programmatic dependent launch of the table's split rows: "1" on, "0" off, unset
-#: (or empty) the table's own choice. Read once, at import. PDL applies only on
-#: devices where ``pdl_supported``; elsewhere the rows launch without it.
+#: (or empty) the table's own choice (no row uses it: on an H200, 2026-12-01, in CUDA
+#: graphs behind a producer kernel, it was within +-0.7 us at T <= 64 and 1.4-1.6 us
+#: slower at T=128-256; benchmarks/results/bench_router_NVIDIA_H200_2026-12-01_producer.md).
+#: Read once, at import. PDL applies only on devices where ``pdl_supported``.
 PDL_ENV = "VLLM_GEMMA4_FUSED_PDL"
 
 
