@@ -60,6 +60,17 @@ def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
         assert_fused_contract(*out, h, s, w, pes, EPS, 8)
 
 
+@pytest.mark.parametrize("num_tokens", [1, 1000])
+def test_gpu_every_gemm_path_candidate_is_correct(num_tokens, gen):
+    from vllm_gemma4_router.fused_router_gemm import gemm_path_candidates, route_by_gemm
+
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    for config in gemm_path_candidates(2816):
+        out = _empty_out(num_tokens, 128, 8)
+        route_by_gemm(h, s, w, pes, EPS, 8, out, config)
+        assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+
+
 @pytest.mark.parametrize(("num_experts", "topk", "hidden"), [(64, 6, 2048), (100, 8, 1000)])
 def test_gpu_other_shapes(num_experts, topk, hidden, gen):
     for t in (1, 33, 3000):
