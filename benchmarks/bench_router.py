@@ -59,6 +59,7 @@ from benchmarks.common import (
     copy_bandwidth_gbs,
     environment_stamp,
     l2_bytes,
+    producer_of,
     rotation_calls,
     rotation_sets,
     write_stamped_csv,
@@ -305,16 +306,9 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
 
 
 def with_producer(fns: dict, hidden_states: torch.Tensor) -> dict:
-    """``fns`` each preceded by a kernel writing ``hidden_states`` (a copy of an
-    L2-hot twin: same values), plus ``producer`` alone."""
-    source = hidden_states.clone()
-
-    def produce():
-        hidden_states.copy_(source)
-
-    def preceded(fn):
-        return lambda i: (produce(), fn(i))
-
+    """``fns`` each preceded by a kernel writing ``hidden_states`` (``common.producer_of``),
+    plus ``producer`` alone."""
+    produce, preceded = producer_of(hidden_states)
     return {"producer": lambda i: produce(), **{name: preceded(fn) for name, fn in fns.items()}}
 
 
@@ -389,32 +383,35 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     )
     from vllm_gemma4_router.fused_router_op import fused_router_into
 
-    def split_with_pdl(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out):
-        (num_tokens, hidden), num_experts = hidden_states.shape, gate_weight.shape[0]
+    def pdl_twin(num_tokens: int, hidden: int, num_experts: int):
+        """The op's split row at T with PDL on, or ``None`` where the op launches none."""
         config = table_config(num_tokens, hidden, num_experts)
         if num_tokens in GEMM_PATH_TOKENS or not is_split(config, hidden, num_experts):
-            return False
-        launch_with_config(
-            config._replace(pdl=True),
-            hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out,
-        )  # fmt: skip
-        return True
+            return None
+        return config._replace(pdl=True)
 
     def into_new_buffer(compute):
         def run(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
             num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
             packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
             out = unpack(packed, num_tokens, num_experts, topk)
-            ran = compute(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
-            return None if ran is False else out
+            compute(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+            return out
 
         return run
 
-    return (
-        into_new_buffer(fused_router_into),
-        into_new_buffer(route_by_gemm),
-        into_new_buffer(split_with_pdl),
-    )
+    def launch_pdl_twin(hidden_states, scale, gate_weight, *args):
+        config = pdl_twin(*hidden_states.shape, gate_weight.shape[0])
+        launch_with_config(config, hidden_states, scale, gate_weight, *args)
+
+    run_pdl_twin = into_new_buffer(launch_pdl_twin)
+
+    def fused_pdl(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
+        if pdl_twin(*hidden_states.shape, gate_weight.shape[0]) is None:
+            return None
+        return run_pdl_twin(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
+
+    return into_new_buffer(fused_router_into), into_new_buffer(route_by_gemm), fused_pdl
 
 
 def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], int]:

@@ -161,6 +161,22 @@ def bench_rotated(
     return _median_replay_us(graph, calls, replays)
 
 
+def producer_of(hidden_states: torch.Tensor) -> tuple[Callable[[], object], Callable]:
+    """``(produce, preceded)``: ``produce()`` launches a kernel writing ``hidden_states``
+    (a copy of an L2-hot twin holding its current values), standing in for the
+    residual add and norm ahead of vLLM's router; ``preceded(fn)`` is ``fn(layer)``
+    with that kernel ahead of every call (``--producer`` of the fused-router benchmarks)."""
+    source = hidden_states.clone()
+
+    def produce():
+        return hidden_states.copy_(source)
+
+    def preceded(fn):
+        return lambda i: (produce(), fn(i))
+
+    return produce, preceded
+
+
 #: fp32 logit families (``make_logits``): what vLLM's router hands the op.
 FP32_FAMILIES = ("randn", "gemm_fp32", "gemm_bf16")
 ROUTER_HIDDEN = 2816  # gemma-4-26B-A4B hidden size

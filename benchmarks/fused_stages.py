@@ -26,7 +26,13 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_gemma4_router.fused_router_kernel import _dot_slice, _gather_partials, finish_rows
+from vllm_gemma4_router.fused_router_kernel import (
+    arrive_last,
+    finish_rows,
+    gather_partials,
+    program_sums,
+    store_partials,
+)
 from vllm_gemma4_router.fused_router_launch import FusedLaunchConfig, is_split, kernel_launch
 
 STAGES = ("dot", "handoff", "gather", "route")
@@ -79,32 +85,20 @@ def fused_router_stage_kernel(
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_h = tl.program_id(2)
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok = rows < num_tokens
-    rows64 = rows.to(tl.int64)
-    experts = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    h_begin = pid_h * H_SLICE
-    sums, sumsq = _dot_slice(
-        x_ptr, scale_ptr, w_ptr, rows64, row_ok, experts, experts < num_experts,
-        h_begin, tl.minimum(h_begin + H_SLICE, hidden),
+    rows64, row_ok, experts, sums, sumsq = program_sums(
+        pid_t, pid_e, pid_h, x_ptr, scale_ptr, w_ptr, num_tokens, hidden, num_experts,
         stride_xt, stride_xh, stride_s, stride_we, stride_wh,
-        BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL,
+        BLOCK_T, BLOCK_E, BLOCK_H, H_SLICE, OPERAND, PDL,
     )  # fmt: skip
-    slice_rows = pid_h * num_tokens + rows64
-    tl.store(
-        partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
-        sums,
-        mask=row_ok[:, None],
-    )
-    if pid_e == 0:
-        tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
-    if STAGE >= 2:
-        E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
-        if arrived == E_SLICES * H_SLICES - 1:
+    store_partials(
+        pid_e, pid_h, partial_ptr, partial_sumsq_ptr, sums, sumsq, rows64, row_ok, experts,
+        num_tokens, BLOCK_E_ALL,
+    )  # fmt: skip
+    # A constexpr test of its own: stage 1 compiles no counter at all.
+    if STAGE >= 2:  # noqa: SIM102
+        if arrive_last(counter_ptr + pid_t, (BLOCK_E_ALL // BLOCK_E) * H_SLICES):
             if STAGE >= 3:
-                row_sums, row_sumsq = _gather_partials(
+                row_sums, row_sumsq = gather_partials(
                     partial_ptr, partial_sumsq_ptr, rows64, row_ok, num_tokens,
                     BLOCK_T, BLOCK_E_ALL, H_SLICES,
                 )  # fmt: skip
@@ -155,5 +149,6 @@ def launch_stage(
         return
     grid, args, kwargs = launch
     if partial is not None:
-        args = (*args[:7], partial, *args[8:])
+        at = fused_router_stage_kernel.arg_names.index("partial_ptr")
+        args = (*args[:at], partial, *args[at + 1 :])
     fused_router_stage_kernel[grid](*args, STAGE=STAGES.index(stage) + 1, **kwargs)

@@ -45,6 +45,7 @@ from benchmarks.common import (
     bench_rotated,
     environment_stamp,
     l2_bytes,
+    producer_of,
     rotation_calls,
     rotation_sets,
     write_stamped_csv,
@@ -151,13 +152,13 @@ def sweep_point(
         torch.empty(num_tokens, k, dtype=torch.float32, device=device),
         torch.empty(num_tokens, k, dtype=torch.int32, device=device),
     )
-    source = h.clone()
-    producer_us = round(timer(lambda i: h.copy_(source), layers), 3) if producer else 0.0
+    produce, preceded = producer_of(h)
+    producer_us = round(timer(lambda i: produce(), layers), 3) if producer else 0.0
 
     def timed(call):
         if not producer:
             return timer(call, layers)
-        return timer(lambda i: (h.copy_(source), call(i)), layers) - producer_us
+        return timer(preceded(call), layers) - producer_us
 
     def run(method, config, call):
         """Check ``call(layer)`` at layer 0 on poisoned outputs, then time it."""

@@ -153,19 +153,19 @@ def _gemm_path_kernels():
     )
     from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
 
+    config = gemm.GEMM_PATH_CONFIG
     operand = {
-        "BLOCK_T": gemm.GEMM_PATH_CONFIG.operand_block_t,
-        "BLOCK_H": gemm.GEMM_PATH_CONFIG.operand_block_h,
+        "BLOCK_T": config.operand_block_t,
+        "BLOCK_H": config.operand_block_h,
         "OPERAND": OPERAND_BF16.value,
     }
     finish = {
         "TOPK": TOPK,
-        "BLOCK_T": gemm.GEMM_PATH_CONFIG.finish_block_t,
+        "BLOCK_T": config.finish_block_t,
         "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
         "BLOCK_K": triton.next_power_of_2(TOPK),
         "HAS_SCALE": True,
     }
-    config = gemm.GEMM_PATH_CONFIG
     return [
         (gemma4_router_operand_kernel, operand, config.operand_warps),
         (gemma4_router_finish_kernel, finish, config.finish_warps),

@@ -247,7 +247,7 @@ def finish_rows(
 
 
 @triton.jit
-def _gather_partials(
+def gather_partials(
     partial_ptr,
     partial_sumsq_ptr,
     rows64,
@@ -275,6 +275,82 @@ def _gather_partials(
             partial_sumsq_ptr + part_rows, mask=row_ok, other=0.0, cache_modifier=".cg"
         )
     return total_sums, total_sumsq
+
+
+@triton.jit
+def program_sums(
+    pid_t,
+    pid_e,
+    pid_h,
+    x_ptr,
+    scale_ptr,
+    w_ptr,
+    num_tokens,
+    hidden,
+    num_experts,
+    stride_xt,
+    stride_xh,
+    stride_s,
+    stride_we,
+    stride_wh,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    H_SLICE: tl.constexpr,
+    OPERAND: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """Program ``(pid_t, pid_e, pid_h)``'s tile (grid: token blocks x expert slices x H
+    slices): its rows (int64) and their mask, its experts, and ``_dot_slice`` over its
+    H slice."""
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_tokens
+    rows64 = rows.to(tl.int64)
+    experts = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    h_begin = pid_h * H_SLICE
+    sums, sumsq = _dot_slice(
+        x_ptr, scale_ptr, w_ptr, rows64, row_ok, experts, experts < num_experts,
+        h_begin, tl.minimum(h_begin + H_SLICE, hidden),
+        stride_xt, stride_xh, stride_s, stride_we, stride_wh,
+        BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL,
+    )  # fmt: skip
+    return rows64, row_ok, experts, sums, sumsq
+
+
+@triton.jit
+def store_partials(
+    pid_e,
+    pid_h,
+    partial_ptr,
+    partial_sumsq_ptr,
+    sums,
+    sumsq,
+    rows64,
+    row_ok,
+    experts,
+    num_tokens,
+    BLOCK_E_ALL: tl.constexpr,
+):
+    """Store this program's partials: ``[H_SLICES, T, BLOCK_E_ALL]`` sums and (first
+    expert slice only) ``[H_SLICES, T]`` sums of squares."""
+    slice_rows = pid_h * num_tokens + rows64
+    tl.store(
+        partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
+        sums,
+        mask=row_ok[:, None],
+    )
+    if pid_e == 0:
+        tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
+
+
+@triton.jit
+def arrive_last(counter_ptr, PROGRAMS: tl.constexpr):
+    """Count this program in on its token block's counter (``counter_ptr``); whether it
+    is the last of ``PROGRAMS`` (it then sees every other program's partials)."""
+    # Every thread's stores come before the one release below.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    return arrived == PROGRAMS - 1
 
 
 @triton.jit
@@ -322,54 +398,23 @@ def gemma4_fused_router_kernel(
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_h = tl.program_id(2)
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok = rows < num_tokens
-    rows64 = rows.to(tl.int64)
-    experts = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    expert_ok = experts < num_experts
-    h_begin = pid_h * H_SLICE
-    h_end = tl.minimum(h_begin + H_SLICE, hidden)
-    sums, sumsq = _dot_slice(
-        x_ptr,
-        scale_ptr,
-        w_ptr,
-        rows64,
-        row_ok,
-        experts,
-        expert_ok,
-        h_begin,
-        h_end,
-        stride_xt,
-        stride_xh,
-        stride_s,
-        stride_we,
-        stride_wh,
-        BLOCK_T,
-        BLOCK_E,
-        BLOCK_H,
-        OPERAND,
-        PDL,
-    )
+    rows64, row_ok, experts, sums, sumsq = program_sums(
+        pid_t, pid_e, pid_h, x_ptr, scale_ptr, w_ptr, num_tokens, hidden, num_experts,
+        stride_xt, stride_xh, stride_s, stride_we, stride_wh,
+        BLOCK_T, BLOCK_E, BLOCK_H, H_SLICE, OPERAND, PDL,
+    )  # fmt: skip
     E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
     SPLIT: tl.constexpr = E_SLICES * H_SLICES > 1
     finishes = True
     if SPLIT:
-        # Partials: [H_SLICES, T, BLOCK_E_ALL] sums and [H_SLICES, T] sums of squares.
-        slice_rows = pid_h * num_tokens + rows64
-        tl.store(
-            partial_ptr + slice_rows[:, None] * BLOCK_E_ALL + experts[None, :],
-            sums,
-            mask=row_ok[:, None],
-        )
-        if pid_e == 0:
-            tl.store(partial_sumsq_ptr + slice_rows, sumsq, mask=row_ok)
-        # Every thread's stores come before the one release below.
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
-        finishes = arrived == E_SLICES * H_SLICES - 1
+        store_partials(
+            pid_e, pid_h, partial_ptr, partial_sumsq_ptr, sums, sumsq, rows64, row_ok, experts,
+            num_tokens, BLOCK_E_ALL,
+        )  # fmt: skip
+        finishes = arrive_last(counter_ptr + pid_t, E_SLICES * H_SLICES)
     if finishes:
         if SPLIT:
-            row_sums, row_sumsq = _gather_partials(
+            row_sums, row_sumsq = gather_partials(
                 partial_ptr, partial_sumsq_ptr, rows64, row_ok, num_tokens,
                 BLOCK_T, BLOCK_E_ALL, H_SLICES,
             )  # fmt: skip

@@ -111,8 +111,9 @@ def table_config(
     if device is None:
         return config
     pdl = config.pdl if _PDL_OVERRIDE is None else _PDL_OVERRIDE
-    split = is_split(config, hidden, num_experts)
-    return config._replace(pdl=pdl and split and pdl_supported(device))
+    # Short-circuits: with PDL off (the default) the launch path does no more work.
+    pdl = pdl and is_split(config, hidden, num_experts) and pdl_supported(device)
+    return config if pdl == config.pdl else config._replace(pdl=pdl)
 
 
 def is_split(config: FusedLaunchConfig, hidden: int, num_experts: int) -> bool:
