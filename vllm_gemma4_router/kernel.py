@@ -16,19 +16,18 @@ import triton.language as tl
 
 from .kernel_keys import as_fp32, canonical, narrow_keys, ordered_bits
 from .kernel_select import (
+    CHECKED,
+    EXACT,
+    NARROW,
     SCALE_AFTER,
     SCALE_IN_ROW,
-    repair_checked_picks,
     select_exact_memory,
-    select_exact_registers,
     select_narrow_memory,
-    select_narrow_registers,
+    select_registers,
     weights_from_stored_ids,
 )
 
-NARROW = tl.constexpr(0)
-CHECKED = tl.constexpr(1)
-EXACT = tl.constexpr(2)
+__all__ = ["CHECKED", "EXACT", "NARROW", "gemma4_routing_kernel"]
 
 
 @triton.jit
@@ -131,74 +130,29 @@ def gemma4_routing_kernel(
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
 
     if REGISTER_PICKS:
-        if SELECT == EXACT:
-            ids, logits, scales, top, total = select_exact_registers(
-                ordered,
-                experts,
-                row_ok,
-                scale_ptr,
-                stride_scale,
-                scale_row,
-                TOPK,
-                BLOCK_E,
-                BLOCK_K,
-                TOKENS_PER_PROGRAM,
-                HAS_SCALE,
-                SCALE_PICK,
-            )
-        else:
-            keys = narrow_keys(ordered, (BLOCK_E - 1) - experts, BLOCK_E)
-            ids, logits, scales, top, total, misordered, crowded, last_key, bucket_min = (
-                select_narrow_registers(
-                    keys,
-                    ordered,
-                    row_logits,
-                    row_ok,
-                    stride_logit_e,
-                    scale_ptr,
-                    stride_scale,
-                    scale_row,
-                    TOPK,
-                    BLOCK_E,
-                    BLOCK_K,
-                    TOKENS_PER_PROGRAM,
-                    SELECT == CHECKED,
-                    logits_ptr.dtype.element_ty == tl.bfloat16,
-                    VALUES_BY_REDUCTION,
-                    HAS_SCALE,
-                    SCALE_PICK,
-                )
-            )
-            if SELECT == CHECKED:
-                ids, logits, scales, top, total = repair_checked_picks(
-                    ids,
-                    logits,
-                    scales,
-                    top,
-                    total,
-                    misordered,
-                    crowded,
-                    last_key,
-                    bucket_min,
-                    keys,
-                    ordered,
-                    experts,
-                    expert_ok,
-                    row_ok,
-                    num_experts,
-                    row_logits,
-                    stride_logit_e,
-                    id_ptrs,
-                    stride_id_k,
-                    scale_ptr,
-                    stride_scale,
-                    TOPK,
-                    BLOCK_E,
-                    BLOCK_K,
-                    TOKENS_PER_PROGRAM,
-                    HAS_SCALE,
-                    SCALE_PICK,
-                )
+        ids, logits, scales, top, total = select_registers(
+            ordered,
+            experts,
+            expert_ok,
+            row_ok,
+            num_experts,
+            row_logits,
+            stride_logit_e,
+            id_ptrs,
+            stride_id_k,
+            scale_ptr,
+            stride_scale,
+            scale_row,
+            TOPK,
+            BLOCK_E,
+            BLOCK_K,
+            TOKENS_PER_PROGRAM,
+            SELECT,
+            logits_ptr.dtype.element_ty == tl.bfloat16,
+            VALUES_BY_REDUCTION,
+            HAS_SCALE,
+            SCALE_PICK,
+        )
         tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
     else:
         if SELECT == NARROW:

@@ -36,10 +36,16 @@ from .kernel_keys import (
     key_bucket,
     key_expert,
     narrow_key_logit,
+    narrow_keys,
     next_below,
     ordered_bits,
     ordered_to_fp32,
 )
+
+#: The top-K strategy (constexpr ``SELECT``): see the module docstring.
+NARROW = tl.constexpr(0)
+CHECKED = tl.constexpr(1)
+EXACT = tl.constexpr(2)
 
 #: How each pick's ``per_expert_scale`` is fetched (constexpr ``SCALE_PICK``).
 SCALE_AFTER = tl.constexpr(0)  # one gather with the final ids, after selection
@@ -396,3 +402,107 @@ def _stored_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
     """fp32 logit of each row's expert stored at ``slot_offset``; NaN read as -inf."""
     expert = tl.load(id_ptrs + slot_offset, mask=row_ok, other=0)
     return canonical(as_fp32(tl.load(row_logits + expert * stride_logit_e, mask=row_ok, other=0.0)))
+
+
+@triton.jit
+def select_registers(
+    ordered,
+    experts,
+    expert_ok,
+    row_ok,
+    num_experts,
+    row_logits,
+    stride_logit_e,
+    id_ptrs,
+    stride_id_k,
+    scale_ptr,
+    stride_scale,
+    scale_row,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TOKENS: tl.constexpr,
+    SELECT: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    VALUES_BY_REDUCTION: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """The ``SELECT`` strategy's picks of a ``[TOKENS, BLOCK_E]`` tile, kept in registers.
+
+    ``ordered`` is the tile's ``ordered_bits`` (padding columns -inf); ``row_logits``
+    points at each row's logits in memory, which the checked rounds read back
+    unless ``VALUES_BY_REDUCTION`` (and their rare repair always), so they must be
+    stored and visible to every thread of the program; ``id_ptrs`` is each row's
+    id output, which the repair uses as scratch. Returns ``(ids, logits, scales,
+    top, total)``: ``[TOKENS, BLOCK_K]`` picks in order (lowest id first among
+    equal logits), the first pick's logit and the sum of ``exp(logit - top)``."""
+    if SELECT == EXACT:
+        ids, logits, scales, top, total = select_exact_registers(
+            ordered,
+            experts,
+            row_ok,
+            scale_ptr,
+            stride_scale,
+            scale_row,
+            TOPK,
+            BLOCK_E,
+            BLOCK_K,
+            TOKENS,
+            HAS_SCALE,
+            SCALE_PICK,
+        )
+    else:
+        keys = narrow_keys(ordered, (BLOCK_E - 1) - experts, BLOCK_E)
+        ids, logits, scales, top, total, misordered, crowded, last_key, bucket_min = (
+            select_narrow_registers(
+                keys,
+                ordered,
+                row_logits,
+                row_ok,
+                stride_logit_e,
+                scale_ptr,
+                stride_scale,
+                scale_row,
+                TOPK,
+                BLOCK_E,
+                BLOCK_K,
+                TOKENS,
+                SELECT == CHECKED,
+                IS_BF16,
+                VALUES_BY_REDUCTION,
+                HAS_SCALE,
+                SCALE_PICK,
+            )
+        )
+        if SELECT == CHECKED:
+            ids, logits, scales, top, total = repair_checked_picks(
+                ids,
+                logits,
+                scales,
+                top,
+                total,
+                misordered,
+                crowded,
+                last_key,
+                bucket_min,
+                keys,
+                ordered,
+                experts,
+                expert_ok,
+                row_ok,
+                num_experts,
+                row_logits,
+                stride_logit_e,
+                id_ptrs,
+                stride_id_k,
+                scale_ptr,
+                stride_scale,
+                TOPK,
+                BLOCK_E,
+                BLOCK_K,
+                TOKENS,
+                HAS_SCALE,
+                SCALE_PICK,
+            )
+    return ids, logits, scales, top, total
