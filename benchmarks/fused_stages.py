@@ -30,6 +30,7 @@ from vllm_gemma4_router.fused_router_kernel import (
     arrive_last,
     finish_rows,
     gather_partials,
+    load_scale_row,
     program_sums,
     store_partials,
 )
@@ -79,6 +80,8 @@ def fused_router_stage_kernel(
     HAS_SCALE: tl.constexpr,
     OPERAND: tl.constexpr,
     PDL: tl.constexpr,
+    SELECT: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
     STAGE: tl.constexpr,
 ):
     # The runtime kernel's split path (gemma4_fused_router_kernel), cut after STAGE.
@@ -98,6 +101,9 @@ def fused_router_stage_kernel(
     if STAGE >= 2:  # noqa: SIM102
         if arrive_last(counter_ptr + pid_t, (BLOCK_E_ALL // BLOCK_E) * H_SLICES):
             if STAGE >= 3:
+                scale_row = load_scale_row(
+                    pes_ptr, stride_pes, num_experts, BLOCK_E_ALL, HAS_SCALE, SCALE_PICK
+                )
                 row_sums, row_sumsq = gather_partials(
                     partial_ptr, partial_sumsq_ptr, rows64, row_ok, num_tokens,
                     BLOCK_T, BLOCK_E_ALL, H_SLICES,
@@ -111,11 +117,12 @@ def fused_router_stage_kernel(
                     )
                 else:
                     finish_rows(
-                        row_sums, row_sumsq, pid_t * BLOCK_T, num_tokens, pes_ptr,
+                        row_sums, row_sumsq, scale_row, pid_t * BLOCK_T, num_tokens, pes_ptr,
                         logits_ptr, weights_ptr, ids_ptr, hidden, num_experts, eps,
                         inv_sqrt_hidden, stride_pes, stride_lt, stride_le, stride_wt,
                         stride_wk, stride_it, stride_ik,
-                        TOPK, BLOCK_T, ROUTE_T, BLOCK_E_ALL, BLOCK_K, HAS_SCALE,
+                        TOPK, BLOCK_T, ROUTE_T, BLOCK_E_ALL, BLOCK_K, HAS_SCALE, SELECT,
+                        SCALE_PICK,
                     )  # fmt: skip
             tl.atomic_xchg(counter_ptr + pid_t, 0)
 

@@ -7,7 +7,8 @@
 #                                      # set-up where PDL can pay), without, and the
 #                                      # 30-layer rotation with the producer, ~4 min
 #   bash ci/gpu_fused_bench.sh sweep   # sweep_fused_router --producer at the split
-#                                      # launches' T (SWEEP_TOKENS), ~4 min
+#                                      # launches' T (SWEEP_TOKENS; SWEEP_TAG names
+#                                      # the result files apart), ~4 min
 #   bash ci/gpu_fused_bench.sh stages  # bench_fused_stages: the split launch cut after
 #                                      # each stage, HBM and L2 weights, ~2 min
 #
@@ -60,7 +61,7 @@ case $PART in
     ;;
   sweep)
     timeout "${SWEEP_TIMEOUT:-480}" "$PYTHON" -m benchmarks.sweep_fused_router --producer \
-      --tokens "${SWEEP_TOKENS:-1,16,64,256}" --tag producer --out "$LOGS" \
+      --tokens "${SWEEP_TOKENS:-1,16,64,256}" --tag "producer${SWEEP_TAG:+_$SWEEP_TAG}" --out "$LOGS" \
       > "$LOGS/sweep.txt" 2>&1 || status=1
     echo "== sweep"
     tail -n 25 "$LOGS/sweep.txt"

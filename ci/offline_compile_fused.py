@@ -5,7 +5,9 @@ router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
 exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
 GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
 them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
-(target, kernel): registers, spills, scratch. Each compile is specialised as
+(target, kernel): registers, spills, scratch. ``--candidates 1,16,...`` compiles
+instead every config ``benchmarks/sweep_fused_router.py`` would time at those T,
+so a device sweep meets no config that fails to build or spills. Each compile is specialised as
 Triton's launcher specialises a contiguous launch (ints equal to 1 become
 constexprs; pointers and multiples of 16 are marked 16-divisible), so the weight
 loads vectorise as on the GPU. It runs in its own process because the test suite
@@ -78,82 +80,134 @@ def _specialised(kernel, constants: dict, num_tokens: int, backend) -> Any:
     return ASTSource(kernel, dict(signature), constants, attrs)
 
 
-def main() -> None:
+def _kernel_constants(config) -> dict[str, Any]:
+    """The fused kernel's constexprs for ``config`` at gemma-4-26B-A4B's router shape."""
     import triton
-    from offline_compile import TARGETS, _resources
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import make_backend
 
-    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16, gemma4_fused_router_kernel
+    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
+    from vllm_gemma4_router.fused_router_launch import routing_constexprs
+
+    return {
+        "TOPK": TOPK,
+        "BLOCK_T": config.block_t,
+        "BLOCK_E": config.block_e,
+        "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
+        "BLOCK_H": config.block_h,
+        "H_SLICE": config.h_slice,
+        "H_SLICES": triton.cdiv(HIDDEN, config.h_slice),
+        "BLOCK_K": triton.next_power_of_2(TOPK),
+        "ROUTE_T": min(config.block_t, config.route_t),
+        "HAS_SCALE": True,
+        "OPERAND": OPERAND_BF16.value,
+        "PDL": config.pdl,
+        **routing_constexprs(config.select, config.scale_pick),
+    }
+
+
+def _table_work() -> tuple[list, list]:
+    """Every distinct table row (NVIDIA also each split row with ``pdl``) and the op's
+    GEMM-path config."""
+    from vllm_gemma4_router.fused_router_gemm import GEMM_PATH_CONFIG
     from vllm_gemma4_router.fused_router_launch import _BF16_TABLE, clip_config
 
-    fn = gemma4_fused_router_kernel
     rows = []
     for config in _BF16_TABLE:
         config = clip_config(config, HIDDEN, EXPERTS)
         if config not in rows:
             rows.append(config)
-    # NVIDIA also compiles the split rows with programmatic dependent launch.
-    pdl_rows = [c._replace(pdl=True) for c in rows if c.block_t <= 16 and not c.pdl]
+    rows += [c._replace(pdl=True) for c in rows if c.block_t <= 16 and not c.pdl]
+    return rows, [GEMM_PATH_CONFIG]
+
+
+def _candidate_work(tokens: list[int]) -> tuple[list, list]:
+    """Every distinct config ``benchmarks/sweep_fused_router.py`` would time at ``tokens``."""
+    import torch
+
+    from vllm_gemma4_router.fused_router_gemm import gemm_path_candidates
+    from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS, candidate_configs
+
+    rows: list = []
+    gemm: list = []
+    for num_tokens in tokens:
+        for config in candidate_configs(num_tokens, HIDDEN, EXPERTS, TOPK, torch.bfloat16):
+            if config not in rows:
+                rows.append(config)
+        if num_tokens in GEMM_PATH_TOKENS:
+            gemm += [c for c in gemm_path_candidates(HIDDEN) if c not in gemm]
+    return rows, gemm
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import triton
+    from offline_compile import TARGETS, _resources
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    from vllm_gemma4_router.fused_router_kernel import gemma4_fused_router_kernel
+    from vllm_gemma4_router.fused_router_launch import is_split
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="comma-separated T: compile the sweep's candidates there instead of the table",
+    )
+    args = parser.parse_args(argv)
+    tokens = [int(t) for t in args.candidates.split(",") if t]
+    rows, gemm_configs = _candidate_work(tokens) if tokens else _table_work()
+    fn = gemma4_fused_router_kernel
     for name in ("sm_90", "gfx942"):
         target = TARGETS[name]
         gpu_target = GPUTarget(target.backend, target.arch, target.warp_size)
         backend = make_backend(gpu_target)
-        for config in rows + (pdl_rows if name == "sm_90" else []):
-            constants = {
-                "TOPK": TOPK,
-                "BLOCK_T": config.block_t,
-                "BLOCK_E": config.block_e,
-                "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
-                "BLOCK_H": config.block_h,
-                "H_SLICE": config.h_slice,
-                "H_SLICES": triton.cdiv(HIDDEN, config.h_slice),
-                "BLOCK_K": triton.next_power_of_2(TOPK),
-                "ROUTE_T": min(config.block_t, config.route_t),
-                "HAS_SCALE": True,
-                "OPERAND": OPERAND_BF16.value,
-                "PDL": config.pdl,
-            }
-            result = {"target": name, "config": list(config)}
+        for config in rows:
+            if config.pdl and name != "sm_90":
+                continue  # programmatic dependent launch is NVIDIA's
+            result = {"target": name, "config": config._asdict()}
+            split = is_split(config, HIDDEN, EXPERTS)
             # A decode-size T for split rows, a large one for whole-row rows.
-            num_tokens = 16 if config.block_t <= 16 else 4096
+            num_tokens = 16 if split else 4096
             try:
                 compiled = triton.compile(
-                    _specialised(fn, constants, num_tokens, backend),
+                    _specialised(fn, _kernel_constants(config), num_tokens, backend),
                     target=gpu_target,
                     options={"num_warps": config.num_warps, "num_stages": config.num_stages},
                 )
-                result.update(ok=True, split=config.block_t <= 16, **_resources(target, compiled))
+                result.update(ok=True, split=split, **_resources(target, compiled))
                 if name == "sm_90":
                     result["griddepcontrol"] = "griddepcontrol.wait" in compiled.asm["ptx"]
             except Exception as exc:  # one failure must not hide the others
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)
-        for kernel, constants, num_warps in _gemm_path_kernels():
-            result = {"target": name, "kernel": kernel.__name__}
-            try:
-                compiled = triton.compile(
-                    _specialised(kernel, constants, 1024, backend),
-                    target=gpu_target,
-                    options={"num_warps": num_warps},
-                )
-                result.update(ok=True, **_resources(target, compiled))
-            except Exception as exc:  # one failure must not hide the others
-                result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
-            print(json.dumps(result), flush=True)
+        for gemm_config in gemm_configs:
+            for kernel, constants, num_warps in _gemm_path_kernels(gemm_config):
+                result = {"target": name, "kernel": kernel.__name__}
+                result["config"] = gemm_config._asdict()
+                try:
+                    compiled = triton.compile(
+                        _specialised(kernel, constants, 1024, backend),
+                        target=gpu_target,
+                        options={"num_warps": num_warps},
+                    )
+                    result.update(ok=True, **_resources(target, compiled))
+                except Exception as exc:  # one failure must not hide the others
+                    result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
+                print(json.dumps(result), flush=True)
 
 
-def _gemm_path_kernels():
+def _gemm_path_kernels(config):
+    """The GEMM path's prologue and epilogue for ``config``: (kernel, constexprs, warps)."""
     import triton
 
-    from vllm_gemma4_router import fused_router_gemm as gemm
     from vllm_gemma4_router.fused_router_gemm import (
         gemma4_router_finish_kernel,
         gemma4_router_operand_kernel,
     )
     from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
+    from vllm_gemma4_router.fused_router_launch import routing_constexprs
 
-    config = gemm.GEMM_PATH_CONFIG
     operand = {
         "BLOCK_T": config.operand_block_t,
         "BLOCK_H": config.operand_block_h,
@@ -165,6 +219,7 @@ def _gemm_path_kernels():
         "BLOCK_E_ALL": triton.next_power_of_2(EXPERTS),
         "BLOCK_K": triton.next_power_of_2(TOPK),
         "HAS_SCALE": True,
+        **routing_constexprs(config.finish_select, config.finish_scale_pick),
     }
     return [
         (gemma4_router_operand_kernel, operand, config.operand_warps),

@@ -4,12 +4,13 @@ Triton kernel under the interpreter, the torch op and its hand-over."""
 import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
-from oracle import assert_ids_valid
+from oracle import assert_ids_valid, assert_matches_oracle, fp32_bucket_fault_rows
 
 from vllm_gemma4_router import fused_handover, fused_router_launch
 from vllm_gemma4_router._validation import fused_router_supports
 from vllm_gemma4_router.fused_handover import logits_view
 from vllm_gemma4_router.fused_router_launch import (
+    ROUTING_VARIANTS,
     FusedLaunchConfig,
     candidate_configs,
     check_config,
@@ -27,12 +28,15 @@ from vllm_gemma4_router.reference import gemma4_fused_router_reference
 EPS = 1e-6
 SPLIT = FusedLaunchConfig(16, 16, 64, 128, 4, 2)  # expert and H slices: the counter path
 WHOLE_ROWS = FusedLaunchConfig(32, 128, 64, 2**31, 4, 2, 8)  # routing in the epilogue
+# Split, and its last program routes its 32 rows 8 at a time, read back from the store.
+SPLIT_ROUTED_IN_CHUNKS = FusedLaunchConfig(32, 32, 64, 128, 4, 2, 8)
+ROUTINGS = [("exact", "per_pick"), *ROUTING_VARIANTS]  # the default first
 
 
-def _launch(config, h, s, w, pes, topk):
+def _launch(config, h, s, w, pes, topk, eps=EPS):
     t, e = h.shape[0], w.shape[0]
     out = (torch.empty(t, e), torch.empty(t, topk), torch.empty(t, topk, dtype=torch.int32))
-    launch_with_config(clip_config(config, h.shape[1], e), h, s, w, pes, EPS, topk, out)
+    launch_with_config(clip_config(config, h.shape[1], e), h, s, w, pes, eps, topk, out)
     return out
 
 
@@ -51,6 +55,7 @@ def test_reference_chain_matches_fp64(dtype, gen):
         (5, 192, 100, 6, torch.float32, SPLIT),
         (33, 192, 128, 8, torch.bfloat16, WHOLE_ROWS),
         (40, 136, 64, 1, torch.float16, WHOLE_ROWS),
+        (40, 192, 128, 8, torch.bfloat16, SPLIT_ROUTED_IN_CHUNKS),
         (3, 256, 128, 8, torch.float32, None),
     ],
 )
@@ -78,6 +83,38 @@ def test_equal_logits_tie_to_the_lowest_id(config, gen):
         for slot, expert in enumerate(row):
             if expert >= 64:
                 assert expert - 64 in row[:slot]
+
+
+@pytest.mark.parametrize("routing", ROUTINGS[1:], ids="-".join)
+@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS], ids=["split", "whole_rows"])
+def test_every_routing_gives_the_default_routings_bits(config, routing, gen):
+    # 33 rows: two token blocks of WHOLE_ROWS, routed 8 rows at a time from the store.
+    h, s, w, pes = router_inputs(33, 192, 128, torch.bfloat16, gen)
+    select, scale_pick = routing
+    out = _launch(config._replace(select=select, scale_pick=scale_pick), h, s, w, pes, 8)
+    assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+    for mine, default in zip(out, _launch(config, h, s, w, pes, 8), strict=True):
+        assert torch.equal(mine, default)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS, ids="-".join)
+@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS], ids=["split", "whole_rows"])
+def test_fp32_bucket_faults_are_routed_exactly(config, routing, gen):
+    # fp32 rows built to defeat narrow keys (tests/oracle.py), as the fused kernel's own
+    # logits: hidden states 8 * one-hot at column j (RMS 1) and eps=1e-12 make the norm
+    # factor exactly 1/8, so row t's logits are gate column j bit for bit.
+    rows = fp32_bucket_fault_rows(128, gen)
+    picks = torch.arange(18) % rows.shape[0]
+    h = torch.zeros(18, 64)
+    h[torch.arange(18), picks] = 8.0
+    w = torch.zeros(128, 64)
+    w[:, : rows.shape[0]] = rows.t()
+    pes = torch.rand(128, generator=gen) + 0.5
+    select, scale_pick = routing
+    config = config._replace(select=select, scale_pick=scale_pick)
+    logits, weights, ids = _launch(config, h, torch.ones(64), w, pes, 8, eps=1e-12)
+    assert torch.equal(logits, rows[picks])
+    assert_matches_oracle(weights, ids, logits, 8, pes)
 
 
 def test_split_counters_reset_between_launches(gen):
@@ -114,10 +151,9 @@ def test_pdl_needs_an_nvidia_sm90_device(gen):
     with pytest.raises(ValueError, match="config.pdl"):
         launch_with_config(SPLIT._replace(pdl=True), h, s, w, pes, EPS, 4, out)
     assert not pdl_supported(torch.device("cpu"))
-    # The sweep times each one-step split candidate with and without it.
-    for t in (1, 64):
-        pdl = [c for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16) if c.pdl]
-        assert pdl and all(c.h_slice == c.block_h for c in pdl)
+    # Measured without gain on the H200 (fused_router_launch.PDL_ENV): no longer swept.
+    for t in (1, 64, 256):
+        assert not any(c.pdl for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16))
 
 
 def test_pdl_switch_reads_only_0_1_or_empty():
@@ -152,6 +188,10 @@ def test_supports_and_bad_configs():
         check_config(FusedLaunchConfig(16, 16, 64, 96, 4, 2), 4, 128, 128)
     with pytest.raises(ValueError, match="token blocks"):
         check_config(SPLIT, 16 * 1025, 2816, 128)
+    with pytest.raises(ValueError, match="select"):
+        check_config(SPLIT._replace(select="narrow"), 4, 128, 128)
+    with pytest.raises(ValueError, match="scale_pick"):
+        check_config(SPLIT._replace(scale_pick="per-pick"), 4, 128, 128)
 
 
 @pytest.mark.parametrize(
@@ -224,13 +264,16 @@ def test_gemm_path_keeps_the_contract(dtype, gen):
 def test_every_gemm_path_candidate_keeps_the_contract(gen):
     from vllm_gemma4_router.fused_router_gemm import (
         GEMM_PATH_CONFIG,
+        GemmPathConfig,
         gemm_path_candidates,
         route_by_gemm,
     )
 
     candidates = gemm_path_candidates(192)
-    assert GEMM_PATH_CONFIG in gemm_path_candidates(2816) and len(set(candidates)) == 20
+    assert GEMM_PATH_CONFIG in gemm_path_candidates(2816) and len(set(candidates)) == 27
     assert {c.operand_block_h for c in candidates} >= {256, 1024}  # a whole row in one step
+    # The routing kernel's own fp32 E=128 decode choice: one row per one-warp program.
+    assert GemmPathConfig(1, 256, 4, 1, 1, "checked", "in_row") in candidates
     h, s, w, pes = router_inputs(21, 192, 128, torch.bfloat16, gen)
     for config in candidates:
         out = (torch.empty(21, 128), torch.empty(21, 8), torch.empty(21, 8, dtype=torch.int32))
@@ -244,8 +287,19 @@ def test_split_candidates_reach_the_gemm_path_range():
         return [c for c in configs if is_split(c, 2816, 128)]
 
     for t in (512, 1024):
-        assert split(t) and all(c.block_t == 16 and c.block_e == 128 for c in split(t))
+        assert {c.block_t for c in split(t)} == {16, 32, 64}
+        assert all(c.block_e == 128 for c in split(t))
     assert not split(2048)
+
+
+def test_sweep_tries_each_routing_on_the_table_row():
+    for t in (1, 64, 256, 1024):
+        configs = candidate_configs(t, 2816, 128, 8, torch.bfloat16)
+        row = table_config(t, 2816, 128)
+        assert row in configs
+        for select, scale_pick in ROUTING_VARIANTS:
+            assert row._replace(select=select, scale_pick=scale_pick) in configs
+    assert all(c.select == "exact" for c in candidate_configs(2048, 2816, 128, 8, torch.bfloat16))
 
 
 def test_gemm_path_covers_the_slow_kernel_range():

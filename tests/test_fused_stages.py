@@ -74,7 +74,8 @@ def test_report_rows_give_each_stage_its_increment():
     assert row["d_gather_us"] == 0.5 and row["d_route_us"] == 3.0
     assert row["kernel_us"] == 8.1 and row["producer_us"] == 1.1
     (line,) = bench_fused_stages.table_lines([row])[2:]
-    assert line.startswith("| 16 | (16, 16, 64, 64, 4, 2, 16, False) | 0.70 | 3.00 |")
+    config = "(16, 16, 64, 64, 4, 2, 16, False, 'exact', 'per_pick')"
+    assert line.startswith(f"| 16 | {config} | 0.70 | 3.00 |")
     assert line.endswith("| +2.30 | +1.50 | +0.50 | +3.00 |")
     args = bench_fused_stages.parse_args([])
     assert args.tokens == [1, 16, 64, 256] and not args.producer

@@ -49,9 +49,10 @@ def test_gpu_table_launch_matches_fp64_chain(dtype, num_tokens, gen):
     assert torch.equal(ids, ref_ids) and torch.equal(weights, ref_w)
 
 
-# Two T per launch kind: every candidate is one Triton compile per specialisation,
-# and the sweep checks each candidate at every T it times before timing it.
-@pytest.mark.parametrize("num_tokens", [1, 17, 2048])
+# A few T per launch kind (600: the split shapes of 32-64 rows): every candidate is one
+# Triton compile per specialisation, and the sweep checks each candidate at every T it
+# times before timing it.
+@pytest.mark.parametrize("num_tokens", [1, 17, 600, 2048])
 def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     for config in candidate_configs(num_tokens, 2816, 128, 8, torch.bfloat16):

@@ -21,9 +21,10 @@ from .fused_router_kernel import (
     OPERAND_BF16_ROUNDED,
     OPERAND_FP32,
     finish_rows,
+    load_scale_row,
     round_to_bf16,
 )
-from .fused_router_launch import operand_mode, output_strides
+from .fused_router_launch import operand_mode, output_strides, routing_constexprs
 
 
 @triton.jit
@@ -93,11 +94,14 @@ def gemma4_router_finish_kernel(
     BLOCK_E_ALL: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SELECT: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
 ):
     """The GEMM path's epilogue: a vendor GEMM's row sums [T, E] (row stride
     ``stride_st``, unit column stride) normed into logits and routed, as the fused
     kernel's own epilogue does."""
     first_row = tl.program_id(0) * BLOCK_T
+    scale_row = load_scale_row(pes_ptr, stride_pes, num_experts, BLOCK_E_ALL, HAS_SCALE, SCALE_PICK)
     rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
     row_ok = rows64 < num_tokens
     experts = tl.arange(0, BLOCK_E_ALL)
@@ -110,6 +114,7 @@ def gemma4_router_finish_kernel(
     finish_rows(
         sums,
         sumsq,
+        scale_row,
         first_row,
         num_tokens,
         pes_ptr,
@@ -133,18 +138,23 @@ def gemma4_router_finish_kernel(
         BLOCK_E_ALL,
         BLOCK_K,
         HAS_SCALE,
+        SELECT,
+        SCALE_PICK,
     )
 
 
 class GemmPathConfig(NamedTuple):
     """The GEMM path's two Triton launches: the prologue's rows x H step and warps, the
-    epilogue's rows per program and warps."""
+    epilogue's rows per program, warps and routing (``FusedLaunchConfig.select`` and
+    ``scale_pick``)."""
 
     operand_block_t: int
     operand_block_h: int
     operand_warps: int
     finish_block_t: int
     finish_warps: int
+    finish_select: str = "exact"
+    finish_scale_pick: str = "per_pick"
 
 
 #: What the op launches. Not swept yet: bench_router --producer (H200, 2026-12-01,
@@ -157,10 +167,22 @@ GEMM_PATH_CONFIG = GemmPathConfig(4, 1024, 4, 16, 4)
 
 def gemm_path_candidates(hidden: int) -> list[GemmPathConfig]:
     """The GEMM-path configs the sweep times: prologues from one whole row per program
-    (one load, as Inductor's norm) to 8 rows in H steps; epilogues of 2-16 rows."""
+    (one load, as Inductor's norm) to 4 rows in H steps; epilogues of 1-16 rows, with
+    the default routing and with the routing kernel's own choice up to T=1024 (fp32
+    E=128: one row per one-warp program, ``in_row`` scales; ``launch_table``)."""
     whole_row = triton.next_power_of_2(hidden)
-    prologues = [(1, whole_row, 4), (1, whole_row, 8), (2, whole_row, 8), (4, 1024, 4), (8, 512, 4)]
-    epilogues = [(2, 1), (4, 2), (8, 4), (16, 4)]
+    prologues = [(1, whole_row, 4), (1, whole_row, 8), (4, 1024, 4)]
+    epilogues = [
+        (1, 1, "checked", "in_row"),
+        (1, 1, "exact", "in_row"),
+        (2, 1, "exact", "in_row"),
+        (4, 2, "exact", "in_row"),
+        (8, 4, "exact", "in_row"),
+        (2, 1),
+        (4, 2),
+        (8, 4),
+        (16, 4),
+    ]
     return [GemmPathConfig(*a, *b) for a in prologues for b in epilogues]
 
 
@@ -186,8 +208,11 @@ def route_by_gemm(
     Inputs as :func:`~vllm_gemma4_router.fused_router_launch.gemma4_fused_router_triton`
     (validated by the caller); ties and ordering as the routing kernel's. Three
     launches, as many as vLLM's chain: prologue, GEMM, epilogue (``config``).
+    Raises ``ValueError`` before any launch when ``config`` names no routing the
+    kernels have.
     """
     logits, weights, ids = out
+    routing = routing_constexprs(config.finish_select, config.finish_scale_pick)
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     mode = operand_mode(hidden_states.dtype)
@@ -233,5 +258,6 @@ def route_by_gemm(
         BLOCK_E_ALL=triton.next_power_of_2(num_experts),
         BLOCK_K=triton.next_power_of_2(topk),
         HAS_SCALE=per_expert_scale is not None,
+        **routing,
         num_warps=config.finish_warps,
     )

@@ -7,10 +7,11 @@ Per token ``t`` and expert ``e``::
 The norm is one fp32 factor per token, applied after the sum (it commutes with
 it), so a single pass over ``x`` feeds both the sum of squares and the GEMM.
 The GEMM operand ``x * scale`` is rounded to bf16 for bf16 inputs (tensor
-cores), kept fp32 otherwise (``OPERAND``). The routing of the finished
-logits is the exact selection of ``kernel_select``: lowest id on equal logits,
-rows sorted by weight, K distinct valid ids whatever the bits, and bitwise the
-weights ``gemma4_routing_triton`` gives for the same logits.
+cores), kept fp32 otherwise (``OPERAND``). The finished logits are routed by
+the routing kernel's own selection (``kernel_select.select_registers``; constexprs
+``SELECT`` and ``SCALE_PICK``): lowest id on equal logits, rows sorted by weight,
+K distinct valid ids whatever the bits, and bitwise the weights
+``gemma4_routing_triton`` gives for the same logits, whichever selection runs.
 
 A program computes a ``[BLOCK_T, BLOCK_E]`` tile of the sum over one slice of
 ``H`` (grid: token blocks x expert slices x H slices). With one expert slice
@@ -27,8 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel_keys import canonical, ordered_bits
-from .kernel_select import SCALE_PER_PICK, select_exact_registers
+from .kernel_keys import as_fp32, canonical, ordered_bits
+from .kernel_select import SCALE_AFTER, SCALE_IN_ROW, select_registers
 
 #: The GEMM operand ``x * scale`` (constexpr ``OPERAND``).
 OPERAND_FP32 = tl.constexpr(0)  # fp32, IEEE dot (fp16 and fp32 inputs)
@@ -119,14 +120,38 @@ def _dot_slice(
 
 
 @triton.jit
+def load_scale_row(
+    pes_ptr,
+    stride_pes,
+    num_experts,
+    BLOCK_E_ALL: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """The ``per_expert_scale`` row as int32 bits when ``SCALE_PICK`` picks from it
+    (``SCALE_IN_ROW``), else zeros: load it before the work it can overlap."""
+    experts = tl.arange(0, BLOCK_E_ALL)
+    if HAS_SCALE and SCALE_PICK == SCALE_IN_ROW:
+        row = tl.load(pes_ptr + experts * stride_pes, mask=experts < num_experts, other=1.0)
+        return as_fp32(row).to(tl.int32, bitcast=True)
+    else:
+        return tl.zeros([BLOCK_E_ALL], dtype=tl.int32)
+
+
+@triton.jit
 def _route_rows(
     logits,
     rows64,
     row_ok,
+    num_experts,
+    scale_row,
     pes_ptr,
+    logits_ptr,
     weights_ptr,
     ids_ptr,
     stride_pes,
+    stride_lt,
+    stride_le,
     stride_wt,
     stride_wk,
     stride_it,
@@ -136,29 +161,44 @@ def _route_rows(
     BLOCK_E_ALL: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SELECT: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
 ):
-    """Route ``ROUTE_T`` rows of fp32 ``logits`` [ROUTE_T, BLOCK_E_ALL] (padding -inf)."""
+    """Route ``ROUTE_T`` rows of fp32 ``logits`` [ROUTE_T, BLOCK_E_ALL] (padding -inf),
+    already stored at ``logits_ptr``, with the routing kernel's ``SELECT`` and
+    ``SCALE_PICK`` (``scale_row``: ``load_scale_row``'s)."""
     experts = tl.arange(0, BLOCK_E_ALL)
-    # Each pick's per_expert_scale load goes out right after the pick and is
-    # only waited for after the last round: no gather round trip at the end.
-    ids, picked, scales, top, total = select_exact_registers(
+    # Checked rounds take each pick's value by a reduction: the stored logits are read
+    # back only by their rare repair, which a barrier puts after every thread's store.
+    ids, picked, scales, top, total = select_registers(
         ordered_bits(canonical(logits)),
         experts,
+        experts < num_experts,
         row_ok,
+        num_experts,
+        logits_ptr + rows64 * stride_lt,
+        stride_le,
+        ids_ptr + rows64 * stride_it,
+        stride_ik,
         pes_ptr,
         stride_pes,
-        tl.zeros([BLOCK_E_ALL], dtype=tl.int32),
+        scale_row,
         TOPK,
         BLOCK_E_ALL,
         BLOCK_K,
         ROUTE_T,
+        SELECT,
+        False,
+        True,
         HAS_SCALE,
-        SCALE_PER_PICK,
+        SCALE_PICK,
     )
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
     weights = tl.exp(picked - top[:, None]) / total[:, None]
     if HAS_SCALE:
+        if SCALE_PICK == SCALE_AFTER:
+            scales = as_fp32(tl.load(pes_ptr + ids * stride_pes, mask=out_ok, other=1.0))
         weights = weights * scales
     tl.store(
         weights_ptr + rows64[:, None] * stride_wt + slots[None, :] * stride_wk, weights, mask=out_ok
@@ -170,6 +210,7 @@ def _route_rows(
 def finish_rows(
     sums,
     sumsq,
+    scale_row,
     first_row,
     num_tokens,
     pes_ptr,
@@ -193,8 +234,11 @@ def finish_rows(
     BLOCK_E_ALL: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SELECT: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
 ):
-    """Norm the full-row sums into logits, store them and route them.
+    """Norm the full-row sums into logits, store them and route them (``scale_row``,
+    ``SELECT``, ``SCALE_PICK``: see ``_route_rows``).
 
     One routing chunk (``ROUTE_T == BLOCK_T``, the split launches) routes the
     registers it stored. Wider tiles route ``ROUTE_T`` rows at a time, read back
@@ -230,10 +274,15 @@ def finish_rows(
             chunk_logits,
             route_rows,
             route_ok,
+            num_experts,
+            scale_row,
             pes_ptr,
+            logits_ptr,
             weights_ptr,
             ids_ptr,
             stride_pes,
+            stride_lt,
+            stride_le,
             stride_wt,
             stride_wk,
             stride_it,
@@ -243,6 +292,8 @@ def finish_rows(
             BLOCK_E_ALL,
             BLOCK_K,
             HAS_SCALE,
+            SELECT,
+            SCALE_PICK,
         )
 
 
@@ -394,6 +445,8 @@ def gemma4_fused_router_kernel(
     HAS_SCALE: tl.constexpr,
     OPERAND: tl.constexpr,
     PDL: tl.constexpr,
+    SELECT: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
@@ -413,6 +466,10 @@ def gemma4_fused_router_kernel(
         )  # fmt: skip
         finishes = arrive_last(counter_ptr + pid_t, E_SLICES * H_SLICES)
     if finishes:
+        # Before the gather: its latency hides the scale row's.
+        scale_row = load_scale_row(
+            pes_ptr, stride_pes, num_experts, BLOCK_E_ALL, HAS_SCALE, SCALE_PICK
+        )
         if SPLIT:
             row_sums, row_sumsq = gather_partials(
                 partial_ptr, partial_sumsq_ptr, rows64, row_ok, num_tokens,
@@ -423,6 +480,7 @@ def gemma4_fused_router_kernel(
         finish_rows(
             row_sums,
             row_sumsq,
+            scale_row,
             pid_t * BLOCK_T,
             num_tokens,
             pes_ptr,
@@ -446,6 +504,8 @@ def gemma4_fused_router_kernel(
             BLOCK_E_ALL,
             BLOCK_K,
             HAS_SCALE,
+            SELECT,
+            SCALE_PICK,
         )
         if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)

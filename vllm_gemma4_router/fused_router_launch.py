@@ -22,6 +22,7 @@ from .fused_router_kernel import (
     OPERAND_FP32,
     gemma4_fused_router_kernel,
 )
+from .kernel_select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
 
 #: Token blocks one counter buffer serves (the split launches are for small T).
 _MAX_SPLIT_BLOCKS = 1024
@@ -46,6 +47,36 @@ class FusedLaunchConfig(NamedTuple):
     #: weight and scale tiles before waiting for the kernel ahead of it, so it
     #: may only serve weights that kernel does not write (vLLM's: loaded once).
     pdl: bool = False
+    #: The routing kernel's fp32 selection ("exact" or "checked") and per-pick scale
+    #: fetch ("per_pick", "in_row" or "after"): ``routing_constexprs``.
+    select: str = "exact"
+    scale_pick: str = "per_pick"
+
+
+#: The routings the sweep tries beside the default ("exact", "per_pick"). Offline
+#: (triton 3.9, sm_90, the T <= 16 row) the per-pick scale load converts its pointer's
+#: layout through shared memory in each of the K rounds: 34 bar.sync in the kernel;
+#: "in_row" (one more reduction a round) and "after" (one gather at the end) have 16.
+#: "checked" takes each pick's value by a reduction here (the stored logits are not
+#: visible to every thread before a barrier), so its rounds reduce as often as
+#: "exact"'s; it is swept to be measured, not expected to win.
+ROUTING_VARIANTS = (
+    ("exact", "in_row"),
+    ("exact", "after"),
+    ("checked", "in_row"),
+    ("checked", "after"),
+)
+
+
+def routing_constexprs(select: str, scale_pick: str) -> dict[str, int]:
+    """The fused kernels' ``SELECT`` and ``SCALE_PICK`` for a config's names; raises
+    ``ValueError`` for a name the routing kernel does not have."""
+    if select not in FP32_SELECT_VALUES or scale_pick not in SCALE_PICK_VALUES:
+        raise ValueError(
+            f"select must be one of {sorted(FP32_SELECT_VALUES)} and scale_pick one of "
+            f"{sorted(SCALE_PICK_VALUES)}, got {select!r}, {scale_pick!r}"
+        )
+    return {"SELECT": FP32_SELECT_VALUES[select], "SCALE_PICK": SCALE_PICK_VALUES[scale_pick]}
 
 
 # Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
@@ -147,6 +178,7 @@ def check_config(config: FusedLaunchConfig, num_tokens: int, hidden: int, num_ex
         )
     if config.num_warps not in (1, 2, 4, 8, 16) or config.num_stages < 1:
         raise ValueError(f"bad num_warps/num_stages in {config}")
+    routing_constexprs(config.select, config.scale_pick)
     blocks = triton.cdiv(num_tokens, config.block_t)
     if is_split(config, hidden, num_experts) and blocks > _MAX_SPLIT_BLOCKS:
         raise ValueError(
@@ -168,7 +200,12 @@ def pdl_supported(device: torch.device) -> bool:
 def candidate_configs(
     num_tokens: int, hidden: int, num_experts: int, topk: int, dtype: torch.dtype
 ) -> list[FusedLaunchConfig]:
-    """The configs ``benchmarks/sweep_fused_router.py`` times for one problem (valid ones)."""
+    """The configs ``benchmarks/sweep_fused_router.py`` times for one problem (valid ones).
+
+    The GEMM's split shapes with the default routing, then the table row with each
+    other routing of ``ROUTING_VARIANTS``: the routing runs in the one finishing
+    program, after the GEMM, so its choice is taken as independent of the shape.
+    PDL twins are not swept (no gain on the H200, see ``PDL_ENV``)."""
     del topk, dtype  # the same space for every K and dtype the table serves
     seen: list[FusedLaunchConfig] = []
     if num_tokens <= 256:
@@ -179,17 +216,25 @@ def candidate_configs(
             for h_slice in (256, 512, 1024):
                 for num_warps in (4, 8):
                     seen.append(FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2))
-                    if h_slice == 256:
-                        # One H step: the whole weight slice loads before the wait.
-                        seen.append(
-                            FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2, pdl=True)
-                        )
         seen.append(FusedLaunchConfig(16, 64, 128, 128, 4, 2))
     elif num_tokens <= 1024:
-        # The T <= 256 row's shape, where the GEMM path is slower than vLLM's chain.
-        for h_slice in (256, 512):
-            for num_warps in (4, 8):
-                seen.append(FusedLaunchConfig(16, 128, 256, h_slice, num_warps, 2))
+        # Where the GEMM path is slower than vLLM's chain: split launches of 16-64
+        # rows, which read the gate weight once per token block from the L2. Wider
+        # tiles take narrower H steps and 64 rows 8 warps: the others spill on sm_90
+        # or gfx942 (triton 3.9, ci/offline_compile_fused.py --candidates 512).
+        for block_t, block_h, num_warps in (
+            (16, 256, 4),
+            (16, 256, 8),
+            (32, 64, 4),
+            (32, 64, 8),
+            (64, 64, 8),
+            (64, 128, 8),
+        ):
+            for h_slice in (256, 512):
+                seen.append(FusedLaunchConfig(block_t, 128, block_h, h_slice, num_warps, 2))
+    if num_tokens <= 1024:
+        row = table_config(num_tokens, hidden, num_experts)
+        seen += [row._replace(select=a, scale_pick=b) for a, b in ROUTING_VARIANTS]
     if num_tokens > 64:
         # Whole-row programs: the routing in the GEMM's epilogue.
         for block_t, num_warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
@@ -327,6 +372,7 @@ def kernel_launch(
         HAS_SCALE=per_expert_scale is not None,
         OPERAND=operand_mode(hidden_states.dtype),
         PDL=config.pdl,
+        **routing_constexprs(config.select, config.scale_pick),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **({"launch_pdl": True} if config.pdl else {}),

@@ -52,6 +52,14 @@ SCALE_AFTER = tl.constexpr(0)  # one gather with the final ids, after selection
 SCALE_PER_PICK = tl.constexpr(1)  # a gather right after each pick (overlaps later rounds)
 SCALE_IN_ROW = tl.constexpr(2)  # the scale row loaded with the logits, picked by a reduction
 
+#: Launch configs' names for the fp32 ``SELECT`` values and the ``SCALE_PICK`` values.
+FP32_SELECT_VALUES = {"checked": CHECKED.value, "exact": EXACT.value}
+SCALE_PICK_VALUES = {
+    "after": SCALE_AFTER.value,
+    "per_pick": SCALE_PER_PICK.value,
+    "in_row": SCALE_IN_ROW.value,
+}
+
 
 @triton.jit
 def pick_scale(

@@ -12,7 +12,7 @@ from . import kernel as _kernel
 from ._validation import check_output, check_routing_inputs
 from .fast_launch import CompiledLaunches
 from .kernel import gemma4_routing_kernel
-from .kernel_select import SCALE_AFTER, SCALE_IN_ROW, SCALE_PER_PICK
+from .kernel_select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
 from .launch_table import (
     MAX_EXPERTS,
     LaunchConfig,
@@ -194,14 +194,6 @@ def _launch_plan(
         _LAUNCHES.launch(grid_x, device.index, tensors, ints, plan.constexprs, plan.class_key)
 
 
-_SELECTS = {"checked": int(_kernel.CHECKED), "exact": int(_kernel.EXACT)}
-_SCALE_PICKS = {
-    "after": int(SCALE_AFTER),
-    "per_pick": int(SCALE_PER_PICK),
-    "in_row": int(SCALE_IN_ROW),
-}
-
-
 def _compile_time_args(
     topk: int, num_experts: int, config: LaunchConfig, logit_dtype: torch.dtype, has_scale: bool
 ) -> dict[str, int | bool]:
@@ -215,11 +207,11 @@ def _compile_time_args(
         BLOCK_E=block_e,
         BLOCK_K=1 << (topk - 1).bit_length(),
         TOKENS_PER_PROGRAM=config.tokens_per_program,
-        SELECT=_SELECTS[config.fp32_select] if fp32 else int(_kernel.NARROW),
+        SELECT=FP32_SELECT_VALUES[config.fp32_select] if fp32 else int(_kernel.NARROW),
         HAS_SCALE=has_scale,
         REGISTER_PICKS=config.register_picks,
         ROW_GROUPS=config.row_groups,
-        SCALE_PICK=_SCALE_PICKS[config.scale_pick],
+        SCALE_PICK=SCALE_PICK_VALUES[config.scale_pick],
         VALUES_BY_REDUCTION=config.values_by_reduction and fp32,
         num_warps=config.num_warps,
     )
