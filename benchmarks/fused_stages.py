@@ -30,11 +30,11 @@ from vllm_gemma4_router.fused_router_kernel import (
     arrive_last,
     finish_rows,
     gather_partials,
-    load_scale_row,
     program_sums,
     store_partials,
 )
 from vllm_gemma4_router.fused_router_launch import FusedLaunchConfig, is_split, kernel_launch
+from vllm_gemma4_router.kernel_select import load_scale_row
 
 STAGES = ("dot", "handoff", "gather", "route")
 

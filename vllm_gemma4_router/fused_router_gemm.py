@@ -21,10 +21,10 @@ from .fused_router_kernel import (
     OPERAND_BF16_ROUNDED,
     OPERAND_FP32,
     finish_rows,
-    load_scale_row,
     round_to_bf16,
 )
 from .fused_router_launch import operand_mode, output_strides, routing_constexprs
+from .kernel_select import load_scale_row
 
 
 @triton.jit

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .kernel_keys import as_fp32, canonical, ordered_bits
-from .kernel_select import SCALE_AFTER, SCALE_IN_ROW, select_registers
+from .kernel_select import SCALE_AFTER, load_scale_row, select_registers
 
 #: The GEMM operand ``x * scale`` (constexpr ``OPERAND``).
 OPERAND_FP32 = tl.constexpr(0)  # fp32, IEEE dot (fp16 and fp32 inputs)
@@ -117,25 +117,6 @@ def _dot_slice(
         else:
             acc = tl.dot(operand, w.to(tl.float32), acc, input_precision="ieee")
     return acc, sumsq
-
-
-@triton.jit
-def load_scale_row(
-    pes_ptr,
-    stride_pes,
-    num_experts,
-    BLOCK_E_ALL: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
-):
-    """The ``per_expert_scale`` row as int32 bits when ``SCALE_PICK`` picks from it
-    (``SCALE_IN_ROW``), else zeros: load it before the work it can overlap."""
-    experts = tl.arange(0, BLOCK_E_ALL)
-    if HAS_SCALE and SCALE_PICK == SCALE_IN_ROW:
-        row = tl.load(pes_ptr + experts * stride_pes, mask=experts < num_experts, other=1.0)
-        return as_fp32(row).to(tl.int32, bitcast=True)
-    else:
-        return tl.zeros([BLOCK_E_ALL], dtype=tl.int32)
 
 
 @triton.jit

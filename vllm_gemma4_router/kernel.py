@@ -20,7 +20,7 @@ from .kernel_select import (
     EXACT,
     NARROW,
     SCALE_AFTER,
-    SCALE_IN_ROW,
+    load_scale_row,
     select_exact_memory,
     select_narrow_memory,
     select_registers,
@@ -118,12 +118,7 @@ def gemma4_routing_kernel(
             ROW_GROUPS,
         )
     ordered = ordered_bits(canonical(x))
-    if HAS_SCALE and SCALE_PICK == SCALE_IN_ROW:
-        scale_row = as_fp32(
-            tl.load(scale_ptr + experts * stride_scale, mask=expert_ok, other=1.0)
-        ).to(tl.int32, bitcast=True)
-    else:
-        scale_row = tl.zeros([BLOCK_E], dtype=tl.int32)
+    scale_row = load_scale_row(scale_ptr, stride_scale, num_experts, BLOCK_E, HAS_SCALE, SCALE_PICK)
     id_ptrs = ids_ptr + rows64 * stride_id_t
     row_logits = logits_ptr + rows64 * stride_logit_t
     slots = tl.arange(0, BLOCK_K)

@@ -62,6 +62,26 @@ SCALE_PICK_VALUES = {
 
 
 @triton.jit
+def load_scale_row(
+    scale_ptr,
+    stride_scale,
+    num_experts,
+    BLOCK_E: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_PICK: tl.constexpr,
+):
+    """The ``per_expert_scale`` row [BLOCK_E] as int32 bits when ``SCALE_PICK`` picks
+    from it (``SCALE_IN_ROW``; padding 1.0), else zeros: load it before the work it
+    can overlap."""
+    experts = tl.arange(0, BLOCK_E)
+    if HAS_SCALE and SCALE_PICK == SCALE_IN_ROW:
+        row = tl.load(scale_ptr + experts * stride_scale, mask=experts < num_experts, other=1.0)
+        return as_fp32(row).to(tl.int32, bitcast=True)
+    else:
+        return tl.zeros([BLOCK_E], dtype=tl.int32)
+
+
+@triton.jit
 def pick_scale(
     expert,
     hit,
