@@ -1,4 +1,5 @@
-"""Top-K selection strategies of the routing kernel (Triton device functions).
+"""Top-K selection strategies of the routing kernel (Triton device functions), which
+the fused router's kernels route with too (``select_registers``, ``load_scale_row``).
 
 Each routes a ``[TOKENS, BLOCK_E]`` tile, one token per row, in ``TOPK``
 dependent rounds of one row reduction each (on sm_90 a 32-bit integer min or
