@@ -460,10 +460,11 @@ def select_registers(
     """The ``SELECT`` strategy's picks of a ``[TOKENS, BLOCK_E]`` tile, kept in registers.
 
     ``ordered`` is the tile's ``ordered_bits`` (padding columns -inf); ``row_logits``
-    points at each row's logits in memory, which the checked rounds read back
-    unless ``VALUES_BY_REDUCTION`` (and their rare repair always), so they must be
-    stored and visible to every thread of the program; ``id_ptrs`` is each row's
-    id output, which the repair uses as scratch. Returns ``(ids, logits, scales,
+    points at each row's logits in memory, which the checked rounds read back:
+    their rare repair after a barrier of its own, the rounds themselves (unless
+    ``VALUES_BY_REDUCTION``) with none, so logits this program stored need a
+    barrier before the call; ``id_ptrs`` is each row's id output, which the repair
+    uses as scratch. Returns ``(ids, logits, scales,
     top, total)``: ``[TOKENS, BLOCK_K]`` picks in order (lowest id first among
     equal logits), the first pick's logit and the sum of ``exp(logit - top)``."""
     if SELECT == EXACT:
