@@ -2,6 +2,7 @@
 # The fused router on a CUDA machine (repo root), one part per device call:
 #
 #   bash ci/gpu_fused_bench.sh tests   # GPU tests + compute-sanitizer memcheck, ~7 min
+#                                      # (GPU_TESTS_K: a pytest -k filter)
 #   bash ci/gpu_fused_bench.sh bench   # bench_router, weights from HBM: with a producer
 #                                      # kernel ahead of every call (as in serving; the
 #                                      # set-up where PDL can pay), without, and the
@@ -33,8 +34,10 @@ status=0
 case $PART in
   tests)
     # -v: each test's name and outcome reach the log as it ends, even if the timeout cuts the run.
+    # GPU_TESTS_K: a pytest -k filter, e.g. "not every_" leaves the per-candidate
+    # tests to the sweep (which checks each candidate the same way before timing it).
     timeout 450 "$PYTHON" -m pytest -v -p no:cacheprovider tests/test_gpu_fused_router.py \
-      > "$LOGS/gpu_fused_pytest.log" 2>&1
+      ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} > "$LOGS/gpu_fused_pytest.log" 2>&1
     suite=$?
     timeout 100 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu_fused_router.py \
