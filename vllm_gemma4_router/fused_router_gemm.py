@@ -157,12 +157,14 @@ class GemmPathConfig(NamedTuple):
     finish_scale_pick: str = "per_pick"
 
 
-#: What the op launches. Not swept yet: bench_router --producer (H200, 2026-12-01,
-#: benchmarks/results/bench_router_NVIDIA_H200_2026-12-01_producer.md) puts the whole
-#: path 1.3-2.9 us behind vLLM's chain at T=1-1024 while cuBLAS is the same call: the
-#: prologue and epilogue cost that much more than vLLM's norm and routing kernels.
-#: ``gemm_path_candidates`` is what benchmarks/sweep_fused_router.py times to replace it.
-GEMM_PATH_CONFIG = GemmPathConfig(4, 1024, 4, 16, 4)
+#: What the op launches: a whole row per 8-warp prologue program, one row per one-warp
+#: epilogue program with the scale row picked by reduction. Provenance:
+#: benchmarks/sweep_fused_router.py --producer --tokens 512,1024,2048 on an NVIDIA H200
+#: (torch 2.11.0+cu130, triton 3.6.0, L=260 weight sets from HBM), 2026-12-01 21:03 UTC
+#: (benchmarks/results/sweep_fused_router_NVIDIA_H200_2026-12-01_producer_mid.md):
+#: 12.93 / 14.68 / 18.31 us at T=512 / 1024 / 2048 against 15.62 / 17.22 / 19.92 for
+#: the previous (4, 1024, 4, 16, 4); within 0.8 % of the best candidate at each T.
+GEMM_PATH_CONFIG = GemmPathConfig(1, 4096, 8, 1, 1, "exact", "in_row")
 
 
 def gemm_path_candidates(hidden: int) -> list[GemmPathConfig]:
