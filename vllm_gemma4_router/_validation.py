@@ -176,3 +176,40 @@ def check_fused_router_supported(num_experts: int, topk: int) -> None:
             f"the fused router takes E <= {MAX_FUSED_EXPERTS} and topk <= {MAX_FUSED_TOPK}, "
             f"got E={num_experts}, topk={topk}"
         )
+
+
+#: ``is_padding`` dtypes the routing accepts (non-zero / True: a padding row).
+PADDING_DTYPES = (torch.bool, torch.uint8)
+
+
+def check_padding_mask(is_padding: object, num_tokens: int, device: torch.device) -> None:
+    """Validate an optional padding mask for ``num_tokens`` rows on ``device``.
+
+    ``None`` passes. Otherwise ``is_padding`` must be a 1-D contiguous bool or
+    uint8 tensor of exactly ``num_tokens`` elements on ``device``: ``TypeError``
+    for a wrong type or dtype, ``ValueError`` for a wrong rank, length, layout
+    or device. Metadata only: the mask's values are never read on the host.
+    """
+    if is_padding is None:
+        return
+    if not isinstance(is_padding, torch.Tensor):
+        raise TypeError(
+            f"is_padding must be a torch.Tensor or None, got {type(is_padding).__name__}"
+        )
+    if is_padding.dim() != 1:
+        raise ValueError(
+            f"is_padding must be 1-D [num_tokens], got shape {tuple(is_padding.shape)}"
+        )
+    if is_padding.dtype not in PADDING_DTYPES:
+        raise TypeError(f"is_padding must be bool or uint8, got {is_padding.dtype}")
+    if is_padding.shape[0] != num_tokens:
+        raise ValueError(
+            f"is_padding must have {num_tokens} elements (one per token), got {is_padding.shape[0]}"
+        )
+    if num_tokens > 1 and is_padding.stride(0) != 1:
+        raise ValueError(f"is_padding must be contiguous, got stride {is_padding.stride(0)}")
+    if is_padding.device != device:
+        raise ValueError(
+            f"is_padding is on {is_padding.device} but the routing input is on {device}; "
+            "both must be on the same device"
+        )
