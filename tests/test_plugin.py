@@ -155,8 +155,16 @@ def test_register_is_idempotent_in_process():
 
 
 def _fake_module(source: str) -> types.ModuleType:
-    module = types.ModuleType(f"fake_gemma4_{time.monotonic_ns()}")
-    exec(compile(textwrap.dedent(source), module.__name__, "exec"), vars(module))
+    # From a file: the adapter reads the routing function's source, as in vLLM.
+    import importlib.util
+    import tempfile
+
+    name = f"fake_gemma4_{time.monotonic_ns()}"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 

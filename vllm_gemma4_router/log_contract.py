@@ -12,6 +12,14 @@ Lines (vLLM prefixes each with its own level, file and process tags):
   plugin's first line in a process, so it carries the package version;
 * ``vllm-gemma4-router <version>: unrecognised Gemma4 code in <module> ...``
   instead, when the layout is unknown and nothing was changed;
+* ``vllm-gemma4-router <version>: refused Gemma4 routing in <module>: <why>; leaving
+  vLLM's routing unchanged`` instead, when the layout is known but the release's
+  routing does something the plugin does not know (a new argument to its kernel);
+* ``vllm-gemma4-router <version>: nothing patched: <why>`` once per process, when
+  this vLLM's Gemma 4 code is not where the plugin patches it (moved to vLLM's
+  new model tree, or gone);
+* ``vllm-gemma4-router <version>: vLLM registers its own gemma4_routing ...``
+  when the plugin's op overrides an in-tree CustomOp of the same name;
 * ``gemma4_routing: <N> layer(s) dispatch to <forward> (platform <p>[, torch.compile])``
   per process that built the model, one line per distinct forward (``vllm_op``);
 * ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
@@ -59,6 +67,27 @@ def unrecognised_line(module_name: str) -> str:
     return (
         f"{_PLUGIN_PREFIX}unrecognised Gemma4 code in {module_name} (neither Gemma4Router."
         "routing_function nor a Gemma4MoE routing closure); leaving vLLM's routing unchanged"
+    )
+
+
+def refused_line(module_name: str, reason: str) -> str:
+    """The adapter's warning when ``module_name``'s routing does what the plugin does not know."""
+    return (
+        f"{_PLUGIN_PREFIX}refused Gemma4 routing in {module_name}: {reason}; "
+        "leaving vLLM's routing unchanged"
+    )
+
+
+def nothing_patched_line(reason: str) -> str:
+    """The plugin's warning when this vLLM's Gemma 4 code is not where it patches it."""
+    return f"{_PLUGIN_PREFIX}nothing patched: {reason}"
+
+
+def overrides_in_tree_op_line(name: str, in_tree: str) -> str:
+    """The plugin's line when vLLM already registers a CustomOp called ``name``."""
+    return (
+        f"{_PLUGIN_PREFIX}vLLM registers its own {name} CustomOp ({in_tree}); "
+        "the plugin's op overrides it (register_oot)"
     )
 
 
@@ -137,6 +166,8 @@ _INSTALL_RE = re.compile(
     _PLUGIN_RE + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
 )
 _UNRECOGNISED_RE = re.compile(_PLUGIN_RE + r"unrecognised Gemma4 code in (?P<module>\S+)")
+_REFUSED_RE = re.compile(_PLUGIN_RE + r"refused Gemma4 routing in (?P<module>[^\s:]+): ")
+_NOTHING_PATCHED_RE = re.compile(_PLUGIN_RE + r"nothing patched: ")
 _DISPATCH_RE = re.compile(
     re.escape(_OP_PREFIX) + r"(?P<layers>\d+) layers? dispatch to (?P<forward>forward_\w+) "
     r"\(platform (?P<platform>\w+)(?P<compiled>, torch\.compile)?\)"
@@ -201,6 +232,8 @@ class PluginLog:
         lines: every plugin line, whole (with vLLM's prefix), in order.
         layouts: one Gemma4 layout per process that patched vLLM's module.
         unrecognised: modules whose Gemma4 code the plugin did not recognise.
+        refused: modules whose Gemma4 routing the plugin refused to replace.
+        nothing_patched: lines saying this vLLM's Gemma 4 code is not where it patches.
         versions: the package version each patch/unrecognised line names
             (``""`` for lines of versions that did not say).
         dispatches: the op's dispatch summaries, per process and forward.
@@ -214,6 +247,8 @@ class PluginLog:
     lines: list[str] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    nothing_patched: int = 0
     versions: list[str] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
     first_calls: list[str] = field(default_factory=list)
@@ -296,4 +331,9 @@ def parse_log(log_text: str) -> PluginLog:
         elif match := _UNRECOGNISED_RE.search(line):
             parsed.unrecognised.append(match["module"])
             parsed.versions.append(match["version"] or "")
+        elif match := _REFUSED_RE.search(line):
+            parsed.refused.append(match["module"])
+            parsed.versions.append(match["version"] or "")
+        elif _NOTHING_PATCHED_RE.search(line):
+            parsed.nothing_patched += 1
     return parsed

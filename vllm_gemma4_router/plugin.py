@@ -8,9 +8,12 @@ def register() -> None:
 
     vLLM calls this in every process. It is idempotent and cheap: it imports
     nothing heavy and patches Gemma4's model module only when vLLM imports it.
-    Opt out with ``VLLM_PLUGINS`` (a list of plugin names without ``gemma4_router``).
+    When this vLLM's Gemma 4 code is not where the plugin patches it, it says
+    so in one log line. Opt out with ``VLLM_PLUGINS`` (a list of plugin names
+    without ``gemma4_router``).
     """
     from .import_hook import when_imported
-    from .vllm_adapter import GEMMA4_MODULE, install
+    from .vllm_adapter import GEMMA4_MODULE, check_gemma4_location, install
 
     when_imported(GEMMA4_MODULE, install)
+    check_gemma4_location()

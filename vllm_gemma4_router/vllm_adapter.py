@@ -12,6 +12,14 @@ lists every release from 0.19.0 to 0.33.0):
   ``per_expert_scale`` and a ``routing_function`` method, which the decoder
   layer passes as ``custom_routing_function`` to the fused-MoE factory.
 
+Before patching, the adapter reads what the release's own routing function
+passes to its kernel (``read_routing_facts``): the arguments it knows (vLLM
+0.19 - 0.33: none beyond the logits, top-K and scale; 0.34: the padding mask
+``is_padding=get_moe_padding_mask(T)``, on the CUDA-like/XPU branch only), and
+under which branch. Our routing then passes vLLM's padding mask exactly where
+the release's does, and nowhere else. A routing that passes anything else is
+refused: vLLM's routing stays, with one warning line.
+
 Either way each owner gets a ``gemma4_routing`` op module, and the routing
 callable handed to vLLM's fused MoE reads ``owner.per_expert_scale`` at call
 time (so ``functional_call`` and weight reloads see the live tensor; vLLM's
@@ -30,9 +38,11 @@ biased gate, other dtypes, non-2-D input, no owner) runs vLLM's own forward.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import os
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -43,6 +53,8 @@ from .log_contract import (
     fused_router_line,
     install_line,
     logger,
+    nothing_patched_line,
+    refused_line,
     simulated_routing_line,
     unrecognised_line,
 )
@@ -61,6 +73,150 @@ _ROUTING_SIGNATURE = ["self", "hidden_states", "gating_output", "topk", "renorma
 _HANDOVER_PARAMETER = "custom_routing_function"
 # vLLM's router factory swaps any custom routing for a simulated router when set.
 ROUTING_SIMULATION_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
+# On the per_expert_scale owner: the callable giving vLLM's padding mask for T rows,
+# set only where the release's own routing passes one (in __dict__: a plain attribute).
+PADDING_MASK_ATTRIBUTE = "_gemma4_padding_mask"
+
+#: The calls vLLM's Gemma 4 routing functions make to routing code, by the global name
+#: they call: (positional arguments, keywords). Any other call to a global of the
+#: module, or any other argument, is something the plugin does not know.
+KNOWN_ROUTING_CALLS: dict[str, tuple[int, frozenset[str]]] = {
+    # 0.20 - 0.33: (gating_output, topk, per_expert_scale); 0.34 adds the mask.
+    "gemma4_fused_routing_kernel_triton": (3, frozenset({"is_padding"})),
+    "gemma4_routing_function_torch": (3, frozenset()),
+}
+#: The keyword a routing kernel takes vLLM's padding mask by (vLLM 0.34).
+PADDING_KEYWORD = "is_padding"
+
+
+class RoutingRefused(Exception):
+    """The release's routing does something the plugin does not know (the message says what)."""
+
+
+@dataclass(frozen=True)
+class RoutingFacts:
+    """What a release's own Gemma 4 routing function passes to its kernels.
+
+    ``mask_helper``: the module global it calls for the padding mask
+    (``get_moe_padding_mask`` in 0.34), or ``None`` (0.19 - 0.33: no mask).
+    ``mask_branch``: the condition, in the module's namespace, under which the
+    call with the mask runs (0.34: ``current_platform.is_cuda_alike() or
+    current_platform.is_xpu()``); ``None`` means always.
+    """
+
+    mask_helper: str | None = None
+    mask_branch: str | None = None
+
+    def passes_mask(self, module: ModuleType) -> bool:
+        """Whether, on this process's platform, the release's routing passes its mask."""
+        if self.mask_helper is None:
+            return False
+        if self.mask_branch is None:
+            return True
+        # vLLM's own test, evaluated where vLLM evaluates it (its module's globals).
+        return bool(eval(self.mask_branch, vars(module)))  # noqa: S307
+
+
+def _routing_function_node(module: ModuleType, layout: str) -> ast.FunctionDef:
+    """The syntax tree of the release's own routing function for ``layout``."""
+    if layout == "router_method":
+        target = inspect.unwrap(module.Gemma4Router.routing_function)
+    else:
+        target = inspect.unwrap(module.Gemma4MoE.__init__)
+    try:
+        source = textwrap.dedent(inspect.getsource(target))
+    except (OSError, TypeError) as exc:
+        raise RoutingRefused(f"its routing function's source cannot be read ({exc})") from exc
+    tree = ast.parse(source)
+    nodes = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    found = [n for n in nodes if n.name == "routing_function"]
+    if len(found) != 1:
+        raise RoutingRefused(f"found {len(found)} routing functions in its source, expected 1")
+    return found[0]
+
+
+def _branch_of(node: ast.AST, function: ast.FunctionDef) -> str | None:
+    """The condition under which ``node`` runs in ``function``, as source (``None``: always)."""
+    tests: list[str] = []
+
+    def visit(body: list[ast.stmt], path: list[str]) -> bool:
+        for statement in body:
+            if statement is node or node in set(ast.walk(statement)):
+                if isinstance(statement, ast.If) and statement.test is not node:
+                    test = f"({ast.unparse(statement.test)})"
+                    if visit(statement.body, [*path, test]):
+                        return True
+                    if visit(statement.orelse, [*path, f"not {test}"]):
+                        return True
+                tests.extend(path)
+                return True
+        return False
+
+    visit(function.body, [])
+    return " and ".join(tests) if tests else None
+
+
+def read_routing_facts(module: ModuleType, layout: str) -> RoutingFacts:
+    """What the release's own routing function in ``module`` passes to its kernels.
+
+    Raises :class:`RoutingRefused` when it calls routing code the plugin does not
+    know, or a known kernel with other arguments (a new keyword, ``*args``, a
+    mask from anything but a module-level helper called with the row count), or
+    when the branch that passes the mask cannot be evaluated in the module.
+    """
+    function = _routing_function_node(module, layout)
+    namespace = vars(module)
+    helper = branch = None
+    for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+        name = call.func.id if isinstance(call.func, ast.Name) else None
+        if name is None or name not in namespace or name == helper:
+            continue
+        if name not in KNOWN_ROUTING_CALLS:
+            if isinstance(namespace[name], type) or not callable(namespace[name]):
+                continue
+            if _is_mask_helper_call(call, function):
+                continue
+            raise RoutingRefused(f"it calls {name}(), which the plugin does not know")
+        positional, keywords = KNOWN_ROUTING_CALLS[name]
+        passed = {k.arg for k in call.keywords}
+        if (
+            len(call.args) != positional
+            or any(isinstance(a, ast.Starred) for a in call.args)
+            or None in passed
+            or not passed <= keywords
+        ):
+            unknown = sorted(k or "**" for k in passed - keywords) or ["positional arguments"]
+            raise RoutingRefused(
+                f"it calls {name}() with arguments the plugin does not know ({', '.join(unknown)})"
+            )
+        mask = next((k.value for k in call.keywords if k.arg == PADDING_KEYWORD), None)
+        if mask is None:
+            continue
+        if not (
+            isinstance(mask, ast.Call)
+            and isinstance(mask.func, ast.Name)
+            and callable(namespace.get(mask.func.id))
+            and len(mask.args) == 1
+            and not mask.keywords
+        ):
+            raise RoutingRefused(
+                f"it passes {PADDING_KEYWORD}={ast.unparse(mask)}, which the plugin does not know"
+            )
+        helper, branch = mask.func.id, _branch_of(call, function)
+    facts = RoutingFacts(helper, branch)
+    try:
+        facts.passes_mask(module)
+    except Exception as exc:  # a branch on locals, or on something absent here
+        raise RoutingRefused(f"its mask branch ({branch}) cannot be evaluated: {exc}") from exc
+    return facts
+
+
+def _is_mask_helper_call(call: ast.Call, function: ast.FunctionDef) -> bool:
+    """Whether ``call`` is the value of a known kernel's padding keyword."""
+    return any(
+        isinstance(n, ast.keyword) and n.arg == PADDING_KEYWORD and n.value is call
+        for n in ast.walk(function)
+    )
 
 
 def _log_dispatch_after_build(module: ModuleType) -> None:
@@ -89,21 +245,37 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
     model_cls.__init__ = __init__
 
 
-def _attach_op(owner) -> None:
+def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:
     from .vllm_op import Gemma4Routing
 
     owner.gemma4_routing = Gemma4Routing()
+    if facts.passes_mask(module):
+        helper = facts.mask_helper
+
+        def padding_mask(num_tokens: int):
+            # Looked up per call, as vLLM's routing does: the helper reads the
+            # forward context of the batch being run.
+            return getattr(module, helper)(num_tokens)
+
+        owner.__dict__[PADDING_MASK_ATTRIBUTE] = padding_mask
+        # The fused router's op reads the same mask at run time (padding.py).
+        from .padding import set_padding_source
+
+        set_padding_source(padding_mask)
 
 
 def _route(owner, gating_output, topk):
-    # A plain bool: a constant for Dynamo. Unfused layers never try a claim.
+    # Plain attributes: constants for Dynamo. Only layers whose release passes a
+    # padding mask ask for one; unfused layers never try a claim.
+    padding_mask = owner.__dict__.get(PADDING_MASK_ATTRIBUTE)
+    is_padding = None if padding_mask is None else padding_mask(gating_output.shape[0])
     if getattr(owner, FUSED_FEEDS_ATTRIBUTE, False):
         from .fused_claim import claim_fused_routing
 
         claimed = claim_fused_routing(gating_output, topk, owner.per_expert_scale)
         if claimed is not None:
             return claimed
-    return getattr(owner, OP_ATTRIBUTE)(gating_output, topk, owner.per_expert_scale)
+    return getattr(owner, OP_ATTRIBUTE)(gating_output, topk, owner.per_expert_scale, is_padding)
 
 
 @dataclass(frozen=True)
@@ -309,14 +481,14 @@ def _is_moe_closure_layout(module: ModuleType) -> bool:
     return closure_handover(module) is not None
 
 
-def _install_router_method(module: ModuleType) -> None:
+def _install_router_method(module: ModuleType, facts: RoutingFacts) -> None:
     router_cls = module.Gemma4Router
     original_init = router_cls.__init__
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        _attach_op(self)
+        _attach_op(self, module, facts)
 
     def routing_function(self, hidden_states, gating_output, topk, renormalize):
         """Gemma 4 routing through the ``gemma4_routing`` op (vllm-gemma4-router)."""
@@ -326,7 +498,7 @@ def _install_router_method(module: ModuleType) -> None:
     router_cls.routing_function = routing_function
 
 
-def _install_moe_closure(module: ModuleType) -> None:
+def _install_moe_closure(module: ModuleType, facts: RoutingFacts) -> None:
     moe_cls = module.Gemma4MoE
     original_init = moe_cls.__init__
     handover_name = closure_handover(module)
@@ -353,7 +525,7 @@ def _install_moe_closure(module: ModuleType) -> None:
             original_init(self, *args, **kwargs)
         finally:
             setattr(module, handover_name, handover)
-        _attach_op(self)
+        _attach_op(self, module, facts)
 
     moe_cls.__init__ = __init__
 
@@ -386,9 +558,16 @@ def install(module: ModuleType) -> str | None:
     """
     if hasattr(module, _INSTALLED_FLAG):
         return getattr(module, _INSTALLED_FLAG)
+    module_name = str(getattr(module, "__name__", module))
     for name, matches, apply in _LAYOUTS:
         if matches(module):
-            apply(module)
+            try:
+                facts = read_routing_facts(module, name)
+            except RoutingRefused as refusal:
+                setattr(module, _INSTALLED_FLAG, None)
+                logger.warning(refused_line(module_name, str(refusal)))
+                return None
+            apply(module, facts)
             _install_fused_router(module)
             _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
@@ -396,5 +575,50 @@ def install(module: ModuleType) -> str | None:
             _log_if_routing_is_simulated()
             return name
     setattr(module, _INSTALLED_FLAG, None)
-    logger.warning(unrecognised_line(str(getattr(module, "__name__", module))))
+    logger.warning(unrecognised_line(module_name))
     return None
+
+
+#: Where vLLM keeps Gemma 4, relative to the ``vllm`` package: the file the plugin
+#: patches, and the new model tree (``vllm/models/``, from 0.34) it does not know.
+GEMMA4_FILE = ("model_executor", "models", "gemma4.py")
+NEW_MODEL_TREE = "models"
+
+
+def where_gemma4_lives(vllm_root: str | os.PathLike[str]) -> str | None:
+    """Why nothing will be patched in the vLLM package at ``vllm_root``, or ``None``.
+
+    Reads the file tree only (no import): Gemma 4 code under vLLM's new model
+    tree, or no ``model_executor/models/gemma4.py``.
+    """
+    root = os.fspath(vllm_root)
+    new_tree = os.path.join(root, NEW_MODEL_TREE)
+    if os.path.isdir(new_tree):
+        moved = sorted(n for n in os.listdir(new_tree) if n.startswith("gemma4"))
+        if moved:
+            return (
+                f"this vLLM has Gemma 4 code in its new model tree "
+                f"(vllm/{NEW_MODEL_TREE}/{moved[0]}), which the plugin does not patch"
+            )
+    if not os.path.isfile(os.path.join(root, *GEMMA4_FILE)):
+        return f"this vLLM has no vllm/{'/'.join(GEMMA4_FILE)}; Gemma 4 routing stays vLLM's"
+    return None
+
+
+@functools.cache
+def check_gemma4_location() -> str | None:
+    """Log one warning when the installed vLLM's Gemma 4 is not where the plugin patches it.
+
+    Returns the reason, or ``None`` when ``gemma4.py`` is in place. File checks
+    only: cheap, and imports nothing of vLLM's model code. Once per process.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
+        return None
+    reason = where_gemma4_lives(roots[0])
+    if reason is not None:
+        logger.warning(nothing_patched_line(reason))
+    return reason

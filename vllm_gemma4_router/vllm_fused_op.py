@@ -7,12 +7,13 @@ from vllm.config import get_cached_compilation_config
 from vllm.model_executor.custom_op import CustomOp
 
 from . import fused_router_op  # noqa: F401  (registers torch.ops.vllm_gemma4_router.fused_router)
+from .vllm_custom_op import custom_op_base, register_custom_op
 
 OP_NAME = "gemma4_fused_router"
 
 
-@CustomOp.register(OP_NAME)
-class Gemma4FusedRouter(CustomOp):
+@register_custom_op(OP_NAME)
+class Gemma4FusedRouter(custom_op_base(OP_NAME)):
     """The whole Gemma 4 router (norm, scales, gate GEMM, routing) as one vLLM CustomOp.
 
     ``forward(hidden_states [T, H], scale [H], gate_weight [E, H], per_expert_scale [E]
@@ -26,8 +27,9 @@ class Gemma4FusedRouter(CustomOp):
     the base mode (``none``/``all``). :attr:`active` says whether it is on.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
+        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
+        CustomOp.__init__(self)
         self.active = self.enabled()
 
     @classmethod

@@ -13,6 +13,7 @@ from vllm.platforms import current_platform
 
 from .log_contract import dispatch_line, first_call_line, logger, no_layers_line
 from .reference import gemma4_routing_reference
+from .vllm_custom_op import custom_op_base, register_custom_op
 
 OP_NAME = "gemma4_routing"
 
@@ -35,14 +36,17 @@ def platform_name() -> str:
     return "unspecified"
 
 
-@CustomOp.register(OP_NAME)
-class Gemma4Routing(CustomOp):
+@register_custom_op(OP_NAME)
+class Gemma4Routing(custom_op_base(OP_NAME)):
     """Gemma 4 MoE routing as a vLLM CustomOp.
 
-    ``forward(gating_output [T, E], topk, per_expert_scale [E])`` returns float32
-    weights and int32 ids, both ``[T, topk]``, with the contract of
-    :func:`vllm_gemma4_router.gemma4_routing_reference` (equal logits: lowest id
-    first; rows sorted by unscaled weight, descending).
+    ``forward(gating_output [T, E], topk, per_expert_scale [E], is_padding [T] or
+    None)`` returns float32 weights and int32 ids, both ``[T, topk]``, with the
+    contract of :func:`vllm_gemma4_router.gemma4_routing_reference` (equal
+    logits: lowest id first; rows sorted by unscaled weight, descending).
+    Rows that ``is_padding`` (bool/uint8) marks get ids -1 and weights 0: no
+    expert, which vLLM's dispatch and experts skip; the other rows are exactly
+    what they are without the mask.
 
     CUDA, ROCm and XPU run the Triton kernel; every other platform runs the
     torch reference. Unlike vLLM's own ops it stays on when ``custom_ops`` is
@@ -51,8 +55,11 @@ class Gemma4Routing(CustomOp):
     fallback is then compiled whenever vLLM compiles.
     """
 
-    def __init__(self) -> None:
-        super().__init__(compile_native=True)
+    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
+        # Where this class overrides an in-tree op of the same name (custom_op_base),
+        # vLLM's code builds it with that op's arguments: this op needs none of them,
+        # and runs CustomOp's own __init__, not the in-tree op's.
+        CustomOp.__init__(self, compile_native=True)
         # Enabled on a platform without the kernel, vLLM would hand back an eager
         # forward_native; compile it exactly like the disabled-op fallback.
         if self._forward_method in (self.forward_cpu, self.forward_tpu, self.forward_oot):
@@ -73,6 +80,7 @@ class Gemma4Routing(CustomOp):
         gating_output: torch.Tensor,
         topk: int,
         per_expert_scale: torch.Tensor | None,
+        is_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Logged only where Python really runs per call (eager, or inside vLLM's
         # opaque fused-MoE op on GPUs). While Dynamo traces (vLLM's model compile
@@ -90,7 +98,7 @@ class Gemma4Routing(CustomOp):
                     topk,
                 )
             )
-        return self._forward_method(gating_output, topk, per_expert_scale)
+        return self._forward_method(gating_output, topk, per_expert_scale, is_padding)
 
     @classmethod
     def enabled(cls) -> bool:
@@ -104,24 +112,28 @@ class Gemma4Routing(CustomOp):
         gating_output: torch.Tensor,
         topk: int,
         per_expert_scale: torch.Tensor | None,
+        is_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return gemma4_routing_reference(gating_output, topk, per_expert_scale)
+        return gemma4_routing_reference(
+            gating_output, topk, per_expert_scale, is_padding=is_padding
+        )
 
     def forward_cuda(
         self,
         gating_output: torch.Tensor,
         topk: int,
         per_expert_scale: torch.Tensor | None,
+        is_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from .triton_routing import gemma4_routing_triton
 
-        return gemma4_routing_triton(gating_output, topk, per_expert_scale)
+        return gemma4_routing_triton(gating_output, topk, per_expert_scale, is_padding=is_padding)
 
-    def forward_hip(self, gating_output, topk, per_expert_scale):
-        return self.forward_cuda(gating_output, topk, per_expert_scale)
+    def forward_hip(self, gating_output, topk, per_expert_scale, is_padding=None):
+        return self.forward_cuda(gating_output, topk, per_expert_scale, is_padding)
 
-    def forward_xpu(self, gating_output, topk, per_expert_scale):
-        return self.forward_cuda(gating_output, topk, per_expert_scale)
+    def forward_xpu(self, gating_output, topk, per_expert_scale, is_padding=None):
+        return self.forward_cuda(gating_output, topk, per_expert_scale, is_padding)
 
 
 def dispatch_summary(ops: Iterable[Gemma4Routing]) -> list[str]:
