@@ -54,7 +54,9 @@ def get_moe_padding_mask(num_tokens):
     return None if mask is None else mask[:num_tokens]
 
 
-def gemma4_fused_routing_kernel_triton(gating_output, topk, per_expert_scale, *, is_padding=None, **kw):
+def gemma4_fused_routing_kernel_triton(
+    gating_output, topk, per_expert_scale, *, is_padding=None, **kw
+):
     raise AssertionError("vLLM's own kernel ran")
 
 
