@@ -51,6 +51,7 @@ def fused_router_stage_kernel(
     partial_ptr,
     partial_sumsq_ptr,
     counter_ptr,
+    padding_ptr,
     num_tokens,
     hidden,
     num_experts,
@@ -82,9 +83,12 @@ def fused_router_stage_kernel(
     PDL: tl.constexpr,
     SELECT: tl.constexpr,
     SCALE_PICK: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
     STAGE: tl.constexpr,
 ):
     # The runtime kernel's split path (gemma4_fused_router_kernel), cut after STAGE.
+    # Its arguments are the runtime kernel's (kernel_launch's, no padding mask: the
+    # launch passes HAS_PADDING=False and a dummy padding_ptr).
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_h = tl.program_id(2)
@@ -118,11 +122,11 @@ def fused_router_stage_kernel(
                 else:
                     finish_rows(
                         row_sums, row_sumsq, scale_row, pid_t * BLOCK_T, num_tokens, pes_ptr,
-                        logits_ptr, weights_ptr, ids_ptr, hidden, num_experts, eps,
-                        inv_sqrt_hidden, stride_pes, stride_lt, stride_le, stride_wt,
+                        logits_ptr, weights_ptr, ids_ptr, padding_ptr, hidden, num_experts,
+                        eps, inv_sqrt_hidden, stride_pes, stride_lt, stride_le, stride_wt,
                         stride_wk, stride_it, stride_ik,
                         TOPK, BLOCK_T, ROUTE_T, BLOCK_E_ALL, BLOCK_K, HAS_SCALE, SELECT,
-                        SCALE_PICK,
+                        SCALE_PICK, HAS_PADDING,
                     )  # fmt: skip
             tl.atomic_xchg(counter_ptr + pid_t, 0)
 

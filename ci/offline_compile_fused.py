@@ -7,7 +7,9 @@ GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
 them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
 (target, kernel): registers, spills, scratch. ``--candidates 1,16,...`` compiles
 instead every config ``benchmarks/sweep_fused_router.py`` would time at those T,
-so a device sweep meets no config that fails to build or spills. Each compile is specialised as
+so a device sweep meets no config that fails to build or spills; ``--padding``
+compiles them with vLLM's padding mask (``HAS_PADDING``; without it, as launched
+with no mask). Each compile is specialised as
 Triton's launcher specialises a contiguous launch (ints equal to 1 become
 constexprs; pointers and multiples of 16 are marked 16-divisible), so the weight
 loads vectorise as on the GPU. It runs in its own process because the test suite
@@ -36,6 +38,7 @@ _POINTERS = {
     "partial_ptr": "*fp32",
     "partial_sumsq_ptr": "*fp32",
     "counter_ptr": "*i32",
+    "padding_ptr": "*u8",
     "operand_ptr": "*bf16",
     "sumsq_ptr": "*fp32",
     "sums_ptr": "*fp32",
@@ -80,8 +83,9 @@ def _specialised(kernel, constants: dict, num_tokens: int, backend) -> Any:
     return ASTSource(kernel, dict(signature), constants, attrs)
 
 
-def _kernel_constants(config) -> dict[str, Any]:
-    """The fused kernel's constexprs for ``config`` at gemma-4-26B-A4B's router shape."""
+def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
+    """The fused kernel's constexprs for ``config`` at gemma-4-26B-A4B's router shape
+    (``padding``: with vLLM's padding mask, ``HAS_PADDING``)."""
     import triton
 
     from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
@@ -101,6 +105,7 @@ def _kernel_constants(config) -> dict[str, Any]:
         "OPERAND": OPERAND_BF16.value,
         "PDL": config.pdl,
         **routing_constexprs(config.select, config.scale_pick),
+        "HAS_PADDING": padding,
     }
 
 
@@ -154,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated T: compile the sweep's candidates there instead of the table",
     )
+    parser.add_argument(
+        "--padding",
+        action="store_true",
+        help="compile the kernels as the op launches them with a padding mask (HAS_PADDING)",
+    )
     args = parser.parse_args(argv)
     tokens = [int(t) for t in args.candidates.split(",") if t]
     rows, gemm_configs = _candidate_work(tokens) if tokens else _table_work()
@@ -165,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         for config in rows:
             if config.pdl and name != "sm_90":
                 continue  # programmatic dependent launch is NVIDIA's
-            result = {"target": name, "config": config._asdict()}
+            result = {"target": name, "config": config._asdict(), "padding": args.padding}
             split = is_split(config, HIDDEN, EXPERTS)
             # A decode-size T for split rows, a large one for whole-row rows.
             num_tokens = 16 if split else 4096
             try:
                 compiled = triton.compile(
-                    _specialised(fn, _kernel_constants(config), num_tokens, backend),
+                    _specialised(fn, _kernel_constants(config, args.padding), num_tokens, backend),
                     target=gpu_target,
                     options={"num_warps": config.num_warps, "num_stages": config.num_stages},
                 )
@@ -182,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                 result.update(ok=False, error=f"{type(exc).__name__}: {exc}"[-2000:])
             print(json.dumps(result), flush=True)
         for gemm_config in gemm_configs:
-            for kernel, constants, num_warps in _gemm_path_kernels(gemm_config):
-                result = {"target": name, "kernel": kernel.__name__}
+            for kernel, constants, num_warps in _gemm_path_kernels(gemm_config, args.padding):
+                result = {"target": name, "kernel": kernel.__name__, "padding": args.padding}
                 result["config"] = gemm_config._asdict()
                 try:
                     compiled = triton.compile(
@@ -197,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(result), flush=True)
 
 
-def _gemm_path_kernels(config):
-    """The GEMM path's prologue and epilogue for ``config``: (kernel, constexprs, warps)."""
+def _gemm_path_kernels(config, padding: bool = False):
+    """The GEMM path's prologue and epilogue for ``config``: (kernel, constexprs, warps)
+    (``padding``: the epilogue with vLLM's padding mask, ``HAS_PADDING``)."""
     import triton
 
     from vllm_gemma4_router.fused_router_gemm import (
@@ -220,6 +231,7 @@ def _gemm_path_kernels(config):
         "BLOCK_K": triton.next_power_of_2(TOPK),
         "HAS_SCALE": True,
         **routing_constexprs(config.finish_select, config.finish_scale_pick),
+        "HAS_PADDING": padding,
     }
     return [
         (gemma4_router_operand_kernel, operand, config.operand_warps),

@@ -9,7 +9,10 @@ pointers and storage offsets, which a trace does not have. There it records
 ``torch.ops.vllm_gemma4_router.claimed_routing`` instead, an opaque op that
 claims at run time from the real tensors (Inductor hands it the logits as a
 view of the fused router's buffer) and, when the claim fails, routes from the
-logits with the torch reference (CPU) or the Triton kernel (GPUs).
+logits with the torch reference (CPU) or the Triton kernel (GPUs), applying
+the run-time padding source's mask (``padding.current_padding_mask``: ids -1,
+weights 0) as the fused router op does. A successful claim returns what the
+fused router wrote, already masked by the same source.
 
 Each process logs its first claim and its first failed claim, once each for
 the eager and the compiled path.
@@ -22,6 +25,7 @@ from collections import Counter
 import torch
 
 from .fused_handover import claim_routing
+from .fused_router_op import source_padding_mask
 from .log_contract import handover_claimed_line, handover_missed_line, logger
 from .reference import gemma4_routing_reference
 
@@ -49,11 +53,14 @@ def _note(claimed: bool, gating_output: torch.Tensor, topk: int, compiled: bool)
 def _route_from_logits(
     gating_output: torch.Tensor, topk: int, per_expert_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    is_padding = source_padding_mask(gating_output.shape[0], gating_output.device)
     if gating_output.device.type == "cpu":
-        return gemma4_routing_reference(gating_output, topk, per_expert_scale)
+        return gemma4_routing_reference(
+            gating_output, topk, per_expert_scale, is_padding=is_padding
+        )
     from .triton_routing import gemma4_routing_triton
 
-    return gemma4_routing_triton(gating_output, topk, per_expert_scale)
+    return gemma4_routing_triton(gating_output, topk, per_expert_scale, is_padding=is_padding)
 
 
 @torch.library.custom_op(OP_QUALNAME, mutates_args=())
@@ -61,7 +68,8 @@ def claimed_routing(
     gating_output: torch.Tensor, topk: int, per_expert_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused router's routing of ``gating_output`` if it is its untouched output,
-    else the routing of ``gating_output``: fp32 weights, int32 ids, ``[T, topk]``.
+    else the routing of ``gating_output`` with the padding source's rows as ids -1 and
+    weights 0: fp32 weights, int32 ids, ``[T, topk]``.
 
     A claim is returned as copies (an op's outputs may not alias its inputs).
     """

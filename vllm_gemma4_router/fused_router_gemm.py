@@ -23,7 +23,12 @@ from .fused_router_kernel import (
     finish_rows,
     round_to_bf16,
 )
-from .fused_router_launch import operand_mode, output_strides, routing_constexprs
+from .fused_router_launch import (
+    operand_mode,
+    output_strides,
+    padding_pointer,
+    routing_constexprs,
+)
 from .kernel_select import load_scale_row
 
 
@@ -76,6 +81,7 @@ def gemma4_router_finish_kernel(
     logits_ptr,
     weights_ptr,
     ids_ptr,
+    padding_ptr,
     num_tokens,
     hidden,
     num_experts,
@@ -96,10 +102,11 @@ def gemma4_router_finish_kernel(
     HAS_SCALE: tl.constexpr,
     SELECT: tl.constexpr,
     SCALE_PICK: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
 ):
     """The GEMM path's epilogue: a vendor GEMM's row sums [T, E] (row stride
     ``stride_st``, unit column stride) normed into logits and routed, as the fused
-    kernel's own epilogue does."""
+    kernel's own epilogue does (padding mask included: ``HAS_PADDING``)."""
     first_row = tl.program_id(0) * BLOCK_T
     scale_row = load_scale_row(pes_ptr, stride_pes, num_experts, BLOCK_E_ALL, HAS_SCALE, SCALE_PICK)
     rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
@@ -121,6 +128,7 @@ def gemma4_router_finish_kernel(
         logits_ptr,
         weights_ptr,
         ids_ptr,
+        padding_ptr,
         hidden,
         num_experts,
         eps,
@@ -140,6 +148,7 @@ def gemma4_router_finish_kernel(
         HAS_SCALE,
         SELECT,
         SCALE_PICK,
+        HAS_PADDING,
     )
 
 
@@ -204,12 +213,16 @@ def route_by_gemm(
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     config: GemmPathConfig = GEMM_PATH_CONFIG,
+    *,
+    is_padding: torch.Tensor | None = None,
 ) -> None:
     """Write the router's ``(logits [T, E] fp32, weights, ids [T, K])`` into ``out``.
 
     Inputs as :func:`~vllm_gemma4_router.fused_router_launch.gemma4_fused_router_triton`
     (validated by the caller); ties and ordering as the routing kernel's. Three
     launches, as many as vLLM's chain: prologue, GEMM, epilogue (``config``).
+    ``is_padding``: ``None`` or a ``[T]`` bool/uint8 mask (checked by the caller);
+    the epilogue reads it on the device and gives its rows ids -1 and weights 0.
     Raises ``ValueError`` before any launch when ``config`` names no routing the
     kernels have.
     """
@@ -240,6 +253,7 @@ def route_by_gemm(
     )
     sums = _gemm_fp32_out(operand, gate_weight)
     pes = per_expert_scale if per_expert_scale is not None else sumsq
+    padding = padding_pointer(is_padding, device)
     gemma4_router_finish_kernel[(triton.cdiv(num_tokens, config.finish_block_t),)](
         sums,
         sumsq,
@@ -247,6 +261,7 @@ def route_by_gemm(
         logits,
         weights,
         ids,
+        padding,
         num_tokens,
         hidden,
         num_experts,
@@ -261,5 +276,6 @@ def route_by_gemm(
         BLOCK_K=triton.next_power_of_2(topk),
         HAS_SCALE=per_expert_scale is not None,
         **routing,
+        HAS_PADDING=is_padding is not None,
         num_warps=config.finish_warps,
     )

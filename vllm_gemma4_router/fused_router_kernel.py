@@ -21,6 +21,11 @@ by many programs) each program stores its partial sums; a counter per token
 block elects the last program to arrive, which adds the partials in a fixed
 order (deterministic bits), routes the rows and resets the counter for the next
 launch. Launches sharing a counter buffer must therefore be stream-ordered.
+
+With ``HAS_PADDING`` the routing epilogue reads a ``[T]`` uint8 mask on the device
+(vLLM's CUDA-graph and data-parallel padding rows): padding rows keep their logits
+and get ids -1 and weights 0; other rows' bits are the unmasked launch's. Without
+it the mask pointer is never read and the code is the unmasked kernel's.
 """
 
 from __future__ import annotations
@@ -130,6 +135,7 @@ def _route_rows(
     logits_ptr,
     weights_ptr,
     ids_ptr,
+    padding_ptr,
     stride_pes,
     stride_lt,
     stride_le,
@@ -144,10 +150,19 @@ def _route_rows(
     HAS_SCALE: tl.constexpr,
     SELECT: tl.constexpr,
     SCALE_PICK: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
 ):
     """Route ``ROUTE_T`` rows of fp32 ``logits`` [ROUTE_T, BLOCK_E_ALL] (padding -inf),
     already stored at ``logits_ptr``, with the routing kernel's ``SELECT`` and
-    ``SCALE_PICK`` (``scale_row``: ``load_scale_row``'s)."""
+    ``SCALE_PICK`` (``scale_row``: ``load_scale_row``'s).
+
+    ``HAS_PADDING``: ``padding_ptr`` is a contiguous ``[T]`` uint8 mask (nonzero: a
+    padding row), read on the device; padding rows are routed as any other, then
+    stored as ids -1 and weights 0 (vLLM's padding). Otherwise ``padding_ptr`` is
+    never read."""
+    if HAS_PADDING:
+        # Issued first: the selection rounds hide its latency.
+        padding = tl.load(padding_ptr + rows64, mask=row_ok, other=0) != 0
     experts = tl.arange(0, BLOCK_E_ALL)
     # Checked rounds take each pick's value by a reduction: the stored logits are read
     # back only by their rare repair, which a barrier puts after every thread's store.
@@ -181,6 +196,10 @@ def _route_rows(
         if SCALE_PICK == SCALE_AFTER:
             scales = as_fp32(tl.load(pes_ptr + ids * stride_pes, mask=out_ok, other=1.0))
         weights = weights * scales
+    if HAS_PADDING:
+        # After the scale gather above, which reads per_expert_scale at the real ids.
+        ids = tl.where(padding[:, None], -1, ids)
+        weights = tl.where(padding[:, None], 0.0, weights)
     tl.store(
         weights_ptr + rows64[:, None] * stride_wt + slots[None, :] * stride_wk, weights, mask=out_ok
     )
@@ -198,6 +217,7 @@ def finish_rows(
     logits_ptr,
     weights_ptr,
     ids_ptr,
+    padding_ptr,
     hidden,
     num_experts,
     eps,
@@ -217,9 +237,11 @@ def finish_rows(
     HAS_SCALE: tl.constexpr,
     SELECT: tl.constexpr,
     SCALE_PICK: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
 ):
     """Norm the full-row sums into logits, store them and route them (``scale_row``,
-    ``SELECT``, ``SCALE_PICK``: see ``_route_rows``).
+    ``SELECT``, ``SCALE_PICK``, ``padding_ptr`` and ``HAS_PADDING``: see ``_route_rows``;
+    padding rows' logits are stored as every other row's).
 
     One routing chunk (``ROUTE_T == BLOCK_T``, the split launches) routes the
     registers it stored. Wider tiles route ``ROUTE_T`` rows at a time, read back
@@ -261,6 +283,7 @@ def finish_rows(
             logits_ptr,
             weights_ptr,
             ids_ptr,
+            padding_ptr,
             stride_pes,
             stride_lt,
             stride_le,
@@ -275,6 +298,7 @@ def finish_rows(
             HAS_SCALE,
             SELECT,
             SCALE_PICK,
+            HAS_PADDING,
         )
 
 
@@ -397,6 +421,7 @@ def gemma4_fused_router_kernel(
     partial_ptr,
     partial_sumsq_ptr,
     counter_ptr,
+    padding_ptr,
     num_tokens,
     hidden,
     num_experts,
@@ -428,6 +453,7 @@ def gemma4_fused_router_kernel(
     PDL: tl.constexpr,
     SELECT: tl.constexpr,
     SCALE_PICK: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
@@ -468,6 +494,7 @@ def gemma4_fused_router_kernel(
             logits_ptr,
             weights_ptr,
             ids_ptr,
+            padding_ptr,
             hidden,
             num_experts,
             eps,
@@ -487,6 +514,7 @@ def gemma4_fused_router_kernel(
             HAS_SCALE,
             SELECT,
             SCALE_PICK,
+            HAS_PADDING,
         )
         if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)

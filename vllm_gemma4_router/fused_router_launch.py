@@ -14,6 +14,7 @@ from ._validation import (
     check_fused_router_inputs,
     check_fused_router_supported,
     check_output,
+    check_padding_mask,
 )
 from .fused_handover import new_packed, unpack
 from .fused_router_kernel import (
@@ -280,6 +281,22 @@ def _counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
+_NO_PADDING: dict[torch.device, torch.Tensor] = {}
+
+
+def padding_pointer(is_padding: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The fused kernels' ``padding_ptr`` argument: ``is_padding`` as uint8 (a bool mask
+    viewed, not copied), or without a mask a one-byte dummy the kernels never read
+    (``HAS_PADDING=False``), allocated once per device."""
+    if is_padding is not None:
+        return is_padding.view(torch.uint8) if is_padding.dtype == torch.bool else is_padding
+    dummy = _NO_PADDING.get(device)
+    if dummy is None:
+        dummy = torch.zeros(16, dtype=torch.uint8, device=device)
+        _NO_PADDING[device] = dummy
+    return dummy
+
+
 def launch_with_config(
     config: FusedLaunchConfig,
     hidden_states: torch.Tensor,
@@ -289,14 +306,25 @@ def launch_with_config(
     eps: float,
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    is_padding: torch.Tensor | None = None,
 ) -> None:
     """Launch the fused router with ``config`` into ``out = (logits, weights, ids)``.
 
     Inputs and outputs are not validated here (:func:`gemma4_fused_router_triton`
-    does it); ``config`` is (``check_config``).
+    does it); ``config`` is (``check_config``). ``is_padding``: ``None`` or a ``[T]``
+    bool/uint8 mask on the device (padding rows: ids -1, weights 0), read by the kernel.
     """
     launch = kernel_launch(
-        config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
+        config,
+        hidden_states,
+        scale,
+        gate_weight,
+        per_expert_scale,
+        eps,
+        topk,
+        out,
+        is_padding=is_padding,
     )
     if launch is not None:
         grid, args, kwargs = launch
@@ -312,10 +340,13 @@ def kernel_launch(
     eps: float,
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    is_padding: torch.Tensor | None = None,
 ) -> tuple[tuple[int, int, int], tuple, dict] | None:
     """``(grid, args, kwargs)`` of ``gemma4_fused_router_kernel[grid](*args, **kwargs)``
     for ``config`` (split buffers allocated), or ``None`` for ``T = 0``; raises
-    ``ValueError`` for a config the problem or the device cannot take."""
+    ``ValueError`` for a config the problem or the device cannot take. ``is_padding``
+    (unchecked here): the ``padding_ptr`` and ``HAS_PADDING`` of ``padding_pointer``."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     check_config(config, num_tokens, hidden, num_experts)
@@ -346,6 +377,7 @@ def kernel_launch(
         partial,
         partial_sumsq,
         counters,
+        padding_pointer(is_padding, device),
         num_tokens,
         hidden,
         num_experts,
@@ -373,6 +405,7 @@ def kernel_launch(
         OPERAND=operand_mode(hidden_states.dtype),
         PDL=config.pdl,
         **routing_constexprs(config.select, config.scale_pick),
+        HAS_PADDING=is_padding is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **({"launch_pdl": True} if config.pdl else {}),
@@ -389,6 +422,7 @@ def gemma4_fused_router_triton(
     topk: int,
     *,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    is_padding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole Gemma 4 router in one Triton launch (GPU, or CPU under TRITON_INTERPRET=1).
 
@@ -403,6 +437,10 @@ def gemma4_fused_router_triton(
             ``E <= 256``.
         out: optional ``(logits [T, E] fp32, weights [T, K] fp32, ids [T, K] int32)``
             to write into (any strides); without it, three views of one new buffer.
+        is_padding: ``None`` or a 1-D contiguous bool/uint8 ``[T]`` mask on the device
+            (nonzero: a padding row), read by the kernel (no host sync): padding rows
+            get ids -1 and weights 0, their logits as usual; other rows are the
+            unmasked call's bits.
 
     Returns:
         ``(logits, weights, ids)`` (``out`` when given).
@@ -412,6 +450,7 @@ def gemma4_fused_router_triton(
     )
     check_fused_router_supported(num_experts, topk)
     device = hidden_states.device
+    check_padding_mask(is_padding, num_tokens, device)
     if out is None:
         packed = new_packed(num_tokens, num_experts, topk, device)
         out = unpack(packed, num_tokens, num_experts, topk)
@@ -422,5 +461,15 @@ def gemma4_fused_router_triton(
         check_output("weights", out[1], (num_tokens, topk), torch.float32, device)
         check_output("ids", out[2], (num_tokens, topk), torch.int32, device)
     config = table_config(num_tokens, hidden, num_experts, device)
-    launch_with_config(config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+    launch_with_config(
+        config,
+        hidden_states,
+        scale,
+        gate_weight,
+        per_expert_scale,
+        eps,
+        topk,
+        out,
+        is_padding=is_padding,
+    )
     return out

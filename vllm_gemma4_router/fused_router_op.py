@@ -7,6 +7,13 @@ of ``fused_router_launch``, or, for the token counts where that kernel is slower
 (``GEMM_PATH_TOKENS``), the same contract through a Triton prologue, cuBLAS and
 the kernel's epilogue. Either way it returns the packed buffer of
 ``fused_handover`` and records it for one claim.
+
+The op takes no padding mask (a traced argument would be frozen into the
+compiled graph): each call asks the run-time padding source
+(:func:`~vllm_gemma4_router.padding.current_padding_mask`), checks what it
+returns and hands it to the kernels, which read it on the device. Padding rows
+get ids -1 and weights 0, their logits as usual; a CUDA graph captured with one
+mask buffer replays whatever that buffer holds.
 """
 
 from __future__ import annotations
@@ -15,13 +22,33 @@ import os
 
 import torch
 
-from ._validation import check_fused_router_inputs, check_fused_router_supported
+from ._validation import (
+    check_fused_router_inputs,
+    check_fused_router_supported,
+    check_padding_mask,
+)
 from .fused_handover import new_packed, record_produced, unpack
+from .padding import current_padding_mask
 from .reference import gemma4_fused_router_reference
 
 OP_QUALNAME = "vllm_gemma4_router::fused_router"
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def source_padding_mask(num_tokens: int, device: torch.device) -> torch.Tensor | None:
+    """The installed padding source's mask for ``num_tokens`` rows on ``device``, checked
+    (metadata only, no host sync), or ``None``. Raises ``TypeError``/``ValueError``
+    naming the padding source when it returns something the kernels cannot read.
+
+    The opaque ops call this at run time, and at CUDA-graph capture: the kernels read
+    the mask's buffer on the device, so a replay sees what that buffer holds then."""
+    is_padding = current_padding_mask(num_tokens)
+    try:
+        check_padding_mask(is_padding, num_tokens, device)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"the padding source's mask for T={num_tokens}: {exc}") from exc
+    return is_padding
 
 
 def fused_router_into(
@@ -32,13 +59,21 @@ def fused_router_into(
     eps: float,
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    is_padding: torch.Tensor | None = None,
 ) -> None:
     """What the op computes, into ``out = (logits [T, E], weights, ids [T, K])``, without
-    the dispatcher or the hand-over record (benchmarks time this). Inputs unchecked."""
-    logits, weights, ids = out
+    the dispatcher, the padding source or the hand-over record (benchmarks time this).
+    ``is_padding``: ``None`` or a ``[T]`` bool/uint8 mask on the device (padding rows:
+    ids -1, weights 0). Inputs unchecked."""
     if hidden_states.device.type == "cpu":
         ref = gemma4_fused_router_reference(
-            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+            hidden_states,
+            scale,
+            gate_weight,
+            per_expert_scale,
+            eps,
+            topk,
+            is_padding=is_padding,
         )
         for target, value in zip(out, ref, strict=True):
             target.copy_(value)
@@ -49,11 +84,28 @@ def fused_router_into(
     if num_tokens in GEMM_PATH_TOKENS:
         from .fused_router_gemm import route_by_gemm
 
-        route_by_gemm(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+        route_by_gemm(
+            hidden_states,
+            scale,
+            gate_weight,
+            per_expert_scale,
+            eps,
+            topk,
+            out,
+            is_padding=is_padding,
+        )
     else:
         config = table_config(num_tokens, hidden, gate_weight.shape[0], hidden_states.device)
         launch_with_config(
-            config, hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out
+            config,
+            hidden_states,
+            scale,
+            gate_weight,
+            per_expert_scale,
+            eps,
+            topk,
+            out,
+            is_padding=is_padding,
         )
 
 
@@ -66,15 +118,19 @@ def fused_router(
     eps: float,
     topk: int,
 ) -> torch.Tensor:
-    """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``fused_handover``)."""
+    """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``fused_handover``);
+    the padding source's rows (``current_padding_mask(T)``) with ids -1 and weights 0."""
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
     if hidden_states.device.type != "cpu":  # the CPU's torch chain takes any E and K
         check_fused_router_supported(num_experts, topk)
+    is_padding = source_padding_mask(num_tokens, hidden_states.device)
     packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
     out = unpack(packed, num_tokens, num_experts, topk)
-    fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+    fused_router_into(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
+    )
     record_produced(packed, num_tokens, num_experts, topk)
     return packed
 
@@ -85,6 +141,26 @@ def _fused_router_fake(hidden_states, scale, gate_weight, per_expert_scale, eps,
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
     return hidden_states.new_empty((num_tokens * (num_experts + 2 * topk),), dtype=torch.float32)
+
+
+def fused_router_packed(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+) -> torch.Tensor:
+    """The op's packed buffer, as model code calls it (the vLLM CustomOp does).
+
+    Defined next to the op's schema on purpose: Dynamo inlines this function
+    while vLLM traces the model, so vLLM hashes this file into its compile-cache
+    key (``traced_files``), and a schema change invalidates compiled graphs
+    that call the op (tests/test_compile_cache_key.py).
+    """
+    return torch.ops.vllm_gemma4_router.fused_router(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+    )
 
 
 def gemma4_fused_router(
@@ -99,7 +175,8 @@ def gemma4_fused_router(
 
     Same contract as :func:`vllm_gemma4_router.gemma4_fused_router_reference`
     (the logits within fp32 GEMM tolerance of it; weights and ids exactly the
-    routing of the returned logits). The three are views of one buffer.
+    routing of the returned logits). The three are views of one buffer. Rows the
+    padding source marks (``vllm_gemma4_router.padding``) get ids -1 and weights 0.
     """
     # Checked here too: the op's schema would reject a wrong type with a less clear error.
     num_tokens, _, num_experts = check_fused_router_inputs(

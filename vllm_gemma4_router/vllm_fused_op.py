@@ -6,7 +6,7 @@ import torch
 from vllm.config import get_cached_compilation_config
 from vllm.model_executor.custom_op import CustomOp
 
-from . import fused_router_op  # noqa: F401  (registers torch.ops.vllm_gemma4_router.fused_router)
+from . import fused_router_op
 from .vllm_custom_op import custom_op_base, register_custom_op
 
 OP_NAME = "gemma4_fused_router"
@@ -49,7 +49,7 @@ class Gemma4FusedRouter(custom_op_base(OP_NAME)):
         eps: float,
         topk: int,
     ) -> torch.Tensor:
-        return torch.ops.vllm_gemma4_router.fused_router(
+        return fused_router_op.fused_router_packed(
             hidden_states, scale, gate_weight, per_expert_scale, eps, topk
         )
 
