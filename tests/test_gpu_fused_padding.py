@@ -45,9 +45,16 @@ def _check(packed, plain, is_padding):
 @pytest.mark.parametrize("num_tokens", [1, 16, 64, 512])
 def test_gpu_op_graph_replays_a_rewritten_mask(num_tokens, gen):
     h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
-    plain = tuple(
-        t.clone() for t in fused_handover.unpack(_op(h, s, w, pes), num_tokens, EXPERTS, TOPK)
-    )
+    eager = fused_handover.unpack(_op(h, s, w, pes), num_tokens, EXPERTS, TOPK)
+    assert_fused_contract(*eager, h, s, w, pes, EPS, TOPK)
+    # The unmasked call as a graph too: the GEMM path's cuBLAS call may pick another
+    # algorithm under capture than eagerly, so "bit-identical" compares graph to graph.
+    unmasked_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(unmasked_graph):
+        unmasked = _op(h, s, w, pes)
+    unmasked_graph.replay()
+    torch.cuda.synchronize()
+    plain = tuple(t.clone() for t in fused_handover.unpack(unmasked, num_tokens, EXPERTS, TOPK))
     assert_fused_contract(*plain, h, s, w, pes, EPS, TOPK)
     buffer = torch.ones(1024, dtype=torch.bool, device="cuda")  # every row padding
     set_padding_source(lambda t: buffer[:t])

