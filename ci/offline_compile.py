@@ -78,15 +78,18 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class MatrixPoint:
-    """One launch the package can make: logit dtype, E experts, top-K, launch-table bucket."""
+    """One launch the package can make: logit dtype, E experts, top-K, launch-table bucket,
+    with or without an ``is_padding`` mask (``HAS_PADDING``)."""
 
     dtype: str  # torch dtype name: float32, bfloat16, float16
     num_experts: int
     topk: int
     bucket: int
+    has_padding: bool = False
 
     def label(self) -> str:
-        return f"{self.dtype} E={self.num_experts} K={self.topk} b{self.bucket}"
+        padding = " padding" if self.has_padding else ""
+        return f"{self.dtype} E={self.num_experts} K={self.topk} b{self.bucket}{padding}"
 
 
 def matrix_points(
@@ -191,7 +194,15 @@ def job_for(point: MatrixPoint, target: Target) -> CompileJob:
     from vllm_gemma4_router.triton_routing import compile_spec
 
     dtype = getattr(torch, point.dtype)
-    spec = compile_spec(point.bucket, point.topk, point.num_experts, dtype, dtype, target.platform)
+    spec = compile_spec(
+        point.bucket,
+        point.topk,
+        point.num_experts,
+        dtype,
+        dtype,
+        target.platform,
+        has_padding=point.has_padding,
+    )
     signature, constants, divisible = launcher_specialisation(
         gemma4_routing_kernel.arg_names,
         spec.arg_types,

@@ -73,9 +73,10 @@ class CompiledLaunches:
     ) -> None:
         """Launch ``jit_function[(grid_x,)](*tensors, *ints, **constexprs)``.
 
-        ``tensors`` (exactly four) and ``ints`` are the kernel's leading runtime
-        parameters in order; ``class_key`` is a hashable stand-in for
-        ``constexprs`` and the tensors' dtypes (which Triton also specializes on).
+        ``tensors`` and ``ints`` are the kernel's leading runtime parameters in
+        order (its pointers, then its integers); ``class_key`` is a hashable
+        stand-in for ``constexprs`` and the tensors' dtypes (which Triton also
+        specializes on).
         """
         if not self.enabled or self._hooks_installed():
             self._jit[(grid_x,)](*tensors, *ints, **constexprs)
@@ -84,15 +85,12 @@ class CompiledLaunches:
         # tensor it calls data_ptr() and asks the driver about the pointer
         # (cuPointerGetAttribute) on every launch. The checks before any launch
         # already put every tensor on this GPU.
-        logits, scale, weights, ids = (tensor.data_ptr() for tensor in tensors)
+        pointers = [tensor.data_ptr() for tensor in tensors]
         num_tokens = ints[0]
         key = (
             device_index,
             class_key,
-            logits & 15,
-            scale & 15,
-            weights & 15,
-            ids & 15,
+            tuple([pointer & 15 for pointer in pointers]),  # each pointer's 16-byte alignment
             num_tokens == 1,
             num_tokens & 15,
             num_tokens > 0x7FFFFFFF,
@@ -114,10 +112,7 @@ class CompiledLaunches:
             None,
             None,
             None,
-            logits,
-            scale,
-            weights,
-            ids,
+            *pointers,
             *ints,
             *constexpr_values,
         )

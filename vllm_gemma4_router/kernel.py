@@ -7,6 +7,13 @@ in one tile row (``ROW_GROUPS`` > 1 loads a row in pieces, see
 fp32. Whatever the strategy and the input bits, the ids are K distinct experts
 in ``[0, E)``, equal logits go to the lowest id, rows come out sorted by
 weight, and a token's weights do not depend on the batch it comes in.
+
+``HAS_PADDING`` adds a per-token padding mask (``padding_ptr``, one uint8 per
+token, non-zero: a padding row), read on the device: a padding row gets ids
+``-1`` (no expert; vLLM's dispatch and experts skip id -1) and weights ``0.0``,
+its logits are never read, and every other row is bit-for-bit what it is
+without a mask. Without it (``HAS_PADDING=False``) the constexpr removes all of
+this and ``padding_ptr`` is never read (the launcher passes any pointer).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ def gemma4_routing_kernel(
     scale_ptr,
     weights_ptr,
     ids_ptr,
+    padding_ptr,
     num_tokens,
     num_experts,
     stride_logit_t,
@@ -89,10 +97,18 @@ def gemma4_routing_kernel(
     ROW_GROUPS: tl.constexpr,
     SCALE_PICK: tl.constexpr,
     VALUES_BY_REDUCTION: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
 ):
     rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     row_ok = rows < num_tokens
     rows64 = rows.to(tl.int64)
+    if HAS_PADDING:
+        # Padding rows leave the routing (row_ok false: nothing of theirs is read
+        # or written there) and get their -1 / 0 outputs at the stores.
+        in_range = row_ok
+        padding_byte = tl.load(padding_ptr + rows64, mask=in_range, other=0)
+        padding = padding_byte != 0
+        row_ok = in_range & (padding_byte == 0)
     experts = tl.arange(0, BLOCK_E)
     expert_ok = experts < num_experts
 
@@ -123,6 +139,9 @@ def gemma4_routing_kernel(
     row_logits = logits_ptr + rows64 * stride_logit_t
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+    store_ok = out_ok
+    if HAS_PADDING:
+        store_ok = in_range[:, None] & (slots < TOPK)[None, :]
 
     if REGISTER_PICKS:
         ids, logits, scales, top, total = select_registers(
@@ -174,8 +193,19 @@ def gemma4_routing_kernel(
         if SCALE_PICK == SCALE_AFTER or not REGISTER_PICKS:
             scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
         weights = weights * scales
+    if HAS_PADDING:
+        weights = tl.where(padding[:, None], 0.0, weights)
     tl.store(
         weights_ptr + rows64[:, None] * stride_weight_t + slots[None, :] * stride_weight_k,
         weights,
-        mask=out_ok,
+        mask=store_ok,
     )
+    if HAS_PADDING:
+        # A store of its own, not a tl.where on the ids: that one took up to 72 more
+        # registers (sm_90, bf16, large buckets). The selection stored and read back
+        # only the other rows' ids (row_ok), so no thread reads these.
+        tl.store(
+            id_ptrs[:, None] + slots[None, :] * stride_id_k,
+            tl.full([TOKENS_PER_PROGRAM, BLOCK_K], -1, dtype=tl.int32),
+            mask=padding[:, None] & (slots < TOPK)[None, :],
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_routing_inputs
+from ._validation import check_padding_mask, check_routing_inputs
 from .triton_routing import gemma4_routing_triton
 
 OP_QUALNAME = "vllm_gemma4_router::routing"
@@ -19,18 +19,29 @@ OP_QUALNAME = "vllm_gemma4_router::routing"
 
 @torch.library.custom_op(OP_QUALNAME, mutates_args=())
 def routing(
-    gating_output: torch.Tensor, topk: int, per_expert_scale: torch.Tensor | None
+    gating_output: torch.Tensor,
+    topk: int,
+    per_expert_scale: torch.Tensor | None,
+    is_padding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`gemma4_routing_triton` (fresh outputs)."""
-    return gemma4_routing_triton(gating_output, topk, per_expert_scale)
+    """Same contract as :func:`gemma4_routing_triton` (fresh outputs).
+
+    ``is_padding``: optional ``[T]`` bool/uint8 mask, read on the device; a
+    padding row gets ids ``-1`` (padding row: no expert; vLLM's dispatch and
+    experts skip id -1) and weights ``0.0``."""
+    return gemma4_routing_triton(gating_output, topk, per_expert_scale, is_padding=is_padding)
 
 
 @routing.register_fake
 def _routing_fake(
-    gating_output: torch.Tensor, topk: int, per_expert_scale: torch.Tensor | None
+    gating_output: torch.Tensor,
+    topk: int,
+    per_expert_scale: torch.Tensor | None,
+    is_padding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # The same checks as eager, so a bad call fails while tracing, not later.
     num_tokens, _ = check_routing_inputs(gating_output, topk, per_expert_scale)
+    check_padding_mask(is_padding, num_tokens, gating_output.device)
     weights = gating_output.new_empty((num_tokens, topk), dtype=torch.float32)
     ids = gating_output.new_empty((num_tokens, topk), dtype=torch.int32)
     return weights, ids

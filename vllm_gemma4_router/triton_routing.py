@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from . import kernel as _kernel
-from ._validation import check_output, check_routing_inputs
+from ._validation import check_output, check_padding_mask, check_routing_inputs
 from .fast_launch import CompiledLaunches
 from .kernel import gemma4_routing_kernel
 from .kernel_select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
@@ -45,6 +45,7 @@ def gemma4_routing_triton(
     *,
     topk_weights: torch.Tensor | None = None,
     topk_ids: torch.Tensor | None = None,
+    is_padding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gemma 4 routing in one Triton kernel launch.
 
@@ -60,12 +61,21 @@ def gemma4_routing_triton(
         per_expert_scale: ``[E]`` float tensor on the same device, or ``None`` for 1.
         topk_weights: optional preallocated float32 ``[T, topk]`` output.
         topk_ids: optional preallocated int32 ``[T, topk]`` output.
+        is_padding: optional 1-D contiguous bool/uint8 ``[T]`` mask on the logits'
+            device, non-zero (True) for a padding row (CUDA-graph / data-parallel
+            padding). Read by the kernel on the device: no host sync, and a
+            CUDA graph captured with one mask replays correctly after the buffer
+            is rewritten in place. ``None``: no padding row.
 
     Returns:
         ``(topk_weights, topk_ids)``, float32 and int32, ``[T, topk]``. Ids are
-        always ``topk`` distinct values in ``[0, E)``, for any input bits.
+        always ``topk`` distinct values in ``[0, E)``, for any input bits, except
+        in a padding row: ids ``-1`` (padding row: no expert; vLLM's dispatch and
+        experts skip id -1) and weights ``0.0``. The other rows are bit for bit
+        what they are without a mask.
     """
     num_tokens, num_experts = check_routing_inputs(gating_output, topk, per_expert_scale)
+    check_padding_mask(is_padding, num_tokens, gating_output.device)
     if num_experts > MAX_EXPERTS:
         raise ValueError(
             f"gating_output has E={num_experts} experts; the Triton kernel supports "
@@ -91,15 +101,24 @@ def gemma4_routing_triton(
 
     platform = _platform_of(device)
     scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
+    has_padding = is_padding is not None
     if platform == "interpreter":  # its tile depends on T itself, not on a bucket
         block_e = 1 << (num_experts - 1).bit_length()
         config = pick_launch_config(num_tokens, block_e, platform, topk=topk)
-        plan = _config_plan(config, topk, num_experts, gating_output.dtype, scale_dtype)
+        plan = _config_plan(
+            config, topk, num_experts, gating_output.dtype, scale_dtype, has_padding
+        )
     else:
         plan = _table_plan(
-            token_bucket(num_tokens), topk, num_experts, gating_output.dtype, scale_dtype, platform
+            token_bucket(num_tokens),
+            topk,
+            num_experts,
+            gating_output.dtype,
+            scale_dtype,
+            platform,
+            has_padding,
         )
-    _launch_plan(plan, gating_output, per_expert_scale, topk_weights, topk_ids, device)
+    _launch_plan(plan, gating_output, per_expert_scale, topk_weights, topk_ids, is_padding, device)
     return topk_weights, topk_ids
 
 
@@ -110,14 +129,33 @@ def launch(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     config: LaunchConfig,
+    *,
+    is_padding: torch.Tensor | None = None,
 ) -> None:
     """Launch the kernel on checked arguments with an explicit shape (sweeps call this).
 
-    Raises ``ValueError`` if ``config`` cannot run as written (``check_config``)."""
+    ``is_padding`` is the optional padding mask of :func:`gemma4_routing_triton`
+    (checked here). Raises ``ValueError`` if ``config`` cannot run as written
+    (``check_config``)."""
+    if is_padding is not None:
+        check_padding_mask(is_padding, gating_output.shape[0], gating_output.device)
     scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
-    plan = _config_plan(config, topk, gating_output.shape[1], gating_output.dtype, scale_dtype)
+    plan = _config_plan(
+        config,
+        topk,
+        gating_output.shape[1],
+        gating_output.dtype,
+        scale_dtype,
+        is_padding is not None,
+    )
     _launch_plan(
-        plan, gating_output, per_expert_scale, topk_weights, topk_ids, gating_output.device
+        plan,
+        gating_output,
+        per_expert_scale,
+        topk_weights,
+        topk_ids,
+        is_padding,
+        gating_output.device,
     )
 
 
@@ -141,10 +179,11 @@ def _table_plan(
     logit_dtype: torch.dtype,
     scale_dtype: torch.dtype | None,
     platform: str,
+    has_padding: bool = False,
 ) -> _Plan:
     block_e = 1 << (num_experts - 1).bit_length()
     config = table_config(bucket, block_e, platform, logit_dtype == torch.float32, topk)
-    return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype)
+    return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype, has_padding)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -154,10 +193,14 @@ def _config_plan(
     num_experts: int,
     logit_dtype: torch.dtype,
     scale_dtype: torch.dtype | None,
+    has_padding: bool = False,
 ) -> _Plan:
-    constexprs = _compile_time_args(topk, num_experts, config, logit_dtype, scale_dtype is not None)
-    # The scale pointer stands in for weights (fp32) when there is no scale.
-    class_id = (topk, num_experts, config, logit_dtype, scale_dtype or torch.float32)
+    constexprs = _compile_time_args(
+        topk, num_experts, config, logit_dtype, scale_dtype is not None, has_padding
+    )
+    # The scale pointer stands in for weights (fp32) when there is no scale; the
+    # padding pointer is uint8 with a mask, else ids (int32): has_padding covers both.
+    class_id = (topk, num_experts, config, logit_dtype, scale_dtype or torch.float32, has_padding)
     class_key = _CLASS_KEYS.setdefault(class_id, len(_CLASS_KEYS))
     return _Plan(config.tokens_per_program, constexprs, class_key)
 
@@ -171,6 +214,7 @@ def _launch_plan(
     per_expert_scale: torch.Tensor | None,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
+    is_padding: torch.Tensor | None,
     device: torch.device,
 ) -> None:
     num_tokens, num_experts = gating_output.shape
@@ -178,7 +222,13 @@ def _launch_plan(
         scale_arg, scale_stride = topk_weights, 0  # never read (HAS_SCALE=False)
     else:
         scale_arg, scale_stride = per_expert_scale, per_expert_scale.stride(0)
-    tensors = (gating_output, scale_arg, topk_weights, topk_ids)
+    if is_padding is None:
+        padding_arg = topk_ids  # never read (HAS_PADDING=False)
+    elif is_padding.dtype == torch.bool:
+        padding_arg = is_padding.view(torch.uint8)  # metadata only: one specialisation
+    else:
+        padding_arg = is_padding
+    tensors = (gating_output, scale_arg, topk_weights, topk_ids, padding_arg)
     ints = (
         num_tokens,
         num_experts,
@@ -195,7 +245,12 @@ def _launch_plan(
 
 
 def _compile_time_args(
-    topk: int, num_experts: int, config: LaunchConfig, logit_dtype: torch.dtype, has_scale: bool
+    topk: int,
+    num_experts: int,
+    config: LaunchConfig,
+    logit_dtype: torch.dtype,
+    has_scale: bool,
+    has_padding: bool = False,
 ) -> dict[str, int | bool]:
     """The kernel's constexprs for ``config``, which runs as written (or raises)."""
     # Runs once per shape class: the plans that call it are cached.
@@ -213,6 +268,7 @@ def _compile_time_args(
         ROW_GROUPS=config.row_groups,
         SCALE_PICK=SCALE_PICK_VALUES[config.scale_pick],
         VALUES_BY_REDUCTION=config.values_by_reduction and fp32,
+        HAS_PADDING=has_padding,
         num_warps=config.num_warps,
     )
 
@@ -237,13 +293,17 @@ def compile_spec(
     logit_dtype: torch.dtype,
     scale_dtype: torch.dtype | None,
     platform: str,
+    *,
+    has_padding: bool = False,
 ) -> CompileSpec:
     """The kernel that a launch in ``bucket`` (see ``launch_table.token_bucket``) on a GPU
     ``platform`` ("cuda", "hip", "xpu") compiles, from the same plan the launcher uses.
 
-    Runtime integers are typed ``i32`` (Triton's type for ints below 2**31); the
+    ``has_padding``: a launch with an ``is_padding`` mask (``*u8``, ``HAS_PADDING``);
+    without one (the default) the padding pointer is the ids buffer (``*i32``), never
+    read. Runtime integers are typed ``i32`` (Triton's type for ints below 2**31); the
     launcher's stride-1 / multiple-of-16 specialisations are left to the caller."""
-    plan = _table_plan(bucket, topk, num_experts, logit_dtype, scale_dtype, platform)
+    plan = _table_plan(bucket, topk, num_experts, logit_dtype, scale_dtype, platform, has_padding)
     constexprs = dict(plan.constexprs)
     num_warps = int(constexprs.pop("num_warps"))
     scale_type = _TRITON_TYPES[scale_dtype] if scale_dtype is not None else "fp32"
@@ -252,6 +312,7 @@ def compile_spec(
         "scale_ptr": "*" + scale_type,
         "weights_ptr": "*fp32",
         "ids_ptr": "*i32",
+        "padding_ptr": "*u8" if has_padding else "*i32",
     }
     names = [n for n in gemma4_routing_kernel.arg_names if n not in pointers]
     ints = {n: "i32" for n in names if n not in constexprs}
