@@ -89,6 +89,9 @@ def near_tie_rows(logits_a, logits_b, gap: float) -> tuple[list[int], list[int]]
 
 
 def main() -> None:
+    from vllm_standins import stand_in_for_triton_cpu
+
+    stand_in_for_triton_cpu()  # vLLM 0.34 refuses x86 CPUs without triton-cpu
     import vllm.logger
 
     plugin_log = collect_plugin_log()
