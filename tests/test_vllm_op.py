@@ -68,6 +68,39 @@ def test_op_dispatches_per_platform(platform, expected, launches, dtype, monkeyp
 
 
 @pytest.mark.parametrize(
+    ("platform", "custom_ops"),
+    [
+        (PlatformEnum.CUDA, []),
+        (PlatformEnum.ROCM, []),
+        (PlatformEnum.XPU, []),
+        (PlatformEnum.CPU, []),
+        (PlatformEnum.CUDA, ["-gemma4_routing"]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_applies_the_padding_mask_on_every_forward(
+    platform, custom_ops, dtype, monkeypatch, gen
+):
+    op = _build_op(_vllm_config(custom_ops), platform, monkeypatch)
+    logits = (torch.randn(13, 128, generator=gen) * 3).to(dtype)
+    scale = torch.rand(128, generator=gen) + 0.5
+    plain_weights, plain_ids = op(logits, 8, scale)
+    for mask in (
+        torch.rand(13, generator=gen) < 0.5,
+        torch.ones(13, dtype=torch.uint8),
+        torch.zeros(13, dtype=torch.bool),
+    ):
+        weights, ids = op(logits, 8, scale, mask)
+        pad = mask.bool()
+        assert bool((ids[pad] == -1).all()) and bool((weights[pad] == 0).all())
+        assert torch.equal(ids[~pad], plain_ids[~pad])
+        assert torch.equal(weights[~pad], plain_weights[~pad])
+    assert_matches_oracle(plain_weights, plain_ids, logits, 8, scale)
+    with pytest.raises(ValueError, match="is_padding"):
+        op(logits, 8, scale, torch.zeros(12, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
     ("custom_ops", "enabled"),
     [
         (["none"], True),
