@@ -382,3 +382,72 @@ def test_no_other_gemma4_module_hands_routing_to_a_fused_moe():
             and any(k.arg == "custom_routing_function" for k in node.keywords)
         ]
         assert not handovers, path.name
+
+
+_REAL_ROUTING_FACTS = r"""
+import importlib.util, json, sys
+sys.path.insert(0, {scripts!r})
+from vllm_standins import stand_in_for_triton_cpu
+stand_in_for_triton_cpu()
+import vllm
+from vllm_gemma4_router import vllm_adapter
+from vllm.model_executor.models import gemma4
+
+layout = vllm_adapter.detect_layout(gemma4)
+facts = vllm_adapter.read_routing_facts(gemma4, layout)
+result = {{"vllm": vllm.__version__, "layout": layout, "helper": facts.mask_helper,
+          "branch": facts.mask_branch, "passes_mask_here": facts.passes_mask(gemma4)}}
+if layout == "router_method":
+    # The same release with one keyword more in its kernel call: refused.
+    source = open(gemma4.__file__).read()
+    call = "is_padding=get_moe_padding_mask(gating_output.shape[0]),"
+    if call in source:
+        source = source.replace(call, call + " num_warps=4,", 1)
+    else:
+        import re
+        anchor = (
+            r"(gemma4_fused_routing_kernel_triton\(\s*gating_output,"
+            r"\s*topk,\s*self\.per_expert_scale)"
+        )
+        source, count = re.subn(anchor, r"\1, num_warps=4", source, count=1)
+        assert count == 1
+    path = {tmp!r} + "/gemma4_mutant.py"
+    open(path, "w").write(source)
+    # Named inside vLLM's models package: its relative imports resolve there.
+    name = "vllm.model_executor.models.gemma4_mutant"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mutant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutant)
+    try:
+        vllm_adapter.read_routing_facts(mutant, layout)
+        result["mutant"] = "accepted"
+    except vllm_adapter.RoutingRefused as refusal:
+        result["mutant"] = str(refusal)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize(
+    ("family", "release", "source", "layout", "handover", "compiled_ops"),
+    VLLM_FAMILY_RELEASES,
+    ids=[f"{row[0]}:{row[1]}" for row in VLLM_FAMILY_RELEASES],
+)
+def test_routing_facts_of_each_family_real_code(
+    family, release, source, layout, handover, compiled_ops, tmp_path
+):
+    # What the adapter reads from each family's own routing function: only 0.34
+    # passes vLLM's padding mask, on its CUDA-like/XPU branch (false on this CPU);
+    # the same real code with one unknown keyword in its kernel call is refused.
+    code = _REAL_ROUTING_FACTS.format(scripts=str(SCRIPT.parent), tmp=str(tmp_path))
+    result, _ = _run(code, _release_env(source))
+    assert result["vllm"] == release and result["layout"] == layout
+    assert result["passes_mask_here"] is False  # the CPU platform, as in-tree
+    if release == "0.34.0":
+        assert result["helper"] == "get_moe_padding_mask"
+        assert result["branch"] == (
+            "(current_platform.is_cuda_alike() or current_platform.is_xpu())"
+        )
+    else:
+        assert result["helper"] is None and result["branch"] is None
+    if layout == "router_method":
+        assert "arguments the plugin does not know (num_warps)" in result["mutant"], result
