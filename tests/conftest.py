@@ -19,3 +19,17 @@ def gen() -> torch.Generator:
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def fresh_padding_state():
+    """No padding source and no pending fused hand-over before and after the test
+    (both are process-wide state the plugin sets up)."""
+    from vllm_gemma4_router import fused_handover
+    from vllm_gemma4_router.padding import set_padding_source
+
+    set_padding_source(None)
+    fused_handover.forget_all()
+    yield
+    set_padding_source(None)
+    fused_handover.forget_all()

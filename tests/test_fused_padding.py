@@ -9,7 +9,7 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_matches_oracle
 
-from vllm_gemma4_router import fused_claim, fused_handover
+from vllm_gemma4_router import fused_claim
 from vllm_gemma4_router.fused_handover import logits_view, unpack
 from vllm_gemma4_router.fused_router_gemm import GEMM_PATH_CONFIG, GemmPathConfig, route_by_gemm
 from vllm_gemma4_router.fused_router_launch import (
@@ -41,12 +41,8 @@ ROUTINGS = [("exact", "per_pick"), *ROUTING_VARIANTS]
 
 
 @pytest.fixture(autouse=True)
-def _no_padding_source():
-    set_padding_source(None)
-    fused_handover.forget_all()
-    yield
-    set_padding_source(None)
-    fused_handover.forget_all()
+def _no_padding_source(fresh_padding_state):
+    """Every test starts and ends without a padding source (conftest)."""
 
 
 def _mask(kind, num_tokens, gen):

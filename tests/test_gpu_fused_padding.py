@@ -20,12 +20,8 @@ HIDDEN, EXPERTS, TOPK = 2816, 128, 8
 
 
 @pytest.fixture(autouse=True)
-def _no_padding_source():
-    set_padding_source(None)
-    fused_handover.forget_all()
-    yield
-    set_padding_source(None)
-    fused_handover.forget_all()
+def _no_padding_source(fresh_padding_state):
+    """Every test starts and ends without a padding source (conftest)."""
 
 
 def _op(h, s, w, pes):

@@ -24,7 +24,7 @@ import torch
 
 from vllm_gemma4_router import vllm_adapter
 from vllm_gemma4_router.log_contract import logger, parse_log
-from vllm_gemma4_router.padding import padding_source, set_padding_source
+from vllm_gemma4_router.padding import padding_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,10 +114,8 @@ def warnings_logged():
 
 
 @pytest.fixture(autouse=True)
-def _no_padding_source():
-    set_padding_source(None)
-    yield
-    set_padding_source(None)
+def _no_padding_source(fresh_padding_state):
+    """Every test starts and ends without a padding source (conftest)."""
 
 
 def _build(module, num_experts: int):

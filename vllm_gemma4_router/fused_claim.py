@@ -10,7 +10,7 @@ pointers and storage offsets, which a trace does not have. There it records
 claims at run time from the real tensors (Inductor hands it the logits as a
 view of the fused router's buffer) and, when the claim fails, routes from the
 logits with the torch reference (CPU) or the Triton kernel (GPUs), applying
-the run-time padding source's mask (``padding.current_padding_mask``: ids -1,
+the run-time padding source's mask (``padding.checked_padding_mask``: ids -1,
 weights 0) as the fused router op does. A successful claim returns what the
 fused router wrote, already masked by the same source.
 
@@ -25,8 +25,8 @@ from collections import Counter
 import torch
 
 from .fused_handover import claim_routing
-from .fused_router_op import source_padding_mask
 from .log_contract import handover_claimed_line, handover_missed_line, logger
+from .padding import checked_padding_mask
 from .reference import gemma4_routing_reference
 
 OP_QUALNAME = "vllm_gemma4_router::claimed_routing"
@@ -53,7 +53,7 @@ def _note(claimed: bool, gating_output: torch.Tensor, topk: int, compiled: bool)
 def _route_from_logits(
     gating_output: torch.Tensor, topk: int, per_expert_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    is_padding = source_padding_mask(gating_output.shape[0], gating_output.device)
+    is_padding = checked_padding_mask(gating_output.shape[0], gating_output.device)
     if gating_output.device.type == "cpu":
         return gemma4_routing_reference(
             gating_output, topk, per_expert_scale, is_padding=is_padding

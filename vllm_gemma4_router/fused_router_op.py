@@ -10,7 +10,7 @@ the kernel's epilogue. Either way it returns the packed buffer of
 
 The op takes no padding mask (a traced argument would be frozen into the
 compiled graph): each call asks the run-time padding source
-(:func:`~vllm_gemma4_router.padding.current_padding_mask`), checks what it
+(:func:`~vllm_gemma4_router.padding.checked_padding_mask`), which checks what it
 returns and hands it to the kernels, which read it on the device. Padding rows
 get ids -1 and weights 0, their logits as usual; a CUDA graph captured with one
 mask buffer replays whatever that buffer holds.
@@ -22,33 +22,14 @@ import os
 
 import torch
 
-from ._validation import (
-    check_fused_router_inputs,
-    check_fused_router_supported,
-    check_padding_mask,
-)
+from ._validation import check_fused_router_inputs, check_fused_router_supported
 from .fused_handover import new_packed, record_produced, unpack
-from .padding import current_padding_mask
+from .padding import checked_padding_mask
 from .reference import gemma4_fused_router_reference
 
 OP_QUALNAME = "vllm_gemma4_router::fused_router"
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def source_padding_mask(num_tokens: int, device: torch.device) -> torch.Tensor | None:
-    """The installed padding source's mask for ``num_tokens`` rows on ``device``, checked
-    (metadata only, no host sync), or ``None``. Raises ``TypeError``/``ValueError``
-    naming the padding source when it returns something the kernels cannot read.
-
-    The opaque ops call this at run time, and at CUDA-graph capture: the kernels read
-    the mask's buffer on the device, so a replay sees what that buffer holds then."""
-    is_padding = current_padding_mask(num_tokens)
-    try:
-        check_padding_mask(is_padding, num_tokens, device)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"the padding source's mask for T={num_tokens}: {exc}") from exc
-    return is_padding
 
 
 def fused_router_into(
@@ -67,13 +48,7 @@ def fused_router_into(
     ids -1, weights 0). Inputs unchecked."""
     if hidden_states.device.type == "cpu":
         ref = gemma4_fused_router_reference(
-            hidden_states,
-            scale,
-            gate_weight,
-            per_expert_scale,
-            eps,
-            topk,
-            is_padding=is_padding,
+            hidden_states, scale, gate_weight, per_expert_scale, eps, topk, is_padding=is_padding
         )
         for target, value in zip(out, ref, strict=True):
             target.copy_(value)
@@ -81,32 +56,14 @@ def fused_router_into(
     from .fused_router_launch import GEMM_PATH_TOKENS, launch_with_config, table_config
 
     num_tokens, hidden = hidden_states.shape
+    args = (hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     if num_tokens in GEMM_PATH_TOKENS:
         from .fused_router_gemm import route_by_gemm
 
-        route_by_gemm(
-            hidden_states,
-            scale,
-            gate_weight,
-            per_expert_scale,
-            eps,
-            topk,
-            out,
-            is_padding=is_padding,
-        )
+        route_by_gemm(*args, is_padding=is_padding)
     else:
         config = table_config(num_tokens, hidden, gate_weight.shape[0], hidden_states.device)
-        launch_with_config(
-            config,
-            hidden_states,
-            scale,
-            gate_weight,
-            per_expert_scale,
-            eps,
-            topk,
-            out,
-            is_padding=is_padding,
-        )
+        launch_with_config(config, *args, is_padding=is_padding)
 
 
 @torch.library.custom_op(OP_QUALNAME, mutates_args=())
@@ -125,7 +82,7 @@ def fused_router(
     )
     if hidden_states.device.type != "cpu":  # the CPU's torch chain takes any E and K
         check_fused_router_supported(num_experts, topk)
-    is_padding = source_padding_mask(num_tokens, hidden_states.device)
+    is_padding = checked_padding_mask(num_tokens, hidden_states.device)
     packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
     out = unpack(packed, num_tokens, num_experts, topk)
     fused_router_into(
@@ -182,7 +139,5 @@ def gemma4_fused_router(
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
-    packed = torch.ops.vllm_gemma4_router.fused_router(
-        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
-    )
+    packed = fused_router_packed(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
     return unpack(packed, num_tokens, num_experts, topk)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from ._validation import check_padding_mask
+
 PaddingSource = Callable[[int], "torch.Tensor | None"]
 
 _source: PaddingSource | None = None
@@ -43,3 +45,18 @@ def current_padding_mask(num_tokens: int) -> torch.Tensor | None:
     if _source is None:
         return None
     return _source(num_tokens)
+
+
+def checked_padding_mask(num_tokens: int, device: torch.device) -> torch.Tensor | None:
+    """:func:`current_padding_mask`, checked for ``num_tokens`` rows on ``device``
+    (metadata only, no host sync). Raises ``TypeError``/``ValueError`` naming the
+    padding source when it returns something the kernels cannot read.
+
+    The opaque ops call this at run time, and at CUDA-graph capture: the kernels read
+    the mask's buffer on the device, so a replay sees what that buffer holds then."""
+    is_padding = current_padding_mask(num_tokens)
+    try:
+        check_padding_mask(is_padding, num_tokens, device)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"the padding source's mask for T={num_tokens}: {exc}") from exc
+    return is_padding

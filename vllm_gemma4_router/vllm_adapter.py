@@ -265,16 +265,17 @@ def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:
 
 
 def _route(owner, gating_output, topk):
-    # Plain attributes: constants for Dynamo. Only layers whose release passes a
-    # padding mask ask for one; unfused layers never try a claim.
-    padding_mask = owner.__dict__.get(PADDING_MASK_ATTRIBUTE)
-    is_padding = None if padding_mask is None else padding_mask(gating_output.shape[0])
+    # Plain attributes: constants for Dynamo. Unfused layers never try a claim; a
+    # claimed routing is already masked (the fused op reads the same source).
     if getattr(owner, FUSED_FEEDS_ATTRIBUTE, False):
         from .fused_claim import claim_fused_routing
 
         claimed = claim_fused_routing(gating_output, topk, owner.per_expert_scale)
         if claimed is not None:
             return claimed
+    # Only layers whose release passes a padding mask ask vLLM for one.
+    padding_mask = owner.__dict__.get(PADDING_MASK_ATTRIBUTE)
+    is_padding = None if padding_mask is None else padding_mask(gating_output.shape[0])
     return getattr(owner, OP_ATTRIBUTE)(gating_output, topk, owner.per_expert_scale, is_padding)
 
 
