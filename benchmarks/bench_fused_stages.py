@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stage_fns(config, h, weights, scales, expert_scales, eps, topk, out, empty) -> dict:
     """``{column: fn(layer)}``: the empty launch, each stage, the runtime kernel."""
-    from vllm_gemma4_router.fused_router_launch import launch_with_config
+    from vllm_gemma4_router.fused_router.launcher import launch_with_config
 
     def stage(name):
         return lambda i: launch_stage(
@@ -92,7 +92,7 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS, is_split, table_config
+    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS, is_split, table_config
 
     args = parse_args(argv)
     if not torch.cuda.is_available():

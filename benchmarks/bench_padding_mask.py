@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import bench_graph, environment_stamp
-from vllm_gemma4_router import fused_router_op
-from vllm_gemma4_router.fused_handover import new_packed, unpack
-from vllm_gemma4_router.triton_routing import gemma4_routing_triton
+from vllm_gemma4_router.fused_router import torch_library as fused_library
+from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
 EXPERTS, TOPK, HIDDEN = 128, 8, 2816
 ROUTING_TOKENS = (1, 16, 64, 256, 4096, 65536)
@@ -66,10 +66,10 @@ def fused_cases(gen: torch.Generator):
         mask = _mask(num_tokens, gen)
 
         def plain(args=(h, s, w, pes), out=out):
-            fused_router_op.fused_router_into(*args, 1e-6, TOPK, out)
+            fused_library.fused_router_into(*args, 1e-6, TOPK, out)
 
         def masked(args=(h, s, w, pes), out=out, mask=mask):
-            fused_router_op.fused_router_into(*args, 1e-6, TOPK, out, mask)
+            fused_library.fused_router_into(*args, 1e-6, TOPK, out, mask)
 
         yield "fused router bf16", num_tokens, plain, masked
 

@@ -91,7 +91,7 @@ HEADERS = {
     "fused_pdl": "fused, PDL",
     "empty": "empty launch",
 }
-FUSED_IMPL = "vllm_gemma4_router.fused_router_op.fused_router_into (what the op runs)"
+FUSED_IMPL = "vllm_gemma4_router.fused_router.torch_library.fused_router_into (what the op runs)"
 
 
 def add_router_shape_args(parser: argparse.ArgumentParser) -> None:
@@ -373,15 +373,15 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     programmatic dependent launch (``None`` where the op launches no split row),
     each as ``fn(h, s, w, pes, eps, topk) -> (logits, weights, ids)``; no
     fallback: a missing op fails the run."""
-    from vllm_gemma4_router.fused_handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router_gemm import route_by_gemm
-    from vllm_gemma4_router.fused_router_launch import (
+    from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
+    from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+    from vllm_gemma4_router.fused_router.launcher import (
         GEMM_PATH_TOKENS,
         is_split,
         launch_with_config,
         table_config,
     )
-    from vllm_gemma4_router.fused_router_op import fused_router_into
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     def pdl_twin(num_tokens: int, hidden: int, num_experts: int):
         """The op's split row at T with PDL on, or ``None`` where the op launches none."""

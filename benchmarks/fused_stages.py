@@ -26,15 +26,15 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_gemma4_router.fused_router_kernel import (
+from vllm_gemma4_router.fused_router.kernels.entry import (
     arrive_last,
     finish_rows,
     gather_partials,
     program_sums,
     store_partials,
 )
-from vllm_gemma4_router.fused_router_launch import FusedLaunchConfig, is_split, kernel_launch
-from vllm_gemma4_router.kernel_select import load_scale_row
+from vllm_gemma4_router.fused_router.launcher import FusedLaunchConfig, is_split, kernel_launch
+from vllm_gemma4_router.routing.kernels.select import load_scale_row
 
 STAGES = ("dot", "handoff", "gather", "route")
 

@@ -20,9 +20,9 @@ import torch
 from benchmarks import peer_kernels
 from benchmarks.common import host_us_per_call
 from vllm_gemma4_router import gemma4_routing_triton
-from vllm_gemma4_router._validation import check_routing_inputs
-from vllm_gemma4_router.launch_table import pick_launch_config
-from vllm_gemma4_router.triton_routing import launch
+from vllm_gemma4_router.routing.checks import check_routing_inputs
+from vllm_gemma4_router.routing.launch_table import pick_launch_config
+from vllm_gemma4_router.routing.launcher import launch
 
 
 def host_breakdown(num_experts: int, topk: int) -> None:

@@ -51,7 +51,7 @@ from benchmarks.common import (
     write_stamped_csv,
 )
 from vllm_gemma4_router import gemma4_routing_reference
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -325,12 +325,12 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("sweep_fused_router times CUDA graphs: it needs an NVIDIA GPU")
     launcher = _load_launcher()
-    from vllm_gemma4_router.fused_router_gemm import (
+    from vllm_gemma4_router.fused_router.gemm_path import (
         GemmPathConfig,
         gemm_path_candidates,
         route_by_gemm,
     )
-    from vllm_gemma4_router.fused_router_op import fused_router_into
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     def launch(config, h, scale, w, pes, eps, topk, out):
         if isinstance(config, GemmPathConfig):
@@ -408,11 +408,11 @@ def main(argv: list[str] | None = None) -> None:
 def _load_launcher():
     """The launcher module: ``candidate_configs``, ``launch_with_config``,
     ``GEMM_PATH_TOKENS`` (no fallback: a missing one fails the run)."""
-    import vllm_gemma4_router.fused_router_launch as launcher
+    import vllm_gemma4_router.fused_router.launcher as launcher
 
     for name in ("candidate_configs", "launch_with_config", "GEMM_PATH_TOKENS"):
         if not hasattr(launcher, name):
-            raise SystemExit(f"vllm_gemma4_router.fused_router_launch has no {name}")
+            raise SystemExit(f"vllm_gemma4_router.fused_router.launcher has no {name}")
     return launcher
 
 

@@ -3,7 +3,7 @@
 Run on the GPU (``python -m benchmarks.sweep_launch_table``); writes
 benchmarks/results/launch_sweep_<gpu>[_<tag>].csv and prints the best
 configuration per (dtype, family, E, K, T). The chosen values go into
-vllm_gemma4_router/launch_table.py by hand, with this script, device and date
+vllm_gemma4_router/routing/launch_table.py by hand, with this script, device and date
 noted there. Timing is L2-hot by default (``common.bench_hot``: the input was
 just written, as after the router GEMM); ``--cold`` rotates inputs through HBM.
 With ``--peers`` vLLM's and SGLang's kernels are timed on the same inputs.
@@ -26,8 +26,8 @@ from benchmarks.common import (
     write_stamped_csv,
 )
 from vllm_gemma4_router import gemma4_routing_reference
-from vllm_gemma4_router.launch_table import LaunchConfig, check_config
-from vllm_gemma4_router.triton_routing import launch
+from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
+from vllm_gemma4_router.routing.launcher import launch
 
 
 def _timer(logits_sets, cold: bool, rep_ms: int):

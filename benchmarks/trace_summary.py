@@ -55,10 +55,10 @@ from typing import Any
 # Ordered: the first matching category names a kernel. The three routing
 # categories are the three arms of benchmarks.serve_ab.
 DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
-    # This package's fused router (vllm_gemma4_router/fused_router_kernel.py): the
+    # This package's fused router (vllm_gemma4_router/fused_router/kernels/entry.py): the
     # norm, scale, gate GEMM and routing in one kernel (custom_ops +gemma4_fused_router).
     ("routing: fused router", r"^gemma4_fused_router_kernel"),
-    # This package's Triton kernel (vllm_gemma4_router/kernel.py).
+    # This package's Triton kernel (vllm_gemma4_router/routing/kernels/entry.py).
     ("routing: ours", r"^gemma4_routing_kernel"),
     # vLLM's in-tree Triton kernel (model_executor/models/gemma4.py, 0.24+).
     ("routing: vLLM in-tree", r"^_gemma4_routing_kernel"),

@@ -42,14 +42,14 @@ def fail(message: str) -> None:
 
 
 def source_version() -> str:
-    """``__version__`` of the package's ``__init__.py``, read without importing it."""
-    tree = ast.parse((REPO / PACKAGE / "__init__.py").read_text())
+    """``__version__`` of the package's ``_version.py``, read without importing it."""
+    tree = ast.parse((REPO / PACKAGE / "_version.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
             "__version__"
         ]:
             return ast.literal_eval(node.value)
-    fail(f"{PACKAGE}/__init__.py has no __version__")
+    fail(f"{PACKAGE}/_version.py has no __version__")
     raise AssertionError
 
 

@@ -105,7 +105,7 @@ def matrix_points(
     and spills in the large buckets (see the resource table's notes): it is not a
     default, ``benchmarks/compile_resources.py --experts 100`` shows it."""
     if buckets is None:
-        from vllm_gemma4_router.launch_table import NUM_BUCKETS
+        from vllm_gemma4_router.routing.launch_table import NUM_BUCKETS
 
         buckets = range(NUM_BUCKETS)
     buckets = tuple(buckets)
@@ -190,8 +190,8 @@ def job_for(point: MatrixPoint, target: Target) -> CompileJob:
     and tensor pointers are marked 16-divisible)."""
     import torch
 
-    from vllm_gemma4_router.kernel import gemma4_routing_kernel
-    from vllm_gemma4_router.triton_routing import compile_spec
+    from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel
+    from vllm_gemma4_router.routing.launcher import compile_spec
 
     dtype = getattr(torch, point.dtype)
     spec = compile_spec(
@@ -362,7 +362,7 @@ def _worker_main() -> None:
     from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
 
-    from vllm_gemma4_router.kernel import gemma4_routing_kernel as fn
+    from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel as fn
 
     if not isinstance(fn, triton.runtime.JITFunction):
         raise SystemExit("worker: the kernel is not a JITFunction (TRITON_INTERPRET set?)")

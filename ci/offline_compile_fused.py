@@ -88,8 +88,8 @@ def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
     (``padding``: with vLLM's padding mask, ``HAS_PADDING``)."""
     import triton
 
-    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
-    from vllm_gemma4_router.fused_router_launch import routing_constexprs
+    from vllm_gemma4_router.fused_router.kernels.entry import OPERAND_BF16
+    from vllm_gemma4_router.fused_router.launcher import routing_constexprs
 
     return {
         "TOPK": TOPK,
@@ -112,8 +112,8 @@ def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
 def _table_work() -> tuple[list, list]:
     """Every distinct table row (NVIDIA also each split row with ``pdl``) and the op's
     GEMM-path config."""
-    from vllm_gemma4_router.fused_router_gemm import GEMM_PATH_CONFIG
-    from vllm_gemma4_router.fused_router_launch import _BF16_TABLE, clip_config
+    from vllm_gemma4_router.fused_router.gemm_path import GEMM_PATH_CONFIG
+    from vllm_gemma4_router.fused_router.launcher import _BF16_TABLE, clip_config
 
     rows = []
     for config in _BF16_TABLE:
@@ -128,8 +128,8 @@ def _candidate_work(tokens: list[int]) -> tuple[list, list]:
     """Every distinct config ``benchmarks/sweep_fused_router.py`` would time at ``tokens``."""
     import torch
 
-    from vllm_gemma4_router.fused_router_gemm import gemm_path_candidates
-    from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS, candidate_configs
+    from vllm_gemma4_router.fused_router.gemm_path import gemm_path_candidates
+    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS, candidate_configs
 
     rows: list = []
     gemm: list = []
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
 
-    from vllm_gemma4_router.fused_router_kernel import gemma4_fused_router_kernel
-    from vllm_gemma4_router.fused_router_launch import is_split
+    from vllm_gemma4_router.fused_router.kernels.entry import gemma4_fused_router_kernel
+    from vllm_gemma4_router.fused_router.launcher import is_split
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -212,12 +212,12 @@ def _gemm_path_kernels(config, padding: bool = False):
     (``padding``: the epilogue with vLLM's padding mask, ``HAS_PADDING``)."""
     import triton
 
-    from vllm_gemma4_router.fused_router_gemm import (
+    from vllm_gemma4_router.fused_router.gemm_path import (
         gemma4_router_finish_kernel,
         gemma4_router_operand_kernel,
     )
-    from vllm_gemma4_router.fused_router_kernel import OPERAND_BF16
-    from vllm_gemma4_router.fused_router_launch import routing_constexprs
+    from vllm_gemma4_router.fused_router.kernels.entry import OPERAND_BF16
+    from vllm_gemma4_router.fused_router.launcher import routing_constexprs
 
     operand = {
         "BLOCK_T": config.operand_block_t,

@@ -619,7 +619,7 @@ def render(rows: list[Row], command: str) -> str:
         "release's own CPU extension loads against this torch, `stubbed` when it does "
         "not (built for another torch, or a CUDA wheel unpacked without its `.so` "
         "files): the decoder layer's MLP activation op is then a stand-in that is "
-        "never called. *plugin layout*: what `vllm_gemma4_router.vllm_adapter` "
+        "never called. *plugin layout*: what `vllm_gemma4_router.integration.gemma4_layouts` "
         "detected and patched after `vllm.plugins.load_general_plugins()` (for "
         "`moe_closure` its hand-over must match the source's). *state*: "
         "`tests/scripts/route_real_layer.py` built a `Gemma4DecoderLayer` with the "

@@ -25,11 +25,11 @@ def gen() -> torch.Generator:
 def fresh_padding_state():
     """No padding source and no pending fused hand-over before and after the test
     (both are process-wide state the plugin sets up)."""
-    from vllm_gemma4_router import fused_handover
-    from vllm_gemma4_router.padding import set_padding_source
+    from vllm_gemma4_router.fused_router import handover
+    from vllm_gemma4_router.routing.padding import set_padding_source
 
     set_padding_source(None)
-    fused_handover.forget_all()
+    handover.forget_all()
     yield
     set_padding_source(None)
-    fused_handover.forget_all()
+    handover.forget_all()

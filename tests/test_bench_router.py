@@ -13,7 +13,7 @@ import torch
 
 from benchmarks import bench_router, common
 from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 
 H200_L2 = 50 * 2**20
 LAYER_BYTES = (128 * 2816 + 2816 + 128) * 2  # gate weight, scale, per_expert_scale in bf16

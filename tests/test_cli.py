@@ -12,8 +12,9 @@ import tomllib
 from packaging.requirements import Requirement
 
 import vllm_gemma4_router.harness.demo as demo
-from vllm_gemma4_router import plugin, triton_routing
+from vllm_gemma4_router import plugin
 from vllm_gemma4_router.harness import cli, extras
+from vllm_gemma4_router.routing import launcher as routing_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,13 @@ def test_selfcheck_passes_against_the_reference(capsys):
 
 
 def test_selfcheck_fails_when_the_kernel_disagrees(monkeypatch, capsys):
-    real = triton_routing.gemma4_routing_triton
+    real = routing_launcher.gemma4_routing_triton
 
     def swapped_ids(logits, topk, scale):
         weights, ids = real(logits, topk, scale)
         return weights, ids.flip(-1)
 
-    monkeypatch.setattr(triton_routing, "gemma4_routing_triton", swapped_ids)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_triton", swapped_ids)
     assert cli.main(["selfcheck", "--tokens", "3", "--experts", "8", "--topk", "2"]) == 1
     out = capsys.readouterr().out
     assert "ids equal: False" in out and out.splitlines()[-1] == "FAIL"

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from vllm_gemma4_router import fused_claim, fused_router_op
+from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router import torch_library as fused_library
 
 # The files that define the schemas of the ops vLLM's compiled graphs record.
 SCHEMA_FILES = {
-    Path(fused_router_op.__file__).resolve(): fused_router_op.OP_QUALNAME,
-    Path(fused_claim.__file__).resolve(): fused_claim.OP_QUALNAME,
+    Path(fused_library.__file__).resolve(): fused_library.FUSED_ROUTER_OP_QUALNAME,
+    Path(handover.__file__).resolve(): handover.CLAIMED_ROUTING_OP_QUALNAME,
 }
 
 
@@ -59,13 +60,13 @@ def _fused_layer_path(op, hidden, scale, weight, pes):
     packed = op.forward_native(hidden, scale, weight, pes, 1e-6, 2)
     num_tokens, num_experts = hidden.shape[0], weight.shape[0]
     logits = packed[: num_tokens * num_experts].view(num_tokens, num_experts)
-    return fused_claim.claim_fused_routing(logits, 2, pes)
+    return handover.claim_fused_routing(logits, 2, pes)
 
 
 def test_schema_files_are_traced_so_vllm_hashes_them(gen):
     from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 
-    from vllm_gemma4_router.vllm_fused_op import Gemma4FusedRouter
+    from vllm_gemma4_router.integration.custom_ops import Gemma4FusedRouter
 
     config = VllmConfig(compilation_config=CompilationConfig(custom_ops=["+gemma4_fused_router"]))
     with set_current_vllm_config(config):
@@ -86,7 +87,7 @@ def test_a_schema_change_changes_vllms_code_hash(tmp_path):
         old_key = _compute_code_hash({str(installed)})
         assert old_key == _compute_code_hash({str(installed)})  # stable while nothing changes
         # An upgrade that adds an argument to the op's schema.
-        decorated = re.compile(r"(@torch\.library\.custom_op\(OP_QUALNAME[^\n]*\n)def (\w+)\(")
+        decorated = re.compile(r"(@torch\.library\.custom_op\(\w*OP_QUALNAME[^\n]*\n)def (\w+)\(")
         source, count = decorated.subn(r"\1def \2(new_argument: int, ", installed.read_text())
         assert count == 1, path.name
         installed.write_text(source)

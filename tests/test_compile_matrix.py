@@ -61,7 +61,7 @@ _NVIDIA_STACK_ALLOWED = {("float32", 8, 8, "checked"): 144}
 
 
 def _nvidia_stack_allowed(point: oc.MatrixPoint) -> int:
-    from vllm_gemma4_router.launch_table import table_config
+    from vllm_gemma4_router.routing.launch_table import table_config
 
     block_e = 1 << (point.num_experts - 1).bit_length()
     config = table_config(point.bucket, block_e, "cuda", point.dtype == "float32", point.topk)
@@ -113,7 +113,7 @@ def test_no_lane_loads_logits_another_lane_already_holds(compiled, target_name):
 
 def test_each_target_compiles_its_platforms_launch_rows():
     # AMD targets must compile the hip rows (launch_table._HIP_TABLE), NVIDIA the CUDA rows.
-    from vllm_gemma4_router.launch_table import table_config
+    from vllm_gemma4_router.routing.launch_table import table_config
 
     points = oc.matrix_points(experts=(64, 128, 256), topks=(8,))
     for point in points:

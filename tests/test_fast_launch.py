@@ -16,8 +16,8 @@ import torch
 import triton
 from triton.runtime import driver
 
-from vllm_gemma4_router import fast_launch
-from vllm_gemma4_router.fast_launch import CompiledLaunches
+from vllm_gemma4_router.routing import compiled_launches
+from vllm_gemma4_router.routing.compiled_launches import CompiledLaunches
 
 ARG_NAMES = ("logits", "scale", "weights", "ids", "T", "E", "stride_t", "stride_e", "K", "BLOCK")
 CONSTEXPRS = {"BLOCK": 128, "K": 8}  # given out of order: the launcher must order them
@@ -64,7 +64,7 @@ class FakeDriver:
 @pytest.fixture
 def gpu_like(monkeypatch):
     """Triton's launcher API 'present' and a driver whose stream is a known number."""
-    monkeypatch.setattr(fast_launch, "_launcher_api_present", lambda: True)
+    monkeypatch.setattr(compiled_launches, "_launcher_api_present", lambda: True)
     monkeypatch.setattr(driver, "_active", FakeDriver())
 
 
@@ -85,7 +85,7 @@ def _launch(launches: CompiledLaunches, tensors, *, grid_x: int = 5, class_key="
 
 
 def test_without_triton_launcher_api_every_call_goes_through_triton(monkeypatch, gen):
-    monkeypatch.setattr(fast_launch, "_launcher_api_present", lambda: False)
+    monkeypatch.setattr(compiled_launches, "_launcher_api_present", lambda: False)
     jit = FakeJit()
     launches = CompiledLaunches(jit)
     assert launches.enabled is False
@@ -176,22 +176,22 @@ def test_hook_active_reads_both_triton_hook_styles():
         def __init__(self, calls):
             self.calls = calls
 
-    assert fast_launch._hook_active(None) is False
-    assert fast_launch._hook_active(Chain([])) is False
-    assert fast_launch._hook_active(Chain([print])) is True
-    assert fast_launch._hook_active(print) is True  # Triton < 3.5: a plain callable
+    assert compiled_launches._hook_active(None) is False
+    assert compiled_launches._hook_active(Chain([])) is False
+    assert compiled_launches._hook_active(Chain([print])) is True
+    assert compiled_launches._hook_active(print) is True  # Triton < 3.5: a plain callable
 
 
 def test_an_unexpected_triton_switches_cached_launches_off(gpu_like, gen, caplog):
     jit = FakeJit(make=object)  # a "compiled kernel" without run(): the API moved
     launches = CompiledLaunches(jit)
     tensors = _tensors(gen)
-    with caplog.at_level(logging.INFO, logger=fast_launch.logger.name):
-        fast_launch.logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger=compiled_launches.logger.name):
+        compiled_launches.logger.addHandler(caplog.handler)
         try:
             _launch(launches, tensors)
         finally:
-            fast_launch.logger.removeHandler(caplog.handler)
+            compiled_launches.logger.removeHandler(caplog.handler)
     assert launches.enabled is False
     assert any("cached launches off" in record.getMessage() for record in caplog.records)
     _launch(launches, tensors)
@@ -239,7 +239,7 @@ def test_enabled_can_be_switched_off_and_on(gpu_like, gen):
 
 
 def test_the_cache_keeps_the_most_recent_classes(gpu_like, gen, monkeypatch):
-    monkeypatch.setattr(fast_launch, "_MAX_CLASSES", 2)
+    monkeypatch.setattr(compiled_launches, "_MAX_CLASSES", 2)
     jit = FakeJit()
     launches = CompiledLaunches(jit)
     tensors = _tensors(gen)

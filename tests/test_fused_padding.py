@@ -1,7 +1,7 @@
 """vLLM's padding mask in the fused router, on the CPU (Triton kernels under the
 interpreter): padding rows get ids -1 and weights 0 and keep their logits, the other
 rows keep the unmasked call's bits; the ops read the mask from the run-time padding
-source (``vllm_gemma4_router.padding``), so a buffer rewritten between two calls (a
+source (``vllm_gemma4_router.routing.padding``), so a buffer rewritten between two calls (a
 CUDA graph's replay) gives the new mask's routing."""
 
 import pytest
@@ -9,10 +9,14 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_matches_oracle
 
-from vllm_gemma4_router import fused_claim
-from vllm_gemma4_router.fused_handover import logits_view, unpack
-from vllm_gemma4_router.fused_router_gemm import GEMM_PATH_CONFIG, GemmPathConfig, route_by_gemm
-from vllm_gemma4_router.fused_router_launch import (
+from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router.gemm_path import (
+    GEMM_PATH_CONFIG,
+    GemmPathConfig,
+    route_by_gemm,
+)
+from vllm_gemma4_router.fused_router.handover import logits_view, unpack
+from vllm_gemma4_router.fused_router.launcher import (
     ROUTING_VARIANTS,
     FusedLaunchConfig,
     clip_config,
@@ -20,8 +24,9 @@ from vllm_gemma4_router.fused_router_launch import (
     kernel_launch,
     launch_with_config,
 )
-from vllm_gemma4_router.padding import set_padding_source
-from vllm_gemma4_router.reference import gemma4_fused_router_reference, gemma4_routing_reference
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.routing.padding import set_padding_source
+from vllm_gemma4_router.routing.reference import gemma4_routing_reference
 
 EPS = 1e-6
 HIDDEN, EXPERTS, TOPK = 192, 128, 8
@@ -268,12 +273,12 @@ def test_missed_claim_routes_with_the_sources_mask(gen):
     plain = gemma4_routing_reference(logits, K_OP, pes)
     buffer = torch.zeros(17, dtype=torch.uint8)
     set_padding_source(lambda t: buffer[:t])
-    before = fused_claim.claim_counts["missed"]
+    before = handover.claim_counts["missed"]
     for kind in MASKS:
         buffer.copy_(_mask(kind, 17, gen))
         weights, ids = torch.ops.vllm_gemma4_router.claimed_routing(logits, K_OP, pes)
         assert_masked((logits, weights, ids), (logits, *plain), buffer.clone(), K_OP, pes)
-    assert fused_claim.claim_counts["missed"] == before + len(MASKS)
+    assert handover.claim_counts["missed"] == before + len(MASKS)
 
 
 def test_missed_claim_without_a_source_is_unchanged(gen):
@@ -289,9 +294,9 @@ def test_claim_hands_over_the_ops_masked_routing(gen):
     mask = _mask("every_other", 9, gen)
     set_padding_source(lambda t: mask[:t])
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, K_OP)
-    before = fused_claim.claim_counts["claimed"]
+    before = handover.claim_counts["claimed"]
     weights, ids = torch.ops.vllm_gemma4_router.claimed_routing(
         logits_view(packed, 9, E_OP), K_OP, pes
     )
-    assert fused_claim.claim_counts["claimed"] == before + 1
+    assert handover.claim_counts["claimed"] == before + 1
     assert_masked((plain[0], weights, ids), plain, mask, K_OP, pes)

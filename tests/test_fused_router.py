@@ -6,10 +6,11 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid, assert_matches_oracle, fp32_bucket_fault_rows
 
-from vllm_gemma4_router import fused_handover, fused_router_launch
-from vllm_gemma4_router._validation import fused_router_supports
-from vllm_gemma4_router.fused_handover import logits_view
-from vllm_gemma4_router.fused_router_launch import (
+from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router import launcher as fused_launcher
+from vllm_gemma4_router.fused_router.checks import fused_router_supports
+from vllm_gemma4_router.fused_router.handover import logits_view
+from vllm_gemma4_router.fused_router.launcher import (
     ROUTING_VARIANTS,
     FusedLaunchConfig,
     candidate_configs,
@@ -22,8 +23,8 @@ from vllm_gemma4_router.fused_router_launch import (
     pdl_supported,
     table_config,
 )
-from vllm_gemma4_router.fused_router_op import gemma4_fused_router
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.torch_library import gemma4_fused_router
 
 EPS = 1e-6
 SPLIT = FusedLaunchConfig(16, 16, 64, 128, 4, 2)  # expert and H slices: the counter path
@@ -151,7 +152,7 @@ def test_pdl_needs_an_nvidia_sm90_device(gen):
     with pytest.raises(ValueError, match="config.pdl"):
         launch_with_config(SPLIT._replace(pdl=True), h, s, w, pes, EPS, 4, out)
     assert not pdl_supported(torch.device("cpu"))
-    # Measured without gain on the H200 (fused_router_launch.PDL_ENV): no longer swept.
+    # Measured without gain on the H200 (fused_launcher.PDL_ENV): no longer swept.
     for t in (1, 64, 256):
         assert not any(c.pdl for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16))
 
@@ -166,8 +167,8 @@ def test_pdl_switch_reads_only_0_1_or_empty():
 
 @pytest.mark.parametrize("override", [None, True, False])
 def test_table_pdl_only_on_split_rows_of_a_supporting_device(monkeypatch, override):
-    monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", override)
-    monkeypatch.setattr(fused_router_launch, "pdl_supported", lambda device: device.type == "meta")
+    monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", override)
+    monkeypatch.setattr(fused_launcher, "pdl_supported", lambda device: device.type == "meta")
     for t in (1, 16, 64, 256, 1024, 70000):
         plain = table_config(t, 2816, 128)
         # The CPU launches as the table row says; a device without PDL never gets it.
@@ -228,12 +229,12 @@ def test_op_hands_its_routing_over_once(gen):
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 4)
     logits = logits_view(packed, 9, 32)
     ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
-    assert fused_handover.claim_routing(logits.clone(), 4) is None  # a copy is not ours
-    assert fused_handover.claim_routing(logits, 5) is None  # another K
-    claimed = fused_handover.claim_routing(logits, 4)
+    assert handover.claim_routing(logits.clone(), 4) is None  # a copy is not ours
+    assert handover.claim_routing(logits, 5) is None  # another K
+    claimed = handover.claim_routing(logits, 4)
     assert claimed is not None
     assert torch.equal(claimed[0], ref[1]) and torch.equal(claimed[1], ref[2])
-    assert fused_handover.claim_routing(logits, 4) is None  # taken once
+    assert handover.claim_routing(logits, 4) is None  # taken once
 
 
 def test_op_under_torch_compile_keeps_the_hand_over(gen):
@@ -244,7 +245,7 @@ def test_op_under_torch_compile_keeps_the_hand_over(gen):
         return logits_view(packed, x.shape[0], 32)
 
     logits = torch.compile(router, fullgraph=True, dynamic=True)(h)
-    claimed = fused_handover.claim_routing(logits, 4)
+    claimed = handover.claim_routing(logits, 4)
     assert claimed is not None
     ref = gemma4_fused_router_reference(h, s, w, pes, EPS, 4)
     assert torch.equal(claimed[1], ref[2])
@@ -253,7 +254,7 @@ def test_op_under_torch_compile_keeps_the_hand_over(gen):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gemm_path_keeps_the_contract(dtype, gen):
-    from vllm_gemma4_router.fused_router_gemm import route_by_gemm
+    from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
 
     h, s, w, pes = router_inputs(21, 192, 128, dtype, gen)
     out = (torch.empty(21, 128), torch.empty(21, 8), torch.empty(21, 8, dtype=torch.int32))
@@ -262,7 +263,7 @@ def test_gemm_path_keeps_the_contract(dtype, gen):
 
 
 def test_every_gemm_path_candidate_keeps_the_contract(gen):
-    from vllm_gemma4_router.fused_router_gemm import (
+    from vllm_gemma4_router.fused_router.gemm_path import (
         GEMM_PATH_CONFIG,
         GemmPathConfig,
         gemm_path_candidates,
@@ -303,7 +304,7 @@ def test_sweep_tries_each_routing_on_the_table_row():
 
 
 def test_gemm_path_covers_the_slow_kernel_range():
-    from vllm_gemma4_router.fused_router_launch import GEMM_PATH_TOKENS
+    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS
 
     assert 256 not in GEMM_PATH_TOKENS and 512 in GEMM_PATH_TOKENS
     assert 8192 in GEMM_PATH_TOKENS and 16384 not in GEMM_PATH_TOKENS

@@ -8,7 +8,7 @@ from fused_oracle import router_inputs
 
 from benchmarks import bench_fused_stages
 from benchmarks.fused_stages import STAGES, launch_stage
-from vllm_gemma4_router.fused_router_launch import (
+from vllm_gemma4_router.fused_router.launcher import (
     FusedLaunchConfig,
     _counters,
     launch_with_config,

@@ -83,7 +83,7 @@ def test_gpu_cuda_graph_replay_matches_eager(gen):
 
 
 def test_gpu_inductor_fullgraph_compile_matches_eager(gen):
-    from vllm_gemma4_router import torch_op  # noqa: F401  (registers the op)
+    from vllm_gemma4_router.routing import torch_library as routing_library  # noqa: F401  (registers the op)
 
     def route(logits, scale):
         weights, ids = torch.ops.vllm_gemma4_router.routing(logits.float() * 2.0, 8, scale)
@@ -101,10 +101,10 @@ def test_gpu_cached_launches_match_triton_dispatch(gen):
     # The cached launch path must pick the kernel Triton itself would: change
     # alignment (offset views), T (1, multiples of 16, others), strides and
     # dtypes between calls, and compare with a launch through kernel[grid].
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.routing import launcher as routing_launcher
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
-    launches = triton_routing._LAUNCHES
+    launches = routing_launcher._LAUNCHES
     assert launches.enabled, "Triton's launcher API was not found: cached launches are off"
     hits_before = launches.hits
     base = torch.randn(4200, 130, generator=gen)
@@ -120,7 +120,7 @@ def test_gpu_cached_launches_match_triton_dispatch(gen):
                 config = LaunchConfig(4, 1)
                 enabled, launches.enabled = launches.enabled, False
                 try:
-                    triton_routing.launch(logits, 8, scale, ref_w, ref_ids, config)
+                    routing_launcher.launch(logits, 8, scale, ref_w, ref_ids, config)
                 finally:
                     launches.enabled = enabled
                 assert torch.equal(ids, ref_ids)
@@ -133,8 +133,8 @@ def test_gpu_cached_launches_match_triton_dispatch(gen):
 def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
     # Rows loaded in pieces (LaunchConfig.row_groups): a different register
     # layout on the GPU, bitwise the same outputs as plain rows.
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig, check_config
+    from vllm_gemma4_router.routing import launcher as routing_launcher
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
 
     logits = (torch.randn(5001, num_experts, generator=gen) * 2).to(dtype)
     logits[::3] = (torch.randint(-3, 4, (1667, num_experts), generator=gen) * 0.5).to(dtype)
@@ -152,7 +152,7 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
                 continue  # cannot run as written (launch_table.check_config)
             weights = torch.empty(5001, topk, device="cuda")
             ids = torch.empty(5001, topk, device="cuda", dtype=torch.int32)
-            triton_routing.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
+            routing_launcher.launch(gpu_logits, topk, gpu_scale, weights, ids, config)
             outputs.append((weights.cpu(), ids.cpu()))
         assert_matches_oracle(*outputs[0], logits, topk, scale)
         for weights, ids in outputs[1:]:
@@ -166,8 +166,8 @@ def test_gpu_fp32_bucket_faults_are_repaired_in_every_variant(tokens_per_program
     # the oracle's answer, and the same bits as each row routed alone.
     from oracle import fp32_bucket_fault_rows
 
-    from vllm_gemma4_router import triton_routing
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.routing import launcher as routing_launcher
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
     logits = torch.cat([fp32_bucket_fault_rows(128, gen), torch.randn(300, 128, generator=gen)])
     scale = torch.rand(128, generator=gen) + 0.5
@@ -186,7 +186,7 @@ def test_gpu_fp32_bucket_faults_are_repaired_in_every_variant(tokens_per_program
         config = LaunchConfig(tokens_per_program, 1, **variant)
         weights = torch.full((logits.shape[0], 8), float("nan"), device="cuda")
         ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32, device="cuda")
-        triton_routing.launch(gpu_logits, 8, gpu_scale, weights, ids, config)
+        routing_launcher.launch(gpu_logits, 8, gpu_scale, weights, ids, config)
         assert_matches_oracle(weights.cpu(), ids.cpu(), logits, 8, scale)
         for row in range(6):
             alone_w, alone_ids = gemma4_routing_triton(gpu_logits[row : row + 1], 8, gpu_scale)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
 
-from vllm_gemma4_router import fused_handover, fused_router_op  # noqa: F401 (registers the op)
-from vllm_gemma4_router.padding import set_padding_source
+from vllm_gemma4_router.fused_router import handover  # noqa: F401 (registers the op)
+from vllm_gemma4_router.routing.padding import set_padding_source
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,7 +31,7 @@ def _op(h, s, w, pes):
 def _check(packed, plain, is_padding):
     """``packed``'s routing: ``plain``'s with ``is_padding``'s rows as ids -1, weights 0."""
     t = is_padding.shape[0]
-    logits, weights, ids = fused_handover.unpack(packed, t, EXPERTS, TOPK)
+    logits, weights, ids = handover.unpack(packed, t, EXPERTS, TOPK)
     pad = is_padding.bool()
     assert torch.equal(logits, plain[0]), "padding changed the logits"
     assert torch.equal(weights[~pad], plain[1][~pad]) and torch.equal(ids[~pad], plain[2][~pad])
@@ -41,7 +41,7 @@ def _check(packed, plain, is_padding):
 @pytest.mark.parametrize("num_tokens", [1, 16, 64, 512])
 def test_gpu_op_graph_replays_a_rewritten_mask(num_tokens, gen):
     h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
-    eager = fused_handover.unpack(_op(h, s, w, pes), num_tokens, EXPERTS, TOPK)
+    eager = handover.unpack(_op(h, s, w, pes), num_tokens, EXPERTS, TOPK)
     assert_fused_contract(*eager, h, s, w, pes, EPS, TOPK)
     # The unmasked call as a graph too: the GEMM path's cuBLAS call may pick another
     # algorithm under capture than eagerly, so "bit-identical" compares graph to graph.
@@ -50,7 +50,7 @@ def test_gpu_op_graph_replays_a_rewritten_mask(num_tokens, gen):
         unmasked = _op(h, s, w, pes)
     unmasked_graph.replay()
     torch.cuda.synchronize()
-    plain = tuple(t.clone() for t in fused_handover.unpack(unmasked, num_tokens, EXPERTS, TOPK))
+    plain = tuple(t.clone() for t in handover.unpack(unmasked, num_tokens, EXPERTS, TOPK))
     assert_fused_contract(*plain, h, s, w, pes, EPS, TOPK)
     buffer = torch.ones(1024, dtype=torch.bool, device="cuda")  # every row padding
     set_padding_source(lambda t: buffer[:t])

@@ -7,12 +7,10 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
-from vllm_gemma4_router import (  # noqa: F401 (fused_router_op registers the op)
-    fused_handover,
-    fused_router_launch,
-    fused_router_op,
-)
-from vllm_gemma4_router.fused_router_launch import (
+from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router import launcher as fused_launcher
+from vllm_gemma4_router.fused_router import torch_library as fused_library  # noqa: F401 (registers the op)
+from vllm_gemma4_router.fused_router.launcher import (
     FusedLaunchConfig,
     candidate_configs,
     gemma4_fused_router_triton,
@@ -20,7 +18,7 @@ from vllm_gemma4_router.fused_router_launch import (
     pdl_supported,
     table_config,
 )
-from vllm_gemma4_router.triton_routing import gemma4_routing_triton
+from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
 pytestmark = [
     pytest.mark.gpu,
@@ -63,7 +61,7 @@ def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
 
 @pytest.mark.parametrize("num_tokens", [1, 1000])
 def test_gpu_every_gemm_path_candidate_is_correct(num_tokens, gen):
-    from vllm_gemma4_router.fused_router_gemm import gemm_path_candidates, route_by_gemm
+    from vllm_gemma4_router.fused_router.gemm_path import gemm_path_candidates, route_by_gemm
 
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     for config in gemm_path_candidates(2816):
@@ -138,9 +136,9 @@ def test_gpu_pdl_switch_keeps_the_op_bits(monkeypatch, gen):
     # the split rows' launches into PDL launches: same kernel sums, same bits.
     for t in (1, 16, 64, 256):
         h, s, w, pes = router_inputs(t, 2816, 128, torch.bfloat16, gen, device="cuda")
-        monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", False)
+        monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", False)
         plain = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
-        monkeypatch.setattr(fused_router_launch, "_PDL_OVERRIDE", True)
+        monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", True)
         assert table_config(t, 2816, 128, h.device).pdl
         with_pdl = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
         for a, b in zip(plain, with_pdl, strict=True):
@@ -161,8 +159,8 @@ def test_gpu_non_finite_rows_give_valid_ids(gen):
 def test_gpu_op_hand_over(gen):
     h, s, w, pes = router_inputs(9, 2816, 128, torch.bfloat16, gen, device="cuda")
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 8)
-    logits = fused_handover.logits_view(packed, 9, 128)
-    claimed = fused_handover.claim_routing(logits, 8)
+    logits = handover.logits_view(packed, 9, 128)
+    claimed = handover.claim_routing(logits, 8)
     assert claimed is not None
     assert_fused_contract(logits, *claimed, h, s, w, pes, EPS, 8)
 
@@ -172,6 +170,6 @@ def test_gpu_op_on_each_path(num_tokens, gen):
     # 16 and 16384: the kernel; 1000: cuBLAS and the GEMM path's epilogue (GEMM_PATH_TOKENS).
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, 8)
-    logits, weights, ids = fused_handover.unpack(packed, num_tokens, 128, 8)
+    logits, weights, ids = handover.unpack(packed, num_tokens, 128, 8)
     assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, 8)
-    assert fused_handover.claim_routing(logits, 8) is not None
+    assert handover.claim_routing(logits, 8) is not None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 
-from vllm_gemma4_router.vllm_op import Gemma4Routing
+from vllm_gemma4_router.integration.custom_ops import Gemma4Routing
 
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm]
 

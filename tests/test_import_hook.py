@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from vllm_gemma4_router import import_hook
-from vllm_gemma4_router.import_hook import when_imported
+from vllm_gemma4_router.integration import import_hook
+from vllm_gemma4_router.integration.import_hook import when_imported
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 from oracle import assert_ids_valid, assert_matches_oracle
 
-import vllm_gemma4_router.triton_routing as triton_routing
+import vllm_gemma4_router.routing.launcher as routing_launcher
 from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -60,7 +60,7 @@ def test_kernel_reads_strided_rows_without_copying(dtype, gen):
 
 
 def test_kernel_empty_batch_returns_empty_outputs_without_launching(monkeypatch):
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)  # a launch would fail
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)  # a launch would fail
     weights, ids = gemma4_routing_triton(torch.empty(0, 128), 8, torch.ones(128))
     assert weights.shape == (0, 8) and weights.dtype == torch.float32
     assert ids.shape == (0, 8) and ids.dtype == torch.int32
@@ -214,13 +214,13 @@ def test_kernel_fp32_bucket_faults_are_repaired(variant, tokens_per_program, gen
     # same bits as the row routed alone, in a tile of its own.
     from oracle import fp32_bucket_fault_rows
 
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
     logits = fp32_bucket_fault_rows(128, gen)
     scale = torch.rand(128, generator=gen) + 0.5
     weights = torch.full((logits.shape[0], 8), float("nan"))
     ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32)
-    triton_routing.launch(
+    routing_launcher.launch(
         logits, 8, scale, weights, ids, LaunchConfig(tokens_per_program, 1, **variant)
     )
     assert_matches_oracle(weights, ids, logits, 8, scale)
@@ -264,7 +264,7 @@ def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, 
     # Picks kept in registers (LaunchConfig.register_picks): same contract, incl.
     # ties, NaN/Inf, -0.0, fp32 near ties (repaired), and bitwise the same
     # weights and ids as the memory path, so launch buckets cannot disagree.
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
     logits = _adversarial_rows(16, num_experts, gen)
     logits = logits.to(dtype)
@@ -274,7 +274,7 @@ def test_kernel_register_picks_match_oracle_and_memory_path(dtype, num_experts, 
         weights = torch.full((16, topk), float("nan"))
         ids = torch.full((16, topk), -1, dtype=torch.int32)
         config = LaunchConfig(4, 1, register_picks=register_picks)
-        triton_routing.launch(logits, topk, scale, weights, ids, config)
+        routing_launcher.launch(logits, topk, scale, weights, ids, config)
         outputs[register_picks] = (weights, ids)
     weights, ids = outputs[True]
     assert_ids_valid(ids, num_experts)
@@ -291,7 +291,7 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     # holds which logit: same ids and bitwise the same weights as plain rows,
     # incl. ties, NaN/Inf, -0.0, padding columns (E=60) and pieces clamped to
     # one 16-byte load (E=16), for a partial program (13 rows, 32 per program).
-    from vllm_gemma4_router.launch_table import LaunchConfig
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
     logits = _adversarial_rows(13, num_experts, gen)
     logits = logits.to(dtype)
@@ -304,7 +304,7 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
         config = LaunchConfig(32, 1, register_picks=register_picks, row_groups=groups)
         weights = torch.full((13, topk), float("nan"))
         ids = torch.full((13, topk), -1, dtype=torch.int32)
-        triton_routing.launch(logits, topk, scale, weights, ids, config)
+        routing_launcher.launch(logits, topk, scale, weights, ids, config)
         outputs.append((weights, ids))
     assert_matches_oracle(*outputs[0], logits, topk, scale)
     for weights, ids in outputs[1:]:
@@ -316,7 +316,7 @@ def test_configs_that_cannot_run_as_written_are_refused():
     # What the table says is what runs: a config the kernel would have to change
     # is an error, not a silent fallback. triton 3.6 miscompiles the rounds when
     # lanes are left for the groups axis (H100, 2026-11-24).
-    from vllm_gemma4_router.launch_table import LaunchConfig, check_config
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
 
     def refused(config, block_e, logit_bytes, topk=8):
         with pytest.raises(ValueError, match="config"):
@@ -339,7 +339,7 @@ def test_configs_that_cannot_run_as_written_are_refused():
     ):
         check_config(config, 128, logit_bytes, 8)
     with pytest.raises(ValueError, match="config"):
-        triton_routing.launch(
+        routing_launcher.launch(
             torch.randn(4, 128),
             8,
             None,
@@ -352,7 +352,11 @@ def test_configs_that_cannot_run_as_written_are_refused():
 def test_register_picks_only_for_small_k():
     # Register picks unroll K rounds: K=128 took ~98 s to compile for sm_90
     # (triton 3.6, 2026-11-24), so the table hands large K the memory path.
-    from vllm_gemma4_router.launch_table import MAX_REGISTER_PICKS, NUM_BUCKETS, table_config
+    from vllm_gemma4_router.routing.launch_table import (
+        MAX_REGISTER_PICKS,
+        NUM_BUCKETS,
+        table_config,
+    )
 
     for bucket in range(NUM_BUCKETS):
         for fp32 in (True, False):

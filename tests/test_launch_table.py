@@ -2,7 +2,7 @@
 
 import pytest
 
-from vllm_gemma4_router.launch_table import MAX_EXPERTS, pick_launch_config
+from vllm_gemma4_router.routing.launch_table import MAX_EXPERTS, pick_launch_config
 
 WIDTHS = [1 << b for b in range(MAX_EXPERTS.bit_length())]
 TOKENS = [1, 2, 3, 1000, 1024, 1025, 8192, 8193, 65536, 65537, 262144, 10**6]

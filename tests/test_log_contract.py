@@ -13,7 +13,8 @@ import types
 
 import pytest
 
-from vllm_gemma4_router import __version__, log_contract, vllm_adapter
+from vllm_gemma4_router import __version__, log_contract
+from vllm_gemma4_router.integration import gemma4_layouts
 from vllm_gemma4_router.log_contract import (
     Dispatch,
     dispatch_line,
@@ -139,8 +140,8 @@ def test_the_adapter_writes_its_lines_through_the_contract(plugin_messages):
 
     known.Gemma4Router = Gemma4Router
     unknown = types.ModuleType("fake_gemma4_unknown_layout")
-    assert vllm_adapter.install(known) == "router_method"
-    assert vllm_adapter.install(unknown) is None
+    assert gemma4_layouts.install(known) == "router_method"
+    assert gemma4_layouts.install(unknown) is None
     assert plugin_messages[0].startswith(f"vllm-gemma4-router {__version__}: ")
     parsed = parse_log("\n".join(plugin_messages))
     assert parsed.layouts == ["router_method"]
@@ -148,11 +149,11 @@ def test_the_adapter_writes_its_lines_through_the_contract(plugin_messages):
 
 
 def test_one_logger_under_vllms_tree():
-    from vllm_gemma4_router import fast_launch
+    from vllm_gemma4_router.routing import compiled_launches
 
     # vLLM's logging configuration covers the "vllm" logger and its children only.
     assert log_contract.LOGGER_NAME.startswith("vllm.")
-    assert vllm_adapter.logger is log_contract.logger is fast_launch.logger
+    assert gemma4_layouts.logger is log_contract.logger is compiled_launches.logger
 
 
 def test_fused_router_lines_round_trip(rng):

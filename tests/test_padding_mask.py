@@ -14,14 +14,11 @@ import pytest
 import torch
 from oracle import assert_ids_valid, assert_matches_oracle
 
-import vllm_gemma4_router.triton_routing as triton_routing
-from vllm_gemma4_router import (
-    gemma4_routing_reference,
-    gemma4_routing_triton,
-    torch_op,  # noqa: F401  (registers the op)
-)
-from vllm_gemma4_router.launch_table import LaunchConfig
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
+import vllm_gemma4_router.routing.launcher as routing_launcher
+from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.routing import torch_library  # noqa: F401  (registers the op)
+from vllm_gemma4_router.routing.launch_table import LaunchConfig
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MASKS = ["all", "none", "every_other", "random"]
@@ -136,7 +133,7 @@ def test_triton_padding_rows_large_batch(dtype, register_picks, gen):
     for is_padding in (None, mask):
         weights = torch.full((4097, 8), float("nan"), device=DEVICE)
         ids = torch.full((4097, 8), 7, dtype=torch.int32, device=DEVICE)
-        triton_routing.launch(
+        routing_launcher.launch(
             logits, 8, scale.to(DEVICE), weights, ids, config, is_padding=is_padding
         )
         outputs.append((weights, ids))
@@ -177,7 +174,7 @@ def test_every_kernel_variant_masks_the_same_rows(variant, tokens_per_program, s
     for is_padding in (None, mask.to(DEVICE)):
         weights = torch.full((13, 8), float("nan"), device=DEVICE)
         ids = torch.full((13, 8), 7, dtype=torch.int32, device=DEVICE)
-        triton_routing.launch(
+        routing_launcher.launch(
             logits.to(DEVICE),
             8,
             None if scale is None else scale.to(DEVICE),
@@ -236,17 +233,17 @@ def test_mask_rewritten_in_place_gives_the_new_result(router, gen):
 
 def test_plans_and_compile_specs_distinguish_the_mask():
     config = LaunchConfig(4, 1)
-    plain = triton_routing._config_plan(config, 8, 128, torch.bfloat16, None)
-    masked = triton_routing._config_plan(config, 8, 128, torch.bfloat16, None, True)
+    plain = routing_launcher._config_plan(config, 8, 128, torch.bfloat16, None)
+    masked = routing_launcher._config_plan(config, 8, 128, torch.bfloat16, None, True)
     assert plain.constexprs["HAS_PADDING"] is False and masked.constexprs["HAS_PADDING"] is True
     assert plain.class_key != masked.class_key
-    spec = triton_routing.compile_spec(0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda")
+    spec = routing_launcher.compile_spec(0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda")
     assert spec.arg_types["padding_ptr"] == "*i32" and spec.constexprs["HAS_PADDING"] is False
-    spec = triton_routing.compile_spec(
+    spec = routing_launcher.compile_spec(
         0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda", has_padding=True
     )
     assert spec.arg_types["padding_ptr"] == "*u8" and spec.constexprs["HAS_PADDING"] is True
-    names = triton_routing.gemma4_routing_kernel.arg_names
+    names = routing_launcher.gemma4_routing_kernel.arg_names
     runtime = [n for n in names if n not in spec.constexprs]
     assert list(spec.arg_types) == runtime  # every runtime parameter, in kernel order
 
@@ -257,7 +254,7 @@ def test_cached_launches_key_every_pointers_alignment(monkeypatch, gen):
     # passes all five raw pointers.
     from triton.runtime import driver
 
-    from vllm_gemma4_router import fast_launch
+    from vllm_gemma4_router.routing import compiled_launches
 
     class Compiled:
         function = packed_metadata = None
@@ -285,10 +282,10 @@ def test_cached_launches_key_every_pointers_alignment(monkeypatch, gen):
         def get_current_stream(self, device_index):
             return 0
 
-    monkeypatch.setattr(fast_launch, "_launcher_api_present", lambda: True)
+    monkeypatch.setattr(compiled_launches, "_launcher_api_present", lambda: True)
     monkeypatch.setattr(driver, "_active", Driver())
     jit = Jit()
-    launches = fast_launch.CompiledLaunches(jit)
+    launches = compiled_launches.CompiledLaunches(jit)
     tensors = [torch.empty(64) for _ in range(4)]
     masks = torch.zeros(64, dtype=torch.uint8)
     for mask in (masks[:17], masks[16:33], masks[1:18]):
@@ -395,8 +392,8 @@ BAD_MASKS = _bad_masks()
     ("what", "mask", "error", "fragment"), BAD_MASKS, ids=[m[0] for m in BAD_MASKS]
 )
 def test_bad_masks_raise_before_launch(router, what, mask, error, fragment, monkeypatch, gen):
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)  # a launch would fail
-    monkeypatch.setattr(triton_routing, "_LAUNCHES", None)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)  # a launch would fail
+    monkeypatch.setattr(routing_launcher, "_LAUNCHES", None)
     logits = _logits(4, 16, torch.float32, gen)
     if router is _op and not isinstance(mask, torch.Tensor):
         error = RuntimeError  # the op's schema refuses it first, naming the argument too
@@ -410,7 +407,7 @@ def test_bad_mask_refused_by_launch_too(gen):
     logits = _logits(4, 16, torch.float32, gen)
     weights, ids = torch.empty(4, 2), torch.empty(4, 2, dtype=torch.int32)
     with pytest.raises(ValueError, match="is_padding must have 4 elements"):
-        triton_routing.launch(
+        routing_launcher.launch(
             logits, 2, None, weights, ids, LaunchConfig(4, 1), is_padding=torch.zeros(3, dtype=bool)
         )
 

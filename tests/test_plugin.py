@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from vllm_gemma4_router.integration.gemma4_layouts import ROUTING_SIMULATION_ENV
 from vllm_gemma4_router.log_contract import install_line, logger
-from vllm_gemma4_router.vllm_adapter import ROUTING_SIMULATION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "route_real_layer.py"
@@ -102,7 +102,7 @@ def test_real_decoder_layer_of_each_layout_family_routes_through_the_op(
     assert result["compiled_ops"] == compiled_ops
     assert result["owner"] == ("Gemma4Router" if layout == "router_method" else "Gemma4MoE")
     if layout == "router_method":
-        assert result["routing_function_module"] == "vllm_gemma4_router.vllm_adapter"
+        assert result["routing_function_module"] == "vllm_gemma4_router.integration.gemma4_layouts"
     assert result["ops_in_owner"] == 1
     assert result["forward_method"] == "forward_native"  # CPU platform
     assert result["op_calls"] == [7, 7, 7]
@@ -187,7 +187,7 @@ def test_register_is_cheap_and_imports_neither_vllm_nor_gemma4():
 
 
 def test_register_is_idempotent_in_process():
-    from vllm_gemma4_router import vllm_adapter
+    from vllm_gemma4_router.integration import gemma4_layouts
     from vllm_gemma4_router.plugin import register
 
     register()
@@ -196,7 +196,7 @@ def test_register_is_idempotent_in_process():
 
     init = gemma4.Gemma4Router.__init__
     routing = gemma4.Gemma4Router.routing_function
-    assert vllm_adapter.install(gemma4) == "router_method"
+    assert gemma4_layouts.install(gemma4) == "router_method"
     register()
     assert gemma4.Gemma4Router.__init__ is init and gemma4.Gemma4Router.routing_function is routing
     # wrapped exactly once: the wrapped function is vLLM's own
@@ -272,19 +272,19 @@ def test_closure_handed_to_any_factory_routes_through_the_op(gen):
     from oracle import oracle_fp64
     from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 
-    from vllm_gemma4_router import vllm_adapter
+    from vllm_gemma4_router.integration import gemma4_layouts
 
     module = _fake_module(_CLOSURE_HANDED_OVER_POSITIONALLY)
     factory = module.NewExpertsFactory
-    assert vllm_adapter.closure_handover(module) == "NewExpertsFactory"
-    assert vllm_adapter.install(module) == "moe_closure"
-    assert vllm_adapter.closure_handover(module) == "NewExpertsFactory"  # sees through our wrap
+    assert gemma4_layouts.closure_handover(module) == "NewExpertsFactory"
+    assert gemma4_layouts.install(module) == "moe_closure"
+    assert gemma4_layouts.closure_handover(module) == "NewExpertsFactory"  # sees through our wrap
     num_experts, topk = 12, 3
     with set_current_vllm_config(VllmConfig(compilation_config=CompilationConfig(mode=0))):
         moe = module.Gemma4MoE(num_experts)
     assert module.NewExpertsFactory is factory  # swapped only while __init__ ran
     routing = moe.experts.custom_routing_function
-    assert routing.__module__ == "vllm_gemma4_router.vllm_adapter"
+    assert routing.__module__ == "vllm_gemma4_router.integration.gemma4_layouts"
     logits = torch.randn(5, num_experts, generator=gen)
     for scale in (torch.rand(num_experts, generator=gen) + 0.5, torch.rand(num_experts) + 2.0):
         moe.per_expert_scale = torch.nn.Parameter(scale)  # read at call time
@@ -320,7 +320,7 @@ def _unknown_layouts():
     ("what", "members"), list(_unknown_layouts()), ids=[w for w, _ in _unknown_layouts()]
 )
 def test_unknown_layout_warns_once_and_changes_nothing(what, members):
-    from vllm_gemma4_router import vllm_adapter
+    from vllm_gemma4_router.integration import gemma4_layouts
 
     module = types.ModuleType(f"fake_gemma4_{time.monotonic_ns()}")
     for name, value in members.items():
@@ -331,8 +331,8 @@ def test_unknown_layout_warns_once_and_changes_nothing(what, members):
     collector.emit = records.append
     logger.addHandler(collector)
     try:
-        assert vllm_adapter.install(module) is None
-        assert vllm_adapter.install(module) is None
+        assert gemma4_layouts.install(module) is None
+        assert gemma4_layouts.install(module) is None
     finally:
         logger.removeHandler(collector)
     assert len(records) == 1 and "unrecognised Gemma4 code" in records[0].getMessage(), what
@@ -390,11 +390,11 @@ sys.path.insert(0, {scripts!r})
 from vllm_standins import stand_in_for_triton_cpu
 stand_in_for_triton_cpu()
 import vllm
-from vllm_gemma4_router import vllm_adapter
+from vllm_gemma4_router.integration import gemma4_layouts
 from vllm.model_executor.models import gemma4
 
-layout = vllm_adapter.detect_layout(gemma4)
-facts = vllm_adapter.read_routing_facts(gemma4, layout)
+layout = gemma4_layouts.detect_layout(gemma4)
+facts = gemma4_layouts.read_routing_facts(gemma4, layout)
 result = {{"vllm": vllm.__version__, "layout": layout, "helper": facts.mask_helper,
           "branch": facts.mask_branch, "passes_mask_here": facts.passes_mask(gemma4)}}
 if layout == "router_method":
@@ -419,9 +419,9 @@ if layout == "router_method":
     mutant = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mutant)
     try:
-        vllm_adapter.read_routing_facts(mutant, layout)
+        gemma4_layouts.read_routing_facts(mutant, layout)
         result["mutant"] = "accepted"
-    except vllm_adapter.RoutingRefused as refusal:
+    except gemma4_layouts.RoutingRefused as refusal:
         result["mutant"] = str(refusal)
 print(json.dumps(result))
 """

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_gemma4_router import vllm_adapter
+from vllm_gemma4_router.integration import gemma4_layouts
 from vllm_gemma4_router.log_contract import logger, parse_log
-from vllm_gemma4_router.padding import padding_source
+from vllm_gemma4_router.routing.padding import padding_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,14 +127,16 @@ def _build(module, num_experts: int):
 
 def test_facts_of_each_kind_of_routing(tmp_path):
     masked = _router_module(tmp_path, _MASKED_CALL)
-    facts = vllm_adapter.read_routing_facts(masked, "router_method")
+    facts = gemma4_layouts.read_routing_facts(masked, "router_method")
     assert facts.mask_helper == "get_moe_padding_mask"
     assert facts.mask_branch == "(current_platform.is_cuda_alike() or current_platform.is_xpu())"
     assert not facts.passes_mask(masked)
     masked.current_platform.cuda_alike = True
     assert facts.passes_mask(masked)
     plain = _router_module(tmp_path, _PLAIN_CALL)
-    assert vllm_adapter.read_routing_facts(plain, "router_method") == vllm_adapter.RoutingFacts()
+    assert (
+        gemma4_layouts.read_routing_facts(plain, "router_method") == gemma4_layouts.RoutingFacts()
+    )
 
 
 @pytest.mark.parametrize("cuda_alike", [True, False], ids=["cuda-like branch", "cpu branch"])
@@ -143,7 +145,7 @@ def test_mask_passed_exactly_where_the_release_passes_it(tmp_path, gen, cuda_ali
 
     module = _router_module(tmp_path, _MASKED_CALL)
     module.current_platform.cuda_alike = cuda_alike  # as vLLM's platform is fixed per process
-    assert vllm_adapter.install(module) == "router_method"
+    assert gemma4_layouts.install(module) == "router_method"
     num_experts, topk, num_tokens = 16, 4, 9
     router = _build(module, num_experts)
     assert (padding_source() is not None) == cuda_alike  # the fused router's run-time source
@@ -199,8 +201,8 @@ def test_unknown_routing_call_keeps_vllms_routing_and_says_why(tmp_path, warning
     call, reason = _REFUSED_CALLS[what]
     module = _router_module(tmp_path, call)
     routing, init = module.Gemma4Router.routing_function, module.Gemma4Router.__init__
-    assert vllm_adapter.install(module) is None
-    assert vllm_adapter.install(module) is None  # idempotent: one line
+    assert gemma4_layouts.install(module) is None
+    assert gemma4_layouts.install(module) is None  # idempotent: one line
     assert module.Gemma4Router.routing_function is routing
     assert module.Gemma4Router.__init__ is init
     messages = [r.getMessage() for r in warnings_logged]
@@ -213,13 +215,13 @@ def test_gemma4_location_on_disk(tmp_path, warnings_logged):
     root = tmp_path / "vllm"
     models = root / "model_executor" / "models"
     models.mkdir(parents=True)
-    assert "no vllm/model_executor/models/gemma4.py" in vllm_adapter.where_gemma4_lives(root)
+    assert "no vllm/model_executor/models/gemma4.py" in gemma4_layouts.where_gemma4_lives(root)
     (models / "gemma4.py").write_text("")
-    assert vllm_adapter.where_gemma4_lives(root) is None
+    assert gemma4_layouts.where_gemma4_lives(root) is None
     (root / "models" / "gemma4").mkdir(parents=True)
-    assert "new model tree (vllm/models/gemma4)" in vllm_adapter.where_gemma4_lives(root)
+    assert "new model tree (vllm/models/gemma4)" in gemma4_layouts.where_gemma4_lives(root)
     # The installed vLLM keeps Gemma 4 where the plugin patches it: no line.
-    assert vllm_adapter.check_gemma4_location() is None
+    assert gemma4_layouts.check_gemma4_location() is None
     assert not warnings_logged
 
 
@@ -277,7 +279,7 @@ class Gemma4Routing(CustomOp):  # a vLLM that ships its own op of that name
 
 import torch
 from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
-from vllm_gemma4_router import vllm_op
+from vllm_gemma4_router.integration import custom_ops
 from vllm_gemma4_router.plugin import register
 
 register()
@@ -286,9 +288,9 @@ for custom_ops in ([], ["-gemma4_routing"]):
     config = VllmConfig(compilation_config=CompilationConfig(mode=0, custom_ops=custom_ops))
     with set_current_vllm_config(config):
         built = in_tree(num_warps=4)  # vLLM's own code building its op gets ours
-        assert isinstance(built, vllm_op.Gemma4Routing), type(built)
-        assert issubclass(vllm_op.Gemma4Routing, in_tree)
-        assert vllm_op.Gemma4Routing.enabled() == (not custom_ops)
+        assert isinstance(built, custom_ops.Gemma4Routing), type(built)
+        assert issubclass(custom_ops.Gemma4Routing, in_tree)
+        assert custom_ops.Gemma4Routing.enabled() == (not custom_ops)
         logits = torch.randn(5, 8)
         mask = torch.tensor([0, 1, 0, 0, 1], dtype=torch.bool)
         weights, ids = built(logits, 2, None, mask)

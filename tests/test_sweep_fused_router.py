@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import bench_router, sweep_fused_router
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 
 
 class Cfg(NamedTuple):

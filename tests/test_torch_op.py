@@ -4,7 +4,7 @@ import pytest
 import torch
 from oracle import assert_matches_oracle
 
-from vllm_gemma4_router import torch_op  # noqa: F401  (registers the op)
+from vllm_gemma4_router.routing import torch_library as routing_library  # noqa: F401  (registers the op)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import vllm_gemma4_router.triton_routing as triton_routing
+import vllm_gemma4_router.routing.launcher as routing_launcher
 from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
 
 ROUTERS = [gemma4_routing_reference, gemma4_routing_triton]
@@ -39,7 +39,7 @@ BAD_CALLS = [
     ("what", "args", "error", "fragment"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS]
 )
 def test_bad_inputs_raise_before_launch(router, what, args, error, fragment, monkeypatch):
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)  # a launch would fail
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)  # a launch would fail
     with pytest.raises(error, match=None) as info:
         router(*args)
     assert fragment in str(info.value), f"{what}: {info.value}"
@@ -57,20 +57,20 @@ BAD_OUTPUTS = [
 
 @pytest.mark.parametrize(("name", "out", "error", "fragment"), BAD_OUTPUTS)
 def test_bad_preallocated_outputs_raise(name, out, error, fragment, monkeypatch):
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)
     with pytest.raises(error) as info:
         gemma4_routing_triton(_logits(), 2, None, **{name: out})
     assert fragment in str(info.value)
 
 
 def test_too_many_experts_for_the_kernel_raises(monkeypatch):
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)
     with pytest.raises(ValueError, match="E=4097"):
         gemma4_routing_triton(torch.randn(2, 4097), 2, None)
 
 
 def test_cpu_tensor_without_interpreter_raises(monkeypatch):
-    monkeypatch.setattr(triton_routing, "_INTERPRETED", False)
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", None)
+    monkeypatch.setattr(routing_launcher, "_INTERPRETED", False)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", None)
     with pytest.raises(ValueError, match="CPU tensor"):
         gemma4_routing_triton(_logits(), 2, None)

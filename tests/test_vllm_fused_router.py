@@ -16,10 +16,10 @@ from test_plugin import REPO, VLLM_FAMILY_RELEASES, _release_env, _run
 from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 from vllm.config.compilation import CompilationMode
 
-from vllm_gemma4_router import fused_claim, fused_handover
-from vllm_gemma4_router.fused_handover import logits_view
-from vllm_gemma4_router.reference import gemma4_fused_router_reference
-from vllm_gemma4_router.vllm_fused_op import OP_NAME, Gemma4FusedRouter
+from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router.handover import logits_view
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.integration.custom_ops import FUSED_ROUTER_OP_NAME, Gemma4FusedRouter
 
 SCRIPT = REPO / "tests" / "scripts" / "fused_real_layer.py"
 
@@ -38,9 +38,9 @@ def _build_op(custom_ops):
         ([], False),
         (["all"], False),
         (["none"], False),
-        ([f"+{OP_NAME}"], True),
-        (["none", f"+{OP_NAME}"], True),
-        (["all", f"-{OP_NAME}"], False),
+        ([f"+{FUSED_ROUTER_OP_NAME}"], True),
+        (["none", f"+{FUSED_ROUTER_OP_NAME}"], True),
+        (["all", f"-{FUSED_ROUTER_OP_NAME}"], False),
         (["+gemma4_routing"], False),
     ],
 )
@@ -50,12 +50,14 @@ def test_fused_router_is_opt_in(custom_ops, active):
 
 def test_fused_router_rejects_plus_and_minus_together():
     with pytest.raises(ValueError, match="gemma4_fused_router"):  # vLLM 0.32's own check
-        _build_op([f"+{OP_NAME}", f"-{OP_NAME}"])
+        _build_op([f"+{FUSED_ROUTER_OP_NAME}", f"-{FUSED_ROUTER_OP_NAME}"])
     # Ours, for releases without it (or a config changed after its validation).
     config = VllmConfig(
-        compilation_config=CompilationConfig(mode=CompilationMode.NONE, custom_ops=[f"+{OP_NAME}"])
+        compilation_config=CompilationConfig(
+            mode=CompilationMode.NONE, custom_ops=[f"+{FUSED_ROUTER_OP_NAME}"]
+        )
     )
-    config.compilation_config.custom_ops.append(f"-{OP_NAME}")
+    config.compilation_config.custom_ops.append(f"-{FUSED_ROUTER_OP_NAME}")
     with (
         set_current_vllm_config(config),
         pytest.raises(ValueError, match="both enables and disables gemma4_fused_router"),
@@ -72,7 +74,7 @@ def _router_inputs(gen, tokens=11, hidden=48, experts=12):
 
 
 def test_forward_returns_the_torch_ops_packed_buffer(gen):
-    op = _build_op([f"+{OP_NAME}"])
+    op = _build_op([f"+{FUSED_ROUTER_OP_NAME}"])
     x, scale, weight, pes = _router_inputs(gen)
     topk = 3
     packed = op(x, scale, weight, pes, 1e-6, topk)
@@ -80,7 +82,7 @@ def test_forward_returns_the_torch_ops_packed_buffer(gen):
     logits = logits_view(packed, x.shape[0], weight.shape[0])
     ref_logits, _, _ = gemma4_fused_router_reference(x, scale, weight, pes, 1e-6, topk)
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)  # CPU runs that chain
-    claimed = fused_handover.claim_routing(logits, topk)
+    claimed = handover.claim_routing(logits, topk)
     assert claimed is not None
     assert_matches_oracle(*claimed, logits, topk, pes)
 
@@ -94,7 +96,7 @@ def _fused_then_route(topk, change):
             logits = logits.clone()
         elif change == "scale":
             logits = logits * 2.0
-        weights, ids = fused_claim.claim_fused_routing(logits, topk, pes)
+        weights, ids = handover.claim_fused_routing(logits, topk, pes)
         return logits, weights, ids
 
     return fused_then_route
@@ -106,18 +108,18 @@ def test_claim_inside_a_compiled_graph(change, claimed, gen):
     # into one graph; the claim is the claimed_routing op, run by Inductor.
     # Inductor drops a clone of an unmutated tensor, so cloned logits are the
     # op's own buffer and claimed (same values); changed ones are routed.
-    fused_handover.forget_all()
+    handover.forget_all()
     topk = 4
     # Dynamic in the token count only, as vLLM marks its inputs.
     compiled = torch.compile(_fused_then_route(topk, change), fullgraph=True)
     x, scale, weight, pes = _router_inputs(gen)
-    before = dict(fused_claim.claim_counts)
+    before = dict(handover.claim_counts)
     for tokens in (x.shape[0], 5):
         tokens_x = x[:tokens].clone()
         torch._dynamo.mark_dynamic(tokens_x, 0)
         logits, weights, ids = compiled(tokens_x, scale, weight, pes)
         assert_matches_oracle(weights, ids, logits, topk, pes)
-    got = {k: fused_claim.claim_counts[k] - before.get(k, 0) for k in ("claimed", "missed")}
+    got = {k: handover.claim_counts[k] - before.get(k, 0) for k in ("claimed", "missed")}
     assert got == ({"claimed": 2, "missed": 0} if claimed else {"claimed": 0, "missed": 2})
 
 
@@ -126,12 +128,12 @@ def test_eager_claim_is_taken_once_and_copies_fall_back(gen):
     topk = 2
     packed = torch.ops.vllm_gemma4_router.fused_router(x, scale, weight, pes, 1e-6, topk)
     logits = logits_view(packed, x.shape[0], weight.shape[0])
-    assert fused_claim.claim_fused_routing(logits.clone(), topk, pes) is None
-    weights, ids = fused_claim.claim_fused_routing(logits, topk, pes)
+    assert handover.claim_fused_routing(logits.clone(), topk, pes) is None
+    weights, ids = handover.claim_fused_routing(logits, topk, pes)
     ref_w, ref_ids = oracle_fp64(logits, topk, pes)
     assert np.array_equal(ids.long().numpy(), ref_ids)
     np.testing.assert_allclose(weights.double().numpy(), ref_w, rtol=2e-6, atol=1e-7)
-    assert fused_claim.claim_fused_routing(logits, topk, pes) is None  # claimed already
+    assert handover.claim_fused_routing(logits, topk, pes) is None  # claimed already
 
 
 NO_CALLS = dict.fromkeys(["fused", "norm", "routing", "fused_off", "norm_off", "routing_off"], 0)
@@ -200,11 +202,11 @@ class _QuantizedGate:
 @pytest.mark.parametrize(
     ("custom_ops", "change", "fused"),
     [
-        ([f"+{OP_NAME}"], None, True),
+        ([f"+{FUSED_ROUTER_OP_NAME}"], None, True),
         ([], None, False),
-        ([f"+{OP_NAME}"], "quantized", False),
-        ([f"+{OP_NAME}"], "bias", False),
-        ([f"+{OP_NAME}"], "top-17", False),  # beyond the kernel's MAX_FUSED_TOPK
+        ([f"+{FUSED_ROUTER_OP_NAME}"], "quantized", False),
+        ([f"+{FUSED_ROUTER_OP_NAME}"], "bias", False),
+        ([f"+{FUSED_ROUTER_OP_NAME}"], "top-17", False),  # beyond the kernel's MAX_FUSED_TOPK
     ],
 )
 def test_real_router_fuses_only_an_unquantized_gate_without_bias(
@@ -226,7 +228,7 @@ def test_real_router_fuses_only_an_unquantized_gate_without_bias(
     from route_real_layer import tiny_gemma4_config
     from vllm.model_executor.models import gemma4
 
-    from vllm_gemma4_router import vllm_adapter
+    from vllm_gemma4_router.integration import gemma4_layouts
     from vllm_gemma4_router.plugin import register
 
     register()
@@ -250,9 +252,9 @@ def test_real_router_fuses_only_an_unquantized_gate_without_bias(
         link_config = copy.copy(config)
         link_config.num_experts, link_config.top_k_experts = 32, 17
     with set_current_vllm_config(vllm_config):
-        vllm_adapter._link_fused_router(router, router, link_config)
-    assert (getattr(router, vllm_adapter.FUSED_PLAN_ATTRIBUTE, None) is not None) is fused
-    assert getattr(router, vllm_adapter.FUSED_FEEDS_ATTRIBUTE, False) is fused
+        gemma4_layouts._link_fused_router(router, router, link_config)
+    assert (getattr(router, gemma4_layouts.FUSED_PLAN_ATTRIBUTE, None) is not None) is fused
+    assert getattr(router, gemma4_layouts.FUSED_FEEDS_ATTRIBUTE, False) is fused
     assert "gemma4_fused_router" not in dict(router.named_buffers())  # nothing registered
     router.proj.quant_method = original_method  # vLLM's forward needs a real method
     with set_current_vllm_config(vllm_config):

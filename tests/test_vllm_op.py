@@ -13,11 +13,15 @@ from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 from vllm.config.compilation import CompilationMode
 from vllm.platforms import PlatformEnum, current_platform
 
-import vllm_gemma4_router.triton_routing as triton_routing
-import vllm_gemma4_router.vllm_op as vllm_op
+import vllm_gemma4_router.integration.custom_ops as custom_ops
+import vllm_gemma4_router.routing.launcher as routing_launcher
+from vllm_gemma4_router.integration.custom_ops import (
+    ROUTING_OP_NAME,
+    Gemma4Routing,
+    dispatch_summary,
+)
 from vllm_gemma4_router.log_contract import logger as plugin_logger
 from vllm_gemma4_router.log_contract import parse_log
-from vllm_gemma4_router.vllm_op import OP_NAME, Gemma4Routing, dispatch_summary
 
 
 class LaunchCounter:
@@ -58,8 +62,8 @@ def _build_op(vllm_config, platform, monkeypatch):
 def test_op_dispatches_per_platform(platform, expected, launches, dtype, monkeypatch, gen):
     op = _build_op(_vllm_config(), platform, monkeypatch)
     assert op._forward_method.__name__ == expected
-    counter = LaunchCounter(triton_routing.gemma4_routing_kernel)
-    monkeypatch.setattr(triton_routing, "gemma4_routing_kernel", counter)
+    counter = LaunchCounter(routing_launcher.gemma4_routing_kernel)
+    monkeypatch.setattr(routing_launcher, "gemma4_routing_kernel", counter)
     logits = torch.randn(21, 128, generator=gen).to(dtype)
     scale = torch.rand(128, generator=gen) + 0.5
     weights, ids = op(logits, 8, scale)
@@ -116,8 +120,8 @@ def test_op_is_on_by_default_and_off_with_minus(custom_ops, enabled, monkeypatch
     config = _vllm_config(custom_ops)
     op = _build_op(config, PlatformEnum.CUDA, monkeypatch)
     compilation = config.compilation_config
-    assert (OP_NAME in compilation.enabled_custom_ops) is enabled
-    assert (OP_NAME in compilation.disabled_custom_ops) is (not enabled)
+    assert (ROUTING_OP_NAME in compilation.enabled_custom_ops) is enabled
+    assert (ROUTING_OP_NAME in compilation.disabled_custom_ops) is (not enabled)
     assert op._forward_method.__name__ == ("forward_cuda" if enabled else "forward_native")
     logits = torch.randn(9, 64, generator=gen)
     assert_matches_oracle(*op(logits, 4, None), logits, 4, None)
@@ -164,9 +168,9 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def plugin_log(monkeypatch):
-    monkeypatch.setattr(vllm_op, "_first_call_logged", False)
+    monkeypatch.setattr(custom_ops, "_first_call_logged", False)
     handler = _Records()
-    assert vllm_op.logger is plugin_logger
+    assert custom_ops.logger is plugin_logger
     old_level = plugin_logger.level
     plugin_logger.setLevel(logging.INFO)
     plugin_logger.addHandler(handler)
@@ -203,7 +207,7 @@ def test_traced_call_neither_logs_nor_breaks_the_graph(monkeypatch, gen, plugin_
     compiled = torch.compile(lambda x, s: op(x, 4, s), fullgraph=True, backend="eager")
     assert_matches_oracle(*compiled(logits, scale), logits, 4, scale)
     assert plugin_log == []
-    assert not vllm_op._first_call_logged
+    assert not custom_ops._first_call_logged
 
 
 def test_dispatch_summary_counts_layers_per_forward(monkeypatch):

@@ -44,7 +44,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from . import __version__
+from vllm_gemma4_router._version import __version__
 
 # A child of vLLM's "vllm" logger, so vLLM's logging configuration prints it in
 # every process (API server, engine core, workers) with the process prefix; a

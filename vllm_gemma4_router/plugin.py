@@ -12,8 +12,12 @@ def register() -> None:
     so in one log line. Opt out with ``VLLM_PLUGINS`` (a list of plugin names
     without ``gemma4_router``).
     """
-    from .import_hook import when_imported
-    from .vllm_adapter import GEMMA4_MODULE, check_gemma4_location, install
+    from vllm_gemma4_router.integration.gemma4_layouts import (
+        GEMMA4_MODULE,
+        check_gemma4_location,
+        install,
+    )
+    from vllm_gemma4_router.integration.import_hook import when_imported
 
     when_imported(GEMMA4_MODULE, install)
     check_gemma4_location()

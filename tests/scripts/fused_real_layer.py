@@ -102,8 +102,8 @@ def main() -> None:
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
     from vllm.model_executor.models import gemma4
 
-    from vllm_gemma4_router import fused_handover
-    from vllm_gemma4_router.fused_claim import claim_counts
+    from vllm_gemma4_router.fused_router import handover
+    from vllm_gemma4_router.fused_router.handover import claim_counts
 
     config = tiny_gemma4_config(NUM_EXPERTS, TOPK, hidden_size=HIDDEN)
     configs = {
@@ -178,7 +178,7 @@ def main() -> None:
     with torch.no_grad():
         logits_on = router(x)
         result["router_on_calls"] = calls.take()
-        result["pending_after_router"] = len(fused_handover._PRODUCED)
+        result["pending_after_router"] = len(handover._PRODUCED)
         logits_off = router_off(x)
         result["router_off_calls"] = calls.take()
         # Not 2-D: vLLM's own forward.
@@ -193,7 +193,7 @@ def main() -> None:
     result["claimed_route"] = {
         "calls": calls.take(),
         "claims": {k: claim_counts[k] - before.get(k, 0) for k in ("claimed", "missed")},
-        "pending": len(fused_handover._PRODUCED),
+        "pending": len(handover._PRODUCED),
         "matches_oracle": matches_oracle(weights, ids, logits_on, pes),
     }
     with torch.no_grad():
@@ -206,7 +206,7 @@ def main() -> None:
         "claims": {k: claim_counts[k] - before.get(k, 0) for k in ("claimed", "missed")},
         "matches_oracle": matches_oracle(weights, ids, fresh, pes),
     }
-    fused_handover.forget_all()
+    handover.forget_all()
     before = dict(claim_counts)
     weights, ids = route(experts_off, logits_off)
     result["off_route"] = {

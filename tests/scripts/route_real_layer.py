@@ -182,7 +182,7 @@ class OpCalls:
     """The rows of each ``gemma4_routing`` call in ``owner``, and whether it was handed a mask."""
 
     def __init__(self, owner):
-        from vllm_gemma4_router.vllm_op import Gemma4Routing
+        from vllm_gemma4_router.integration.custom_ops import Gemma4Routing
 
         self.ops = [m for m in owner.modules() if isinstance(m, Gemma4Routing)]
         self.calls: list[tuple[int, bool]] = []
@@ -359,7 +359,7 @@ class Release:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.models import gemma4
 
-        from vllm_gemma4_router import vllm_adapter
+        from vllm_gemma4_router.integration import gemma4_layouts
 
         self.gemma4 = gemma4
         result.update(
@@ -367,7 +367,7 @@ class Release:
                 "vllm": vllm.__version__,
                 "torch": torch.__version__,
                 "layout": getattr(gemma4, "_vllm_gemma4_router_layout", "not installed"),
-                "closure_handover": vllm_adapter.closure_handover(gemma4),
+                "closure_handover": gemma4_layouts.closure_handover(gemma4),
                 "routing_function_module": getattr(
                     getattr(getattr(gemma4, "Gemma4Router", None), "routing_function", None),
                     "__module__",

@@ -8,12 +8,12 @@ from typing import NamedTuple
 
 import torch
 
-from . import kernel as _kernel
-from ._validation import check_output, check_padding_mask, check_routing_inputs
-from .fast_launch import CompiledLaunches
-from .kernel import gemma4_routing_kernel
-from .kernel_select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
-from .launch_table import (
+from vllm_gemma4_router.routing.checks import check_output, check_padding_mask, check_routing_inputs
+from vllm_gemma4_router.routing.compiled_launches import CompiledLaunches
+from vllm_gemma4_router.routing.kernels import entry as _kernel
+from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel
+from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
+from vllm_gemma4_router.routing.launch_table import (
     MAX_EXPERTS,
     LaunchConfig,
     check_config,

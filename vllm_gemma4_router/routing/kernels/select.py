@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel_keys import (
+from vllm_gemma4_router.routing.kernels.keys import (
     TAKEN,
     as_fp32,
     canonical,

@@ -10,20 +10,19 @@ from typing import NamedTuple
 import torch
 import triton
 
-from ._validation import (
+from vllm_gemma4_router.fused_router.checks import (
     check_fused_router_inputs,
     check_fused_router_supported,
-    check_output,
-    check_padding_mask,
 )
-from .fused_handover import new_packed, unpack
-from .fused_router_kernel import (
+from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+from vllm_gemma4_router.fused_router.kernels.entry import (
     OPERAND_BF16,
     OPERAND_BF16_ROUNDED,
     OPERAND_FP32,
     gemma4_fused_router_kernel,
 )
-from .kernel_select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
+from vllm_gemma4_router.routing.checks import check_output, check_padding_mask
+from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
 
 #: Token blocks one counter buffer serves (the split launches are for small T).
 _MAX_SPLIT_BLOCKS = 1024
@@ -426,7 +425,7 @@ def gemma4_fused_router_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole Gemma 4 router in one Triton launch (GPU, or CPU under TRITON_INTERPRET=1).
 
-    Contract of :func:`vllm_gemma4_router.reference.gemma4_fused_router_reference`:
+    Contract of :func:`vllm_gemma4_router.fused_router.reference.gemma4_fused_router_reference`:
     logits within fp32 GEMM tolerance of it, weights and ids exactly the routing
     of the returned logits (equal logits lowest id first, rows sorted by weight).
 

@@ -1,21 +1,79 @@
-"""The ``gemma4_routing`` vLLM CustomOp (imports vLLM)."""
+"""The plugin's vLLM CustomOps: ``gemma4_routing`` and ``gemma4_fused_router``.
+
+``Gemma4Routing`` routes from the router logits (Triton on CUDA, ROCm and XPU,
+the torch reference elsewhere and under ``-gemma4_routing``);
+``Gemma4FusedRouter`` (opt-in, ``+gemma4_fused_router``) runs norm, scale, gate
+GEMM and routing in one launch.
+
+A vLLM release may register its own ``gemma4_routing`` (an upstream CustomOp
+for the in-tree kernel). Registering the name again would fail at import
+(``CustomOp.register`` asserts the name is new), and the plugin would not
+load. There the plugin's class subclasses vLLM's and is registered with
+``CustomOp.register_oot`` instead, the way out-of-tree platforms override an
+in-tree op: vLLM's own code that builds the op then builds ours.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from vllm.config import get_cached_compilation_config
+from vllm.model_executor import custom_op as _custom_op
 from vllm.model_executor.custom_op import CustomOp
 from vllm.platforms import current_platform
 
-from .log_contract import dispatch_line, first_call_line, logger, no_layers_line
-from .reference import gemma4_routing_reference
-from .vllm_custom_op import custom_op_base, register_custom_op
+from vllm_gemma4_router.fused_router import torch_library as fused_library
+from vllm_gemma4_router.log_contract import (
+    dispatch_line,
+    first_call_line,
+    logger,
+    no_layers_line,
+    overrides_in_tree_op_line,
+)
+from vllm_gemma4_router.routing.reference import gemma4_routing_reference
 
-OP_NAME = "gemma4_routing"
+
+def _registry() -> dict[str, type]:
+    # A module global in recent vLLM, a class attribute in older ones.
+    registry = getattr(_custom_op, "op_registry", None)
+    if registry is None:
+        registry = getattr(CustomOp, "op_registry", {})
+    return registry
+
+
+def in_tree_op(name: str) -> type | None:
+    """vLLM's own CustomOp class registered as ``name``, or ``None``."""
+    return _registry().get(name)
+
+
+def custom_op_base(name: str) -> type:
+    """The base class for the plugin's op ``name``: vLLM's in-tree op of that name if it
+    has one (so the override is a subclass, as ``register_oot`` expects), else CustomOp."""
+    return in_tree_op(name) or CustomOp
+
+
+def register_custom_op(name: str) -> Callable[[type], type]:
+    """``CustomOp.register(name)``, or, where vLLM has its own op ``name``, the plugin's
+    class registered to replace it (``register_oot``) under the same ``name`` for
+    ``custom_ops`` (``+name`` / ``-name``). Logs one line when it overrides."""
+
+    def decorator(op_cls: type) -> type:
+        in_tree = in_tree_op(name)
+        if in_tree is None:
+            return CustomOp.register(name)(op_cls)
+        # vLLM looks overrides up by the in-tree class's __name__ when that class is built.
+        CustomOp.register_oot(name=in_tree.__name__)(op_cls)
+        op_cls.name = name
+        logger.info(overrides_in_tree_op_line(name, f"{in_tree.__module__}.{in_tree.__qualname__}"))
+        return op_cls
+
+    return decorator
+
+
+ROUTING_OP_NAME = "gemma4_routing"
 
 # Once per process, not per layer: every layer's op runs the same forward.
 _first_call_logged = False
@@ -36,8 +94,8 @@ def platform_name() -> str:
     return "unspecified"
 
 
-@register_custom_op(OP_NAME)
-class Gemma4Routing(custom_op_base(OP_NAME)):
+@register_custom_op(ROUTING_OP_NAME)
+class Gemma4Routing(custom_op_base(ROUTING_OP_NAME)):
     """Gemma 4 MoE routing as a vLLM CustomOp.
 
     ``forward(gating_output [T, E], topk, per_expert_scale [E], is_padding [T] or
@@ -125,7 +183,7 @@ class Gemma4Routing(custom_op_base(OP_NAME)):
         per_expert_scale: torch.Tensor | None,
         is_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from .triton_routing import gemma4_routing_triton
+        from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
         return gemma4_routing_triton(gating_output, topk, per_expert_scale, is_padding=is_padding)
 
@@ -150,3 +208,51 @@ def dispatch_summary(ops: Iterable[Gemma4Routing]) -> list[str]:
         dispatch_line(n, method, platform, compiled)
         for (method, compiled), n in sorted(counts.items())
     ]
+
+
+FUSED_ROUTER_OP_NAME = "gemma4_fused_router"
+
+
+@register_custom_op(FUSED_ROUTER_OP_NAME)
+class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
+    """The whole Gemma 4 router (norm, scales, gate GEMM, routing) as one vLLM CustomOp.
+
+    ``forward(hidden_states [T, H], scale [H], gate_weight [E, H], per_expert_scale [E]
+    or None, eps, topk)`` returns the packed 1-D float32 buffer of
+    ``torch.ops.vllm_gemma4_router.fused_router`` (logits, weights, ids; see
+    ``fused_handover``). Every platform calls that torch op, which picks the torch
+    chain (CPU) or the Triton kernel (GPUs) itself, so torch.compile records the
+    op, not Python.
+
+    Opt-in: on only with ``"+gemma4_fused_router"`` in ``custom_ops``, whatever
+    the base mode (``none``/``all``). :attr:`active` says whether it is on.
+    """
+
+    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
+        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
+        CustomOp.__init__(self)
+        self.active = self.enabled()
+
+    @classmethod
+    def enabled(cls) -> bool:
+        custom_ops = get_cached_compilation_config().custom_ops
+        on, off = f"+{cls.name}" in custom_ops, f"-{cls.name}" in custom_ops
+        if on and off:
+            raise ValueError(f"custom_ops both enables and disables {cls.name}")
+        return on
+
+    def forward_native(
+        self,
+        hidden_states: torch.Tensor,
+        scale: torch.Tensor,
+        gate_weight: torch.Tensor,
+        per_expert_scale: torch.Tensor | None,
+        eps: float,
+        topk: int,
+    ) -> torch.Tensor:
+        return fused_library.fused_router_packed(
+            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+        )
+
+    def forward_cuda(self, hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
+        return self.forward_native(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)

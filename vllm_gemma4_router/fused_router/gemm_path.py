@@ -17,19 +17,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_router_kernel import (
+from vllm_gemma4_router.fused_router.kernels.entry import (
     OPERAND_BF16_ROUNDED,
     OPERAND_FP32,
     finish_rows,
     round_to_bf16,
 )
-from .fused_router_launch import (
+from vllm_gemma4_router.fused_router.launcher import (
     operand_mode,
     output_strides,
     padding_pointer,
     routing_constexprs,
 )
-from .kernel_select import load_scale_row
+from vllm_gemma4_router.routing.kernels.select import load_scale_row
 
 
 @triton.jit
@@ -218,7 +218,7 @@ def route_by_gemm(
 ) -> None:
     """Write the router's ``(logits [T, E] fp32, weights, ids [T, K])`` into ``out``.
 
-    Inputs as :func:`~vllm_gemma4_router.fused_router_launch.gemma4_fused_router_triton`
+    Inputs as :func:`~vllm_gemma4_router.fused_router.launcher.gemma4_fused_router_triton`
     (validated by the caller); ties and ordering as the routing kernel's. Three
     launches, as many as vLLM's chain: prologue, GEMM, epilogue (``config``).
     ``is_padding``: ``None`` or a ``[T]`` bool/uint8 mask (checked by the caller);

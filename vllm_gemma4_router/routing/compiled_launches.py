@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .log_contract import logger
+from vllm_gemma4_router.log_contract import logger
 
 _MAX_CLASSES = 256
 

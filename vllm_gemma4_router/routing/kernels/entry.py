@@ -21,8 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel_keys import as_fp32, canonical, narrow_keys, ordered_bits
-from .kernel_select import (
+from vllm_gemma4_router.routing.kernels.keys import as_fp32, canonical, narrow_keys, ordered_bits
+from vllm_gemma4_router.routing.kernels.select import (
     CHECKED,
     EXACT,
     NARROW,

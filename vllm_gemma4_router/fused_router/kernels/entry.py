@@ -33,8 +33,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel_keys import as_fp32, canonical, ordered_bits
-from .kernel_select import SCALE_AFTER, load_scale_row, select_registers
+from vllm_gemma4_router.routing.kernels.keys import as_fp32, canonical, ordered_bits
+from vllm_gemma4_router.routing.kernels.select import SCALE_AFTER, load_scale_row, select_registers
 
 #: The GEMM operand ``x * scale`` (constexpr ``OPERAND``).
 OPERAND_FP32 = tl.constexpr(0)  # fp32, IEEE dot (fp16 and fp32 inputs)

@@ -49,7 +49,7 @@ from types import ModuleType
 
 import torch
 
-from .log_contract import (
+from vllm_gemma4_router.log_contract import (
     fused_router_line,
     install_line,
     logger,
@@ -235,7 +235,7 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        from .vllm_op import Gemma4Routing, dispatch_summary
+        from vllm_gemma4_router.integration.custom_ops import Gemma4Routing, dispatch_summary
 
         ops = [m for m in self.modules() if isinstance(m, Gemma4Routing)]
         for line in dispatch_summary(ops):
@@ -246,7 +246,7 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
 
 
 def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:
-    from .vllm_op import Gemma4Routing
+    from vllm_gemma4_router.integration.custom_ops import Gemma4Routing
 
     owner.gemma4_routing = Gemma4Routing()
     if facts.passes_mask(module):
@@ -259,7 +259,7 @@ def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:
 
         owner.__dict__[PADDING_MASK_ATTRIBUTE] = padding_mask
         # The fused router's op reads the same mask at run time (padding.py).
-        from .padding import set_padding_source
+        from vllm_gemma4_router.routing.padding import set_padding_source
 
         set_padding_source(padding_mask)
 
@@ -268,7 +268,7 @@ def _route(owner, gating_output, topk):
     # Plain attributes: constants for Dynamo. Unfused layers never try a claim; a
     # claimed routing is already masked (the fused op reads the same source).
     if getattr(owner, FUSED_FEEDS_ATTRIBUTE, False):
-        from .fused_claim import claim_fused_routing
+        from vllm_gemma4_router.fused_router.handover import claim_fused_routing
 
         claimed = claim_fused_routing(gating_output, topk, owner.per_expert_scale)
         if claimed is not None:
@@ -328,8 +328,8 @@ def _scale_owner(layer, router):
 
 def _link_fused_router(layer, router, config) -> None:
     """Give ``router`` its fused-router op and, when it can use it, a plan."""
-    from ._validation import fused_router_supports
-    from .vllm_fused_op import Gemma4FusedRouter
+    from vllm_gemma4_router.fused_router.checks import fused_router_supports
+    from vllm_gemma4_router.integration.custom_ops import Gemma4FusedRouter
 
     op = Gemma4FusedRouter()
     router.gemma4_fused_router = op
@@ -357,7 +357,7 @@ def _link_fused_router(layer, router, config) -> None:
 def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | None:
     """The fused op's logits view ``[T, E]`` fp32 for ``x`` [T, H], or ``None`` when
     this call is unsupported. Metadata checks only (constants for Dynamo)."""
-    from .fused_handover import logits_view
+    from vllm_gemma4_router.fused_router.handover import logits_view
 
     weight = router.proj.weight
     if weight.dim() != 2:  # vLLM's CPU linear method prepacked it (see _FusedPlan)
@@ -421,7 +421,7 @@ def _wrap_layer_init(layer_cls, router_cls) -> None:
 
 
 def _fused_router_summary(module: ModuleType, model) -> str:
-    from .vllm_fused_op import Gemma4FusedRouter
+    from vllm_gemma4_router.integration.custom_ops import Gemma4FusedRouter
 
     router_cls = getattr(module, "Gemma4Router", None)
     routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_padding_mask, check_routing_inputs
-from .triton_routing import gemma4_routing_triton
+from vllm_gemma4_router.routing.checks import check_padding_mask, check_routing_inputs
+from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
-OP_QUALNAME = "vllm_gemma4_router::routing"
+ROUTING_OP_QUALNAME = "vllm_gemma4_router::routing"
 
 
-@torch.library.custom_op(OP_QUALNAME, mutates_args=())
+@torch.library.custom_op(ROUTING_OP_QUALNAME, mutates_args=())
 def routing(
     gating_output: torch.Tensor,
     topk: int,

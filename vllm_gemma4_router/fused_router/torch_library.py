@@ -10,7 +10,7 @@ the kernel's epilogue. Either way it returns the packed buffer of
 
 The op takes no padding mask (a traced argument would be frozen into the
 compiled graph): each call asks the run-time padding source
-(:func:`~vllm_gemma4_router.padding.checked_padding_mask`), which checks what it
+(:func:`~vllm_gemma4_router.routing.padding.checked_padding_mask`), which checks what it
 returns and hands it to the kernels, which read it on the device. Padding rows
 get ids -1 and weights 0, their logits as usual; a CUDA graph captured with one
 mask buffer replays whatever that buffer holds.
@@ -22,12 +22,15 @@ import os
 
 import torch
 
-from ._validation import check_fused_router_inputs, check_fused_router_supported
-from .fused_handover import new_packed, record_produced, unpack
-from .padding import checked_padding_mask
-from .reference import gemma4_fused_router_reference
+from vllm_gemma4_router.fused_router.checks import (
+    check_fused_router_inputs,
+    check_fused_router_supported,
+)
+from vllm_gemma4_router.fused_router.handover import new_packed, record_produced, unpack
+from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
+from vllm_gemma4_router.routing.padding import checked_padding_mask
 
-OP_QUALNAME = "vllm_gemma4_router::fused_router"
+FUSED_ROUTER_OP_QUALNAME = "vllm_gemma4_router::fused_router"
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -53,12 +56,16 @@ def fused_router_into(
         for target, value in zip(out, ref, strict=True):
             target.copy_(value)
         return
-    from .fused_router_launch import GEMM_PATH_TOKENS, launch_with_config, table_config
+    from vllm_gemma4_router.fused_router.launcher import (
+        GEMM_PATH_TOKENS,
+        launch_with_config,
+        table_config,
+    )
 
     num_tokens, hidden = hidden_states.shape
     args = (hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
     if num_tokens in GEMM_PATH_TOKENS:
-        from .fused_router_gemm import route_by_gemm
+        from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
 
         route_by_gemm(*args, is_padding=is_padding)
     else:
@@ -66,7 +73,7 @@ def fused_router_into(
         launch_with_config(config, *args, is_padding=is_padding)
 
 
-@torch.library.custom_op(OP_QUALNAME, mutates_args=())
+@torch.library.custom_op(FUSED_ROUTER_OP_QUALNAME, mutates_args=())
 def fused_router(
     hidden_states: torch.Tensor,
     scale: torch.Tensor,
@@ -133,7 +140,7 @@ def gemma4_fused_router(
     Same contract as :func:`vllm_gemma4_router.gemma4_fused_router_reference`
     (the logits within fp32 GEMM tolerance of it; weights and ids exactly the
     routing of the returned logits). The three are views of one buffer. Rows the
-    padding source marks (``vllm_gemma4_router.padding``) get ids -1 and weights 0.
+    padding source marks (``vllm_gemma4_router.routing.padding``) get ids -1 and weights 0.
     """
     # Checked here too: the op's schema would reject a wrong type with a less clear error.
     num_tokens, _, num_experts = check_fused_router_inputs(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._validation import check_padding_mask
+from vllm_gemma4_router.routing.checks import check_padding_mask
 
 PaddingSource = Callable[[int], "torch.Tensor | None"]
 
