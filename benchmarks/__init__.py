@@ -1,10 +1,13 @@
-"""Benchmarks and A/B harnesses, run from the repository root as modules.
+"""Benchmarks, run from the repository root as modules (``python -m benchmarks.<folder>.<name>``).
 
-    python -m benchmarks.serve_ab ...     # serving A/B: vllm bench serve, in-tree vs plugin
-    python -m benchmarks.gsm8k_ab ...     # accuracy A/B: lm_eval gsm8k, in-tree vs plugin
+* ``kernel/``: micro-benchmarks of the routing op and the fused router (CUDA graphs,
+  L2-hot and cold), against vLLM's and SGLang's kernels;
+* ``serving/``: A/B of in-tree vs plugin through ``vllm bench serve`` and ``lm_eval``,
+  and trace summaries;
+* ``tuning/``: the offline sweeps that write the launch tables (package data) and the
+  offline compile-resource reports;
+* ``common/``: timing, the environment stamp of every result, peer kernels.
 
-Shared: ``ab_common`` (the A/B machinery), ``stamp`` (the one environment stamp
-of every result), ``peer_kernels`` (vLLM's and SGLang's routing kernels). Not
-part of the installed package: it needs this checkout, and the ``[bench]``
-extra (``pip install -e '.[bench]'``) for lm_eval and matplotlib.
+Not part of the installed package: it needs this checkout, and the ``[bench]`` extra
+(``pip install -e '.[bench]'``). Results go to ``results/`` (see ``results/INDEX.md``).
 """

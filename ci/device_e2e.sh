@@ -21,7 +21,7 @@
 #   bash ci/device_e2e.sh tp2_serve_ab ARMS [ep]  # --tensor-parallel-size 2 [--enable-expert-parallel]
 #   bash ci/device_e2e.sh tp2_identity   # tiny fp32, TP=2: plugin == in-tree greedy text
 # Either:
-#   bash ci/device_e2e.sh gsm8k_gpu      # benchmarks.gsm8k_ab, tiny model, local gsm8k task
+#   bash ci/device_e2e.sh gsm8k_gpu      # benchmarks.serving.gsm8k_ab, tiny model, local gsm8k task
 #                                    # (carry .cache/device_runtime/lm_eval/lm_eval-site.tar.xz
 #                                    # + .sha256 from ci/device_runtime/lm_eval_extra.sh build)
 #
@@ -38,7 +38,7 @@
 # after the other, and each call is one arm (two arms, ~8-9 min, only if the
 # first call shows the start-up is well under 3 min). The parts are merged into
 # one table afterwards, on any machine:
-#   python -m benchmarks.serve_ab --merge DIR... --result-dir R --tag real_serve_ab
+#   python -m benchmarks.serving.serve_ab --merge DIR... --result-dir R --tag real_serve_ab
 # TP=2 starts take longer (two workers, NCCL), ~3-5 min, so tp2_serve_ab is
 # also one arm per call. real_profile alone is a start plus ~1 min; PROFILE=1 on
 # a real_serve_ab call of round 1 gets the same trace for ~0.5 min more.
@@ -150,13 +150,13 @@ case $STEP in
     # the same in float32 tells rounding in bf16 from a routing difference.
     python3 -m vllm_gemma4_router.harness.cli demo \
       --extra-args="$GPU_ARGS" \
-      --prompts-file benchmarks/prompts_mixed_18.jsonl \
+      --prompts-file benchmarks/serving/prompts_mixed_18.jsonl \
       --log-dir "$WORK/bf16" > "$WORK/demo_bf16.txt" 2>&1
     status=$?
     if ((status)) && grep -q "completions identical" "$WORK/demo_bf16.txt"; then
       python3 -m vllm_gemma4_router.harness.cli demo \
         --extra-args="$GPU_ARGS --dtype float32" \
-        --prompts-file benchmarks/prompts_mixed_18.jsonl \
+        --prompts-file benchmarks/serving/prompts_mixed_18.jsonl \
         --log-dir "$WORK/fp32" > "$WORK/demo_fp32.txt" 2>&1
       echo "fp32 demo exit $?" >> "$WORK/demo_fp32.txt"
     fi
@@ -169,7 +169,7 @@ case $STEP in
     exit "$status"
     ;;
   serve_ab)
-    python3 -m benchmarks.serve_ab --tiny \
+    python3 -m benchmarks.serving.serve_ab --tiny \
       --num-prompts 64 --max-concurrency 16 --input-len 512 --output-len 128 \
       --server-args "$GPU_ARGS --no-enable-prefix-caching" \
       --bench-args "--num-warmups 16" \
@@ -188,7 +188,7 @@ case $STEP in
     real_model || exit 1
     profile=()
     [[ ${PROFILE:-0} == 1 ]] && profile=(--profile)
-    python3 -m benchmarks.serve_ab --model-profile "$PROFILE_NAME" --order "$arms" \
+    python3 -m benchmarks.serving.serve_ab --model-profile "$PROFILE_NAME" --order "$arms" \
       "${PR_WORKLOAD[@]}" "${profile[@]}" \
       --server-args "$REAL_ARGS $REAL_EXTRA" \
       --result-dir "$WORK" --tag run > "$WORK/serve_ab.txt" 2>&1
@@ -204,7 +204,7 @@ case $STEP in
     arm=${2:?usage: $0 real_profile in-tree|plugin|native}
     check_arms "$arm"
     real_model || exit 1
-    python3 -m benchmarks.serve_ab --model-profile "$PROFILE_NAME" --order "$arm" \
+    python3 -m benchmarks.serving.serve_ab --model-profile "$PROFILE_NAME" --order "$arm" \
       --num-prompts 16 --max-concurrency 16 --input-len 2048 --output-len 512 \
       --bench-args "--num-warmups 16" --profile --profile-delay-steps 128 --profile-steps 32 \
       --server-args "$REAL_ARGS $REAL_EXTRA" \
@@ -226,7 +226,7 @@ case $STEP in
     real_model || exit 1
     profile=()
     [[ ${PROFILE:-0} == 1 ]] && profile=(--profile)
-    python3 -m benchmarks.serve_ab --model-profile "$PROFILE_NAME" --order "$arms" \
+    python3 -m benchmarks.serving.serve_ab --model-profile "$PROFILE_NAME" --order "$arms" \
       "${PR_WORKLOAD[@]}" "${profile[@]}" --expect-workers 2 \
       --server-args "$REAL_ARGS $REAL_EXTRA $parallel" \
       --result-dir "$WORK" --tag run > "$WORK/serve_ab.txt" 2>&1
@@ -241,7 +241,7 @@ case $STEP in
     # ~3-4 min: two tiny servers of ~1.5 min (TP=2: NCCL + two compiles).
     python3 -m vllm_gemma4_router.harness.cli demo \
       --extra-args="$GPU_ARGS --dtype float32 --tensor-parallel-size 2" \
-      --prompts-file benchmarks/prompts_mixed_18.jsonl \
+      --prompts-file benchmarks/serving/prompts_mixed_18.jsonl \
       --log-dir "$WORK/fp32_tp2" > "$WORK/demo_fp32_tp2.txt" 2>&1
     status=$?
     if ! grep -q "x 2 worker process" "$WORK/demo_fp32_tp2.txt"; then
@@ -255,7 +255,7 @@ case $STEP in
     exit "$status"
     ;;
   gsm8k_gpu)
-    # benchmarks.gsm8k_ab against GPU servers of the tiny model, the local
+    # benchmarks.serving.gsm8k_ab against GPU servers of the tiny model, the local
     # 22-question task: the lm_eval path on a GPU once. The random model scores
     # 0: accuracy means nothing here, only that the harness runs and both arms
     # answer. ~3-4 min: two tiny servers + 22 x 5-shot prompts, 256 tokens each.
@@ -274,7 +274,7 @@ case $STEP in
         exit 3
       fi
     fi
-    python3 -m benchmarks.gsm8k_ab --tiny --include-path tests/data/gsm8k_local \
+    python3 -m benchmarks.serving.gsm8k_ab --tiny --include-path tests/data/gsm8k_local \
       --task gsm8k_local --num-concurrent 8 \
       --server-args "--attention-backend TRITON_ATTN --max-model-len 4096 --no-enable-prefix-caching --dtype float32" \
       --result-dir "$WORK" --tag run > "$WORK/gsm8k_ab.txt" 2>&1

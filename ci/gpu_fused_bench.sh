@@ -36,11 +36,11 @@ case $PART in
     # -v: each test's name and outcome reach the log as it ends, even if the timeout cuts the run.
     # GPU_TESTS_K: a pytest -k filter, e.g. "not every_" leaves the per-candidate
     # tests to the sweep (which checks each candidate the same way before timing it).
-    timeout 450 "$PYTHON" -m pytest -v -p no:cacheprovider tests/test_gpu_fused_router.py \
+    timeout 450 "$PYTHON" -m pytest -v -p no:cacheprovider tests/fused_router/test_gpu_fused_router.py \
       ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} > "$LOGS/gpu_fused_pytest.log" 2>&1
     suite=$?
     timeout 100 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
-      "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu_fused_router.py \
+      "$PYTHON" -m pytest -q -p no:cacheprovider tests/fused_router/test_gpu_fused_router.py \
       -k "deterministic or cuda_graph or non_finite or op_on_each_path or pdl" \
       > "$LOGS/memcheck.log" 2>&1
     memcheck=$?
@@ -51,11 +51,11 @@ case $PART in
     ;;
   bench)
     # Bounded, so one slow run cannot take the device call's whole 10 minutes.
-    timeout 130 "$PYTHON" -m benchmarks.bench_router --producer --real-step-estimate \
+    timeout 130 "$PYTHON" -m benchmarks.kernel.bench_router --producer --real-step-estimate \
       --tag producer --out "$LOGS" > "$LOGS/bench_router_producer.txt" 2>&1 || status=1
-    timeout 130 "$PYTHON" -m benchmarks.bench_router --real-step-estimate --out "$LOGS" \
+    timeout 130 "$PYTHON" -m benchmarks.kernel.bench_router --real-step-estimate --out "$LOGS" \
       > "$LOGS/bench_router.txt" 2>&1 || status=1
-    timeout 100 "$PYTHON" -m benchmarks.bench_router --producer --layers 30 --real-step-estimate \
+    timeout 100 "$PYTHON" -m benchmarks.kernel.bench_router --producer --layers 30 --real-step-estimate \
       --tag L30_producer --out "$LOGS" > "$LOGS/bench_router_L30_producer.txt" 2>&1 || status=1
     for name in bench_router_producer bench_router bench_router_L30_producer; do
       echo "== $name"
@@ -63,16 +63,16 @@ case $PART in
     done
     ;;
   sweep)
-    timeout "${SWEEP_TIMEOUT:-480}" "$PYTHON" -m benchmarks.sweep_fused_router --producer \
+    timeout "${SWEEP_TIMEOUT:-480}" "$PYTHON" -m benchmarks.tuning.sweep_fused_router --producer \
       --tokens "${SWEEP_TOKENS:-1,16,64,256}" --tag "producer${SWEEP_TAG:+_$SWEEP_TAG}" --out "$LOGS" \
       > "$LOGS/sweep.txt" 2>&1 || status=1
     echo "== sweep"
     tail -n 25 "$LOGS/sweep.txt"
     ;;
   stages)
-    timeout 150 "$PYTHON" -m benchmarks.bench_fused_stages --producer --tag producer \
+    timeout 150 "$PYTHON" -m benchmarks.kernel.bench_fused_stages --producer --tag producer \
       --out "$LOGS" > "$LOGS/stages.txt" 2>&1 || status=1
-    timeout 100 "$PYTHON" -m benchmarks.bench_fused_stages --producer --layers 30 \
+    timeout 100 "$PYTHON" -m benchmarks.kernel.bench_fused_stages --producer --layers 30 \
       --tag L30_producer --out "$LOGS" > "$LOGS/stages_L30.txt" 2>&1 || status=1
     for name in stages stages_L30; do
       echo "== $name"

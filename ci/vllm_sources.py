@@ -1,7 +1,7 @@
 """Fetch one vLLM release's ``vllm/`` package from its wheel into ``.cache/vllm-src/``.
 
 Used by ``ci/setup_env.sh`` (one release per Gemma4 layout family, for
-``tests/test_plugin.py``, and vLLM 0.34.0 from its CUDA wheel, Python only, for
+``tests/integration/test_plugin.py``, and vLLM 0.34.0 from its CUDA wheel, Python only, for
 the padding-mask tests) and by ``ci/release_matrix.py`` (every release).
 Only the ``vllm/`` package is unpacked, without dependencies: the tests put it
 first on PYTHONPATH and import its model code against CI's torch. Unpacked

@@ -3,7 +3,7 @@
 The demo and the A/B harnesses judge a vLLM server by what these lines say
 (was Gemma4 patched, which forward served the routing, in how many
 processes), so the code that writes a line and the code that reads it back
-live here together and are tested together (tests/test_log_contract.py).
+live here together and are tested together (tests/integration/test_log_contract.py).
 
 Lines (vLLM prefixes each with its own level, file and process tags):
 

@@ -1,6 +1,6 @@
 """A real Gemma4 decoder layer's MoE block with the fused router on and off.
 
-Run as a subprocess by tests/test_vllm_fused_router.py (plugins load once per
+Run as a subprocess by tests/integration/test_vllm_fused_router.py (plugins load once per
 process), with the vLLM under test first on PYTHONPATH, exactly like
 route_real_layer.py. Builds one layer with ``custom_ops=["+gemma4_fused_router"]``
 and one with the default, same random weights, and prints one JSON line of

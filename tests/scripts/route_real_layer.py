@@ -1,6 +1,6 @@
 """Build a real Gemma4 decoder layer with the importable vLLM and route through it.
 
-Run as a subprocess by tests/test_plugin.py and ci/release_matrix.py (plugins
+Run as a subprocess by tests/integration/test_plugin.py and ci/release_matrix.py (plugins
 load once per process), with the vLLM under test first on PYTHONPATH. Prints
 one JSON line with what it saw (also when it fails: then with ``error``,
 ``error_stage`` and ``error_in_plugin``, and exit status 1).

@@ -168,7 +168,7 @@ class GemmPathConfig(NamedTuple):
 
 #: What the op launches: a whole row per 8-warp prologue program, one row per one-warp
 #: epilogue program with the scale row picked by reduction. Provenance:
-#: benchmarks/sweep_fused_router.py --producer --tokens 512,1024,2048 on an NVIDIA H200
+#: benchmarks/tuning/sweep_fused_router.py --producer --tokens 512,1024,2048 on an NVIDIA H200
 #: (torch 2.11.0+cu130, triton 3.6.0, L=260 weight sets from HBM), 2026-12-01 21:03 UTC
 #: (benchmarks/results/sweep_fused_router_NVIDIA_H200_2026-12-01_producer_mid.md):
 #: 12.93 / 14.68 / 18.31 us at T=512 / 1024 / 2048 against 15.62 / 17.22 / 19.92 for

@@ -80,7 +80,7 @@ def routing_constexprs(select: str, scale_pick: str) -> dict[str, int]:
 
 
 # Token-count buckets (upper bounds) and their configs for gemma-4-26B-A4B's
-# router (H=2816, E=128, K=8, bf16). Provenance: benchmarks/sweep_fused_router.py
+# router (H=2816, E=128, K=8, bf16). Provenance: benchmarks/tuning/sweep_fused_router.py
 # on an NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0), gate weights from HBM
 # (L=260 rotation). Rows 1-3: sweep of 2026-12-01 14:02 UTC at T=1/16/64/256
 # (benchmarks/results/sweep_fused_router_NVIDIA_H200_2026-12-01.md): 8.0 us at
@@ -200,7 +200,7 @@ def pdl_supported(device: torch.device) -> bool:
 def candidate_configs(
     num_tokens: int, hidden: int, num_experts: int, topk: int, dtype: torch.dtype
 ) -> list[FusedLaunchConfig]:
-    """The configs ``benchmarks/sweep_fused_router.py`` times for one problem (valid ones).
+    """The configs ``benchmarks/tuning/sweep_fused_router.py`` times for one problem (valid ones).
 
     The GEMM's split shapes with the default routing, then the table row with each
     other routing of ``ROUTING_VARIANTS``: the routing runs in the one finishing

@@ -120,7 +120,7 @@ def fused_router_packed(
     Defined next to the op's schema on purpose: Dynamo inlines this function
     while vLLM traces the model, so vLLM hashes this file into its compile-cache
     key (``traced_files``), and a schema change invalidates compiled graphs
-    that call the op (tests/test_compile_cache_key.py).
+    that call the op (tests/integration/test_compile_cache_key.py).
     """
     return torch.ops.vllm_gemma4_router.fused_router(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk

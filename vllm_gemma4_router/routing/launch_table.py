@@ -5,7 +5,7 @@ first call must not stall): the launcher looks the parameters up here.
 
 Provenance of ``_CUDA_TABLE``:
 
-* E=128 (``BLOCK_E`` 128) rows: ``benchmarks/sweep_launch_table.py --shapes 128x8
+* E=128 (``BLOCK_E`` 128) rows: ``benchmarks/tuning/sweep_launch_table.py --shapes 128x8
   --dtypes bfloat16,float32 --fp32-keys checked --tokens 1,16,256,4096,32768,262144
   --tokens-per-program 1,2,4,8,16,32 --warps 1,2,4`` on an NVIDIA H100 80GB HBM3
   (driver 580.159.04, torch 2.11.0+cu130, triton 3.6.0), 2026-11-23, kernel as of
@@ -53,7 +53,7 @@ Provenance of ``_CUDA_TABLE``:
   H200 (driver 580.159.04, torch 2.11.0+cu130, triton 3.6.0), 2026-12-01 ~08:50 UTC,
   L2-hot timing (``common.bench_hot``), three fp32 logit families (randn, router GEMM
   with fp32 output, the same GEMM in bf16 cast to fp32), vLLM 0.33.0 / SGLang 0.5.23
-  timed alongside: ``python -m benchmarks.sweep_launch_table --tokens 1,16,256,512,1024
+  timed alongside: ``python -m benchmarks.tuning.sweep_launch_table --tokens 1,16,256,512,1024
   --tokens-per-program 1,2 --warps 1,2 --scale-picks after,in_row,per_pick --values
   gather,reduction --peers --tag h200_fp32_small`` and ``--tokens
   2048,4096,16384,65536,262144 --tokens-per-program 1,2,4,8 --warps 1,2 --row-groups
@@ -235,7 +235,7 @@ _CUDA_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {
 #   it also keeps a 144-byte stack on sm_90), so hip halves it to 4 tokens with 4 groups
 #   (no spill on gfx90a/942/950; on the H200 that row ran 74.8 us at T=262144 vs 64.7).
 #   With these rows no gfx90a/gfx942/gfx950 compile spills or uses scratch
-#   (the table above; tests/test_compile_matrix.py re-checks on every CI run). Not covered: an
+#   (the table above; tests/routing/test_compile_matrix.py re-checks every CI run). Not covered: an
 #   E that is not a multiple of 16 (E=100) loses the vector loads and spills in the large
 #   buckets with these rows and with the CUDA ones (compile_resources_..._unaligned_E100.md).
 _HIP_TABLE: dict[tuple[bool, int], tuple[LaunchConfig, ...]] = {

@@ -1,0 +1,141 @@
+"""benchmarks.serving.trace_summary on synthetic torch-profiler traces (tests/trace_fixtures.py).
+
+Each trace mimics what vLLM's worker profiler writes: step annotations
+(``execute_context_..._generation_...``), the ``gpu_model_runner: forward`` /
+``sample`` phases, CPU launch events (a ``cudaGraphLaunch`` for the forward, a
+``cudaLaunchKernel`` for the sampler) and GPU kernels tied to them by
+``correlation``, with fresh random durations. The expected numbers are computed
+from the generated kernels directly, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import statistics
+
+import pytest
+from trace_fixtures import CATEGORY, GEMM, ROUTING
+from trace_fixtures import build_trace as _build
+
+from benchmarks.serving import trace_summary
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed {seed}")
+    return random.Random(seed)
+
+
+@pytest.mark.parametrize("arm", ["plugin", "in-tree", "native"])
+def test_decode_steps_routing_time_and_shares(arm, rng):
+    trace, expected = _build(arm, rng)
+    summary = trace_summary.summarize(trace)
+    assert (summary["steps"], summary["decode_steps"], summary["steps_used"]) == (7, 6, 6)
+    assert summary["unattributed_kernels"] == 1
+    kernels = sum(1 for e in trace["traceEvents"] if e["cat"] == "kernel")
+    assert summary["gpu_events"] == kernels - 1  # all but the stray one, prefill included
+    total = sum(step["gpu"] for step in expected)
+    routing = [step["routing"] for step in expected]
+    assert summary["gpu_us_per_step_median"] == pytest.approx(
+        statistics.median(step["gpu"] for step in expected)
+    )
+    assert summary["routing_us_per_step_median"] == pytest.approx(statistics.median(routing))
+    assert summary["routing_share_pct"] == pytest.approx(100 * sum(routing) / total)
+    categories = summary["categories"]
+    assert set(categories) == {CATEGORY[arm], "router: gate GEMM", "router: norm/scale"}
+    assert categories[CATEGORY[arm]]["launches_per_step"] == 3 * len(ROUTING[arm])
+    gemm = categories["router: gate GEMM"]
+    assert gemm["share_pct"] == pytest.approx(100 * sum(s["gemm"] for s in expected) / total)
+    assert gemm["launches_per_step"] == 3
+    norm = categories["router: norm/scale"]
+    assert norm["us_per_step_mean"] == pytest.approx(statistics.fmean(s["norm"] for s in expected))
+    assert summary["routing_neighbors"]["before"][GEMM] == 6 * 3
+    assert summary["routing_neighbors"]["after"]["fused_moe_kernel"] == 6 * 3
+    assert summary["top_kernels"][0]["share_pct"] > 0
+    text = trace_summary.format_summary(summary, title=arm)
+    assert f"| {CATEGORY[arm]} |" in text and "router: gate GEMM" in text
+
+
+def test_fused_router_is_the_whole_router(rng):
+    trace, expected = _build("fused", rng)
+    summary = trace_summary.summarize(trace)
+    total = sum(step["gpu"] for step in expected)
+    routing = [step["routing"] for step in expected]
+    assert summary["routing_us_per_step_median"] == pytest.approx(statistics.median(routing))
+    assert summary["routing_share_pct"] == pytest.approx(100 * sum(routing) / total)
+    # The GEMM just before it is the attention's, not a gate: nothing else is the router.
+    assert set(summary["categories"]) == {CATEGORY["fused"]}
+    assert summary["categories"][CATEGORY["fused"]]["launches_per_step"] == 3
+
+
+def test_all_steps_and_a_trace_without_annotations(rng):
+    trace, _ = _build("plugin", rng, decode_steps=3)
+    every = trace_summary.summarize(trace, decode_only=False)
+    assert every["steps_used"] == 4 and every["window"] == "all steps"
+    bare = {
+        "traceEvents": [e for e in trace["traceEvents"] if e["cat"] not in ("user_annotation",)]
+    }
+    whole = trace_summary.summarize(bare)
+    assert whole["window"] == "whole trace" and whole["steps"] == 0
+    kernels = [e for e in bare["traceEvents"] if e["cat"] == "kernel"]
+    routing = sum(e["dur"] for e in kernels if e["name"] == "gemma4_routing_kernel")
+    assert whole["routing_share_pct"] == pytest.approx(
+        100 * routing / sum(e["dur"] for e in kernels)
+    )
+
+
+def test_pattern_overrides(rng):
+    trace, expected = _build("plugin", rng)
+    patterns = trace_summary.patterns_with(
+        ["routing: ours=", "routing: renamed=^gemma4_routing", "attention=unified_attention"]
+    )
+    assert "routing: ours" not in dict(patterns)
+    summary = trace_summary.summarize(trace, patterns=patterns)
+    assert "routing: renamed" in summary["categories"] and "attention" in summary["categories"]
+    assert summary["routing_us_per_step_median"] == pytest.approx(
+        statistics.median(s["routing"] for s in expected)
+    )
+    with pytest.raises(ValueError, match="CATEGORY=REGEX"):
+        trace_summary.patterns_with(["no-equals"])
+    with pytest.raises(ValueError, match="norm_kernels"):
+        trace_summary.summarize(trace, norm_kernels=-1)
+
+
+def test_cli_reads_gzip_and_plain_and_writes_json(rng, tmp_path, capsys):
+    trace, expected = _build("in-tree", rng)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    gz = traces / "rank0.1.pt.trace.json.gz"
+    gz.write_bytes(gzip.compress(json.dumps(trace).encode()))
+    (traces / "rank1.2.pt.trace.json").write_text(json.dumps(trace["traceEvents"]))
+    (traces / "notes.txt").write_text("not a trace")
+    assert trace_summary.find_traces(traces) == sorted([gz, traces / "rank1.2.pt.trace.json"])
+    out = tmp_path / "summary.json"
+    assert trace_summary.main([str(traces), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results) == 2
+    for summary in results.values():
+        assert summary["routing_us_per_step_median"] == pytest.approx(
+            statistics.median(s["routing"] for s in expected)
+        )
+    assert "routing: vLLM in-tree" in capsys.readouterr().out
+    # A trace with no routing kernel at all is a failure (wrong patterns or arm).
+    assert trace_summary.main([str(gz), "--pattern", "routing: vLLM in-tree="]) == 1
+    with pytest.raises(ValueError, match="not a Chrome trace"):
+        (tmp_path / "bad.json").write_text("{}")
+        trace_summary.load_trace(tmp_path / "bad.json")
+
+
+def test_split_k_gate_gemm_counts_both_kernels(rng):
+    trace, expected = _build("plugin", rng, split_k=True)
+    summary = trace_summary.summarize(trace)
+    total = sum(step["gpu"] for step in expected)
+    gemm = summary["categories"]["router: gate GEMM"]
+    assert gemm["share_pct"] == pytest.approx(100 * sum(s["gemm"] for s in expected) / total)
+    assert gemm["launches_per_step"] == 2 * 3
+    norm = summary["categories"]["router: norm/scale"]
+    assert norm["us_per_step_mean"] == pytest.approx(statistics.fmean(s["norm"] for s in expected))
