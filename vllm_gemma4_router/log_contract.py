@@ -8,7 +8,7 @@ live here together and are tested together (tests/integration/test_log_contract.
 Lines (vLLM prefixes each with its own level, file and process tags):
 
 * ``vllm-gemma4-router <version>: Gemma4 MoE routing -> gemma4_routing op (<layout>)``
-  once per process that patched vLLM's Gemma4 module (``vllm_adapter``): the
+  once per process that patched vLLM's Gemma4 module (``integration.gemma4_layouts``): the
   plugin's first line in a process, so it carries the package version;
 * ``vllm-gemma4-router <version>: unrecognised Gemma4 code in <module> ...``
   instead, when the layout is unknown and nothing was changed;
@@ -21,7 +21,7 @@ Lines (vLLM prefixes each with its own level, file and process tags):
 * ``vllm-gemma4-router <version>: vLLM registers its own gemma4_routing ...``
   when the plugin's op overrides an in-tree CustomOp of the same name;
 * ``gemma4_routing: <N> layer(s) dispatch to <forward> (platform <p>[, torch.compile])``
-  per process that built the model, one line per distinct forward (``vllm_op``);
+  per process that built the model, one line per distinct forward (``integration.custom_ops``);
 * ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
 * ``gemma4_routing: first call ran <forward> (platform <p>, <T> tokens, <E> experts, top-<K>)``
   where the op runs as Python per call (eager, or inside vLLM's fused-MoE op);

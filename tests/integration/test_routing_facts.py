@@ -284,13 +284,13 @@ from vllm_gemma4_router.plugin import register
 
 register()
 in_tree = Gemma4Routing
-for custom_ops in ([], ["-gemma4_routing"]):
-    config = VllmConfig(compilation_config=CompilationConfig(mode=0, custom_ops=custom_ops))
+for chosen in ([], ["-gemma4_routing"]):
+    config = VllmConfig(compilation_config=CompilationConfig(mode=0, custom_ops=chosen))
     with set_current_vllm_config(config):
         built = in_tree(num_warps=4)  # vLLM's own code building its op gets ours
         assert isinstance(built, custom_ops.Gemma4Routing), type(built)
         assert issubclass(custom_ops.Gemma4Routing, in_tree)
-        assert custom_ops.Gemma4Routing.enabled() == (not custom_ops)
+        assert custom_ops.Gemma4Routing.enabled() == (not chosen)
         logits = torch.randn(5, 8)
         mask = torch.tensor([0, 1, 0, 0, 1], dtype=torch.bool)
         weights, ids = built(logits, 2, None, mask)

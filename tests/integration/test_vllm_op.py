@@ -13,7 +13,7 @@ from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 from vllm.config.compilation import CompilationMode
 from vllm.platforms import PlatformEnum, current_platform
 
-import vllm_gemma4_router.integration.custom_ops as custom_ops
+import vllm_gemma4_router.integration.custom_ops as ops_module
 import vllm_gemma4_router.routing.launcher as routing_launcher
 from vllm_gemma4_router.integration.custom_ops import (
     ROUTING_OP_NAME,
@@ -168,9 +168,9 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def plugin_log(monkeypatch):
-    monkeypatch.setattr(custom_ops, "_first_call_logged", False)
+    monkeypatch.setattr(ops_module, "_first_call_logged", False)
     handler = _Records()
-    assert custom_ops.logger is plugin_logger
+    assert ops_module.logger is plugin_logger
     old_level = plugin_logger.level
     plugin_logger.setLevel(logging.INFO)
     plugin_logger.addHandler(handler)
@@ -207,7 +207,7 @@ def test_traced_call_neither_logs_nor_breaks_the_graph(monkeypatch, gen, plugin_
     compiled = torch.compile(lambda x, s: op(x, 4, s), fullgraph=True, backend="eager")
     assert_matches_oracle(*compiled(logits, scale), logits, 4, scale)
     assert plugin_log == []
-    assert not custom_ops._first_call_logged
+    assert not ops_module._first_call_logged
 
 
 def test_dispatch_summary_counts_layers_per_forward(monkeypatch):

@@ -6,7 +6,7 @@ torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
 of ``fused_router_launch``, or, for the token counts where that kernel is slower
 (``GEMM_PATH_TOKENS``), the same contract through a Triton prologue, cuBLAS and
 the kernel's epilogue. Either way it returns the packed buffer of
-``fused_handover`` and records it for one claim.
+``handover`` and records it for one claim.
 
 The op takes no padding mask (a traced argument would be frozen into the
 compiled graph): each call asks the run-time padding source
@@ -56,11 +56,8 @@ def fused_router_into(
         for target, value in zip(out, ref, strict=True):
             target.copy_(value)
         return
-    from vllm_gemma4_router.fused_router.launcher import (
-        GEMM_PATH_TOKENS,
-        launch_with_config,
-        table_config,
-    )
+    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS, fused_launch_config
+    from vllm_gemma4_router.fused_router.launcher import launch_with_config
 
     num_tokens, hidden = hidden_states.shape
     args = (hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
@@ -69,7 +66,7 @@ def fused_router_into(
 
         route_by_gemm(*args, is_padding=is_padding)
     else:
-        config = table_config(num_tokens, hidden, gate_weight.shape[0], hidden_states.device)
+        config = fused_launch_config(num_tokens, hidden, gate_weight.shape[0], hidden_states.device)
         launch_with_config(config, *args, is_padding=is_padding)
 
 
@@ -82,7 +79,7 @@ def fused_router(
     eps: float,
     topk: int,
 ) -> torch.Tensor:
-    """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``fused_handover``);
+    """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``handover``);
     the padding source's rows (``current_padding_mask(T)``) with ids -1 and weights 0."""
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk

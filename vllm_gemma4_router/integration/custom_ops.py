@@ -220,7 +220,7 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
     ``forward(hidden_states [T, H], scale [H], gate_weight [E, H], per_expert_scale [E]
     or None, eps, topk)`` returns the packed 1-D float32 buffer of
     ``torch.ops.vllm_gemma4_router.fused_router`` (logits, weights, ids; see
-    ``fused_handover``). Every platform calls that torch op, which picks the torch
+    ``handover``). Every platform calls that torch op, which picks the torch
     chain (CPU) or the Triton kernel (GPUs) itself, so torch.compile records the
     op, not Python.
 

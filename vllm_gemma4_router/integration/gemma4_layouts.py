@@ -1,14 +1,14 @@
 """Everything this package knows about vLLM's Gemma4 model code, by version.
 
 vLLM has shipped two layouts of Gemma4 MoE routing (``ci/release_matrix.md``
-lists every release from 0.19.0 to 0.33.0):
+lists every release from 0.19.0 to 0.34.0):
 
 * ``moe_closure`` (vLLM 0.19.0 - 0.30.0): ``Gemma4MoE.__init__`` owns
   ``per_expert_scale`` and hands a local ``routing_function`` closure, as
   ``custom_routing_function``, to the fused MoE it builds: ``FusedMoE`` up to
   0.26.0, ``FusedMoEFactory`` from 0.27.0. The hand-over is found by what
   ``__init__`` calls, not by version.
-* ``router_method`` (vLLM 0.31.0 - 0.33.0): ``Gemma4Router`` owns
+* ``router_method`` (vLLM 0.31.0 - 0.34.0): ``Gemma4Router`` owns
   ``per_expert_scale`` and a ``routing_function`` method, which the decoder
   layer passes as ``custom_routing_function`` to the fused-MoE factory.
 
@@ -32,7 +32,7 @@ The opt-in fused router (``+gemma4_fused_router`` in ``custom_ops``) patches
 construction, to the module that owns ``per_expert_scale`` (the router itself,
 or its sibling ``Gemma4MoE``) returns the logits view of the fused router op's
 packed buffer, and that owner's routing function claims the routing in it
-instead of routing again (``fused_claim``). Anything unsupported (a quantized or
+instead of routing again (``fused_router.handover``). Anything unsupported (a quantized or
 biased gate, other dtypes, non-2-D input, no owner) runs vLLM's own forward.
 """
 

@@ -16,9 +16,9 @@ from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_
 from vllm_gemma4_router.routing.launch_table import (
     MAX_EXPERTS,
     LaunchConfig,
-    check_config,
+    bucket_launch_config,
+    check_launch_config,
     pick_launch_config,
-    table_config,
     token_bucket,
 )
 
@@ -136,7 +136,7 @@ def launch(
 
     ``is_padding`` is the optional padding mask of :func:`gemma4_routing_triton`
     (checked here). Raises ``ValueError`` if ``config`` cannot run as written
-    (``check_config``)."""
+    (``check_launch_config``)."""
     if is_padding is not None:
         check_padding_mask(is_padding, gating_output.shape[0], gating_output.device)
     scale_dtype = None if per_expert_scale is None else per_expert_scale.dtype
@@ -164,7 +164,7 @@ class _Plan(NamedTuple):
 
     tokens_per_program: int
     constexprs: dict[str, int | bool]
-    #: small hashable stand-in for the constexprs and dtypes (fast_launch's cache key)
+    #: small hashable stand-in for the constexprs and dtypes (compiled_launches' cache key)
     class_key: int
 
 
@@ -182,7 +182,7 @@ def _table_plan(
     has_padding: bool = False,
 ) -> _Plan:
     block_e = 1 << (num_experts - 1).bit_length()
-    config = table_config(bucket, block_e, platform, logit_dtype == torch.float32, topk)
+    config = bucket_launch_config(bucket, block_e, platform, logit_dtype == torch.float32, topk)
     return _config_plan(config, topk, num_experts, logit_dtype, scale_dtype, has_padding)
 
 
@@ -255,7 +255,7 @@ def _compile_time_args(
     """The kernel's constexprs for ``config``, which runs as written (or raises)."""
     # Runs once per shape class: the plans that call it are cached.
     block_e = 1 << (num_experts - 1).bit_length()
-    check_config(config, block_e, logit_dtype.itemsize, topk)
+    check_launch_config(config, block_e, logit_dtype.itemsize, topk)
     fp32 = logit_dtype == torch.float32
     return dict(
         TOPK=topk,
@@ -271,49 +271,3 @@ def _compile_time_args(
         HAS_PADDING=has_padding,
         num_warps=config.num_warps,
     )
-
-
-class CompileSpec(NamedTuple):
-    """What one table launch compiles: for offline compiles (``triton.compile``) and checks."""
-
-    #: runtime parameters in kernel order -> Triton type string (``*fp32``, ``i32``, ...)
-    arg_types: dict[str, str]
-    #: compile-time parameters (the kernel's ``tl.constexpr`` arguments)
-    constexprs: dict[str, int | bool]
-    num_warps: int
-
-
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def compile_spec(
-    bucket: int,
-    topk: int,
-    num_experts: int,
-    logit_dtype: torch.dtype,
-    scale_dtype: torch.dtype | None,
-    platform: str,
-    *,
-    has_padding: bool = False,
-) -> CompileSpec:
-    """The kernel that a launch in ``bucket`` (see ``launch_table.token_bucket``) on a GPU
-    ``platform`` ("cuda", "hip", "xpu") compiles, from the same plan the launcher uses.
-
-    ``has_padding``: a launch with an ``is_padding`` mask (``*u8``, ``HAS_PADDING``);
-    without one (the default) the padding pointer is the ids buffer (``*i32``), never
-    read. Runtime integers are typed ``i32`` (Triton's type for ints below 2**31); the
-    launcher's stride-1 / multiple-of-16 specialisations are left to the caller."""
-    plan = _table_plan(bucket, topk, num_experts, logit_dtype, scale_dtype, platform, has_padding)
-    constexprs = dict(plan.constexprs)
-    num_warps = int(constexprs.pop("num_warps"))
-    scale_type = _TRITON_TYPES[scale_dtype] if scale_dtype is not None else "fp32"
-    pointers = {
-        "logits_ptr": "*" + _TRITON_TYPES[logit_dtype],
-        "scale_ptr": "*" + scale_type,
-        "weights_ptr": "*fp32",
-        "ids_ptr": "*i32",
-        "padding_ptr": "*u8" if has_padding else "*i32",
-    }
-    names = [n for n in gemma4_routing_kernel.arg_names if n not in pointers]
-    ints = {n: "i32" for n in names if n not in constexprs}
-    return CompileSpec({**pointers, **ints}, constexprs, num_warps)
