@@ -10,7 +10,8 @@ metadata PyPI shows (license expression and file, ``Requires-Python``, valid
 classifiers, keywords, project URLs, the extras, ``torch`` as the only
 requirement); the entry points; the sdist holds what a rebuild needs and
 nothing else (no ``.cache/``, results, benchmarks or tests); the wheel holds the
-package's modules and nothing else. ``--release`` (the publish workflow) also
+package's modules and its launch tables (``*/tables/*.json``, read at import) and
+nothing else; both hold every table of ``TABLES``. ``--release`` (the publish workflow) also
 refuses what may not go to PyPI: placeholder URLs and an undated changelog entry.
 Standard library only, plus ``trove_classifiers`` for the classifier check.
 """
@@ -34,6 +35,12 @@ DIST_NAME = "vllm-gemma4-router"
 # (setup.cfg is setuptools' own, with its egg_info build tags.)
 SDIST_TOP_FILES = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "setup.cfg"}
 EXTRAS = {"demo", "bench", "test"}
+# The launch tables: package data the runtime reads at import (pyproject's package-data).
+TABLES = {
+    f"{PACKAGE}/routing/tables/cuda.json",
+    f"{PACKAGE}/routing/tables/hip.json",
+    f"{PACKAGE}/fused_router/tables/fused.json",
+}
 PLACEHOLDER = "/OWNER/"
 
 
@@ -63,8 +70,17 @@ def changelog_release() -> tuple[str, str]:
     raise AssertionError
 
 
+def _shipped(name: str) -> bool:
+    """Whether a package path goes into the dists: a module, or a launch table."""
+    parts = name.split("/")
+    return name.endswith(".py") or (
+        name.endswith(".json") and len(parts) > 2 and parts[-2] == "tables"
+    )
+
+
 def package_sources() -> set[str]:
-    """The package's modules as in the checkout (git's view: tracked or new, not ignored)."""
+    """The package's modules and launch tables as in the checkout (git's view: tracked or
+    new, not ignored)."""
     try:
         listed = subprocess.run(
             ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"]
@@ -74,8 +90,16 @@ def package_sources() -> set[str]:
             check=True,
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):  # not a checkout: the tree as it is
-        listed = [str(p.relative_to(REPO)) for p in (REPO / PACKAGE).rglob("*.py")]
-    return {name for name in listed if name.endswith(".py") and (REPO / name).exists()}
+        listed = [str(p.relative_to(REPO)) for p in (REPO / PACKAGE).rglob("*") if p.is_file()]
+    return {name for name in listed if _shipped(name) and (REPO / name).exists()}
+
+
+def check_tables(kind: str, names: set[str]) -> None:
+    """Every launch table of ``TABLES`` is in ``names`` (a dist's package files)."""
+    if not package_sources() >= TABLES:
+        fail(f"the checkout lacks launch tables: {sorted(TABLES - package_sources())}")
+    if not names >= TABLES:
+        fail(f"the {kind} lacks launch tables: {sorted(TABLES - names)}")
 
 
 def check_metadata(metadata_text: str, version: str, release: bool) -> None:
@@ -139,6 +163,7 @@ def check_sdist(path: Path, version: str) -> None:
     if package != package_sources():
         differ = sorted(package ^ package_sources())
         fail(f"sdist package files differ from the repository's: {differ}")
+    check_tables("sdist", package)
     check_metadata(pkg_info, version, release=False)
 
 
@@ -155,6 +180,7 @@ def check_wheel(path: Path, version: str, release: bool) -> None:
     if package != package_sources():
         differ = sorted(package ^ package_sources())
         fail(f"wheel package files differ from the repository's: {differ}")
+    check_tables("wheel", package)
     if f"{dist_info}licenses/LICENSE" not in names:
         fail("the wheel carries no LICENSE")
     for line in (

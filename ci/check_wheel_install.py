@@ -8,8 +8,9 @@ requirements must already be met, nothing is downloaded):
 
 * **bare**: torch and triton only (what any GPU build of torch brings; plus
   numpy for Triton's CPU interpreter), no vLLM, no transformers. The runtime
-  imports from the wheel, the ``vllm.general_plugins`` entry point loads and
-  registers, the reference routes, ``vllm-gemma4-router selfcheck`` passes and ``vllm-gemma4-router
+  imports from the wheel, its launch tables (package data) load from the wheel,
+  the ``vllm.general_plugins`` entry point loads and registers, the reference
+  routes, ``vllm-gemma4-router selfcheck`` passes and ``vllm-gemma4-router
   demo`` stops with one line naming the ``[demo]`` extra.
 * **vllm**: next to CI's vLLM (the ``.venv`` this runs from). vLLM's own plugin
   loader finds the wheel's entry point and the patched Gemma4 module logs the
@@ -168,12 +169,20 @@ register = plugin.load()
 register()  # without vLLM: waits for a Gemma4 module that never comes
 loaded = [m for m in sys.modules if m.startswith("vllm_gemma4_router.harness") or m == "vllm"]
 assert loaded == [], loaded
+from vllm_gemma4_router.fused_router import launch_table as fused_table
+from vllm_gemma4_router.routing import launch_table
+
+tables = [launch_table.table_file(p) for p in ("cuda", "hip")] + [fused_table.fused_table_file()]
+for table in tables:
+    assert prefix in Path(str(table)).resolve().parents, f"launch table {table} not from the wheel"
+assert launch_table.NUM_BUCKETS == 6 and len(launch_table._HIP_TABLE) == 6
+assert fused_table.GEMM_PATH_TOKENS and len(fused_table._FUSED_TABLE) == 6
 from vllm_gemma4_router import gemma4_routing_reference
 
 logits = torch.randn(5, 32)
 weights, ids = gemma4_routing_reference(logits, 4, torch.rand(32) + 0.5)
 assert weights.shape == ids.shape == (5, 4) and ids.dtype == torch.int32
-print("bare: runtime from the wheel, entry point registers, reference routes")
+print("bare: runtime and launch tables from the wheel, entry point registers, reference routes")
 """
 
 VLLM_CHECK = """

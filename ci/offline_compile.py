@@ -3,7 +3,7 @@
 ``triton.compile`` takes the kernel from Triton source to a cubin (NVIDIA) or an
 hsaco (AMD) on a machine without any GPU. This module compiles, for one
 launch-table bucket, exactly what the launcher would launch (the constexprs and
-``num_warps`` of ``triton_routing.compile_spec``) and reads from the compiled
+``num_warps`` of ``benchmarks.tuning.compile_specs.compile_spec``) and reads from the compiled
 artefact what the hardware will allocate: registers, shared memory / LDS,
 spills and scratch (private) memory, plus the layout Triton chose for the
 logits load (how many lanes hold one token's row, how many lanes duplicate
@@ -188,10 +188,14 @@ def job_for(point: MatrixPoint, target: Target) -> CompileJob:
     """The compile a launch at ``point`` makes on ``target``, specialised as Triton's launcher
     would specialise a contiguous launch (ints equal to 1 become constexprs, multiples of 16
     and tensor pointers are marked 16-divisible)."""
+    import importlib.util
+
     import torch
 
+    if importlib.util.find_spec("benchmarks") is None:  # run from outside the checkout
+        sys.path.append(str(REPO))
+    from benchmarks.tuning.compile_specs import compile_spec
     from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel
-    from vllm_gemma4_router.routing.launcher import compile_spec
 
     dtype = getattr(torch, point.dtype)
     spec = compile_spec(
@@ -230,10 +234,10 @@ def kernel_source_hash() -> str:
     """Hash of every package module that defines Triton code (the compile cache's kernel key)."""
     package = _package_dir()
     digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         text = path.read_bytes()
         if b"triton.jit" in text:
-            digest.update(path.name.encode() + b"\0" + text)
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + text)
     return digest.hexdigest()[:16]
 
 

@@ -2,7 +2,7 @@
 
 ``python ci/offline_compile_fused.py`` compiles every distinct row of the fused
 router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
-exactly as ``fused_router_launch.launch_with_config`` would launch it, and the
+exactly as ``fused_router.launcher.launch_with_config`` would launch it, and the
 GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
 them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
 (target, kernel): registers, spills, scratch. ``--candidates 1,16,...`` compiles
@@ -89,7 +89,7 @@ def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
     import triton
 
     from vllm_gemma4_router.fused_router.kernels.entry import OPERAND_BF16
-    from vllm_gemma4_router.fused_router.launcher import routing_constexprs
+    from vllm_gemma4_router.fused_router.launch_table import routing_constexprs
 
     return {
         "TOPK": TOPK,
@@ -112,11 +112,14 @@ def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
 def _table_work() -> tuple[list, list]:
     """Every distinct table row (NVIDIA also each split row with ``pdl``) and the op's
     GEMM-path config."""
-    from vllm_gemma4_router.fused_router.gemm_path import GEMM_PATH_CONFIG
-    from vllm_gemma4_router.fused_router.launcher import _BF16_TABLE, clip_config
+    from vllm_gemma4_router.fused_router.launch_table import (
+        _FUSED_TABLE,
+        GEMM_PATH_CONFIG,
+        clip_config,
+    )
 
     rows = []
-    for config in _BF16_TABLE:
+    for config in _FUSED_TABLE:
         config = clip_config(config, HIDDEN, EXPERTS)
         if config not in rows:
             rows.append(config)
@@ -128,8 +131,8 @@ def _candidate_work(tokens: list[int]) -> tuple[list, list]:
     """Every distinct config ``benchmarks/tuning/sweep_fused_router.py`` times at ``tokens``."""
     import torch
 
-    from vllm_gemma4_router.fused_router.gemm_path import gemm_path_candidates
-    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS, candidate_configs
+    from benchmarks.tuning.candidates import candidate_configs, gemm_path_candidates
+    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS
 
     rows: list = []
     gemm: list = []
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     from triton.compiler.compiler import make_backend
 
     from vllm_gemma4_router.fused_router.kernels.entry import gemma4_fused_router_kernel
-    from vllm_gemma4_router.fused_router.launcher import is_split
+    from vllm_gemma4_router.fused_router.launch_table import is_split
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -217,7 +220,7 @@ def _gemm_path_kernels(config, padding: bool = False):
         gemma4_router_operand_kernel,
     )
     from vllm_gemma4_router.fused_router.kernels.entry import OPERAND_BF16
-    from vllm_gemma4_router.fused_router.launcher import routing_constexprs
+    from vllm_gemma4_router.fused_router.launch_table import routing_constexprs
 
     operand = {
         "BLOCK_T": config.operand_block_t,

@@ -92,7 +92,11 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS, is_split, table_config
+    from vllm_gemma4_router.fused_router.launch_table import (
+        GEMM_PATH_TOKENS,
+        fused_launch_config,
+        is_split,
+    )
 
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     empty = _empty_launcher()
     rows = []
     for num_tokens in args.tokens:
-        config = table_config(num_tokens, args.hidden, args.experts)
+        config = fused_launch_config(num_tokens, args.hidden, args.experts)
         if num_tokens in GEMM_PATH_TOKENS or not is_split(config, args.hidden, args.experts):
             print(f"T={num_tokens}: the op launches no split row there, skipped")
             continue

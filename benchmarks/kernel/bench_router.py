@@ -375,17 +375,17 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     fallback: a missing op fails the run."""
     from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.launcher import (
+    from vllm_gemma4_router.fused_router.launch_table import (
         GEMM_PATH_TOKENS,
+        fused_launch_config,
         is_split,
-        launch_with_config,
-        table_config,
     )
+    from vllm_gemma4_router.fused_router.launcher import launch_with_config
     from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     def pdl_twin(num_tokens: int, hidden: int, num_experts: int):
         """The op's split row at T with PDL on, or ``None`` where the op launches none."""
-        config = table_config(num_tokens, hidden, num_experts)
+        config = fused_launch_config(num_tokens, hidden, num_experts)
         if num_tokens in GEMM_PATH_TOKENS or not is_split(config, hidden, num_experts):
             return None
         return config._replace(pdl=True)

@@ -33,7 +33,8 @@ from vllm_gemma4_router.fused_router.kernels.entry import (
     program_sums,
     store_partials,
 )
-from vllm_gemma4_router.fused_router.launcher import FusedLaunchConfig, is_split, kernel_launch
+from vllm_gemma4_router.fused_router.launch_table import FusedLaunchConfig, is_split
+from vllm_gemma4_router.fused_router.launcher import kernel_launch
 from vllm_gemma4_router.routing.kernels.select import load_scale_row
 
 STAGES = ("dot", "handoff", "gather", "route")

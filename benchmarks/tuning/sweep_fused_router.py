@@ -2,13 +2,13 @@
 
 Run on a GPU as ``python -m benchmarks.tuning.sweep_fused_router``. For gemma-4-26B-A4B's
 router (H=2816, E=128, K=8, bfloat16) and each token count T, every config of
-``fused_router_launch.candidate_configs`` is launched once
+``benchmarks.tuning.candidates.candidate_configs`` is launched once
 (``launch_with_config``) and checked: the ids exactly the torch reference
 routing of the config's own logits, the weights to 1e-5, the logits within
 ``--logit-rtol`` of the row's largest |logit| of ``gemma4_fused_router_reference``
 (the same single bf16 rounding, so only the fp32 sum order differs). Where the op
 takes its GEMM path (``GEMM_PATH_TOKENS``), the GEMM path's configs
-(``fused_router_gemm.gemm_path_candidates``: prologue and epilogue launches) are
+(``candidates.gemm_path_candidates``: prologue and epilogue launches) are
 candidates too. A config that fails to launch or to check is recorded with the
 reason and not timed. The others, and what the op itself runs at that T (``table``:
 ``fused_router_op.fused_router_into``, its table row or its GEMM path), are
@@ -22,7 +22,13 @@ pay: the kernel ahead is not the router).
 Writes benchmarks/results/sweep_fused_router_<device>_<date>[_<tag>].{csv,md}
 after every T (a cut-off run keeps what it has): every config's time, the best
 config per T and its margin to the second best; prints a Python snippet of the
-best table last. The chosen values go into the launcher's table by hand.
+best table last. ``--write-table PATH`` also writes a fused table file (the schema of
+``vllm_gemma4_router/fused_router/tables/fused.json``): the rows of ``PATH`` (or of
+the packaged table) with each bucket the run covered replaced by its kernel config
+of smallest geometric mean of time over the best time across the bucket's T, the
+GEMM path's config likewise over the T where it was timed, and a provenance entry
+for the run (command line, device, versions, date, the CSV and markdown); copy it
+over the packaged file to ship it.
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ from benchmarks.kernel.bench_router import (
     make_layer_sets,
     weights_location,
 )
+from benchmarks.tuning import table_writer
+from benchmarks.tuning.candidates import candidate_configs, gemm_path_candidates
 from vllm_gemma4_router import gemma4_routing_reference
+from vllm_gemma4_router.fused_router import launch_table
 from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 
 
@@ -77,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--write-table",
+        type=Path,
+        help="also write a fused table file (fused.json schema) with this run's choices",
+    )
     args = parser.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",") if t]
     if args.layers != "auto" and not (args.layers.isdigit() and int(args.layers) >= 1):
@@ -320,23 +334,67 @@ def write_results(rows: list[dict], stamp: dict[str, str], out: Path, tag: str) 
     return base
 
 
+def choose_rows(rows: list[dict]) -> tuple[dict[int, dict], dict | None]:
+    """``({bucket: FusedLaunchConfig fields}, GemmPathConfig fields or None)`` from a
+    sweep's rows: per bucket of the fused table, the checked kernel config with the
+    smallest geometric mean of time over the best time across the bucket's T; the
+    GEMM path's config likewise across every T it was timed at (``table_writer.choose``)."""
+    kernel: dict[int, dict[str, dict[int, float]]] = {}
+    gemm: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["method"] != "config" or not row["ok"]:
+            continue
+        num_tokens = int(row["T"])
+        if row["config_type"] == "GemmPathConfig":
+            gemm.setdefault(row["config"], {})[num_tokens] = float(row["us"])
+        elif row["config_type"] == "FusedLaunchConfig":
+            bucket = launch_table.fused_bucket(num_tokens)
+            kernel.setdefault(bucket, {}).setdefault(row["config"], {})[num_tokens] = float(
+                row["us"]
+            )
+    chosen = {b: table_writer.parse_config(table_writer.choose(t)) for b, t in kernel.items()}
+    best_gemm = table_writer.choose(gemm)
+    return chosen, table_writer.parse_config(best_gemm) if best_gemm else None
+
+
+def write_table(path: Path, rows: list[dict], stamp: dict[str, str], results: list, tag: str):
+    """Write the fused table file ``path``: its rows (or the packaged table's) with the
+    buckets and the GEMM path config this sweep covered replaced (:func:`choose_rows`),
+    pointing at a new provenance entry for the run. Read back with the runtime's loader;
+    returns the loaded ``FusedTable``."""
+    data = table_writer.base_table(path, launch_table.fused_table_file().read_text)
+    notes = (
+        "Rows written by benchmarks.tuning.sweep_fused_router --write-table: per bucket, the "
+        "kernel config with the smallest geometric mean, over the bucket's T, of time over "
+        f"the best time; {stamp.get('shape', '')}, {stamp.get('layers_note', '')}."
+    )
+    sweep_id = table_writer.add_sweep(data, table_writer.sweep_entry(stamp, tag, results, notes))
+    kernel, gemm = choose_rows(rows)
+    for bucket, fields in kernel.items():
+        row = data["rows"][bucket]
+        row.pop("notes", None)
+        config = launch_table.FusedLaunchConfig(**fields)
+        row.update(config=config._asdict(), provenance=sweep_id)
+    if gemm is not None:
+        config = launch_table.GemmPathConfig(**gemm)
+        data["gemm_path"].update(config=config._asdict(), provenance=sweep_id)
+    table_writer.write_table(path, data, launch_table.load_fused_table)
+    return launch_table.load_fused_table(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("sweep_fused_router times CUDA graphs: it needs an NVIDIA GPU")
-    launcher = _load_launcher()
-    from vllm_gemma4_router.fused_router.gemm_path import (
-        GemmPathConfig,
-        gemm_path_candidates,
-        route_by_gemm,
-    )
+    from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
+    from vllm_gemma4_router.fused_router.launcher import launch_with_config
     from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     def launch(config, h, scale, w, pes, eps, topk, out):
-        if isinstance(config, GemmPathConfig):
+        if isinstance(config, launch_table.GemmPathConfig):
             route_by_gemm(h, scale, w, pes, eps, topk, out, config)
         else:
-            launcher.launch_with_config(config, h, scale, w, pes, eps, topk, out)
+            launch_with_config(config, h, scale, w, pes, eps, topk, out)
 
     def op_choice(h, scale, w, pes, eps, topk, *, out):
         fused_router_into(h, scale, w, pes, eps, topk, out)
@@ -373,10 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     base = None
     for num_tokens in args.tokens:
-        candidates = launcher.candidate_configs(
-            num_tokens, args.hidden, args.experts, args.topk, dtype
-        )
-        if num_tokens in launcher.GEMM_PATH_TOKENS:
+        candidates = candidate_configs(num_tokens, args.hidden, args.experts, args.topk, dtype)
+        if num_tokens in launch_table.GEMM_PATH_TOKENS:
             candidates += gemm_path_candidates(args.hidden)
         print(f"T={num_tokens}: {len(candidates)} configs ...", end="", flush=True)
         rows += sweep_point(
@@ -403,17 +459,10 @@ def main(argv: list[str] | None = None) -> None:
     if base is not None:
         print(f"wrote {base}.csv/.md")
         print(snippet(best_per_t(rows), stamp))
-
-
-def _load_launcher():
-    """The launcher module: ``candidate_configs``, ``launch_with_config``,
-    ``GEMM_PATH_TOKENS`` (no fallback: a missing one fails the run)."""
-    import vllm_gemma4_router.fused_router.launcher as launcher
-
-    for name in ("candidate_configs", "launch_with_config", "GEMM_PATH_TOKENS"):
-        if not hasattr(launcher, name):
-            raise SystemExit(f"vllm_gemma4_router.fused_router.launcher has no {name}")
-    return launcher
+        if args.write_table:
+            results = [f"{base}.csv", f"{base}.md"]
+            write_table(args.write_table, rows, stamp, results, args.tag)
+            print(f"wrote {args.write_table}")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,22 @@
 
 Run on the GPU (``python -m benchmarks.tuning.sweep_launch_table``); writes
 benchmarks/results/launch_sweep_<gpu>[_<tag>].csv and prints the best
-configuration per (dtype, family, E, K, T). The chosen values go into
-vllm_gemma4_router/routing/launch_table.py by hand, with this script, device and date
-noted there. Timing is L2-hot by default (``common.bench_hot``: the input was
-just written, as after the router GEMM); ``--cold`` rotates inputs through HBM.
+configuration per (dtype, family, E, K, T). ``--write-table PATH`` also writes a
+launch table file (the schema of ``vllm_gemma4_router/routing/tables/*.json``): the
+rows of ``PATH`` (or, without it, of the packaged table of this platform) with every
+(dtype, BLOCK_E, token bucket) the run covered replaced by its choice, the config
+with the smallest geometric mean, over the bucket's swept points, of time over the
+best time at that point, and a provenance entry for this run (command line, device,
+versions, date, the CSV); copy it over the packaged file to ship it. Timing is
+L2-hot by default (``common.bench_hot``: the input was just written, as after the
+router GEMM); ``--cold`` rotates inputs through HBM.
 With ``--peers`` vLLM's and SGLang's kernels are timed on the same inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -25,8 +31,16 @@ from benchmarks.common.timing import (
     rotating,
     write_stamped_csv,
 )
+from benchmarks.tuning import table_writer
 from vllm_gemma4_router import gemma4_routing_reference
-from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
+from vllm_gemma4_router.routing.launch_table import (
+    TABLE_WIDTHS,
+    LaunchConfig,
+    check_launch_config,
+    load_launch_table,
+    table_file,
+    token_bucket,
+)
 from vllm_gemma4_router.routing.launcher import launch
 
 
@@ -65,7 +79,7 @@ def _candidates(args, dtype, block_e, topk, num_tokens):
             tpp, warps, registers, groups, select, scale_pick, values == "reduction"
         )
         try:
-            check_config(config, block_e, dtype.itemsize, topk)
+            check_launch_config(config, block_e, dtype.itemsize, topk)
         except ValueError:
             continue
         yield config
@@ -115,6 +129,49 @@ def sweep_point(args, dtype, family, num_experts, topk, num_tokens, peers) -> li
     return rows
 
 
+def choose_rows(rows: list[dict]) -> dict[tuple[bool, int, int], LaunchConfig]:
+    """``{(fp32 logits?, BLOCK_E, token bucket): config}`` from a sweep's rows: per bucket,
+    the checked config with the smallest geometric mean of time over the best time at
+    each (dtype, family, E, K, T) point of the bucket (``table_writer.choose``)."""
+    groups: dict[tuple[bool, int, int], dict[LaunchConfig, dict[tuple, float]]] = {}
+    for row in rows:
+        if row["method"] != "ours" or not row["ok"]:
+            continue
+        num_experts, num_tokens = int(row["E"]), int(row["T"])
+        block_e = 1 << (num_experts - 1).bit_length()
+        key = (row["dtype"] == "float32", block_e, token_bucket(num_tokens))
+        config = LaunchConfig(**{f.name: row[f.name] for f in dataclasses.fields(LaunchConfig)})
+        point = (row["dtype"], row["family"], num_experts, row["K"], num_tokens)
+        groups.setdefault(key, {}).setdefault(config, {})[point] = float(row["us"])
+    return {key: table_writer.choose(timings) for key, timings in sorted(groups.items())}
+
+
+def write_table(
+    path: Path, rows: list[dict], stamp: dict[str, str], results: list, platform: str, tag: str
+) -> list[tuple[bool, int, int]]:
+    """Write the launch table file ``path``: its rows (or the packaged ``platform`` table's)
+    with the buckets this sweep covered replaced (:func:`choose_rows`), pointing at a
+    new provenance entry for the run; returns the keys it could not place (widths the
+    table has no rows for). Read back with the runtime's loader."""
+    data = table_writer.base_table(path, table_file(platform).read_text)
+    notes = (
+        "Rows written by benchmarks.tuning.sweep_launch_table --write-table: per bucket, the "
+        "smallest geometric mean, over the bucket's swept points, of time over the best time."
+    )
+    sweep_id = table_writer.add_sweep(data, table_writer.sweep_entry(stamp, tag, results, notes))
+    cells = {(r["fp32_logits"], r["block_e"], r["bucket"]): r for r in data["rows"]}
+    skipped = []
+    for key, config in choose_rows(rows).items():
+        if key[1] not in TABLE_WIDTHS:
+            skipped.append(key)
+            continue
+        row = cells[key]
+        row.pop("notes", None)
+        row.update(config=dataclasses.asdict(config), provenance=sweep_id)
+    table_writer.write_table(path, data, load_launch_table)
+    return skipped
+
+
 def _load_peers(wanted: bool) -> dict:
     if not wanted:
         return {}
@@ -146,6 +203,11 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also time vLLM's and SGLang's")
     parser.add_argument("--tag", default="", help="suffix of the CSV name")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--write-table",
+        type=Path,
+        help="also write a launch table file (tables/*.json schema) with this run's choices",
+    )
     args = parser.parse_args()
 
     stamp = environment_stamp()
@@ -180,6 +242,10 @@ def main() -> None:
     fields = {k: "" for r in rows for k in r}
     write_stamped_csv(path, stamp, [{**fields, **r} for r in rows])
     print(f"wrote {path}")
+    if args.write_table:
+        platform = "hip" if torch.version.hip is not None else "cuda"
+        skipped = write_table(args.write_table, rows, stamp, [path], platform, args.tag)
+        print(f"wrote {args.write_table}" + (f" (no table rows for {skipped})" if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -184,3 +184,82 @@ def test_report_and_snippet(tmp_path):
     }
     assert "# 3.000 us, 2nd +10.0 %" in text and "# 20.000 us\n" in text + "\n"
     assert "```python\n" + text + "\n```" in report
+
+
+def _table_rows():
+    """Sweep rows of the real config types (their ``config_text``), faked times."""
+    from vllm_gemma4_router.fused_router.launch_table import FusedLaunchConfig, GemmPathConfig
+
+    split = FusedLaunchConfig(16, 64, 256, 256, 4, 2)
+    other = FusedLaunchConfig(16, 32, 256, 512, 8, 2)
+    whole = FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8)
+    gemm = GemmPathConfig(1, 4096, 4, 2, 1, "exact", "in_row")
+    times = [
+        (1, split, 8.0),
+        (1, other, 8.5),
+        (16, split, 9.0),
+        (16, other, 8.9),  # bucket 0: split (8.0/8.0, 9.0/8.9) beats other
+        (1024, whole, 50.0),
+        (1024, gemm, 14.0),
+        (2048, gemm, 18.0),
+    ]
+    rows = [
+        dict(
+            T=t,
+            layers=260,
+            method="config",
+            config_type=type(c).__name__,
+            config=sweep_fused_router.config_text(c),
+            us=us,
+            ok=True,
+            reason="",
+            logit_err=1e-6,
+        )
+        for t, c, us in times
+    ]
+    rows.append({**rows[0], "config": sweep_fused_router.config_text(other), "ok": False, "us": 1})
+    rows.append({**rows[0], "method": "table", "config": "", "config_type": "", "us": 7.0})
+    return rows, split, whole, gemm
+
+
+def test_write_table_writes_the_fused_schema_with_the_runs_provenance(tmp_path):
+    import json
+
+    from vllm_gemma4_router.fused_router import launch_table
+
+    rows, split, whole, gemm = _table_rows()
+    kernel, gemm_fields = sweep_fused_router.choose_rows(rows)
+    assert kernel == {0: split._asdict(), 3: whole._asdict()} and gemm_fields == gemm._asdict()
+
+    stamp = {
+        "date": "2026-12-05 12:00:00 UTC",
+        "gpu": "Test GPU",
+        "driver": "999.1",
+        "torch": "2.13.0",
+        "triton": "3.9.0",
+        "argv": "python -m benchmarks.tuning.sweep_fused_router --write-table f.json",
+        "shape": "H=2816 E=128 K=8 bfloat16 eps=1e-06",
+        "layers_note": "L=260 weight sets (HBM, 189 MB)",
+    }
+    path = tmp_path / "fused.json"
+    results = ["benchmarks/results/s.csv", "benchmarks/results/s.md"]
+    table = sweep_fused_router.write_table(path, rows, stamp, results, "")
+    packaged = launch_table.load_fused_table(launch_table.fused_table_file())
+    assert table.rows[0] == split and table.rows[3] == whole
+    assert table.rows[1:3] == packaged.rows[1:3] and table.rows[4:] == packaged.rows[4:]
+    assert table.gemm_path_config == gemm and table.gemm_path_tokens == packaged.gemm_path_tokens
+    data = json.loads(path.read_text())
+    entry = data["provenance"]["sweeps"][-1]
+    assert entry["id"] == "Test_GPU_2026-12-05" and entry["sweep"] == [stamp["argv"]]
+    assert entry["device"] == "Test GPU" and entry["date"] == stamp["date"]
+    assert entry["versions"] == {"driver": "999.1", "torch": "2.13.0", "triton": "3.9.0"}
+    assert entry["results"] == results and "L=260" in entry["notes"]
+    assert [r["provenance"] == entry["id"] for r in data["rows"]] == [1, 0, 0, 1, 0, 0]
+    assert data["gemm_path"]["provenance"] == entry["id"]
+    assert data["gemm_path"]["tokens_provenance"] != entry["id"]
+
+
+def test_write_table_option():
+    args = sweep_fused_router.parse_args(["--write-table", "out/fused.json"])
+    assert str(args.write_table) == "out/fused.json"
+    assert sweep_fused_router.parse_args([]).write_table is None

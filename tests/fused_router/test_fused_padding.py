@@ -9,17 +9,20 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_matches_oracle
 
-from vllm_gemma4_router.fused_router import handover
-from vllm_gemma4_router.fused_router.gemm_path import (
-    GEMM_PATH_CONFIG,
-    GemmPathConfig,
-    route_by_gemm,
+from benchmarks.tuning.candidates import ROUTING_VARIANTS
+from vllm_gemma4_router.fused_router import (
+    handover,
+    torch_library,  # noqa: F401 (registers the op)
 )
+from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
 from vllm_gemma4_router.fused_router.handover import logits_view, unpack
-from vllm_gemma4_router.fused_router.launcher import (
-    ROUTING_VARIANTS,
+from vllm_gemma4_router.fused_router.launch_table import (
+    GEMM_PATH_CONFIG,
     FusedLaunchConfig,
+    GemmPathConfig,
     clip_config,
+)
+from vllm_gemma4_router.fused_router.launcher import (
     gemma4_fused_router_triton,
     kernel_launch,
     launch_with_config,

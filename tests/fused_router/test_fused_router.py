@@ -6,22 +6,23 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid, assert_matches_oracle, fp32_bucket_fault_rows
 
+from benchmarks.tuning.candidates import ROUTING_VARIANTS, candidate_configs
 from vllm_gemma4_router.fused_router import handover
-from vllm_gemma4_router.fused_router import launcher as fused_launcher
+from vllm_gemma4_router.fused_router import launch_table as fused_table
 from vllm_gemma4_router.fused_router.checks import fused_router_supports
 from vllm_gemma4_router.fused_router.handover import logits_view
-from vllm_gemma4_router.fused_router.launcher import (
-    ROUTING_VARIANTS,
+from vllm_gemma4_router.fused_router.launch_table import (
     FusedLaunchConfig,
-    candidate_configs,
-    check_config,
+    check_fused_launch_config,
     clip_config,
-    gemma4_fused_router_triton,
+    fused_launch_config,
     is_split,
-    launch_with_config,
     pdl_override,
     pdl_supported,
-    table_config,
+)
+from vllm_gemma4_router.fused_router.launcher import (
+    gemma4_fused_router_triton,
+    launch_with_config,
 )
 from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 from vllm_gemma4_router.fused_router.torch_library import gemma4_fused_router
@@ -141,7 +142,7 @@ def test_non_finite_hidden_states_give_valid_ids(gen):
 
 def test_table_configs_are_valid_for_every_bucket():
     for t in (1, 16, 17, 64, 65, 256, 257, 1024, 4097, 70000):
-        check_config(table_config(t, 2816, 128), t, 2816, 128)
+        check_fused_launch_config(fused_launch_config(t, 2816, 128), t, 2816, 128)
         assert candidate_configs(t, 2816, 128, 8, torch.bfloat16)
 
 
@@ -152,7 +153,7 @@ def test_pdl_needs_an_nvidia_sm90_device(gen):
     with pytest.raises(ValueError, match="config.pdl"):
         launch_with_config(SPLIT._replace(pdl=True), h, s, w, pes, EPS, 4, out)
     assert not pdl_supported(torch.device("cpu"))
-    # Measured without gain on the H200 (fused_launcher.PDL_ENV): no longer swept.
+    # Measured without gain on the H200 (fused_table.PDL_ENV): no longer swept.
     for t in (1, 64, 256):
         assert not any(c.pdl for c in candidate_configs(t, 2816, 128, 8, torch.bfloat16))
 
@@ -167,32 +168,32 @@ def test_pdl_switch_reads_only_0_1_or_empty():
 
 @pytest.mark.parametrize("override", [None, True, False])
 def test_table_pdl_only_on_split_rows_of_a_supporting_device(monkeypatch, override):
-    monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", override)
-    monkeypatch.setattr(fused_launcher, "pdl_supported", lambda device: device.type == "meta")
+    monkeypatch.setattr(fused_table, "_PDL_OVERRIDE", override)
+    monkeypatch.setattr(fused_table, "pdl_supported", lambda device: device.type == "meta")
     for t in (1, 16, 64, 256, 1024, 70000):
-        plain = table_config(t, 2816, 128)
+        plain = fused_launch_config(t, 2816, 128)
         # The CPU launches as the table row says; a device without PDL never gets it.
-        assert table_config(t, 2816, 128, torch.device("cpu")) == plain._replace(pdl=False)
-        on_device = table_config(t, 2816, 128, torch.device("meta"))
+        assert fused_launch_config(t, 2816, 128, torch.device("cpu")) == plain._replace(pdl=False)
+        on_device = fused_launch_config(t, 2816, 128, torch.device("meta"))
         asked = plain.pdl if override is None else override
         assert on_device == plain._replace(pdl=asked and is_split(plain, 2816, 128))
-    assert is_split(table_config(16, 2816, 128), 2816, 128)
-    assert not is_split(table_config(70000, 2816, 128), 2816, 128)
+    assert is_split(fused_launch_config(16, 2816, 128), 2816, 128)
+    assert not is_split(fused_launch_config(70000, 2816, 128), 2816, 128)
 
 
 def test_supports_and_bad_configs():
     assert fused_router_supports(128, 8)
     assert not fused_router_supports(512, 8) and not fused_router_supports(128, 17)
     with pytest.raises(ValueError, match="block_h"):
-        check_config(FusedLaunchConfig(16, 16, 24, 128, 4, 2), 4, 128, 128)
+        check_fused_launch_config(FusedLaunchConfig(16, 16, 24, 128, 4, 2), 4, 128, 128)
     with pytest.raises(ValueError, match="h_slice"):
-        check_config(FusedLaunchConfig(16, 16, 64, 96, 4, 2), 4, 128, 128)
+        check_fused_launch_config(FusedLaunchConfig(16, 16, 64, 96, 4, 2), 4, 128, 128)
     with pytest.raises(ValueError, match="token blocks"):
-        check_config(SPLIT, 16 * 1025, 2816, 128)
+        check_fused_launch_config(SPLIT, 16 * 1025, 2816, 128)
     with pytest.raises(ValueError, match="select"):
-        check_config(SPLIT._replace(select="narrow"), 4, 128, 128)
+        check_fused_launch_config(SPLIT._replace(select="narrow"), 4, 128, 128)
     with pytest.raises(ValueError, match="scale_pick"):
-        check_config(SPLIT._replace(scale_pick="per-pick"), 4, 128, 128)
+        check_fused_launch_config(SPLIT._replace(scale_pick="per-pick"), 4, 128, 128)
 
 
 @pytest.mark.parametrize(
@@ -263,12 +264,9 @@ def test_gemm_path_keeps_the_contract(dtype, gen):
 
 
 def test_every_gemm_path_candidate_keeps_the_contract(gen):
-    from vllm_gemma4_router.fused_router.gemm_path import (
-        GEMM_PATH_CONFIG,
-        GemmPathConfig,
-        gemm_path_candidates,
-        route_by_gemm,
-    )
+    from benchmarks.tuning.candidates import gemm_path_candidates
+    from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
+    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_CONFIG, GemmPathConfig
 
     candidates = gemm_path_candidates(192)
     assert GEMM_PATH_CONFIG in gemm_path_candidates(2816) and len(set(candidates)) == 27
@@ -296,7 +294,7 @@ def test_split_candidates_reach_the_gemm_path_range():
 def test_sweep_tries_each_routing_on_the_table_row():
     for t in (1, 64, 256, 1024):
         configs = candidate_configs(t, 2816, 128, 8, torch.bfloat16)
-        row = table_config(t, 2816, 128)
+        row = fused_launch_config(t, 2816, 128)
         assert row in configs
         for select, scale_pick in ROUTING_VARIANTS:
             assert row._replace(select=select, scale_pick=scale_pick) in configs
@@ -304,7 +302,7 @@ def test_sweep_tries_each_routing_on_the_table_row():
 
 
 def test_gemm_path_covers_the_slow_kernel_range():
-    from vllm_gemma4_router.fused_router.launcher import GEMM_PATH_TOKENS
+    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS
 
     assert 256 not in GEMM_PATH_TOKENS and 512 in GEMM_PATH_TOKENS
     assert 8192 in GEMM_PATH_TOKENS and 16384 not in GEMM_PATH_TOKENS

@@ -7,16 +7,18 @@ import torch
 from fused_oracle import assert_fused_contract, router_inputs
 from oracle import assert_ids_valid
 
+from benchmarks.tuning.candidates import candidate_configs, gemm_path_candidates
 from vllm_gemma4_router.fused_router import handover
-from vllm_gemma4_router.fused_router import launcher as fused_launcher
+from vllm_gemma4_router.fused_router import launch_table as fused_table
 from vllm_gemma4_router.fused_router import torch_library as fused_library  # noqa: F401 (registers the op)
-from vllm_gemma4_router.fused_router.launcher import (
+from vllm_gemma4_router.fused_router.launch_table import (
     FusedLaunchConfig,
-    candidate_configs,
+    fused_launch_config,
+    pdl_supported,
+)
+from vllm_gemma4_router.fused_router.launcher import (
     gemma4_fused_router_triton,
     launch_with_config,
-    pdl_supported,
-    table_config,
 )
 from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
@@ -61,7 +63,7 @@ def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
 
 @pytest.mark.parametrize("num_tokens", [1, 1000])
 def test_gpu_every_gemm_path_candidate_is_correct(num_tokens, gen):
-    from vllm_gemma4_router.fused_router.gemm_path import gemm_path_candidates, route_by_gemm
+    from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
 
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     for config in gemm_path_candidates(2816):
@@ -136,10 +138,10 @@ def test_gpu_pdl_switch_keeps_the_op_bits(monkeypatch, gen):
     # the split rows' launches into PDL launches: same kernel sums, same bits.
     for t in (1, 16, 64, 256):
         h, s, w, pes = router_inputs(t, 2816, 128, torch.bfloat16, gen, device="cuda")
-        monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", False)
+        monkeypatch.setattr(fused_table, "_PDL_OVERRIDE", False)
         plain = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
-        monkeypatch.setattr(fused_launcher, "_PDL_OVERRIDE", True)
-        assert table_config(t, 2816, 128, h.device).pdl
+        monkeypatch.setattr(fused_table, "_PDL_OVERRIDE", True)
+        assert fused_launch_config(t, 2816, 128, h.device).pdl
         with_pdl = gemma4_fused_router_triton(h, s, w, pes, EPS, 8)
         for a, b in zip(plain, with_pdl, strict=True):
             assert torch.equal(a, b)

@@ -4,7 +4,7 @@ No GPU is needed: ``triton.compile`` builds cubins (sm_80, sm_90, sm_100) and
 hsacos (gfx90a, gfx942, gfx950) on the CPU, and the resources are read from
 those artefacts (cuobjdump's resource usage; the amdgcn code-object metadata).
 Each launch is compiled exactly as the launch table hands it out
-(``triton_routing.compile_spec``), for each logit dtype, E in {64, 96, 128,
+(``benchmarks.tuning.compile_specs.compile_spec``), for each logit dtype, E in {64, 96, 128,
 256}, K in {1, 6, 8} and every token bucket on sm_90 and gfx942 (H100/H200,
 MI300X); the other targets get Gemma 4's E=128, K=8 for every dtype and bucket
 (the whole matrix on all six targets is ``benchmarks/tuning/compile_resources.py``,
@@ -61,10 +61,12 @@ _NVIDIA_STACK_ALLOWED = {("float32", 8, 8, "checked"): 144}
 
 
 def _nvidia_stack_allowed(point: oc.MatrixPoint) -> int:
-    from vllm_gemma4_router.routing.launch_table import table_config
+    from vllm_gemma4_router.routing.launch_table import bucket_launch_config
 
     block_e = 1 << (point.num_experts - 1).bit_length()
-    config = table_config(point.bucket, block_e, "cuda", point.dtype == "float32", point.topk)
+    config = bucket_launch_config(
+        point.bucket, block_e, "cuda", point.dtype == "float32", point.topk
+    )
     key = (point.dtype, config.tokens_per_program, config.row_groups, config.fp32_select)
     return _NVIDIA_STACK_ALLOWED.get(key, 0) if config.register_picks else 0
 
@@ -112,21 +114,21 @@ def test_no_lane_loads_logits_another_lane_already_holds(compiled, target_name):
 
 
 def test_each_target_compiles_its_platforms_launch_rows():
-    # AMD targets must compile the hip rows (launch_table._HIP_TABLE), NVIDIA the CUDA rows.
-    from vllm_gemma4_router.routing.launch_table import table_config
+    # AMD targets must compile the hip rows (routing/tables/hip.json), NVIDIA the CUDA rows.
+    from vllm_gemma4_router.routing.launch_table import bucket_launch_config
 
     points = oc.matrix_points(experts=(64, 128, 256), topks=(8,))
     for point in points:
         fp32 = point.dtype == "float32"
-        same_rows = table_config(point.bucket, point.num_experts, "hip", fp32) == table_config(
-            point.bucket, point.num_experts, "cuda", fp32
-        )
+        same_rows = bucket_launch_config(
+            point.bucket, point.num_experts, "hip", fp32
+        ) == bucket_launch_config(point.bucket, point.num_experts, "cuda", fp32)
         amd, nvidia = (oc.job_for(point, oc.TARGETS[name]) for name in ("gfx942", "sm_90"))
         same_compile = (amd.constants, amd.num_warps) == (nvidia.constants, nvidia.num_warps)
         assert same_compile == same_rows, point
     assert any(
-        table_config(p.bucket, p.num_experts, "hip", p.dtype == "float32")
-        != table_config(p.bucket, p.num_experts, "cuda", p.dtype == "float32")
+        bucket_launch_config(p.bucket, p.num_experts, "hip", p.dtype == "float32")
+        != bucket_launch_config(p.bucket, p.num_experts, "cuda", p.dtype == "float32")
         for p in points
     ), "no hip row differs from the CUDA rows"
 

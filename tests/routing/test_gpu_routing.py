@@ -134,7 +134,7 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
     # Rows loaded in pieces (LaunchConfig.row_groups): a different register
     # layout on the GPU, bitwise the same outputs as plain rows.
     from vllm_gemma4_router.routing import launcher as routing_launcher
-    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_launch_config
 
     logits = (torch.randn(5001, num_experts, generator=gen) * 2).to(dtype)
     logits[::3] = (torch.randint(-3, 4, (1667, num_experts), generator=gen) * 0.5).to(dtype)
@@ -147,9 +147,11 @@ def test_gpu_row_groups_change_no_bit(dtype, num_experts, topk, gen):
         for groups in (1, 2, 4, 8):
             config = LaunchConfig(tokens, warps, register_picks, groups)
             try:
-                check_config(config, 1 << (num_experts - 1).bit_length(), dtype.itemsize, topk)
+                check_launch_config(
+                    config, 1 << (num_experts - 1).bit_length(), dtype.itemsize, topk
+                )
             except ValueError:
-                continue  # cannot run as written (launch_table.check_config)
+                continue  # cannot run as written (launch_table.check_launch_config)
             weights = torch.empty(5001, topk, device="cuda")
             ids = torch.empty(5001, topk, device="cuda", dtype=torch.int32)
             routing_launcher.launch(gpu_logits, topk, gpu_scale, weights, ids, config)

@@ -316,11 +316,11 @@ def test_configs_that_cannot_run_as_written_are_refused():
     # What the table says is what runs: a config the kernel would have to change
     # is an error, not a silent fallback. triton 3.6 miscompiles the rounds when
     # lanes are left for the groups axis (H100, 2026-11-24).
-    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_config
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig, check_launch_config
 
     def refused(config, block_e, logit_bytes, topk=8):
         with pytest.raises(ValueError, match="config"):
-            check_config(config, block_e, logit_bytes, topk)
+            check_launch_config(config, block_e, logit_bytes, topk)
 
     # wrong ids on the H100 with pieces: bf16 (4 tokens, 4 groups), (8, 8); fp32 (2, 4)
     refused(LaunchConfig(4, 1, row_groups=4), 128, 2)
@@ -337,7 +337,7 @@ def test_configs_that_cannot_run_as_written_are_refused():
         (LaunchConfig(32, 2, row_groups=4), 2),
         (LaunchConfig(4, 1, row_groups=4), 4),
     ):
-        check_config(config, 128, logit_bytes, 8)
+        check_launch_config(config, 128, logit_bytes, 8)
     with pytest.raises(ValueError, match="config"):
         routing_launcher.launch(
             torch.randn(4, 128),
@@ -355,12 +355,12 @@ def test_register_picks_only_for_small_k():
     from vllm_gemma4_router.routing.launch_table import (
         MAX_REGISTER_PICKS,
         NUM_BUCKETS,
-        table_config,
+        bucket_launch_config,
     )
 
     for bucket in range(NUM_BUCKETS):
         for fp32 in (True, False):
-            assert not table_config(
+            assert not bucket_launch_config(
                 bucket, 256, "cuda", fp32, MAX_REGISTER_PICKS + 1
             ).register_picks
-    assert table_config(0, 128, "cuda", True, 8).register_picks
+    assert bucket_launch_config(0, 128, "cuda", True, 8).register_picks

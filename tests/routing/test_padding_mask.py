@@ -15,6 +15,7 @@ import torch
 from oracle import assert_ids_valid, assert_matches_oracle
 
 import vllm_gemma4_router.routing.launcher as routing_launcher
+from benchmarks.tuning.compile_specs import compile_spec
 from vllm_gemma4_router import gemma4_routing_reference, gemma4_routing_triton
 from vllm_gemma4_router.fused_router.reference import gemma4_fused_router_reference
 from vllm_gemma4_router.routing import torch_library  # noqa: F401  (registers the op)
@@ -237,11 +238,9 @@ def test_plans_and_compile_specs_distinguish_the_mask():
     masked = routing_launcher._config_plan(config, 8, 128, torch.bfloat16, None, True)
     assert plain.constexprs["HAS_PADDING"] is False and masked.constexprs["HAS_PADDING"] is True
     assert plain.class_key != masked.class_key
-    spec = routing_launcher.compile_spec(0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda")
+    spec = compile_spec(0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda")
     assert spec.arg_types["padding_ptr"] == "*i32" and spec.constexprs["HAS_PADDING"] is False
-    spec = routing_launcher.compile_spec(
-        0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda", has_padding=True
-    )
+    spec = compile_spec(0, 8, 128, torch.bfloat16, torch.bfloat16, "cuda", has_padding=True)
     assert spec.arg_types["padding_ptr"] == "*u8" and spec.constexprs["HAS_PADDING"] is True
     names = routing_launcher.gemma4_routing_kernel.arg_names
     runtime = [n for n in names if n not in spec.constexprs]

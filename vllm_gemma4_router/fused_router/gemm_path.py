@@ -1,5 +1,5 @@
 """The fused router's contract computed with a vendor GEMM, for the token counts where
-the Triton kernel is slower (see ``fused_router_launch.GEMM_PATH_TOKENS``).
+the Triton kernel is slower (see ``launch_table.GEMM_PATH_TOKENS``).
 
 Same numbers as the kernel up to the GEMM's summation order: the operand
 ``h * scale`` rounded to bf16 for bf16 inputs (fp32 otherwise), an fp32 GEMM
@@ -11,8 +11,6 @@ sums of squares in one pass over ``h``; the epilogue runs ``finish_rows``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
@@ -23,12 +21,12 @@ from vllm_gemma4_router.fused_router.kernels.entry import (
     finish_rows,
     round_to_bf16,
 )
-from vllm_gemma4_router.fused_router.launcher import (
-    operand_mode,
-    output_strides,
-    padding_pointer,
+from vllm_gemma4_router.fused_router.launch_table import (
+    GEMM_PATH_CONFIG,
+    GemmPathConfig,
     routing_constexprs,
 )
+from vllm_gemma4_router.fused_router.launcher import operand_mode, output_strides, padding_pointer
 from vllm_gemma4_router.routing.kernels.select import load_scale_row
 
 
@@ -150,51 +148,6 @@ def gemma4_router_finish_kernel(
         SCALE_PICK,
         HAS_PADDING,
     )
-
-
-class GemmPathConfig(NamedTuple):
-    """The GEMM path's two Triton launches: the prologue's rows x H step and warps, the
-    epilogue's rows per program, warps and routing (``FusedLaunchConfig.select`` and
-    ``scale_pick``)."""
-
-    operand_block_t: int
-    operand_block_h: int
-    operand_warps: int
-    finish_block_t: int
-    finish_warps: int
-    finish_select: str = "exact"
-    finish_scale_pick: str = "per_pick"
-
-
-#: What the op launches: a whole row per 8-warp prologue program, one row per one-warp
-#: epilogue program with the scale row picked by reduction. Provenance:
-#: benchmarks/tuning/sweep_fused_router.py --producer --tokens 512,1024,2048 on an NVIDIA H200
-#: (torch 2.11.0+cu130, triton 3.6.0, L=260 weight sets from HBM), 2026-12-01 21:03 UTC
-#: (benchmarks/results/sweep_fused_router_NVIDIA_H200_2026-12-01_producer_mid.md):
-#: 12.93 / 14.68 / 18.31 us at T=512 / 1024 / 2048 against 15.62 / 17.22 / 19.92 for
-#: the previous (4, 1024, 4, 16, 4); within 0.8 % of the best candidate at each T.
-GEMM_PATH_CONFIG = GemmPathConfig(1, 4096, 8, 1, 1, "exact", "in_row")
-
-
-def gemm_path_candidates(hidden: int) -> list[GemmPathConfig]:
-    """The GEMM-path configs the sweep times: prologues from one whole row per program
-    (one load, as Inductor's norm) to 4 rows in H steps; epilogues of 1-16 rows, with
-    the default routing and with the routing kernel's own choice up to T=1024 (fp32
-    E=128: one row per one-warp program, ``in_row`` scales; ``launch_table``)."""
-    whole_row = triton.next_power_of_2(hidden)
-    prologues = [(1, whole_row, 4), (1, whole_row, 8), (4, 1024, 4)]
-    epilogues = [
-        (1, 1, "checked", "in_row"),
-        (1, 1, "exact", "in_row"),
-        (2, 1, "exact", "in_row"),
-        (4, 2, "exact", "in_row"),
-        (8, 4, "exact", "in_row"),
-        (2, 1),
-        (4, 2),
-        (8, 4),
-        (16, 4),
-    ]
-    return [GemmPathConfig(*a, *b) for a in prologues for b in epilogues]
 
 
 def _gemm_fp32_out(operand: torch.Tensor, gate_weight: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 ``kernel[grid](...)`` binds the arguments, computes Triton's specialization
 key and looks the compiled kernel up on every call: ~20 us of host time on the
-H100 machine's CPU (benchmarks/kernel/profile_kernel.py --host, 2026-11-23), several
-times the kernel itself at decode sizes. This module keeps, per launch class,
+H100 machine's CPU (benchmarks/kernel/profile_kernel.py --host; benchmarks/results/host/),
+several times the kernel itself at decode sizes. This module keeps, per launch class,
 the ``CompiledKernel`` that Triton chose the first time and calls its launcher.
 
 The launch class is a refinement of what Triton specializes on (Triton 3.x:

@@ -18,7 +18,7 @@ import triton.language as tl
 
 # The interpreter's bf16 -> fp32 conversion gets subnormals wrong (triton 3.9),
 # so there bf16 is widened through its bits; GPUs convert exactly, and their
-# conversion was faster at T=1 (1.70 vs 1.83 us, H100 sweep 2026-11-23).
+# conversion was faster at T=1 (1.70 vs 1.83 us in an H100 launch sweep).
 _BF16_BY_BITS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 #: Below every ordered logit (ordered(-inf) is -2**31 + 2**23 - 1): marks a taken expert.
@@ -96,7 +96,7 @@ def next_below(best, keys_u):
     ``best`` up above that range, so an unsigned min finds the next pick: one
     subtract and one min per logit, and the keys stay untouched (masking out
     each pick would cost a compare and a select more, and the integer pipe is
-    what bounds this kernel: Nsight Compute, H100, 2026-11-23).
+    what bounds this kernel: Nsight Compute on an H100, benchmarks/results/ncu/).
     """
     below = (best - 1).to(tl.uint32, bitcast=True)
     return (below - tl.min(below[:, None] - keys_u, axis=1)).to(tl.int32, bitcast=True)

@@ -1,0 +1,136 @@
+"""The fused router's launch table as data: the packaged JSON file matches its schema,
+carries its provenance, gives the rows the code held before, and a broken file fails
+loudly; its names do not collide with the routing table's."""
+
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from vllm_gemma4_router.fused_router import launch_table as fused_table
+from vllm_gemma4_router.fused_router.launch_table import (
+    GEMM_PATH_CONFIG,
+    GEMM_PATH_TOKENS,
+    FusedLaunchConfig,
+    GemmPathConfig,
+    fused_bucket,
+    fused_launch_config,
+    fused_table_file,
+    load_fused_table,
+)
+from vllm_gemma4_router.routing import launch_table as routing_table
+from vllm_gemma4_router.routing.table_files import SWEEP_FIELDS, LaunchTableError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _raw() -> dict:
+    return json.loads(fused_table_file().read_text())
+
+
+def test_the_packaged_table_loads_and_names_its_sweeps():
+    table = load_fused_table(fused_table_file())
+    assert table.bucket_bounds == (16, 64, 256, 1024, 4096) and len(table.rows) == 6
+    data = _raw()
+    assert data["schema"] == 1 and data["table"] == "fused_router"
+    sweeps = {s["id"]: s for s in data["provenance"]["sweeps"]}
+    for sweep in sweeps.values():
+        assert set(SWEEP_FIELDS) <= set(sweep) and sweep["device"] == "NVIDIA H200"
+        assert sweep["versions"] == {
+            "driver": "580.159.04",
+            "torch": "2.11.0+cu130",
+            "triton": "3.6.0",
+        }
+        assert re.match(r"20\d\d-[01]\d-[0-3]\d", sweep["date"])
+        for result in sweep["results"]:
+            assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
+    named = [r["provenance"] for r in data["rows"]]
+    named += [data["gemm_path"][k] for k in ("provenance", "tokens_provenance")]
+    assert set(named) | {data["pdl"]["provenance"]} == set(sweeps)
+
+
+def test_the_loaded_rows_are_the_rows_the_code_held():
+    rows = fused_table._FUSED_TABLE
+    assert rows[0] == FusedLaunchConfig(16, 32, 256, 256, 8, 2)
+    assert rows[1] == FusedLaunchConfig(16, 64, 256, 256, 8, 2)
+    assert rows[2] == FusedLaunchConfig(16, 128, 256, 512, 4, 2)
+    assert rows[3] == rows[4] == FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8)
+    assert rows[5] == FusedLaunchConfig(64, 128, 64, 2**31, 4, 3, 8)
+    table = load_fused_table(fused_table_file())
+    assert table.gemm_path_tokens == GEMM_PATH_TOKENS and table.gemm_path_config == GEMM_PATH_CONFIG
+    assert (GEMM_PATH_TOKENS.start, GEMM_PATH_TOKENS.stop, GEMM_PATH_TOKENS.step) == (257, 8193, 1)
+    assert GemmPathConfig(1, 4096, 8, 1, 1, "exact", "in_row") == GEMM_PATH_CONFIG
+    buckets = {1: 0, 16: 0, 17: 1, 64: 1, 65: 2, 256: 2, 1024: 3, 4096: 4, 4097: 5, 2**40: 5}
+    assert {t: fused_bucket(t) for t in buckets} == buckets
+    assert fused_launch_config(1, 2816, 128) == rows[0]
+    assert fused_launch_config(70000, 2816, 128) == rows[5]._replace(h_slice=2816)
+
+
+def test_routing_and_fused_tables_share_no_name():
+    def own(module):
+        names = set()
+        for name, value in vars(module).items():
+            if name.startswith("__") or name == "annotations" or isinstance(value, ModuleType):
+                continue
+            if callable(value) and getattr(value, "__module__", None) != module.__name__:
+                continue  # imported
+            names.add(name)
+        return names
+
+    assert {"bucket_launch_config", "check_launch_config", "_BUCKET_BOUNDS"} <= own(routing_table)
+    assert {"fused_launch_config", "check_fused_launch_config", "_FUSED_BUCKET_BOUNDS"} <= own(
+        fused_table
+    )
+    assert not own(routing_table) & own(fused_table)
+
+
+def _write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "fused.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def _broken(change):
+    data = _raw()
+    change(data)
+    return data
+
+
+BROKEN = {
+    "not json": "[1,",
+    "the routing table's kind": _broken(lambda d: d.update(table="routing")),
+    "a row missing": _broken(lambda d: d["rows"].pop()),
+    "rows out of order": _broken(lambda d: d["rows"].reverse()),
+    "a block not a power of two": _broken(lambda d: d["rows"][0]["config"].update(block_h=24)),
+    "an unknown routing": _broken(lambda d: d["rows"][0]["config"].update(select="narrow")),
+    "a route_t not a power of two": _broken(lambda d: d["rows"][3]["config"].update(route_t=6)),
+    "a config key missing": _broken(lambda d: d["rows"][0]["config"].pop("pdl")),
+    "a gemm path range backwards": _broken(
+        lambda d: d["gemm_path"].update(tokens={"first": 9000, "last": 257})
+    ),
+    "a gemm path config with bad warps": _broken(
+        lambda d: d["gemm_path"]["config"].update(finish_warps=3)
+    ),
+    "no pdl record": _broken(lambda d: d.pop("pdl")),
+    "an unknown provenance": _broken(lambda d: d["gemm_path"].update(provenance="nowhere")),
+    "a sweep without versions": _broken(lambda d: d["provenance"]["sweeps"][0].update(versions={})),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BROKEN))
+def test_a_broken_table_fails_at_load_naming_the_file(tmp_path, what):
+    path = _write(tmp_path, BROKEN[what])
+    with pytest.raises(LaunchTableError, match=re.escape(str(path))):
+        load_fused_table(path)
+
+
+def test_a_missing_table_fails_at_load_naming_the_file(tmp_path):
+    path = tmp_path / "fused.json"
+    with pytest.raises(LaunchTableError, match=re.escape(str(path))):
+        load_fused_table(path)
+
+
+def test_an_unchanged_copy_loads_the_same_table(tmp_path):
+    assert load_fused_table(_write(tmp_path, _raw())) == load_fused_table(fused_table_file())
