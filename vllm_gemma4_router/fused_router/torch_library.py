@@ -3,7 +3,7 @@
 Functional (mutates nothing), with a fake implementation, so torch.compile
 traces model code that calls it without a graph break. On the CPU it runs the
 torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
-of ``fused_router_launch``, or, for the token counts where that kernel is slower
+of ``fused_router.launcher``, or, for the token counts where that kernel is slower
 (``GEMM_PATH_TOKENS``), the same contract through a Triton prologue, cuBLAS and
 the kernel's epilogue. Either way it returns the packed buffer of
 ``handover`` and records it for one claim.
