@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common.gpu import accelerator
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Distributions whose versions a result depends on; those not installed are left out.
 DEFAULT_DISTRIBUTIONS = (
@@ -46,46 +48,6 @@ def distribution_versions(distributions: Sequence[str] = DEFAULT_DISTRIBUTIONS) 
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def accelerator() -> dict[str, str] | None:
-    """The first GPU torch sees: name, multiprocessors, runtime, driver; ``None`` without one.
-
-    Keys: ``name``; on CUDA/ROCm also ``sms`` (multiprocessor count),
-    ``runtime`` (``cuda 13.0`` / ``hip 7.1...``) and on NVIDIA ``driver``.
-    """
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            hip = getattr(torch.version, "hip", None)
-            info = {
-                "name": props.name,
-                "sms": str(props.multi_processor_count),
-                "runtime": f"hip {hip}" if hip else f"cuda {torch.version.cuda}",
-            }
-            if not hip:
-                info["driver"] = _nvidia_driver() or "unknown"
-            return info
-        if hasattr(torch, "xpu") and torch.xpu.is_available():
-            return {"name": torch.xpu.get_device_name(0)}
-    except Exception:  # noqa: BLE001 - the stamp must never fail the run
-        pass
-    return None
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
 
 
 def cpu_name() -> str:
@@ -123,7 +85,7 @@ def environment_stamp(
 
     Returns:
         ``date`` (:func:`utc_now`), ``device`` (the GPU's name, else :func:`cpu_name`),
-        ``accelerator`` (:func:`accelerator`, only with a GPU), ``python``,
+        ``accelerator`` (:func:`benchmarks.common.gpu.accelerator`, only with a GPU), ``python``,
         ``platform``, ``versions`` (:func:`distribution_versions`), ``git_commit``
         (``None`` outside a checkout) and ``argv`` (this process's command line as
         one shell line; ``argv`` overrides ``sys.argv``).

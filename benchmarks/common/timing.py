@@ -1,11 +1,11 @@
-"""Shared pieces of the GPU benchmarks: environment stamp, inputs, timing."""
+"""Shared pieces of the GPU benchmarks: environment stamp, inputs, timing, geomean."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -70,6 +70,13 @@ def host_us_per_call(fn: Callable[[], object], calls: int = 1000, batches: int =
         per_batch.append((time.perf_counter() - start) / calls * 1e6)
         torch.cuda.synchronize()
     return statistics.median(per_batch)
+
+
+def geomean(values: Iterable[float | None]) -> float:
+    """Geometric mean of the positive values (``statistics.geometric_mean``); NaN, zero,
+    negative and missing values are left out; ``nan`` when none is left."""
+    kept = [v for v in values if v is not None and v > 0]
+    return statistics.geometric_mean(kept) if kept else math.nan
 
 
 def copy_bandwidth_gbs(num_bytes: int = 2**28, repeats: int = 20) -> float:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common.gpu import device_name, device_slug
+from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import bench_rotated, environment_stamp, l2_bytes, write_stamped_csv
 from benchmarks.kernel.bench_router import (
     _empty_launcher,
@@ -81,14 +83,15 @@ def row_for(num_tokens: int, config, us: dict, layers: int, where: str, base: fl
 
 
 def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table's lines: header, rule, one line per row."""
     head = ["T", "config", *COLUMNS, *(f"+{name}" for name in STAGES)]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in rows:
-        cells = [str(r["T"]), r["config"]]
-        cells += [f"{r[f'{name}_us']:.2f}" for name in COLUMNS]
-        cells += [f"{r[f'd_{name}_us']:+.2f}" for name in STAGES]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    cells = [
+        [r["T"], r["config"]]
+        + [f"{r[f'{name}_us']:.2f}" for name in COLUMNS]
+        + [f"{r[f'd_{name}_us']:+.2f}" for name in STAGES]
+        for r in rows
+    ]
+    return markdown_table(head, cells, ["right", "left"] + ["right"] * (len(head) - 2)).splitlines()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,11 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"bench_fused_stages_{stamp.get('gpu', 'unknown')}_{stamp.get('date', '')[:10]}"
+    name = f"bench_fused_stages_{device_slug(stamp)}_{stamp.get('date', '')[:10]}"
     base_path = out_dir / (name.replace(" ", "_") + (f"_{args.tag}" if args.tag else ""))
     write_stamped_csv(f"{base_path}.csv", stamp, rows)
     text = [
-        f"# Fused router split launch, stage by stage ({stamp.get('gpu')})",
+        f"# Fused router split launch, stage by stage ({device_name(stamp)})",
         "",
         ", ".join(f"{k}={v}" for k, v in stamp.items()),
         "",

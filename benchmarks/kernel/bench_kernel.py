@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common.gpu import device_name, device_slug
 from benchmarks.common.peer_kernels import load_sglang_router, load_vllm_router
+from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import (
     FP32_FAMILIES,
     TOKEN_COUNTS_ODD,
@@ -28,6 +30,7 @@ from benchmarks.common.timing import (
     bench_hot,
     copy_bandwidth_gbs,
     environment_stamp,
+    geomean,
     host_us_per_call,
     make_logits,
     rotating,
@@ -204,11 +207,6 @@ def bench_point(
     return rows
 
 
-def geomean(values):
-    values = [v for v in values if v and not math.isnan(v)]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
-
-
 _ORDER = (
     "ours",
     "vllm",
@@ -223,15 +221,14 @@ _ORDER = (
 
 def write_results(rows, stamp, copy_gbs, out: Path, tag: str, main_e: int, main_k: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    gpu = stamp.get("gpu", "gpu").replace(" ", "_")
-    base = out / f"bench_kernel_{gpu}{('_' + tag) if tag else ''}"
+    base = out / f"bench_kernel_{device_slug(stamp)}{('_' + tag) if tag else ''}"
     write_stamped_csv(f"{base}.csv", stamp, rows)
 
     by = {
         (r["method"], r["dtype"], r["family"], r["E"], r["K"], r["mode"], r["T"]): r for r in rows
     }
     lines = [
-        f"# Gemma4 routing kernel benchmark ({stamp.get('gpu')})",
+        f"# Gemma4 routing kernel benchmark ({device_name(stamp)})",
         "",
         ", ".join(f"{k}={v}" for k, v in stamp.items()),
         "",
@@ -253,25 +250,24 @@ def write_results(rows, stamp, copy_gbs, out: Path, tag: str, main_e: int, main_
             r = by.get((m, *key[:4], key[4], t))
             return r["us"] if r is not None and r["correct"] else float("nan")
 
-        lines += [
-            f"## {dtype} ({family}), E={e}, K={k}, {mode}",
-            "",
-            "| T | "
-            + " | ".join(methods)
-            + " | ours GB/s | % of copy floor | vs vLLM | vs SGLang |",
-            "|---" * (len(methods) + 5) + "|",
-        ]
         ratios = {m: {} for m in methods}
+        table = []
         for t in ts:
             ours = t_of("ours", t)
             gbs = by[("ours", *key[:4], mode, t)]["bytes"] / ours / 1e3 if ours == ours else 0
             for m in methods:
                 ratios[m][t] = t_of(m, t) / ours
-            cells = [f"{t_of(m, t):.2f}" for m in methods]
-            lines.append(
-                f"| {t} | " + " | ".join(cells) + f" | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | "
-                f"{t_of('vllm', t) / ours:.2f}x | {t_of('sglang', t) / ours:.2f}x |"
+            table.append(
+                [t, *(f"{t_of(m, t):.2f}" for m in methods), f"{gbs:.0f}"]
+                + [f"{100 * gbs / copy_gbs:.0f}%", f"{t_of('vllm', t) / ours:.2f}x"]
+                + [f"{t_of('sglang', t) / ours:.2f}x"]
             )
+        head = ["T", *methods, "ours GB/s", "% of copy floor", "vs vLLM", "vs SGLang"]
+        lines += [
+            f"## {dtype} ({family}), E={e}, K={k}, {mode}",
+            "",
+            markdown_table(head, table, ["right"] * len(head)),
+        ]
         stats = {m: _stats(ratios[m]) for m in methods if m != "ours"}
         lines += [
             "",
@@ -288,19 +284,19 @@ def write_results(rows, stamp, copy_gbs, out: Path, tag: str, main_e: int, main_
     Path(f"{base}.md").write_text("\n".join(lines) + "\n")
     _plot(rows, stamp, base, main_e, main_k)
     print(f"wrote {base}.csv/.md/.png")
-    print(
-        "| logits (family) | E | K | timing | vs vLLM geomean (min) | pow2 <=16384 | min T<=256 "
-        "| vs SGLang | vs eager |"
-    )
+    head = ["logits (family)", "E", "K", "timing", "vs vLLM geomean (min)", "pow2 <=16384"]
+    head += ["min T<=256", "vs SGLang", "vs eager"]
+    table = []
     for (dtype, family, e, k, mode), stats in summary:
         v = stats.get("vllm", {})
-        print(
-            f"| {dtype} ({family}) | {e} | {k} | {mode} | {v.get('all', math.nan):.2f}x "
-            f"({v.get('min', math.nan):.2f}x) | {v.get('decode', math.nan):.2f}x | "
-            f"{v.get('small_min', math.nan):.2f}x | "
-            f"{stats.get('sglang', {}).get('all', math.nan):.2f}x | "
-            f"{stats.get('torch_eager', {}).get('all', math.nan):.1f}x |"
+        table.append(
+            [f"{dtype} ({family})", e, k, mode]
+            + [f"{v.get('all', math.nan):.2f}x ({v.get('min', math.nan):.2f}x)"]
+            + [f"{v.get('decode', math.nan):.2f}x", f"{v.get('small_min', math.nan):.2f}x"]
+            + [f"{stats.get('sglang', {}).get('all', math.nan):.2f}x"]
+            + [f"{stats.get('torch_eager', {}).get('all', math.nan):.1f}x"]
         )
+    print(markdown_table(head, table))
 
 
 def _stats(ratio_by_t: dict[int, float]) -> dict[str, float]:
@@ -357,7 +353,7 @@ def _plot(rows, stamp, base, main_e: int, main_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"Gemma4 routing on {stamp.get('gpu')} - torch {stamp['torch']}, "
+        f"Gemma4 routing on {device_name(stamp)} - torch {stamp['torch']}, "
         f"triton {stamp['triton']}, {stamp['date']}",
         fontsize=9,
     )

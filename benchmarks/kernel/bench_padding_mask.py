@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common.gpu import device_slug
+from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import bench_graph, environment_stamp
 from vllm_gemma4_router.fused_router import torch_library as fused_library
 from vllm_gemma4_router.fused_router.handover import new_packed, unpack
@@ -100,15 +102,13 @@ def main() -> None:
             }
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    gpu = stamp.get("gpu", "gpu").replace(" ", "_")
-    stem = args.out / f"padding_mask_{gpu}_{datetime.date.today().isoformat()}"
+    stem = args.out / f"padding_mask_{device_slug(stamp)}_{datetime.date.today().isoformat()}"
     with stem.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    from tabulate import tabulate
-
-    table = tabulate(rows, headers="keys", tablefmt="github")
+    align = ["left"] + ["right"] * (len(rows[0]) - 1)  # op, then numbers
+    table = markdown_table(list(rows[0]), [row.values() for row in rows], align)
     header = "\n".join(f"- {k}: {v}" for k, v in stamp.items())
     stem.with_suffix(".md").write_text(
         f"# Padding mask cost, CUDA graphs, best of {REPEATS} interleaved repeats\n\n"

@@ -46,18 +46,20 @@ Writes benchmarks/results/bench_router_<device>_<date>[_<tag>].{csv,md,png}.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from benchmarks.common.gpu import device_name, device_slug
+from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import (
     ROUTER_HIDDEN,
     bench_rotated,
     copy_bandwidth_gbs,
     environment_stamp,
+    geomean,
     l2_bytes,
     producer_of,
     rotation_calls,
@@ -524,9 +526,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def result_base(stamp: dict[str, str], out: Path, tag: str) -> Path:
     """``out/bench_router_<device>_<date>[_<tag>]`` (no suffix)."""
-    device = stamp.get("gpu") or stamp.get("device", "unknown")
     date = stamp.get("date", "undated")[:10]
-    name = f"bench_router_{device}_{date}".replace(" ", "_")
+    name = f"bench_router_{device_slug(stamp)}_{date}".replace(" ", "_")
     return out / (name + (f"_{tag}" if tag else ""))
 
 
@@ -534,21 +535,17 @@ def _fmt(value: float) -> str:
     return "-" if value is None or value != value else f"{value:.2f}"
 
 
-def geomean(values) -> float:
-    values = [v for v in values if v and v == v and v > 0]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
-
-
 def table_lines(rows: list[dict], layers: int) -> list[str]:
     """The markdown table of one layer count: every piece, the two ratios, the check."""
     mine = sorted((r for r in rows if r["layers"] == layers), key=lambda r: r["T"])
-    head = [HEADERS[p] for p in PIECES] + ["chain vLLM / fused", "chain ours / fused", "check"]
-    lines = ["| T | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for r in mine:
-        cells = [_fmt(r[f"{p}_us"]) for p in PIECES]
-        cells += [f"{r['vllm_over_fused']:.2f}x", f"{r['ours_over_fused']:.2f}x", r["check"]]
-        lines.append(f"| {r['T']} | " + " | ".join(cells) + " |")
-    return lines
+    head = ["T", *(HEADERS[p] for p in PIECES), "chain vLLM / fused", "chain ours / fused"]
+    cells = [
+        [r["T"], *(_fmt(r[f"{p}_us"]) for p in PIECES)]
+        + [f"{r['vllm_over_fused']:.2f}x", f"{r['ours_over_fused']:.2f}x", r["check"]]
+        for r in mine
+    ]
+    align = ["right"] * len(head) + ["left"]
+    return markdown_table([*head, "check"], cells, align).splitlines()
 
 
 def real_step_line(rows: list[dict], layers: int, model_layers: int) -> str | None:
@@ -596,8 +593,7 @@ def write_results(
     write_stamped_csv(f"{base}.csv", stamp, rows)
     l2 = int(stamp.get("L2_bytes", 0) or 0)
     lines = [
-        f"# Gemma 4 router per layer: vLLM's unfused chain vs the fused op "
-        f"({stamp.get('gpu', stamp.get('device'))})",
+        f"# Gemma 4 router per layer: vLLM's unfused chain vs the fused op ({device_name(stamp)})",
         "",
         ", ".join(f"{k}={v}" for k, v in stamp.items()),
         "",
@@ -684,7 +680,7 @@ def _plot(rows: list[dict], stamp: dict[str, str], base: Path) -> None:
     ax_r.axhline(1.0, color="black", linewidth=0.8)
     ax_r.set_ylabel("speed-up of the fused op")
     fig.suptitle(
-        f"Gemma 4 router ({stamp.get('shape', '')}) on {stamp.get('gpu', stamp.get('device'))}"
+        f"Gemma 4 router ({stamp.get('shape', '')}) on {device_name(stamp)}"
         f" - torch {stamp.get('torch', '?')}, triton {stamp.get('triton', '?')}, "
         f"{stamp.get('date', '')}",
         fontsize=9,

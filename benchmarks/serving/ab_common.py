@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmarks.common import tables
 from vllm_gemma4_router.harness import model_profiles
 from vllm_gemma4_router.log_contract import install_line, parse_log
 
@@ -201,10 +203,7 @@ def markdown_table(rows: Sequence[Row], first_column: str = "metric") -> str:
     The "better" column is ``plugin`` / ``in-tree`` when the change is at least
     0.05 %, ``=`` otherwise, ``n/a`` when the change is undefined.
     """
-    lines = [
-        f"| {first_column} | in-tree | plugin | change | better |",
-        "| --- | ---: | ---: | ---: | :---: |",
-    ]
+    cells = []
     for row in rows:
         change = percent_change(row.before, row.after)
         if change is None:
@@ -213,12 +212,11 @@ def markdown_table(rows: Sequence[Row], first_column: str = "metric") -> str:
             better = "="
         else:
             better = "plugin" if (change > 0) == row.higher_is_better else "in-tree"
-        lines.append(
-            f"| {row.label} | {format_value(row.before, row.digits, row.before_err)} "
-            f"| {format_value(row.after, row.digits, row.after_err)} "
-            f"| {format_percent(change)} | {better} |"
-        )
-    return "\n".join(lines) + "\n"
+        before = format_value(row.before, row.digits, row.before_err)
+        after = format_value(row.after, row.digits, row.after_err)
+        cells.append([row.label, before, after, format_percent(change), better])
+    header = [first_column, "in-tree", "plugin", "change", "better"]
+    return tables.markdown_table(header, cells, ["left", *["right"] * 3, "center"]) + "\n"
 
 
 def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -260,7 +258,7 @@ class ArmsRow:
 def finite_mean(values: Sequence[float | None]) -> float | None:
     """Mean of the finite values, ``None`` if there are none."""
     finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+    return statistics.fmean(finite) if finite else None
 
 
 def half_range_pct(values: Sequence[float | None]) -> float | None:
@@ -286,14 +284,11 @@ def arms_table(rows: Sequence[ArmsRow], arms: Sequence[str], baseline: str = "in
     others = [arm for arm in arms if arm != baseline]
     repeated = any(len(row.runs.get(arm, ())) > 1 for row in rows for arm in arms)
     header = ["metric", *arms, *(f"{arm} vs {baseline}" for arm in others), "best"]
+    align = ["left", *["right"] * (len(header) - 2), "center"]
     if repeated:
         header.append("noise")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "| --- | " + " | ".join(["---:"] * (len(header) - 2)) + " | :---: |"
-        if not repeated
-        else "| --- | " + " | ".join(["---:"] * (len(header) - 3)) + " | :---: | ---: |",
-    ]
+        align.append("right")
+    table = []
     for row in rows:
         means = {arm: finite_mean(row.runs.get(arm, ())) for arm in arms}
         cells = [row.label]
@@ -309,8 +304,8 @@ def arms_table(rows: Sequence[ArmsRow], arms: Sequence[str], baseline: str = "in
             noise = [half_range_pct(row.runs.get(arm, ())) for arm in arms]
             known = [n for n in noise if n is not None]
             cells.append(f"{max(known):.1f} %" if known else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return tables.markdown_table(header, table, align) + "\n"
 
 
 def _best_arm(means: Mapping[str, float | None], higher_is_better: bool) -> str:

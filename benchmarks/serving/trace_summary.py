@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import tables
+
 # Ordered: the first matching category names a kernel. The three routing
 # categories are the three arms of benchmarks.serving.serve_ab.
 DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -414,13 +416,13 @@ def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
     )
     if not summary.get("gpu_events", 1):
         lines += ["", "(no GPU kernels in this trace: a CPU-only server, or CUPTI saw none)"]
-    lines += ["", "| kernels | us / step (median) | share of GPU time | launches / step |"]
-    lines.append("| --- | ---: | ---: | ---: |")
-    for name, row in summary["categories"].items():
-        lines.append(
-            f"| {name} | {num(row['us_per_step_median'], 2)} | {num(row['share_pct'], 2)} % "
-            f"| {num(row['launches_per_step'])} |"
-        )
+    head = ["kernels", "us / step (median)", "share of GPU time", "launches / step"]
+    cells = [
+        [name, num(row["us_per_step_median"], 2), f"{num(row['share_pct'], 2)} %"]
+        + [num(row["launches_per_step"])]
+        for name, row in summary["categories"].items()
+    ]
+    lines += ["", tables.markdown_table(head, cells, ["left", "right", "right", "right"])]
     if summary["routing_neighbors"]["before"]:
         before = ", ".join(f"{k} x{v}" for k, v in summary["routing_neighbors"]["before"].items())
         lines += ["", f"Kernels just before each routing call (same stream): {before}"]

@@ -29,7 +29,7 @@ PYVER=3.11 XZ_PRESET=${XZ_PRESET:--0} bash "$HERE/prepare.sh" | grep -v '^  \|^c
 
 step "device stand-in python ($SIM/py)"
 PY=$SIM/py/bin/python
-if ! "$PY" -c 'import torch, transformers, scipy' 2>/dev/null; then
+if ! "$PY" -c 'import torch, transformers, scipy, tabulate' 2>/dev/null; then
   python3 -m venv "$SIM/py"
   "$PY" -m pip install -q --upgrade pip
   # the device's versions, less those with no Python 3.11 build (numpy 2.5 etc.)
@@ -41,7 +41,7 @@ if ! "$PY" -c 'import torch, transformers, scipy' 2>/dev/null; then
     safetensors regex requests tqdm psutil sentencepiece py-cpuinfo protobuf aiohttp \
     prometheus_client pillow tiktoken "opencv-python-headless>=4.13" pyyaml six setuptools \
     einops cloudpickle ninja "numba>=0.65" filelock jinja2 httpx anyio click rich typer uvloop \
-    grpcio scipy pandas msgpack
+    grpcio scipy pandas msgpack tabulate # tabulate: benchmark tables (smoke.py imports it)
 fi
 
 step "stub libcuda.so.1 and a fake H100 platform plugin"

@@ -4,8 +4,8 @@ Imports every module that `python -m vllm.entrypoints.openai.api_server --model 
 MoE dir> --attention-backend TRITON_ATTN` (default compilation, CUDA graphs) and
 `vllm bench serve` reach at start-up, the kernels' extension modules, parses the serve and
 bench command lines, builds the API server's app and the sampler, and checks that the
-plugin's `vllm.general_plugins` entry point is registered and loads. Prints one line per
-check and `smoke: N passed, N failed`.
+plugin's `vllm.general_plugins` entry point is registered and loads, and that tabulate (the
+benchmarks' report tables) imports. Prints one line per check and `smoke: N passed, N failed`.
 
 `--audit` also lists, per distribution, the third-party modules that got imported, so a
 dependency dropped from the bundle can be justified (or caught).
@@ -132,6 +132,17 @@ def _plugin() -> str:
     return f"{eps[0].value} (from {eps[0].dist.name if eps[0].dist else '?'})"
 
 
+def _tabulate() -> str:
+    """The benchmarks' report tables (benchmarks.common.tables) render through tabulate,
+    which the device has (device_packages.txt), so the bundle does not carry it."""
+    import tabulate
+
+    table = tabulate.tabulate([["x", "1.00"]], headers=["a", "b"], tablefmt="pipe")
+    if table.splitlines()[0].replace(" ", "") != "|a|b|":
+        raise RuntimeError(f"unexpected table: {table!r}")
+    return f"tabulate {tabulate.__version__} from {tabulate.__file__}"
+
+
 def _version() -> str:
     import vllm
 
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     _check("sampler", _sampler, results)
     _check("bench serve arguments", _parse_bench, results)
     _check("plugin entry point", _plugin, results)
+    _check("benchmark tables", _tabulate, results)
     if args.audit:
         audit()
     failed = [n for n, ok in results if not ok]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common.tables import row_cells
 from benchmarks.serving import ab_common, gsm8k_ab, serve_ab
 from vllm_gemma4_router.log_contract import parse_log
 
@@ -70,6 +71,19 @@ def test_percent_and_value_formatting():
     assert ab_common.format_value(0.81249, 4, 0.0105) == "0.8125 ± 0.0105"
 
 
+def _unpadded(text: str) -> str:
+    """``text`` with each table line's cells unpadded: ``| a | b |``."""
+    lines = text.splitlines()
+    return "\n".join(
+        f"| {' | '.join(row_cells(line))} |" if line.startswith("|") else line for line in lines
+    )
+
+
+def _alignment(rule: str) -> list[str]:
+    """A markdown table's rule line as ``:-`` (left), ``-:`` (right), ``:-:`` (centre) cells."""
+    return [re.sub("-+", "-", cell) for cell in row_cells(rule)]
+
+
 def test_serve_table_from_fixture_results():
     before = _fixture("serve_in-tree.json")
     after = _fixture("serve_plugin.json")
@@ -77,7 +91,8 @@ def test_serve_table_from_fixture_results():
     assert [row.label for row in rows] == [label for label, _, _ in serve_ab.TABLE_METRICS]
     table = ab_common.markdown_table(rows)
     lines = table.splitlines()
-    assert lines[0] == "| metric | in-tree | plugin | change | better |"
+    assert row_cells(lines[0]) == ["metric", "in-tree", "plugin", "change", "better"]
+    assert _alignment(lines[1]) == [":-", "-:", "-:", "-:", ":-:"]  # numbers right
     expected = [
         "| Request throughput (req/s) | 2.50 | 2.56 | +2.4 % | plugin |",
         "| Output token throughput (tok/s) | 1280.00 | 1310.72 | +2.4 % | plugin |",
@@ -93,7 +108,7 @@ def test_serve_table_from_fixture_results():
         "| Median ITL (ms) | 10.00 | 9.80 | -2.0 % | plugin |",
         "| P99 ITL (ms) | 50.00 | 49.00 | -2.0 % | plugin |",
     ]
-    assert lines[2:] == expected
+    assert [row_cells(line) for line in lines[2:]] == [row_cells(line) for line in expected]
     records = ab_common.rows_as_json(rows)
     assert records[2]["change_pct"] == pytest.approx(2.4)
     assert records[2]["in-tree"] == 6400.0 and records[2]["plugin"] == 6553.6
@@ -103,7 +118,7 @@ def test_serve_table_marks_missing_metrics():
     before = _fixture("serve_in-tree.json")
     after = {k: v for k, v in _fixture("serve_plugin.json").items() if k != "p99_itl_ms"}
     last = ab_common.markdown_table(serve_ab.table_rows(before, after)).splitlines()[-1]
-    assert last == "| P99 ITL (ms) | 50.00 | - | n/a | n/a |"
+    assert row_cells(last) == ["P99 ITL (ms)", "50.00", "-", "n/a", "n/a"]
 
 
 def test_serve_completeness_problems():
@@ -215,10 +230,10 @@ def test_gsm8k_table_from_fixture_results():
     before = _fixture("lm_eval_in-tree.json")
     after = _fixture("lm_eval_plugin.json")
     table = ab_common.markdown_table(gsm8k_ab.table_rows(before, after))
-    assert table.splitlines()[2:] == [
-        "| gsm8k exact_match (flexible-extract) | 0.8125 ± 0.0105 | 0.8250 ± 0.0102 "
-        "| +1.5 % | plugin |",
-        "| gsm8k exact_match (strict-match) | 0.8000 ± 0.0110 | 0.8000 ± 0.0110 | 0.0 % | = |",
+    assert [row_cells(line) for line in table.splitlines()[2:]] == [
+        ["gsm8k exact_match (flexible-extract)", "0.8125 ± 0.0105", "0.8250 ± 0.0102"]
+        + ["+1.5 %", "plugin"],
+        ["gsm8k exact_match (strict-match)", "0.8000 ± 0.0110", "0.8000 ± 0.0110", "0.0 %", "="],
     ]
     assert gsm8k_ab.sample_counts(after) == {"gsm8k": 1319}
 
@@ -489,6 +504,9 @@ def _scaled(result: dict, factor: float, label: str) -> dict:
     return {k: (v * factor if k in keys else v) for k, v in result.items()} | {"label": label}
 
 
+ARMS3 = ["in-tree", "plugin", "native"]
+
+
 def test_three_arm_table_with_repeats():
     base = _fixture("serve_in-tree.json")
     runs = {
@@ -497,24 +515,30 @@ def test_three_arm_table_with_repeats():
         "native": [_scaled(base, 1.1, "native"), _scaled(base, 1.1, "native")],
     }
     rows = serve_ab.arms_table_rows(runs)
-    table = ab_common.arms_table(rows, ["in-tree", "plugin", "native"]).splitlines()
-    assert table[0] == (
-        "| metric | in-tree | plugin | native | plugin vs in-tree | native vs in-tree "
-        "| best | noise |"
-    )
+    table = [row_cells(line) for line in ab_common.arms_table(rows, ARMS3).splitlines()]
+    assert table[0] == [
+        "metric", "in-tree", "plugin", "native", "plugin vs in-tree", "native vs in-tree",
+        "best", "noise",
+    ]  # fmt: skip
+    assert [re.sub("-+", "-", c) for c in table[1][-2:]] == [":-:", "-:"]  # best centred
     tpot = base["mean_tpot_ms"]  # lower is better
     mean = {"in-tree": tpot * 1.02, "plugin": tpot * 0.91, "native": tpot * 1.1}
     half = {"in-tree": tpot * 0.02, "plugin": tpot * 0.01, "native": 0.0}
     noise = max(half[a] / mean[a] * 100 for a in mean)
     change = {a: (mean[a] - mean["in-tree"]) / mean["in-tree"] * 100 for a in mean}
-    expected = (
-        f"| Mean TPOT (ms) | {mean['in-tree']:.2f} ±{half['in-tree']:.2f} "
-        f"| {mean['plugin']:.2f} ±{half['plugin']:.2f} | {mean['native']:.2f} ±0.00 "
-        f"| {change['plugin']:+.1f} % | {change['native']:+.1f} % | plugin | {noise:.1f} % |"
-    )
+    expected = [
+        "Mean TPOT (ms)",
+        f"{mean['in-tree']:.2f} ±{half['in-tree']:.2f}",
+        f"{mean['plugin']:.2f} ±{half['plugin']:.2f}",
+        f"{mean['native']:.2f} ±0.00",
+        f"{change['plugin']:+.1f} %",
+        f"{change['native']:+.1f} %",
+        "plugin",
+        f"{noise:.1f} %",
+    ]
     assert expected in table
-    thr = next(line for line in table if line.startswith("| Output token throughput"))
-    assert thr.endswith("| native | 2.0 % |")  # higher is better: native's 1.1x wins
+    thr = next(cells for cells in table if cells[0].startswith("Output token throughput"))
+    assert thr[-2:] == ["native", "2.0 %"]  # higher is better: native's 1.1x wins
     records = ab_common.arms_rows_as_json(rows, ["in-tree", "plugin", "native"])
     tpot_row = next(r for r in records if r["metric"] == "Mean TPOT (ms)")
     assert tpot_row["plugin runs"] == pytest.approx([tpot * 0.9, tpot * 0.92])
@@ -526,9 +550,10 @@ def test_three_arm_table_with_repeats():
         serve_ab.arms_table_rows({"in-tree": [base], "plugin": [_fixture("serve_plugin.json")]}),
         ["in-tree", "plugin"],
     ).splitlines()
-    assert single[0] == "| metric | in-tree | plugin | plugin vs in-tree | best |"
-    assert "| Mean TTFT (ms) | 400.00 | 392.00 | -2.0 % | plugin |" in single
-    assert "| Peak output token throughput (tok/s) | 1504.00 | 1504.00 | 0.0 % | = |" in single
+    single = [row_cells(line) for line in single]
+    assert single[0] == ["metric", "in-tree", "plugin", "plugin vs in-tree", "best"]
+    assert ["Mean TTFT (ms)", "400.00", "392.00", "-2.0 %", "plugin"] in single
+    assert ["Peak output token throughput (tok/s)", "1504.00", "1504.00", "0.0 %", "="] in single
 
 
 def test_profiler_config_is_what_vllm_parses(tmp_path):
@@ -669,7 +694,8 @@ def test_serve_ab_main_three_arms_repeated_profiled(monkeypatch, tmp_path):
     assert tpot["plugin vs in-tree change_pct"] == pytest.approx(-10.0)
     assert tpot["native vs in-tree change_pct"] == pytest.approx(20.0)
     text = (run / "serve_ab.md").read_text()
-    assert "| metric | in-tree | plugin | native | plugin vs in-tree |" in text
+    header = ["metric", "in-tree", "plugin", "native", "plugin vs in-tree"]
+    assert any(row_cells(line)[:5] == header for line in text.splitlines())
     assert "## Profiler: decode steps" in text and "### plugin_r1: w.1.pt.trace.json" in text
     assert "# native_r1: server" not in text  # external servers: no server command
 
@@ -695,7 +721,8 @@ def test_serve_ab_main_three_arms_repeated_profiled(monkeypatch, tmp_path):
     ]
     tpot = next(r for r in merged["table"] if r["metric"] == "Mean TPOT (ms)")
     assert len(tpot["plugin runs"]) == 2 and len(tpot["in-tree runs"]) == 1
-    assert "| noise |" in (tmp_path / "merged" / "serve_ab.md").read_text().splitlines()[4]
+    merged_md = (tmp_path / "merged" / "serve_ab.md").read_text().splitlines()
+    assert row_cells(merged_md[4])[-1] == "noise"
     # Parts of different workloads do not merge silently.
     assert serve_ab.main([*common, "--order", "plugin", "--tag", "p3", "--seed", "9"]) == 0
     assert serve_ab.main(
@@ -842,7 +869,7 @@ def test_smoke_serve_ab(tiny_servers, tmp_path):
     for row in record["table"]:
         for arm in ("in-tree", "plugin"):
             assert isinstance(row[arm], float) and math.isfinite(row[arm]) and row[arm] > 0, row
-    table = (run / "serve_ab.md").read_text()
+    table = _unpadded((run / "serve_ab.md").read_text())
     number = r"\d+\.\d\d"
     assert re.search(rf"\| Total token throughput \(tok/s\) \| {number} \| {number} \|", table)
     assert re.search(rf"\| P99 ITL \(ms\) \| {number} \| {number} \| [+-]?\d+\.\d %", table)
@@ -874,7 +901,7 @@ def test_smoke_gsm8k_ab(tiny_servers, tmp_path, monkeypatch):
     for arm in ("in-tree", "plugin"):
         assert list((run / f"lm_eval_{arm}").rglob("samples_gsm8k_local_*.jsonl"))
         assert "--include_path" in record["commands"][arm]["lm_eval"]
-    table = (run / "gsm8k_ab.md").read_text()
+    table = _unpadded((run / "gsm8k_ab.md").read_text())
     assert re.search(
         r"\| gsm8k_local exact_match \(strict-match\) \| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± ",
         table,

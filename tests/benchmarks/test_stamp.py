@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from benchmarks.common import stamp
+from benchmarks.common import gpu, stamp
 
 
 def test_environment_stamp_records_when_where_and_with_what():
@@ -28,3 +28,12 @@ def test_environment_stamp_records_when_where_and_with_what():
 def test_versions_leave_out_what_is_not_installed():
     versions = stamp.distribution_versions(["torch", "surely-not-installed-4f1c"])
     assert versions == {"torch": torch.__version__}
+
+
+def test_device_name_reads_the_stamp_else_the_torch_device():
+    assert gpu.device_name({"gpu": "NVIDIA H200", "device": "NVIDIA H200"}) == "NVIDIA H200"
+    assert gpu.device_name({"device": "CPU: Xeon x16"}) == "CPU: Xeon x16"
+    assert gpu.device_name({}) == "unknown"
+    assert gpu.device_slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "NVIDIA_H100_80GB_HBM3"
+    assert gpu.device_name() == (gpu.accelerator() or {"name": "unknown"})["name"]
+    assert stamp.accelerator is gpu.accelerator  # the stamp records the same detection
