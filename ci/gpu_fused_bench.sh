@@ -27,7 +27,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 
 table_rows() {
-  grep -E "^\| (T|1|16|64|256|512|1024|4096|16384) \||Real-step|WARNING|Error" "$1" | head -14
+  grep -E "^\| *(T|1|16|64|256|512|1024|4096|16384) *\||Real-step|WARNING|Error" "$1" | head -14
 }
 
 status=0

@@ -35,6 +35,8 @@ FUSED_MODULES = (
 
 
 def _worker(root: str) -> list[dict]:
+    # ``python -m`` puts the working directory first; the tree under test goes before it.
+    sys.path.insert(0, str(Path(root).resolve()))
     import torch
 
     from benchmarks.common.timing import bench_hot

@@ -8,7 +8,10 @@ import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
 
-from vllm_gemma4_router.fused_router import handover  # noqa: F401 (registers the op)
+from vllm_gemma4_router.fused_router import (
+    handover,
+    torch_library,  # noqa: F401 (registers the op)
+)
 from vllm_gemma4_router.routing.padding import set_padding_source
 
 pytestmark = [
