@@ -27,10 +27,7 @@ from pathlib import Path
 UPSTREAM = Path(__file__).resolve().parent
 REPO = UPSTREAM.parent
 TREE = UPSTREAM / "tree"
-SIGN_OFF = (
-    "Signed-off-by: vllm-gemma4-router maintainers "
-    "<maintainers@vllm-gemma4-router.invalid>"
-)
+SIGN_OFF = "Signed-off-by: vllm-gemma4-router maintainers <maintainers@vllm-gemma4-router.invalid>"
 AUTHOR_NAME = "vllm-gemma4-router maintainers"
 AUTHOR_EMAIL = "maintainers@vllm-gemma4-router.invalid"
 # Fixed, so a regeneration is byte-identical (it is compared in CI).
