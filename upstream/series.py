@@ -125,7 +125,6 @@ def format_series(base: Path, out_dir: Path, series: list[Patch] | None = None) 
         names = _git(
             work,
             "format-patch",
-            "-q",
             "--zero-commit",
             "--no-signature",
             "--no-numbered",
