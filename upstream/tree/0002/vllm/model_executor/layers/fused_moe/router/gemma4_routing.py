@@ -158,9 +158,10 @@ class Gemma4Routing(CustomOp):
     def enabled(cls) -> bool:
         # On by default, also under Inductor (custom_ops "none"): the Triton
         # kernel is what Gemma 4 ran before this op existed. Only
-        # "-gemma4_routing" selects forward_native.
-        custom_ops = get_cached_compilation_config().custom_ops
-        return super().enabled() or f"-{cls.name}" not in custom_ops
+        # "-gemma4_routing" selects forward_native, also for out-of-tree
+        # subclasses (register_oot renames them).
+        super().enabled()  # rejects custom_ops with both "+" and "-" for it
+        return "-gemma4_routing" not in get_cached_compilation_config().custom_ops
 
     def forward_native(
         self,
