@@ -9,13 +9,14 @@ replaces the files it changes rather than writing through the links).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from upstream_env import copy_tree, fetch, series, unpack  # noqa: E402
+from upstream_env import Background, copy_tree, fetch, series, start_route_runs, unpack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,12 @@ def patched_tree(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = copy_tree(sdist, tmp_path_factory.mktemp("patched") / "vllm-0.34.0")
     series.apply_series(tree)
     return tree
+
+
+@pytest.fixture(scope="session")
+def route_runs(patched_tree: Path) -> Iterator[dict[str, Background]]:
+    """The real-layer routing runs on the patched tree, by flag (see ``start_route_runs``)."""
+    runs = start_route_runs(patched_tree)
+    yield runs
+    for run in runs.values():
+        run.stop()

@@ -10,7 +10,6 @@ interpreter) and fail when the kernel returns one wrong id; the patched
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,8 +21,8 @@ from upstream_env import (
     DISPATCH_TESTS,
     KERNEL_TESTS,
     REPO,
-    UPSTREAM_TESTS,
     VLLM_TESTS_ON_CPU,
+    Background,
     copy_tree,
     series,
     vllm_pytest,
@@ -107,8 +106,11 @@ def _outcome(proc: subprocess.CompletedProcess) -> dict[str, int]:
     return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
 
 
-def test_vllm_tests_pass_on_cpu(patched_tree: Path):
-    """vLLM's patched kernel and dispatch tests: Triton under the interpreter, no skips."""
+def test_vllm_tests_pass_on_cpu(patched_tree: Path, route_runs: dict[str, Background]):
+    """vLLM's patched kernel and dispatch tests: Triton under the interpreter, no skips.
+
+    (``route_runs``: the real-layer runs start first and overlap with this one.)
+    """
     proc = vllm_pytest(patched_tree, KERNEL_TESTS, DISPATCH_TESTS, "-k", VLLM_TESTS_ON_CPU)
     outcome = _outcome(proc)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
@@ -136,26 +138,18 @@ def test_a_flipped_id_fails_the_oracle_test(sdist: Path, tmp_path: Path, patched
     assert "Arrays are not equal" in proc.stdout
 
 
-def _route(patched_tree: Path, *args: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(UPSTREAM_TESTS / "route_patched_layer.py"), *args],
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{patched_tree}:{REPO}",
-            "TRITON_INTERPRET": "1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _route(route_runs: dict[str, Background], patched_tree: Path, flag: str) -> dict:
+    proc = route_runs[flag].wait()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["vllm_file"] == str(patched_tree / "vllm" / "__init__.py")
     return result
 
 
-def test_patched_gemma4_routes_real_layers_on_cpu(patched_tree: Path):
-    result = _route(patched_tree)
+def test_patched_gemma4_routes_real_layers_on_cpu(
+    route_runs: dict[str, Background], patched_tree: Path
+):
+    result = _route(route_runs, patched_tree, "")
     assert result["plugin_layout"] == "not installed"
     in_tree = "vllm.model_executor.layers.fused_moe.router.gemma4_routing.Gemma4Routing"
     for setting, forward in (("default", "forward_cpu"), ("-gemma4_routing", "forward_native")):
@@ -167,8 +161,10 @@ def test_patched_gemma4_routes_real_layers_on_cpu(patched_tree: Path):
             assert layer["matches_oracle"] and layer["scale_update_seen"], setting
 
 
-def test_plugin_still_loads_and_routes_on_the_patched_tree(patched_tree: Path):
-    result = _route(patched_tree, "--plugin")
+def test_plugin_still_loads_and_routes_on_the_patched_tree(
+    route_runs: dict[str, Background], patched_tree: Path
+):
+    result = _route(route_runs, patched_tree, "--plugin")
     assert result["plugin_layout"] == "router_method"
     assert result["routing_function_module"] == "vllm_gemma4_router.vllm_adapter"
     ours = "vllm_gemma4_router.vllm_op.Gemma4Routing"

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,3 +79,60 @@ def vllm_pytest(tree: Path, *args: str, timeout: int = 600) -> subprocess.Comple
         timeout=timeout,
         check=False,
     )
+
+
+ROUTE_SCRIPT = UPSTREAM_TESTS / "route_patched_layer.py"
+ROUTE_RUNS = ("", "--plugin")  # without and with this repository's plugin loaded
+
+
+class Background:
+    """A subprocess started now and waited for later, its output in temporary files
+    (a pipe could fill up and stall it while nobody reads)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.args = args
+        # Open past __init__: the process writes to them until wait() reads them.
+        self._out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self._result: subprocess.CompletedProcess | None = None
+        self._proc = subprocess.Popen(args, env=env, stdout=self._out, stderr=self._err, text=True)
+
+    def wait(self, timeout: int = 600) -> subprocess.CompletedProcess:
+        """The finished process (killed after ``timeout`` seconds)."""
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._result is None:
+            self._out.seek(0)
+            self._err.seek(0)
+            self._result = subprocess.CompletedProcess(
+                self.args, self._proc.returncode, self._out.read(), self._err.read()
+            )
+            self._out.close()
+            self._err.close()
+        return self._result
+
+    def stop(self) -> None:
+        """Kill it if it still runs (a session that never waited for it)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self.wait()
+
+
+def start_route_runs(tree: Path) -> dict[str, Background]:
+    """``route_patched_layer.py`` on ``tree``, once per entry of ``ROUTE_RUNS``, started now.
+
+    Each needs ~30 s of CPU, mostly imports; started when the patched tree is
+    built, they overlap with vLLM's test run instead of following it.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)]),
+        "TRITON_INTERPRET": "1",
+    }
+    return {
+        flag: Background([sys.executable, str(ROUTE_SCRIPT), *filter(None, [flag])], env)
+        for flag in ROUTE_RUNS
+    }
