@@ -230,10 +230,11 @@ def kernel_source_hash() -> str:
     """Hash of every package module that defines Triton code (the compile cache's kernel key)."""
     package = _package_dir()
     digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
+    # Recursive: the kernels live in subpackages (routing/kernels/, fused_router/).
+    for path in sorted(package.rglob("*.py")):
         text = path.read_bytes()
         if b"triton.jit" in text:
-            digest.update(path.name.encode() + b"\0" + text)
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + text)
     return digest.hexdigest()[:16]
 
 
