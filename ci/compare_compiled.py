@@ -33,7 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -238,21 +238,27 @@ def record(out_dir: Path, workers: int) -> None:
     jobs = _routing_jobs() + _fused_jobs()
     code_dir = out_dir / "code"
     code_dir.mkdir(parents=True, exist_ok=True)
-    print(f"{len(jobs)} compiles of {Path(vllm_gemma4_router.__file__).parent}", flush=True)
-    summary = {}
+    done_dir = out_dir / "results"  # one file per finished compile: a cut run resumes
+    done_dir.mkdir(exist_ok=True)
+    todo = [job for job in jobs if not (done_dir / f"{_key(job)}.json").is_file()]
+    package = Path(vllm_gemma4_router.__file__).parent
+    print(f"{len(jobs)} compiles of {package}, {len(todo)} to do", flush=True)
     with tempfile.TemporaryDirectory(prefix="compare-compiled-") as cache:
         os.environ["TRITON_CACHE_DIR"] = cache  # nothing reused from an earlier source
         with ProcessPoolExecutor(workers) as pool:
-            for index, (job, result) in enumerate(zip(jobs, pool.map(_compile, jobs), strict=True)):
-                key = _key(job)
+            futures = {pool.submit(_compile, job): job for job in todo}
+            for index, future in enumerate(as_completed(futures)):
+                key = _key(futures[future])
+                result = future.result()
                 code = result.pop("code", None)
                 if code is not None:
                     (code_dir / f"{key}.txt").write_text(code)
                     result["code_sha256"] = hashlib.sha256(code.encode()).hexdigest()
                     result["code_lines"] = code.count("\n")
-                summary[key] = result
-                if index % 25 == 0:
-                    print(f"{index + 1}/{len(jobs)}", flush=True)
+                (done_dir / f"{key}.json").write_text(json.dumps(result, sort_keys=True))
+                if index % 10 == 0:
+                    print(f"{index + 1}/{len(todo)}", flush=True)
+    summary = {_key(job): json.loads((done_dir / f"{_key(job)}.json").read_text()) for job in jobs}
     (out_dir / "jobs.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     failed = sum(not r["ok"] for r in summary.values())
     print(f"recorded {len(summary)} compiles in {out_dir} ({failed} failed)")

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton.jit decorates the kernels
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Last: a PYTHONPATH copy of the package (the old source) comes first.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
@@ -50,14 +51,13 @@ ROUTING_STYLES = {
     "mem_t2": dict(tokens_per_program=2, num_warps=1, register_picks=False),
 }
 
-ROUTING_SHAPES = [  # (E, K, T)
+ROUTING_SHAPES = [  # (E, K, T): T not a multiple of any tile
     (64, 4, 13),
-    (64, 8, 37),
-    (128, 6, 13),
-    (128, 8, 37),
-    (256, 8, 13),
-    (256, 4, 5),
+    (128, 8, 21),
+    (256, 6, 9),
 ]
+#: (per_expert_scale?, padding mask?) of each launch
+WITH = ((True, False), (True, True), (False, True))
 
 
 def _logits(kind: str, shape: tuple[int, int], dtype: torch.dtype, gen: torch.Generator):
@@ -89,31 +89,31 @@ def record_routing(results: dict) -> None:
                 padding = torch.rand(num_tokens, generator=gen) < 0.3
                 for style, fields in ROUTING_STYLES.items():
                     config = LaunchConfig(**fields)
-                    for has_scale in (True, False):
-                        for mask in (None, padding):
-                            key = (
-                                f"routing {dtype} E={num_experts} K={topk} T={num_tokens} {kind} "
-                                f"{style} scale={has_scale} padding={mask is not None}"
+                    for has_scale, has_mask in WITH:
+                        mask = padding if has_mask else None
+                        key = (
+                            f"routing {dtype} E={num_experts} K={topk} T={num_tokens} {kind} "
+                            f"{style} scale={has_scale} padding={mask is not None}"
+                        )
+                        weights = torch.full((num_tokens, topk), 7.0)
+                        ids = torch.full((num_tokens, topk), 99, dtype=torch.int32)
+                        try:
+                            launch(
+                                logits,
+                                topk,
+                                scale if has_scale else None,
+                                weights,
+                                ids,
+                                config,
+                                is_padding=mask,
                             )
-                            weights = torch.full((num_tokens, topk), 7.0)
-                            ids = torch.full((num_tokens, topk), 99, dtype=torch.int32)
-                            try:
-                                launch(
-                                    logits,
-                                    topk,
-                                    scale if has_scale else None,
-                                    weights,
-                                    ids,
-                                    config,
-                                    is_padding=mask,
-                                )
-                            except ValueError as exc:  # a style this shape cannot take
-                                results[key] = f"ValueError: {exc}"
-                                continue
-                            results[key] = (weights, ids)
+                        except ValueError as exc:  # a style this shape cannot take
+                            results[key] = f"ValueError: {exc}"
+                            continue
+                        results[key] = (weights, ids)
 
 
-FUSED_CONFIGS = {  # FusedLaunchConfig fields
+FUSED_CONFIGS = {  # FusedLaunchConfig fields; whole rows, routed in chunks, split GEMMs
     "whole_t16": (16, 128, 64, 2**31, 4, 3, 16),
     "whole_t32_route8": (32, 128, 64, 2**31, 4, 3, 8),
     "split_e32_h128": (16, 32, 64, 128, 8, 2),
@@ -121,18 +121,21 @@ FUSED_CONFIGS = {  # FusedLaunchConfig fields
     "split_h128": (16, 128, 64, 128, 4, 2),
 }
 FUSED_ROUTINGS = (("exact", "per_pick"), ("exact", "in_row"), ("checked", "after"))
+#: configs run with every routing of FUSED_ROUTINGS (the others: the first only)
+ALL_ROUTINGS = ("whole_t16", "split_e32_h128")
 FUSED_SHAPES = [  # (E, K, T, H)
     (128, 8, 19, 256),
     (64, 4, 7, 192),
-    (256, 6, 19, 128),
 ]
+#: fp16 inputs take fp32's GEMM operand
+FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def record_fused(results: dict) -> None:
     from vllm_gemma4_router.fused_router.gemm_path import GemmPathConfig, route_by_gemm
     from vllm_gemma4_router.fused_router.launcher import FusedLaunchConfig, launch_with_config
 
-    for dtype in DTYPES:
+    for dtype in FUSED_DTYPES:
         for num_experts, topk, num_tokens, hidden in FUSED_SHAPES:
             gen = torch.Generator().manual_seed(7 * num_experts + topk + hidden)
             x = torch.randn(num_tokens, hidden, generator=gen).to(dtype)
@@ -140,48 +143,47 @@ def record_fused(results: dict) -> None:
             weight = (torch.randn(num_experts, hidden, generator=gen) * 0.1).to(dtype)
             pes = torch.rand(num_experts, generator=gen) + 0.5
             padding = torch.rand(num_tokens, generator=gen) < 0.3
-            for mask in (None, padding):
-                for has_scale in (True, False):
-                    common = f"E={num_experts} K={topk} T={num_tokens} H={hidden} {dtype}"
-                    common += f" scale={has_scale} padding={mask is not None}"
-                    for name, fields in FUSED_CONFIGS.items():
-                        for select, scale_pick in FUSED_ROUTINGS:
-                            config = FusedLaunchConfig(
-                                *fields, select=select, scale_pick=scale_pick
-                            )
-                            key = f"fused {name} {select}/{scale_pick} {common}"
-                            out = _fused_out(num_tokens, num_experts, topk)
-                            try:
-                                launch_with_config(
-                                    config,
-                                    x,
-                                    scale,
-                                    weight,
-                                    pes if has_scale else None,
-                                    1e-6,
-                                    topk,
-                                    out,
-                                    is_padding=mask,
-                                )
-                            except ValueError as exc:
-                                results[key] = f"ValueError: {exc}"
-                                continue
-                            results[key] = out
-                    for select, scale_pick in FUSED_ROUTINGS:
-                        config = GemmPathConfig(1, 256, 4, 2, 1, select, scale_pick)
+            for has_scale, has_mask in WITH:
+                mask = padding if has_mask else None
+                common = f"E={num_experts} K={topk} T={num_tokens} H={hidden} {dtype}"
+                common += f" scale={has_scale} padding={mask is not None}"
+                for name, fields in FUSED_CONFIGS.items():
+                    routings = FUSED_ROUTINGS if name in ALL_ROUTINGS else FUSED_ROUTINGS[:1]
+                    for select, scale_pick in routings:
+                        config = FusedLaunchConfig(*fields, select=select, scale_pick=scale_pick)
+                        key = f"fused {name} {select}/{scale_pick} {common}"
                         out = _fused_out(num_tokens, num_experts, topk)
-                        route_by_gemm(
-                            x,
-                            scale,
-                            weight,
-                            pes if has_scale else None,
-                            1e-6,
-                            topk,
-                            out,
-                            config,
-                            is_padding=mask,
-                        )
-                        results[f"gemm_path {select}/{scale_pick} {common}"] = out
+                        try:
+                            launch_with_config(
+                                config,
+                                x,
+                                scale,
+                                weight,
+                                pes if has_scale else None,
+                                1e-6,
+                                topk,
+                                out,
+                                is_padding=mask,
+                            )
+                        except ValueError as exc:
+                            results[key] = f"ValueError: {exc}"
+                            continue
+                        results[key] = out
+                for select, scale_pick in FUSED_ROUTINGS:
+                    config = GemmPathConfig(1, 256, 4, 2, 1, select, scale_pick)
+                    out = _fused_out(num_tokens, num_experts, topk)
+                    route_by_gemm(
+                        x,
+                        scale,
+                        weight,
+                        pes if has_scale else None,
+                        1e-6,
+                        topk,
+                        out,
+                        config,
+                        is_padding=mask,
+                    )
+                    results[f"gemm_path {select}/{scale_pick} {common}"] = out
 
 
 def _fused_out(num_tokens: int, num_experts: int, topk: int):
@@ -211,6 +213,9 @@ def _same(a, b) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "record":
+        import vllm_gemma4_router
+
+        print("package:", Path(vllm_gemma4_router.__file__).parent, flush=True)
         results: dict = {}
         record_routing(results)
         record_fused(results)
