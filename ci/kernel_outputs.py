@@ -1,8 +1,8 @@
 """Record the routing kernel's and the fused router's outputs under the Triton interpreter.
 
-``python ci/kernel_outputs.py record OUT.pt`` runs both kernels on a fixed set of
-seeded inputs (fp32/bf16/fp16, E=64/128/256, K=4/6/8, T not a multiple of the
-tile, with and without a padding mask, fp32 inputs with near-ties that send
+``python ci/kernel_outputs.py record OUT.pt [routing|fused]`` runs both kernels (or
+one) on a fixed set of seeded inputs (fp32/bf16/fp16, E=64/128/256, K=4/6/8, T not a
+multiple of the tile, with and without a padding mask, fp32 inputs with near-ties that send
 checked picks to their repair) through every launch-config style the tables use
 (register and memory picks, row groups, checked/exact fp32 rounds, each scale
 pick; fused: whole-row and split launches, routing chunks, the GEMM path's
@@ -133,7 +133,11 @@ FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 def record_fused(results: dict) -> None:
     from vllm_gemma4_router.fused_router.gemm_path import GemmPathConfig, route_by_gemm
-    from vllm_gemma4_router.fused_router.launcher import FusedLaunchConfig, launch_with_config
+    from vllm_gemma4_router.fused_router.launcher import (
+        FusedLaunchConfig,
+        clip_config,
+        launch_with_config,
+    )
 
     for dtype in FUSED_DTYPES:
         for num_experts, topk, num_tokens, hidden in FUSED_SHAPES:
@@ -150,7 +154,11 @@ def record_fused(results: dict) -> None:
                 for name, fields in FUSED_CONFIGS.items():
                     routings = FUSED_ROUTINGS if name in ALL_ROUTINGS else FUSED_ROUTINGS[:1]
                     for select, scale_pick in routings:
-                        config = FusedLaunchConfig(*fields, select=select, scale_pick=scale_pick)
+                        config = clip_config(
+                            FusedLaunchConfig(*fields, select=select, scale_pick=scale_pick),
+                            hidden,
+                            num_experts,
+                        )
                         key = f"fused {name} {select}/{scale_pick} {common}"
                         out = _fused_out(num_tokens, num_experts, topk)
                         try:
@@ -212,13 +220,16 @@ def _same(a, b) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "record":
+    if len(argv) in (2, 3) and argv[0] == "record":
         import vllm_gemma4_router
 
         print("package:", Path(vllm_gemma4_router.__file__).parent, flush=True)
+        which = argv[2] if len(argv) == 3 else "all"  # routing, fused or all
         results: dict = {}
-        record_routing(results)
-        record_fused(results)
+        if which in ("routing", "all"):
+            record_routing(results)
+        if which in ("fused", "all"):
+            record_fused(results)
         torch.save(results, argv[1])
         ran = sum(not isinstance(v, str) for v in results.values())
         print(f"{len(results)} cases ({ran} ran, {len(results) - ran} refused by check_config)")
