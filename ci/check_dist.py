@@ -117,7 +117,7 @@ def check_metadata(metadata_text: str, version: str, release: bool) -> None:
             fail(f"metadata {field}: {meta.get(field)!r}, expected {value!r}")
     requires = meta.get_all("Requires-Dist") or []
     plain = [r for r in requires if "extra ==" not in r]
-    if plain != ["torch>=2.6"]:
+    if plain != ["torch>=2.7"]:
         fail(f"a bare install must need torch only, metadata requires {plain}")
     extras = set(meta.get_all("Provides-Extra") or [])
     if extras != EXTRAS:

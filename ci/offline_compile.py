@@ -234,6 +234,7 @@ def kernel_source_hash() -> str:
     """Hash of every package module that defines Triton code (the compile cache's kernel key)."""
     package = _package_dir()
     digest = hashlib.sha256()
+    # Recursive: the kernels live in subpackages (routing/kernels/, fused_router/).
     for path in sorted(package.rglob("*.py")):
         text = path.read_bytes()
         if b"triton.jit" in text:

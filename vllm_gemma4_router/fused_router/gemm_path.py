@@ -117,37 +117,16 @@ def gemma4_router_finish_kernel(
     )
     sumsq = tl.load(sumsq_ptr + rows64, mask=row_ok, other=0.0)
     finish_rows(
-        sums,
-        sumsq,
-        scale_row,
-        first_row,
-        num_tokens,
-        pes_ptr,
-        logits_ptr,
-        weights_ptr,
-        ids_ptr,
+        sums, sumsq, first_row, num_tokens, num_experts,
+        (hidden, eps, inv_sqrt_hidden),
+        (logits_ptr, stride_lt, stride_le, weights_ptr, stride_wt, stride_wk,
+         ids_ptr, stride_it, stride_ik),
         padding_ptr,
-        hidden,
-        num_experts,
-        eps,
-        inv_sqrt_hidden,
-        stride_pes,
-        stride_lt,
-        stride_le,
-        stride_wt,
-        stride_wk,
-        stride_it,
-        stride_ik,
-        TOPK,
+        (pes_ptr, stride_pes, scale_row),
+        (TOPK, BLOCK_E_ALL, BLOCK_K, BLOCK_T),
         BLOCK_T,
-        BLOCK_T,
-        BLOCK_E_ALL,
-        BLOCK_K,
-        HAS_SCALE,
-        SELECT,
-        SCALE_PICK,
-        HAS_PADDING,
-    )
+        (SELECT, HAS_SCALE, SCALE_PICK, HAS_PADDING),
+    )  # fmt: skip
 
 
 def _gemm_fp32_out(operand: torch.Tensor, gate_weight: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,24 @@ With ``HAS_PADDING`` the routing epilogue reads a ``[T]`` uint8 mask on the devi
 (vLLM's CUDA-graph and data-parallel padding rows): padding rows keep their logits
 and get ids -1 and weights 0; other rows' bits are the unmasked launch's. Without
 it the mask pointer is never read and the code is the unmasked kernel's.
+
+Device functions take the arguments that travel together as tuples, built and
+read as ``kernel_select``'s are (``docs/kernel-arguments.md``):
+
+* ``inputs``: ``(x_ptr, stride_xt, stride_xh, scale_ptr, stride_s, w_ptr, stride_we,
+  stride_wh)``, the GEMM's operands and their strides;
+* ``GEMM``: ``(BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL)`` (constexprs);
+* ``out``: ``(logits_ptr, stride_lt, stride_le, weights_ptr, stride_wt, stride_wk,
+  ids_ptr, stride_it, stride_ik)``, the three outputs and their strides;
+* ``norm``: ``(hidden, eps, inv_sqrt_hidden)``;
+* ``scale``: ``(pes_ptr, stride_pes, scale_row)``, ``kernel_select``'s ``scale``;
+* ``TILE``: ``(TOPK, BLOCK_E_ALL, BLOCK_K, ROUTE_T)``, ``kernel_select``'s ``TILE``
+  for one routing chunk (constexprs);
+* ``ROUTING``: ``(SELECT, HAS_SCALE, SCALE_PICK, HAS_PADDING)`` (constexprs).
+
+The kernels themselves keep one parameter per pointer, integer and constexpr: the
+host passes them as it always has (``fused_router.launcher``, ``gemm_path``) and the
+offline compiles specialise them by name.
 """
 
 from __future__ import annotations
@@ -69,32 +87,26 @@ def _weight_tile(w_ptr, experts64, expert_ok, h, h_ok, stride_we, stride_wh):
 
 
 @triton.jit
-def _dot_slice(
-    x_ptr,
-    scale_ptr,
-    w_ptr,
-    rows64,
-    row_ok,
-    experts,
-    expert_ok,
-    h_begin,
-    h_end,
-    stride_xt,
-    stride_xh,
-    stride_s,
-    stride_we,
-    stride_wh,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    OPERAND: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    """Sums of ``x*scale*W`` [BLOCK_T, BLOCK_E] and ``x**2`` [BLOCK_T] over h_begin..h_end.
+def _dot_slice(inputs, rows64, row_ok, experts, expert_ok, h_begin, h_end, GEMM):
+    """Sums of ``x*scale*W`` [BLOCK_T, BLOCK_E] and ``x**2`` [BLOCK_T] over h_begin..h_end
+    (argument groups: see the module docstring).
 
     ``PDL`` (programmatic dependent launch): the weight and scale tiles load
     before waiting for the previous kernel, ``x`` after (from the second step on
     the wait returns at once)."""
+    x_ptr = inputs[0]
+    stride_xt = inputs[1]
+    stride_xh = inputs[2]
+    scale_ptr = inputs[3]
+    stride_s = inputs[4]
+    w_ptr = inputs[5]
+    stride_we = inputs[6]
+    stride_wh = inputs[7]
+    BLOCK_T: tl.constexpr = GEMM[0]
+    BLOCK_E: tl.constexpr = GEMM[1]
+    BLOCK_H: tl.constexpr = GEMM[2]
+    OPERAND: tl.constexpr = GEMM[3]
+    PDL: tl.constexpr = GEMM[4]
     acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     experts64 = experts.to(tl.int64)
@@ -125,41 +137,34 @@ def _dot_slice(
 
 
 @triton.jit
-def _route_rows(
-    logits,
-    rows64,
-    row_ok,
-    num_experts,
-    scale_row,
-    pes_ptr,
-    logits_ptr,
-    weights_ptr,
-    ids_ptr,
-    padding_ptr,
-    stride_pes,
-    stride_lt,
-    stride_le,
-    stride_wt,
-    stride_wk,
-    stride_it,
-    stride_ik,
-    TOPK: tl.constexpr,
-    ROUTE_T: tl.constexpr,
-    BLOCK_E_ALL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SELECT: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
-    HAS_PADDING: tl.constexpr,
-):
+def _route_rows(logits, rows64, row_ok, num_experts, out, padding_ptr, scale, TILE, ROUTING):
     """Route ``ROUTE_T`` rows of fp32 ``logits`` [ROUTE_T, BLOCK_E_ALL] (padding -inf),
     already stored at ``logits_ptr``, with the routing kernel's ``SELECT`` and
-    ``SCALE_PICK`` (``scale_row``: ``load_scale_row``'s).
+    ``SCALE_PICK`` (``scale_row``: ``load_scale_row``'s; argument groups: see the
+    module docstring).
 
     ``HAS_PADDING``: ``padding_ptr`` is a contiguous ``[T]`` uint8 mask (nonzero: a
     padding row), read on the device; padding rows are routed as any other, then
     stored as ids -1 and weights 0 (vLLM's padding). Otherwise ``padding_ptr`` is
     never read."""
+    logits_ptr = out[0]
+    stride_lt = out[1]
+    stride_le = out[2]
+    weights_ptr = out[3]
+    stride_wt = out[4]
+    stride_wk = out[5]
+    ids_ptr = out[6]
+    stride_it = out[7]
+    stride_ik = out[8]
+    pes_ptr = scale[0]
+    stride_pes = scale[1]
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_E_ALL: tl.constexpr = TILE[1]
+    BLOCK_K: tl.constexpr = TILE[2]
+    SELECT: tl.constexpr = ROUTING[0]
+    HAS_SCALE: tl.constexpr = ROUTING[1]
+    SCALE_PICK: tl.constexpr = ROUTING[2]
+    HAS_PADDING: tl.constexpr = ROUTING[3]
     if HAS_PADDING:
         # Issued first: the selection rounds hide its latency.
         padding = tl.load(padding_ptr + rows64, mask=row_ok, other=0) != 0
@@ -168,26 +173,16 @@ def _route_rows(
     # back only by their rare repair, which a barrier puts after every thread's store.
     ids, picked, scales, top, total = select_registers(
         ordered_bits(canonical(logits)),
-        experts,
-        experts < num_experts,
+        (experts, experts < num_experts, num_experts),
         row_ok,
-        num_experts,
-        logits_ptr + rows64 * stride_lt,
-        stride_le,
-        ids_ptr + rows64 * stride_it,
-        stride_ik,
-        pes_ptr,
-        stride_pes,
-        scale_row,
-        TOPK,
-        BLOCK_E_ALL,
-        BLOCK_K,
-        ROUTE_T,
+        (logits_ptr + rows64 * stride_lt, stride_le),
+        (ids_ptr + rows64 * stride_it, stride_ik),
+        scale,
+        TILE,
         SELECT,
         False,
         True,
-        HAS_SCALE,
-        SCALE_PICK,
+        (HAS_SCALE, SCALE_PICK),
     )
     slots = tl.arange(0, BLOCK_K)
     out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
@@ -208,45 +203,25 @@ def _route_rows(
 
 @triton.jit
 def finish_rows(
-    sums,
-    sumsq,
-    scale_row,
-    first_row,
-    num_tokens,
-    pes_ptr,
-    logits_ptr,
-    weights_ptr,
-    ids_ptr,
-    padding_ptr,
-    hidden,
-    num_experts,
-    eps,
-    inv_sqrt_hidden,
-    stride_pes,
-    stride_lt,
-    stride_le,
-    stride_wt,
-    stride_wk,
-    stride_it,
-    stride_ik,
-    TOPK: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    ROUTE_T: tl.constexpr,
-    BLOCK_E_ALL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SELECT: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
-    HAS_PADDING: tl.constexpr,
-):
-    """Norm the full-row sums into logits, store them and route them (``scale_row``,
-    ``SELECT``, ``SCALE_PICK``, ``padding_ptr`` and ``HAS_PADDING``: see ``_route_rows``;
-    padding rows' logits are stored as every other row's).
+    sums, sumsq, first_row, num_tokens, num_experts, norm, out, padding_ptr, scale, TILE,
+    BLOCK_T: tl.constexpr, ROUTING,
+):  # fmt: skip
+    """Norm the full-row sums into logits, store them and route them (``scale``,
+    ``ROUTING`` and ``padding_ptr``: see ``_route_rows``; padding rows' logits are
+    stored as every other row's; argument groups: see the module docstring).
 
     One routing chunk (``ROUTE_T == BLOCK_T``, the split launches) routes the
     registers it stored. Wider tiles route ``ROUTE_T`` rows at a time, read back
     from the store: a whole [BLOCK_T, E] tile through the selection rounds would
     not fit in registers next to the GEMM's."""
+    hidden = norm[0]
+    eps = norm[1]
+    inv_sqrt_hidden = norm[2]
+    logits_ptr = out[0]
+    stride_lt = out[1]
+    stride_le = out[2]
+    BLOCK_E_ALL: tl.constexpr = TILE[1]
+    ROUTE_T: tl.constexpr = TILE[3]
     experts = tl.arange(0, BLOCK_E_ALL)
     expert_ok = experts < num_experts
     rows64 = (first_row + tl.arange(0, BLOCK_T)).to(tl.int64)
@@ -274,31 +249,7 @@ def finish_rows(
                 other=float("-inf"),
             )
         _route_rows(
-            chunk_logits,
-            route_rows,
-            route_ok,
-            num_experts,
-            scale_row,
-            pes_ptr,
-            logits_ptr,
-            weights_ptr,
-            ids_ptr,
-            padding_ptr,
-            stride_pes,
-            stride_lt,
-            stride_le,
-            stride_wt,
-            stride_wk,
-            stride_it,
-            stride_ik,
-            TOPK,
-            ROUTE_T,
-            BLOCK_E_ALL,
-            BLOCK_K,
-            HAS_SCALE,
-            SELECT,
-            SCALE_PICK,
-            HAS_PADDING,
+            chunk_logits, route_rows, route_ok, num_experts, out, padding_ptr, scale, TILE, ROUTING
         )
 
 
@@ -334,41 +285,20 @@ def gather_partials(
 
 
 @triton.jit
-def program_sums(
-    pid_t,
-    pid_e,
-    pid_h,
-    x_ptr,
-    scale_ptr,
-    w_ptr,
-    num_tokens,
-    hidden,
-    num_experts,
-    stride_xt,
-    stride_xh,
-    stride_s,
-    stride_we,
-    stride_wh,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    H_SLICE: tl.constexpr,
-    OPERAND: tl.constexpr,
-    PDL: tl.constexpr,
-):
+def program_sums(pid_t, pid_e, pid_h, inputs, num_tokens, hidden, num_experts, GEMM, H_SLICE):
     """Program ``(pid_t, pid_e, pid_h)``'s tile (grid: token blocks x expert slices x H
     slices): its rows (int64) and their mask, its experts, and ``_dot_slice`` over its
-    H slice."""
+    H slice (argument groups: see the module docstring)."""
+    BLOCK_T: tl.constexpr = GEMM[0]
+    BLOCK_E: tl.constexpr = GEMM[1]
     rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < num_tokens
     rows64 = rows.to(tl.int64)
     experts = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     h_begin = pid_h * H_SLICE
     sums, sumsq = _dot_slice(
-        x_ptr, scale_ptr, w_ptr, rows64, row_ok, experts, experts < num_experts,
-        h_begin, tl.minimum(h_begin + H_SLICE, hidden),
-        stride_xt, stride_xh, stride_s, stride_we, stride_wh,
-        BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL,
+        inputs, rows64, row_ok, experts, experts < num_experts,
+        h_begin, tl.minimum(h_begin + H_SLICE, hidden), GEMM,
     )  # fmt: skip
     return rows64, row_ok, experts, sums, sumsq
 
@@ -459,9 +389,9 @@ def gemma4_fused_router_kernel(
     pid_e = tl.program_id(1)
     pid_h = tl.program_id(2)
     rows64, row_ok, experts, sums, sumsq = program_sums(
-        pid_t, pid_e, pid_h, x_ptr, scale_ptr, w_ptr, num_tokens, hidden, num_experts,
-        stride_xt, stride_xh, stride_s, stride_we, stride_wh,
-        BLOCK_T, BLOCK_E, BLOCK_H, H_SLICE, OPERAND, PDL,
+        pid_t, pid_e, pid_h,
+        (x_ptr, stride_xt, stride_xh, scale_ptr, stride_s, w_ptr, stride_we, stride_wh),
+        num_tokens, hidden, num_experts, (BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL), H_SLICE,
     )  # fmt: skip
     E_SLICES: tl.constexpr = BLOCK_E_ALL // BLOCK_E
     SPLIT: tl.constexpr = E_SLICES * H_SLICES > 1
@@ -485,36 +415,15 @@ def gemma4_fused_router_kernel(
         else:
             row_sums, row_sumsq = sums, sumsq
         finish_rows(
-            row_sums,
-            row_sumsq,
-            scale_row,
-            pid_t * BLOCK_T,
-            num_tokens,
-            pes_ptr,
-            logits_ptr,
-            weights_ptr,
-            ids_ptr,
+            row_sums, row_sumsq, pid_t * BLOCK_T, num_tokens, num_experts,
+            (hidden, eps, inv_sqrt_hidden),
+            (logits_ptr, stride_lt, stride_le, weights_ptr, stride_wt, stride_wk,
+             ids_ptr, stride_it, stride_ik),
             padding_ptr,
-            hidden,
-            num_experts,
-            eps,
-            inv_sqrt_hidden,
-            stride_pes,
-            stride_lt,
-            stride_le,
-            stride_wt,
-            stride_wk,
-            stride_it,
-            stride_ik,
-            TOPK,
+            (pes_ptr, stride_pes, scale_row),
+            (TOPK, BLOCK_E_ALL, BLOCK_K, ROUTE_T),
             BLOCK_T,
-            ROUTE_T,
-            BLOCK_E_ALL,
-            BLOCK_K,
-            HAS_SCALE,
-            SELECT,
-            SCALE_PICK,
-            HAS_PADDING,
-        )
+            (SELECT, HAS_SCALE, SCALE_PICK, HAS_PADDING),
+        )  # fmt: skip
         if SPLIT:
             tl.atomic_xchg(counter_ptr + pid_t, 0)

@@ -146,26 +146,16 @@ def gemma4_routing_kernel(
     if REGISTER_PICKS:
         ids, logits, scales, top, total = select_registers(
             ordered,
-            experts,
-            expert_ok,
+            (experts, expert_ok, num_experts),
             row_ok,
-            num_experts,
-            row_logits,
-            stride_logit_e,
-            id_ptrs,
-            stride_id_k,
-            scale_ptr,
-            stride_scale,
-            scale_row,
-            TOPK,
-            BLOCK_E,
-            BLOCK_K,
-            TOKENS_PER_PROGRAM,
+            (row_logits, stride_logit_e),
+            (id_ptrs, stride_id_k),
+            (scale_ptr, stride_scale, scale_row),
+            (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
             SELECT,
             logits_ptr.dtype.element_ty == tl.bfloat16,
             VALUES_BY_REDUCTION,
-            HAS_SCALE,
-            SCALE_PICK,
+            (HAS_SCALE, SCALE_PICK),
         )
         tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
     else:

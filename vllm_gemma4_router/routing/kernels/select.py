@@ -23,6 +23,22 @@ softmax as they come; memory variants store each round's id (for large K, whose
 unrolled rounds would not fit in registers) and the weights read them back.
 Every variant sums ``exp(logit - top)`` over the picks in their final order, so
 a token gets bitwise the same weights whatever variant and tile it goes through.
+
+Arguments that travel together go as tuples (``docs/kernel-arguments.md``); the
+functions with the most parameters take these groups:
+
+* ``TILE``: ``(TOPK, BLOCK_E, BLOCK_K, TOKENS)``, the tile's shape (constexprs);
+* ``SCALING``: ``(HAS_SCALE, SCALE_PICK)`` (constexprs);
+* ``scale``: ``(scale_ptr, stride_scale, scale_row)``, the ``per_expert_scale`` and
+  ``load_scale_row``'s row;
+* ``columns``: ``(experts, expert_ok, num_experts)``: column ids, their mask, E;
+* ``logit_rows``: ``(row_logits, stride_logit_e)``, each row's logits in memory;
+* ``id_rows``: ``(id_ptrs, stride_id_k)``, each row's id output.
+
+Constexpr groups (upper case) are built as tuple literals in the call (or passed
+on as received) and read with ``NAME: tl.constexpr = GROUP[i]``; every group is
+read by index, never unpacked (``a, b = group``). Triton's compiler (3.3 to 3.9)
+keeps the constexprs constexpr only that way.
 """
 
 from __future__ import annotations
@@ -132,21 +148,14 @@ def _narrow_pick_logit(
 def select_narrow_registers(
     keys,
     ordered,
-    row_logits,
     row_ok,
-    stride_logit_e,
-    scale_ptr,
-    stride_scale,
-    scale_row,
-    TOPK: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    TOKENS: tl.constexpr,
+    logit_rows,
+    scale,
+    TILE,
     CHECKED: tl.constexpr,
     IS_BF16: tl.constexpr,
     VALUES_BY_REDUCTION: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
+    SCALING,
 ):
     """TOPK narrow rounds (``next_below``), picks kept in registers.
 
@@ -156,7 +165,19 @@ def select_narrow_registers(
     rows whose same-bucket picks fall out of value order, rows whose runner-up
     shares the last pick's bucket, the last pick's key and the smallest logit
     picked from that bucket (the other three are placeholders otherwise).
+    Argument groups: see the module docstring.
     """
+    row_logits = logit_rows[0]
+    stride_logit_e = logit_rows[1]
+    scale_ptr = scale[0]
+    stride_scale = scale[1]
+    scale_row = scale[2]
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_E: tl.constexpr = TILE[1]
+    BLOCK_K: tl.constexpr = TILE[2]
+    TOKENS: tl.constexpr = TILE[3]
+    HAS_SCALE: tl.constexpr = SCALING[0]
+    SCALE_PICK: tl.constexpr = SCALING[1]
     slots = tl.arange(0, BLOCK_K)
     keys_u = keys.to(tl.uint32, bitcast=True)
     ids = tl.zeros([TOKENS, BLOCK_K], dtype=tl.int32)
@@ -234,33 +255,17 @@ def last_bucket_overtaken(keys, ordered, last_key, bucket_min, expert_ok, BLOCK_
 
 @triton.jit
 def repair_checked_picks(
-    ids,
-    logits,
-    scales,
-    top,
-    total,
-    misordered,
-    crowded,
-    last_key,
-    bucket_min,
+    picks,
+    faults,
     keys,
     ordered,
-    experts,
-    expert_ok,
+    columns,
     row_ok,
-    num_experts,
-    row_logits,
-    stride_logit_e,
-    id_ptrs,
-    stride_id_k,
-    scale_ptr,
-    stride_scale,
-    TOPK: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    TOKENS: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
+    logit_rows,
+    id_rows,
+    scale,
+    TILE,
+    SCALING,
 ):
     """Make checked narrow picks (``select_narrow_registers``) exact.
 
@@ -268,7 +273,34 @@ def repair_checked_picks(
     common tile pays two branches on tile-wide flags. A tile where some row's last
     bucket was overtaken (or, with several tokens, any fault) takes the exact rounds;
     a one-token tile whose picks are only out of order is re-sorted in registers.
-    Returns ``(ids, logits, scales, top, total)``."""
+
+    ``picks``: ``(ids, logits, scales, top, total)`` and ``faults``: ``(misordered,
+    crowded, last_key, bucket_min)``, as ``select_narrow_registers`` returns them; the
+    other groups: see the module docstring. Returns ``(ids, logits, scales, top, total)``."""
+    ids = picks[0]
+    logits = picks[1]
+    scales = picks[2]
+    top = picks[3]
+    total = picks[4]
+    misordered = faults[0]
+    crowded = faults[1]
+    last_key = faults[2]
+    bucket_min = faults[3]
+    experts = columns[0]
+    expert_ok = columns[1]
+    num_experts = columns[2]
+    row_logits = logit_rows[0]
+    stride_logit_e = logit_rows[1]
+    id_ptrs = id_rows[0]
+    stride_id_k = id_rows[1]
+    scale_ptr = scale[0]
+    stride_scale = scale[1]
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_E: tl.constexpr = TILE[1]
+    BLOCK_K: tl.constexpr = TILE[2]
+    TOKENS: tl.constexpr = TILE[3]
+    HAS_SCALE: tl.constexpr = SCALING[0]
+    SCALE_PICK: tl.constexpr = SCALING[1]
     crowded = crowded & row_ok & (num_experts > TOPK)
     overtaken = tl.zeros([TOKENS], dtype=tl.int1)
     if tl.max(crowded.to(tl.int32), axis=0) != 0:
@@ -436,26 +468,16 @@ def _stored_logit(row_logits, id_ptrs, slot_offset, row_ok, stride_logit_e):
 @triton.jit
 def select_registers(
     ordered,
-    experts,
-    expert_ok,
+    columns,
     row_ok,
-    num_experts,
-    row_logits,
-    stride_logit_e,
-    id_ptrs,
-    stride_id_k,
-    scale_ptr,
-    stride_scale,
-    scale_row,
-    TOPK: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    TOKENS: tl.constexpr,
+    logit_rows,
+    id_rows,
+    scale,
+    TILE,
     SELECT: tl.constexpr,
     IS_BF16: tl.constexpr,
     VALUES_BY_REDUCTION: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    SCALE_PICK: tl.constexpr,
+    SCALING,
 ):
     """The ``SELECT`` strategy's picks of a ``[TOKENS, BLOCK_E]`` tile, kept in registers.
 
@@ -466,7 +488,18 @@ def select_registers(
     barrier before the call; ``id_ptrs`` is each row's id output, which the repair
     uses as scratch. Returns ``(ids, logits, scales,
     top, total)``: ``[TOKENS, BLOCK_K]`` picks in order (lowest id first among
-    equal logits), the first pick's logit and the sum of ``exp(logit - top)``."""
+    equal logits), the first pick's logit and the sum of ``exp(logit - top)``.
+    Argument groups: see the module docstring."""
+    experts = columns[0]
+    scale_ptr = scale[0]
+    stride_scale = scale[1]
+    scale_row = scale[2]
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_E: tl.constexpr = TILE[1]
+    BLOCK_K: tl.constexpr = TILE[2]
+    TOKENS: tl.constexpr = TILE[3]
+    HAS_SCALE: tl.constexpr = SCALING[0]
+    SCALE_PICK: tl.constexpr = SCALING[1]
     if SELECT == EXACT:
         ids, logits, scales, top, total = select_exact_registers(
             ordered,
@@ -488,51 +521,28 @@ def select_registers(
             select_narrow_registers(
                 keys,
                 ordered,
-                row_logits,
                 row_ok,
-                stride_logit_e,
-                scale_ptr,
-                stride_scale,
-                scale_row,
-                TOPK,
-                BLOCK_E,
-                BLOCK_K,
-                TOKENS,
+                logit_rows,
+                scale,
+                TILE,
                 SELECT == CHECKED,
                 IS_BF16,
                 VALUES_BY_REDUCTION,
-                HAS_SCALE,
-                SCALE_PICK,
+                SCALING,
             )
         )
         if SELECT == CHECKED:
             ids, logits, scales, top, total = repair_checked_picks(
-                ids,
-                logits,
-                scales,
-                top,
-                total,
-                misordered,
-                crowded,
-                last_key,
-                bucket_min,
+                (ids, logits, scales, top, total),
+                (misordered, crowded, last_key, bucket_min),
                 keys,
                 ordered,
-                experts,
-                expert_ok,
+                columns,
                 row_ok,
-                num_experts,
-                row_logits,
-                stride_logit_e,
-                id_ptrs,
-                stride_id_k,
-                scale_ptr,
-                stride_scale,
-                TOPK,
-                BLOCK_E,
-                BLOCK_K,
-                TOKENS,
-                HAS_SCALE,
-                SCALE_PICK,
+                logit_rows,
+                id_rows,
+                scale,
+                TILE,
+                SCALING,
             )
     return ids, logits, scales, top, total
