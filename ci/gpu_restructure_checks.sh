@@ -3,7 +3,8 @@
 # timed side by side (benchmarks/kernel/compare_trees.py; the "before" tree unpacked under
 # .cache/before_tree by `git archive <commit> vllm_gemma4_router`), memcheck over the
 # padding CUDA-graph tests of the routing op and the fused router, then the GPU suite
-# and its memcheck subset (ci/gpu_checks.sh). STEPS picks a subset: compare, padding, suite.
+# and its memcheck subset (ci/gpu_checks.sh). STEPS picks a subset: compare, padding, suite,
+# or tests (the GPU suite's pytest alone, for a call that has no time left for memcheck).
 # Logs go to $OUT (or ./gpu-restructure); a summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,13 @@ for step in $STEPS; do
         tests/fused_router/test_gpu_fused_padding.py -k "not 4097" > "$LOGS/padding_memcheck.log" 2>&1
       rc=$? ;;
     suite)
-      OUT="$LOGS/suite" timeout 400 bash ci/gpu_checks.sh > "$LOGS/suite.log" 2>&1
+      OUT="$LOGS/suite" timeout 560 bash ci/gpu_checks.sh > "$LOGS/suite.log" 2>&1
+      rc=$? ;;
+    tests)
+      timeout "${TESTS_TIMEOUT:-560}" "$PYTHON" -m pytest -q -p no:cacheprovider \
+        tests/routing/test_gpu_routing.py tests/routing/test_kernel_matrix.py \
+        tests/routing/test_torch_op.py tests/fused_router/test_gpu_fused_router.py \
+        > "$LOGS/suite.log" 2>&1
       rc=$? ;;
   esac
   summary+=("== $step: exit $rc, $((SECONDS - start)) s")
