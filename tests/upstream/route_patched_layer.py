@@ -107,9 +107,9 @@ def run(plugin: bool) -> dict:
                 layer["plugin_op"] = op_facts(plugin_op)
             layers.append(layer)
     if plugin:
-        from vllm_gemma4_router import vllm_adapter
+        from vllm_gemma4_router.integration import gemma4_layouts
 
-        facts = vllm_adapter.read_routing_facts(gemma4, "router_method")
+        facts = gemma4_layouts.read_routing_facts(gemma4, "router_method")
         result["plugin_passes_mask_on_cuda_like"] = facts.mask_helper is not None
     return result
 

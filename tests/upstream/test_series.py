@@ -166,8 +166,8 @@ def test_plugin_still_loads_and_routes_on_the_patched_tree(
 ):
     result = _route(route_runs, patched_tree, "--plugin")
     assert result["plugin_layout"] == "router_method"
-    assert result["routing_function_module"] == "vllm_gemma4_router.vllm_adapter"
-    ours = "vllm_gemma4_router.vllm_op.Gemma4Routing"
+    assert result["routing_function_module"] == "vllm_gemma4_router.integration.gemma4_layouts"
+    ours = "vllm_gemma4_router.integration.custom_ops.Gemma4Routing"
     for layer in result["custom_ops"]["default"]:
         assert layer["plugin_op"]["class"] == ours
         assert layer["matches_oracle"] and layer["scale_update_seen"]
