@@ -315,7 +315,7 @@ def _run_workers(
         lib = str(XPU_TOOLCHAIN / "root" / "usr" / "lib" / "x86_64-linux-gnu")
         env.update(CC="g++", LIBRARY_PATH=lib, LD_LIBRARY_PATH=lib)
         env["GEMMA4_PACKAGE_DIR"] = str(_package_dir())
-        env.pop("PYTHONPATH")  # the worker loads kernel.py alone (not the torch-importing package)
+        env.pop("PYTHONPATH")  # the worker loads the kernel modules alone (no torch there)
         # Kept: the arch parser Intel's Triton compiles first (SYCL headers) takes ~20 s.
         env["TRITON_CACHE_DIR"] = str(XPU_TOOLCHAIN / "triton-cache")
         command = [

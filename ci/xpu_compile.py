@@ -13,6 +13,7 @@ Payloads (stdin, JSON) have the format of ``offline_compile._job_payload``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 TOOLCHAIN = Path(__file__).resolve().parents[1] / ".cache" / "xpu-toolchain"
@@ -52,10 +54,16 @@ def _load_kernel(package_dir: Path):
     # Triton resolves every attribute a jit function mentions before compiling.
     if not hasattr(tl, "topk"):
         tl.topk = None
-    spec = importlib.util.spec_from_file_location("gemma4_kernel", package_dir / "kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gemma4_routing_kernel
+    # The kernel modules import only triton and each other; the packages above them
+    # import torch, which this toolchain's venv does not have: empty stand-ins for those.
+    for name, path in (
+        ("vllm_gemma4_router", package_dir),
+        ("vllm_gemma4_router.routing", package_dir / "routing"),
+    ):
+        stand_in = types.ModuleType(name)
+        stand_in.__path__ = [str(path)]
+        sys.modules.setdefault(name, stand_in)
+    return importlib.import_module("vllm_gemma4_router.routing.kernels.entry").gemma4_routing_kernel
 
 
 def patch_tokens(ptm_text: str) -> dict[int, list[list[int]]]:
