@@ -94,9 +94,9 @@ def fused_router_stage_kernel(
     pid_e = tl.program_id(1)
     pid_h = tl.program_id(2)
     rows64, row_ok, experts, sums, sumsq = program_sums(
-        pid_t, pid_e, pid_h, x_ptr, scale_ptr, w_ptr, num_tokens, hidden, num_experts,
-        stride_xt, stride_xh, stride_s, stride_we, stride_wh,
-        BLOCK_T, BLOCK_E, BLOCK_H, H_SLICE, OPERAND, PDL,
+        pid_t, pid_e, pid_h,
+        (x_ptr, stride_xt, stride_xh, scale_ptr, stride_s, w_ptr, stride_we, stride_wh),
+        num_tokens, hidden, num_experts, (BLOCK_T, BLOCK_E, BLOCK_H, OPERAND, PDL), H_SLICE,
     )  # fmt: skip
     store_partials(
         pid_e, pid_h, partial_ptr, partial_sumsq_ptr, sums, sumsq, rows64, row_ok, experts,
@@ -122,12 +122,15 @@ def fused_router_stage_kernel(
                     )
                 else:
                     finish_rows(
-                        row_sums, row_sumsq, scale_row, pid_t * BLOCK_T, num_tokens, pes_ptr,
-                        logits_ptr, weights_ptr, ids_ptr, padding_ptr, hidden, num_experts,
-                        eps, inv_sqrt_hidden, stride_pes, stride_lt, stride_le, stride_wt,
-                        stride_wk, stride_it, stride_ik,
-                        TOPK, BLOCK_T, ROUTE_T, BLOCK_E_ALL, BLOCK_K, HAS_SCALE, SELECT,
-                        SCALE_PICK, HAS_PADDING,
+                        row_sums, row_sumsq, pid_t * BLOCK_T, num_tokens, num_experts,
+                        (hidden, eps, inv_sqrt_hidden),
+                        (logits_ptr, stride_lt, stride_le, weights_ptr, stride_wt, stride_wk,
+                         ids_ptr, stride_it, stride_ik),
+                        padding_ptr,
+                        (pes_ptr, stride_pes, scale_row),
+                        (TOPK, BLOCK_E_ALL, BLOCK_K, ROUTE_T),
+                        BLOCK_T,
+                        (SELECT, HAS_SCALE, SCALE_PICK, HAS_PADDING),
                     )  # fmt: skip
             tl.atomic_xchg(counter_ptr + pid_t, 0)
 
