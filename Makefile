@@ -3,7 +3,7 @@
 # PyPI against the plugin, a few minutes (ci/release_matrix.py --newest, table to
 # stdout); fails unless the plugin routes it with its padding semantics checked.
 # Run daily by ci/workflows/canary.yml.
-.PHONY: setup test demo lint format canary upstream
+.PHONY: setup test demo lint format canary
 
 setup:
 	bash ci/setup_env.sh
@@ -24,8 +24,3 @@ format: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-# The upstream patch series (upstream/000N-*.patch) regenerated from the patched
-# sources under upstream/tree/, against vLLM 0.34.0's sdist (fetched, sha256-checked).
-upstream: setup
-	.venv/bin/python ci/fetch_vllm_sdist.py
-	.venv/bin/python upstream/series.py
