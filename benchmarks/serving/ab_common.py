@@ -630,13 +630,15 @@ def arm_server(
     log_name: str | None = None,
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
+    python: str | None = None,
 ) -> Iterator[ArmServer]:
     """The server of ``arm``: the external one, or a fresh ``VllmServer`` stopped on exit.
 
     ``server_args`` get the arm's own settings (:func:`arm_server_args`), then
     ``extra_args``; ``extra_env`` is added to the server's environment (which
     inherits this process's, e.g. NCCL settings). The log goes to
-    ``out_dir/server_<log_name or arm name>.log``.
+    ``out_dir/server_<log_name or arm name>.log``. ``python``: the interpreter
+    that runs the server (default: this one).
 
     For a started server, ``plugin_active``, ``dispatch``, ``forwards`` and
     ``routed_processes`` are set on exit from its log (``check_plugin_state``
@@ -660,6 +662,7 @@ def arm_server(
         startup_timeout_s=startup_timeout_s,
         served_model_name=served_model_name,
         progress=True,
+        **({"python": python} if python else {}),
     )
     info = ArmServer(
         arm,

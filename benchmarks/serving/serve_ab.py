@@ -12,6 +12,9 @@ concurrency 16, 2048 input and 512 output tokens, EOS ignored::
     python -m benchmarks.serving.serve_ab --tiny --num-prompts 8 --input-len 64 \\
         --output-len 16 --max-concurrency 4             # tiny random model, CPU
     python -m benchmarks.serving.serve_ab --merge DIR1 DIR2 ... # one table from split runs
+    python -m benchmarks.serving.serve_ab --side-by-side --model-profile gemma-4-26b-a4b \
+        --arms-preset in-tree-vs-plugin --workload c1 --pairs 5 --resume --tag c1
+        # both servers up at once, A,B,B,A,... pairs, paired differences (side_by_side.py)
 
 Arms (``--order``, comma-separated, each at most once): ``in-tree``
 (``VLLM_PLUGINS=``), ``plugin``, ``native`` (the plugin with
@@ -48,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import stamp
-from benchmarks.serving import ab_common, trace_summary
+from benchmarks.serving import ab_common, side_by_side, trace_summary
 from vllm_gemma4_router.harness.extras import require_module
 
 # The `vllm bench serve` subcommand, run as vLLM's CLI runs it: its own argument
@@ -303,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--profile-wait", type=float, default=300.0, help="seconds to wait for the trace files"
     )
+    side_by_side.add_args(parser)
     parser.add_argument(
         "--merge",
         nargs="+",
@@ -352,12 +356,20 @@ def profile_section(runs: Sequence[Mapping[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the arms, write the results and print the table; 0 if every run is complete."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.result_dir, args.tag)
+    side_by_side.apply_workload(args, parser)
     require_module(
         "vllm", "python -m benchmarks.serving.serve_ab", "its client is `vllm bench serve`"
     )
+    if args.side_by_side:
+        return side_by_side.main(args)
+    if args.resume or args.budget_s is not None:
+        parser.error("--resume and --budget-s belong to --side-by-side")
+    if args.arms_preset:
+        args.order = ",".join(side_by_side.ARMS_PRESETS[args.arms_preset])
     setup = ab_common.AbSetup.from_args(args, required_arms=None)
     model, server_args, tokenizer, out_dir = (
         setup.model,
@@ -374,12 +386,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return out_dir / "traces" / ab_common.run_name(arm, round_, several)
 
     def server_extras(arm: ab_common.Arm, round_: int) -> tuple[list[str], dict[str, str]]:
-        if not args.profile:
-            return [], {}
-        config = profiler_config(
-            trace_dir(arm.name, round_), args.profile_delay_steps, args.profile_steps
-        )
-        return ["--profiler-config", config], dict(PROFILE_ENV)
+        extra_args: list[str] = []
+        extra_env: dict[str, str] = {}
+        if args.gpu_memory_utilization is not None:
+            extra_args += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+        if args.cache_root:
+            extra_env["VLLM_CACHE_ROOT"] = str(side_by_side.cache_dir(args.cache_root, arm.name))
+        if args.profile:
+            config = profiler_config(
+                trace_dir(arm.name, round_), args.profile_delay_steps, args.profile_steps
+            )
+            extra_args += ["--profiler-config", config]
+            extra_env.update(PROFILE_ENV)
+        return extra_args, extra_env
 
     def bench(info: ab_common.ArmServer, stem: str, **overrides: Any) -> tuple[list[str], dict]:
         settings = {
