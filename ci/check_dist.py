@@ -35,11 +35,13 @@ DIST_NAME = "vllm-gemma4-router"
 # (setup.cfg is setuptools' own, with its egg_info build tags.)
 SDIST_TOP_FILES = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "setup.cfg"}
 EXTRAS = {"demo", "bench", "test"}
-# The launch tables: package data the runtime reads at import (pyproject's package-data).
+# The launch tables and the fused-router policy: package data the runtime reads at import
+# (pyproject's package-data).
 TABLES = {
     f"{PACKAGE}/routing/tables/cuda.json",
     f"{PACKAGE}/routing/tables/hip.json",
     f"{PACKAGE}/fused_router/tables/fused.json",
+    f"{PACKAGE}/integration/tables/fused_router_policy.json",
 }
 PLACEHOLDER = "/OWNER/"
 

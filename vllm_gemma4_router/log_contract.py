@@ -28,6 +28,10 @@ Lines (vLLM prefixes each with its own level, file and process tags):
 * ``gemma4_fused_router: <N> of <M> router(s) fused (custom_ops <on|off>)`` per
   process that built the model: how many Gemma4 routers run the opt-in fused
   router op (``+gemma4_fused_router``), the rest vLLM's own router forward;
+* ``gemma4_fused_router: +gemma4_fused_router is on as asked, but on <platform> with vLLM
+  <version> it measured slower than vLLM's own router (<evidence>)`` a warning, once per
+  process, when ``+gemma4_fused_router`` is set where the fused-router policy
+  (``integration.fused_router_policy``) says it loses;
 * ``gemma4_fused_router: first hand-over claimed (<T> tokens, <E> experts, top-<K>``
   ``[, compiled graph])`` once per process, when a routing function first took
   the fused router's routing;
@@ -128,12 +132,23 @@ def first_call_line(
 
 def fused_router_line(fused: int, routers: int, enabled: bool) -> str:
     """The adapter's summary after a model build: ``fused`` of ``routers`` routers run the
-    fused router op; ``enabled``: ``custom_ops`` has ``+gemma4_fused_router``."""
+    fused router op; ``enabled``: the op is on (``+gemma4_fused_router``, or without
+    ``+``/``-`` the fused-router policy's default, off everywhere so far)."""
     if not 0 <= fused <= routers:
         raise ValueError(f"need 0 <= fused <= routers, got fused={fused}, routers={routers}")
     noun = "router" if routers == 1 else "routers"
     state = "on" if enabled else "off"
     return f"{_FUSED_PREFIX}{fused} of {routers} {noun} fused (custom_ops {state})"
+
+
+def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> str:
+    """The warning when ``+gemma4_fused_router`` is set on a ``platform`` family and vLLM
+    release where the fused-router policy measured it slower (``evidence``: its result file)."""
+    where = f" ({evidence})" if evidence else ""
+    return (
+        f"{_FUSED_PREFIX}+gemma4_fused_router is on as asked, but on {platform} with vLLM "
+        f"{vllm_version} it measured slower than vLLM's own router{where}"
+    )
 
 
 def handover_claimed_line(num_tokens: int, num_experts: int, topk: int, compiled: bool) -> str:
@@ -182,6 +197,10 @@ _FIRST_CALL_RE = re.compile(
 _FUSED_RE = re.compile(
     re.escape(_FUSED_PREFIX)
     + r"(?P<fused>\d+) of (?P<routers>\d+) routers? fused \(custom_ops (?P<state>on|off)\)"
+)
+_LOSES_RE = re.compile(
+    re.escape(_FUSED_PREFIX) + r"\+gemma4_fused_router is on as asked, but on (?P<platform>\S+) "
+    r"with vLLM (?P<version>\S+) it measured slower"
 )
 _CLAIMED_RE = re.compile(
     re.escape(_FUSED_PREFIX) + r"first hand-over claimed \((?P<tokens>\d+) tokens, "
@@ -242,6 +261,8 @@ class PluginLog:
         claims: per process whose routing first claimed the fused router's
             routing, True if that claim ran inside a compiled graph.
         claim_misses: processes where a fused layer routed from the logits itself.
+        fused_router_loses: the platform family of each warning that ``+gemma4_fused_router``
+            is on where the fused-router policy measured it slower.
     """
 
     lines: list[str] = field(default_factory=list)
@@ -255,6 +276,7 @@ class PluginLog:
     fused_routers: list[FusedRouters] = field(default_factory=list)
     claims: list[bool] = field(default_factory=list)
     claim_misses: int = 0
+    fused_router_loses: list[str] = field(default_factory=list)
 
     @property
     def fused_router_used(self) -> bool:
@@ -323,6 +345,8 @@ def parse_log(log_text: str) -> PluginLog:
             parsed.claims.append(bool(match["compiled"]))
         elif _MISSED_RE.search(line):
             parsed.claim_misses += 1
+        elif match := _LOSES_RE.search(line):
+            parsed.fused_router_loses.append(match["platform"])
         elif match := _FIRST_CALL_RE.search(line):
             parsed.first_calls.append(match["forward"])
         elif match := _INSTALL_RE.search(line):

@@ -71,6 +71,11 @@ LOG_LINES = [
         "gemma4_fused_router: 30 of 30 routers fused (custom_ops on)",
     ),
     (
+        log_contract.fused_router_loses_line("cuda-sm90", "0.26.0", "r.md"),
+        "gemma4_fused_router: +gemma4_fused_router is on as asked, but on cuda-sm90 with "
+        "vLLM 0.26.0 it measured slower than vLLM's own router (r.md)",
+    ),
+    (
         log_contract.handover_claimed_line(1, 128, 8, True),
         "gemma4_fused_router: first hand-over claimed (1 tokens, 128 experts, top-8, "
         "compiled graph)",

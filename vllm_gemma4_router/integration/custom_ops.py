@@ -20,12 +20,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 import torch
+import vllm
 from vllm.config import get_cached_compilation_config
 from vllm.model_executor import custom_op as _custom_op
 from vllm.model_executor.custom_op import CustomOp
 from vllm.platforms import current_platform
 
 from vllm_gemma4_router.fused_router import torch_library as fused_library
+from vllm_gemma4_router.integration.fused_router_policy import fused_router_on, platform_family
 from vllm_gemma4_router.log_contract import (
     dispatch_line,
     first_call_line,
@@ -92,6 +94,14 @@ def platform_name() -> str:
         if check():
             return name
     return "unspecified"
+
+
+def running_platform_family() -> str:
+    """This process's platform family for the fused-router policy: ``cuda-sm90`` (Hopper),
+    ``cuda-other``, or :func:`platform_name`'s word."""
+    platform = platform_name()
+    capability = current_platform.get_device_capability() if platform == "cuda" else None
+    return platform_family(platform, capability)
 
 
 @register_custom_op(ROUTING_OP_NAME)
@@ -224,8 +234,10 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
     chain (CPU) or the Triton kernel (GPUs) itself, so torch.compile records the
     op, not Python.
 
-    Opt-in: on only with ``"+gemma4_fused_router"`` in ``custom_ops``, whatever
-    the base mode (``none``/``all``). :attr:`active` says whether it is on.
+    ``"+gemma4_fused_router"`` / ``"-gemma4_fused_router"`` in ``custom_ops`` turns it
+    on / off, whatever the base mode (``none``/``all``); without either, the
+    measured policy's default for this platform and vLLM release
+    (``fused_router_policy``: off everywhere so far). :attr:`active` says whether it is on.
     """
 
     def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
@@ -239,7 +251,8 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
         on, off = f"+{cls.name}" in custom_ops, f"-{cls.name}" in custom_ops
         if on and off:
             raise ValueError(f"custom_ops both enables and disables {cls.name}")
-        return on
+        explicit = True if on else False if off else None
+        return fused_router_on(explicit, running_platform_family(), vllm.__version__)
 
     def forward_native(
         self,

@@ -10,6 +10,8 @@ A table file is package data (``routing/tables/*.json``, ``fused_router/tables/*
 Every row names the sweep (or the offline study) it comes from; the runtime reads
 only the rows. A file that is missing, is not JSON or does not match its schema
 raises :class:`LaunchTableError` naming the file and what is wrong, at import.
+The fused-router policy (``integration/tables/``) reads its file and checks its
+provenance with the same :func:`read_json` and :func:`check_sweeps`.
 """
 
 from __future__ import annotations
@@ -89,23 +91,46 @@ def read_table(
     provenance (every row's ``provenance`` names one of its sweeps), strictly rising
     positive ``token_bucket_bounds``, ``rows`` of ``row_fields`` (plus ``notes``) and the
     table's ``more`` top-level keys. The caller checks what is in the rows."""
+    name, data = read_json(source)
+    top = {"schema": int, "table": str, "provenance": dict, "token_bucket_bounds": list}
+    check_fields(name, "top level", data, {**top, "rows": list, **(more or {})})
+    if data["schema"] != SCHEMA or data["table"] != table:
+        fail(name, "top level", f"expected schema {SCHEMA} of table {table!r}")
+    ids = check_sweeps(name, data["provenance"])
+    bounds = data["token_bucket_bounds"]
+    if (
+        not bounds
+        or not all(type(b) is int and b > 0 for b in bounds)
+        or bounds != sorted(set(bounds))
+    ):
+        fail(name, "token_bucket_bounds", f"expected rising positive ints, got {bounds}")
+    for index, row in enumerate(data["rows"]):
+        where = f"rows[{index}]"
+        check_fields(name, where, row, {**row_fields, "provenance": str}, {"notes": str})
+        check_provenance(name, where, row["provenance"], ids)
+    return data
+
+
+def read_json(source: Source) -> tuple[str, Any]:
+    """The file ``source``'s name and its parsed JSON; raises :class:`LaunchTableError`
+    naming the file if it cannot be read or is not JSON."""
     name = str(source)
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise LaunchTableError(f"launch table {name}: cannot be read ({exc})") from exc
     try:
-        data = json.loads(text)
+        return name, json.loads(text)
     except json.JSONDecodeError as exc:
         raise LaunchTableError(f"launch table {name}: not valid JSON ({exc})") from exc
-    top = {"schema": int, "table": str, "provenance": dict, "token_bucket_bounds": list}
-    check_fields(name, "top level", data, {**top, "rows": list, **(more or {})})
-    if data["schema"] != SCHEMA or data["table"] != table:
-        fail(name, "top level", f"expected schema {SCHEMA} of table {table!r}")
-    provenance = check_fields(
-        name, "provenance", data["provenance"], {"notes": str, "sweeps": list}
-    )
-    ids = set()
+
+
+def check_sweeps(name: str, provenance: Any) -> set[str]:
+    """The ids of a file's ``provenance`` (``{"notes", "sweeps"}``), every sweep checked:
+    its fields (``SWEEP_FIELDS``), non-empty commands and results, version strings, a
+    ``YYYY-MM-DD...`` date, an id no other sweep has."""
+    provenance = check_fields(name, "provenance", provenance, {"notes": str, "sweeps": list})
+    ids: set[str] = set()
     for index, sweep in enumerate(provenance["sweeps"]):
         where = f"provenance.sweeps[{index}]"
         check_fields(name, where, sweep, SWEEP_FIELDS, SWEEP_OPTIONAL)
@@ -120,18 +145,7 @@ def read_table(
         if sweep["id"] in ids:
             fail(name, where, f"duplicate sweep id {sweep['id']!r}")
         ids.add(sweep["id"])
-    bounds = data["token_bucket_bounds"]
-    if (
-        not bounds
-        or not all(type(b) is int and b > 0 for b in bounds)
-        or bounds != sorted(set(bounds))
-    ):
-        fail(name, "token_bucket_bounds", f"expected rising positive ints, got {bounds}")
-    for index, row in enumerate(data["rows"]):
-        where = f"rows[{index}]"
-        check_fields(name, where, row, {**row_fields, "provenance": str}, {"notes": str})
-        check_provenance(name, where, row["provenance"], ids)
-    return data
+    return ids
 
 
 def check_provenance(name: str, where: str, sweep_id: str, ids: set[str]) -> None:

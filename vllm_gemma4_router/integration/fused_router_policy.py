@@ -1,0 +1,174 @@
+"""Whether the fused router is on: the user's ``+``/``-``, else the measured policy.
+
+``tables/fused_router_policy.json`` (package data) says, per platform family and
+vLLM release range, what ``+gemma4_fused_router`` gives against vLLM's own router
+(``gains``, ``within_noise``, ``loses`` or ``not_measured``), the op's default
+there, and which measurement (device, versions, date, results under
+``benchmarks/results/``) each verdict comes from. It is read once, at import; a
+file that breaks its schema raises :class:`FusedRouterPolicyError` naming the file.
+
+The decision (:func:`fused_router_on`):
+
+* ``-gemma4_fused_router`` in ``custom_ops``: off;
+* ``+gemma4_fused_router``: on, always; where the policy's verdict for this
+  platform and release is ``loses``, one warning line per process
+  (``log_contract.fused_router_loses_line``);
+* neither: the row's ``default_on``; a platform or release no row covers: off.
+
+``default_on`` is true only where the verdict is ``gains`` (the loader refuses
+anything else): the op stays off until a release is measured to gain.
+
+Platform families: ``cuda-sm90`` (Hopper: H100, H200), ``cuda-other`` (any other
+NVIDIA GPU), and vLLM's platform words ``rocm``, ``xpu``, ``cpu``; other
+platforms (``tpu``, out-of-tree) have no row.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from typing import Any, NamedTuple
+
+from vllm_gemma4_router.log_contract import fused_router_loses_line, logger
+from vllm_gemma4_router.routing.table_files import (
+    LaunchTableError,
+    Source,
+    check_fields,
+    check_provenance,
+    check_sweeps,
+    fail,
+    read_json,
+)
+
+TABLE = "fused_router_policy"
+SCHEMA = 1
+PLATFORM_FAMILIES = ("cuda-sm90", "cuda-other", "rocm", "xpu", "cpu")
+VERDICTS = ("gains", "within_noise", "loses", "not_measured")
+_RELEASE_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+Release = tuple[int, int, int]
+
+
+class FusedRouterPolicyError(LaunchTableError):
+    """A fused-router policy file that cannot be read or does not match its schema."""
+
+
+class PolicyRow(NamedTuple):
+    """One platform family's verdict over an inclusive range of vLLM releases."""
+
+    platform: str
+    first: Release
+    last: Release
+    verdict: str
+    default_on: bool
+    #: The provenance sweep's first result file (``None`` where not measured).
+    evidence: str | None
+
+
+def release(version: str) -> Release | None:
+    """The ``(X, Y, Z)`` release a vLLM version string starts with (``"0.26.0rc1"``,
+    ``"0.34.0+cu130"`` -> ``(0, 26, 0)``, ``(0, 34, 0)``); ``None`` if it has none."""
+    match = _RELEASE_RE.match(version.strip().lstrip("v"))
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def platform_family(platform: str, capability: tuple[int, int] | None = None) -> str:
+    """The policy's family for vLLM's platform word (``custom_ops.platform_name``) and,
+    on CUDA, the device's compute capability: ``cuda-sm90`` for (9, 0)."""
+    if platform != "cuda":
+        return platform
+    hopper = capability is not None and tuple(capability)[:2] == (9, 0)
+    return "cuda-sm90" if hopper else "cuda-other"
+
+
+def _row(name: str, where: str, value: Any, ids: set[str]) -> PolicyRow:
+    required = {"platform": str, "vllm": dict, "verdict": str, "default_on": bool}
+    row = check_fields(name, where, value, required, {"provenance": str, "notes": str})
+    if row["platform"] not in PLATFORM_FAMILIES:
+        fail(name, f"{where}.platform", f"expected one of {PLATFORM_FAMILIES}")
+    if row["verdict"] not in VERDICTS:
+        fail(name, f"{where}.verdict", f"expected one of {VERDICTS}")
+    if row["default_on"] and row["verdict"] != "gains":
+        fail(name, f"{where}.default_on", "may be true only where the verdict is 'gains'")
+    measured = row["verdict"] != "not_measured"
+    if measured != ("provenance" in row):
+        fail(name, where, "a measured verdict names its sweep (provenance); not_measured none")
+    if measured:
+        check_provenance(name, where, row["provenance"], ids)
+    span = check_fields(name, f"{where}.vllm", row["vllm"], {"first": str, "last": str})
+    if not (_RELEASE_RE.fullmatch(span["first"]) and _RELEASE_RE.fullmatch(span["last"])):
+        fail(name, f"{where}.vllm", f"expected X.Y.Z releases, got {span}")
+    first, last = release(span["first"]), release(span["last"])
+    if first > last:
+        fail(name, f"{where}.vllm", f"first must not come after last, got {span}")
+    return PolicyRow(row["platform"], first, last, row["verdict"], row["default_on"], None)
+
+
+def load_policy(source: Source) -> tuple[PolicyRow, ...]:
+    """The policy rows of the file ``source``, each with its evidence path; raises
+    :class:`FusedRouterPolicyError` naming the file when it is missing, not JSON or
+    breaks its schema (an unknown platform or verdict, a range backwards or
+    overlapping another of its platform, a default on without a gain, a verdict
+    without its sweep)."""
+    try:
+        name, data = read_json(source)
+        top = {"schema": int, "table": str, "provenance": dict, "rows": list}
+        check_fields(name, "top level", data, top)
+        if data["schema"] != SCHEMA or data["table"] != TABLE:
+            fail(name, "top level", f"expected schema {SCHEMA} of table {TABLE!r}")
+        ids = check_sweeps(name, data["provenance"])
+        results = {s["id"]: s["results"][0] for s in data["provenance"]["sweeps"]}
+        rows = []
+        for index, value in enumerate(data["rows"]):
+            row = _row(name, f"rows[{index}]", value, ids)
+            rows.append(row._replace(evidence=results.get(value.get("provenance"))))
+        for a in rows:
+            for b in rows:
+                if a is not b and a.platform == b.platform and a.first <= b.last <= a.last:
+                    fail(name, "rows", f"ranges of {a.platform} overlap: {a} and {b}")
+    except FusedRouterPolicyError:
+        raise
+    except LaunchTableError as exc:
+        what = str(exc).removeprefix("launch table ")
+        raise FusedRouterPolicyError(f"fused-router policy {what}") from exc
+    return tuple(rows)
+
+
+def policy_file() -> Source:
+    """The packaged policy file."""
+    return files("vllm_gemma4_router.integration").joinpath("tables", f"{TABLE}.json")
+
+
+_POLICY = load_policy(policy_file())
+
+
+def policy_row(
+    platform: str, vllm_version: str, rows: tuple[PolicyRow, ...] | None = None
+) -> PolicyRow | None:
+    """The row of ``rows`` (the packaged policy's by default) covering ``platform`` (a
+    family) and the release ``vllm_version`` starts with, or ``None`` (not measured)."""
+    found = release(vllm_version)
+    if found is None:
+        return None
+    for row in _POLICY if rows is None else rows:
+        if row.platform == platform and row.first <= found <= row.last:
+            return row
+    return None
+
+
+# Once per process, not per layer: every router's op asks.
+_loses_warned = False
+
+
+def fused_router_on(explicit: bool | None, platform: str, vllm_version: str) -> bool:
+    """Whether the fused router runs: ``explicit`` (``+``: True, ``-``: False) wins;
+    ``None`` takes the policy's default. ``+`` where the policy says it loses logs one
+    warning line per process."""
+    global _loses_warned
+    row = policy_row(platform, vllm_version)
+    if explicit is None:
+        return row is not None and row.default_on
+    if explicit and row is not None and row.verdict == "loses" and not _loses_warned:
+        _loses_warned = True
+        logger.warning(fused_router_loses_line(platform, vllm_version, row.evidence or ""))
+    return explicit
