@@ -3,7 +3,7 @@
 # PyPI against the plugin, a few minutes (ci/release_matrix.py --newest, table to
 # stdout); fails unless the plugin routes it with its padding semantics checked.
 # Run daily by ci/workflows/canary.yml.
-.PHONY: setup test demo lint format canary
+.PHONY: setup test demo lint format canary upstream-tree upstream-series
 
 setup:
 	bash ci/setup_env.sh
@@ -24,3 +24,14 @@ format: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
+
+# The upstream patch series (upstream/000N-*.patch), against vLLM 0.34.0's sdist
+# (fetched, sha256-checked). `upstream-tree` applies it as commits in
+# .cache/upstream/vllm-0.34.0; edit and commit there, then `upstream-series`
+# writes the .patch files back. No vLLM file is stored in this repository.
+upstream-tree: setup
+	.venv/bin/python upstream/series.py tree
+
+upstream-series: setup
+	.venv/bin/python upstream/series.py export
+	.venv/bin/python upstream/series.py check

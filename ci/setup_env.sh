@@ -32,6 +32,7 @@ sources_present() {
   for spec in "${VLLM_SOURCES[@]}" "${VLLM_PYTHON_ONLY_SOURCES[@]}"; do
     [[ -f .cache/vllm-src/${spec/==/-}/vllm/__init__.py ]] || return 1
   done
+  [[ -f .cache/sdist/vllm-0.34.0/.unpacked-sha256 ]] || return 1
 }
 
 if [[ -f $STAMP && $STAMP -nt ci/setup_env.sh && $STAMP -nt pyproject.toml \
@@ -72,6 +73,8 @@ step "vLLM sources of ${VLLM_SOURCES[*]} for the layout-family tests"
 "$VENV/bin/python" ci/vllm_sources.py --extra-deps "${VLLM_SOURCES[@]}"
 step "vLLM sources of ${VLLM_PYTHON_ONLY_SOURCES[*]} (Python only, from the CUDA wheel)"
 "$VENV/bin/python" ci/vllm_sources.py --python-only "${VLLM_PYTHON_ONLY_SOURCES[@]}"
+step "vLLM 0.34.0 source distribution (tests/upstream: the patch series in upstream/)"
+"$VENV/bin/python" ci/fetch_vllm_sdist.py
 
 "$VENV/bin/python" - <<'PY'
 import torch, triton, vllm, transformers

@@ -16,9 +16,8 @@ true when they were written, except ``benchmarks/results/INDEX.md``) and checks
 
 URLs, absolute paths, placeholders (``<version>``, ``$OUT``) and fenced code
 blocks are skipped: they name other machines, other packages or commands. The
-upstream docs name vLLM's files: theirs may also resolve in a patch's copy of vLLM's
-tree (``upstream/tree/000N/``), which itself is not checked (a partial copy of another
-repository links to files it does not hold).
+upstream docs name vLLM's files: theirs may also be a file the patch series
+(``upstream/000N-*.patch``) changes.
 """
 
 from __future__ import annotations
@@ -31,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: top-level folders that are not the repository's own content
 SKIP_DIRS = {".git", ".venv", ".cache", ".pytest_cache", ".ruff_cache", "node_modules", "dist"}
 RESULTS = ROOT / "benchmarks" / "results"
-#: vLLM's files as the upstream patch series changes them, one folder per patch: a partial
-#: copy of another repository, whose own links point into files it does not hold
 UPSTREAM = ROOT / "upstream"
-UPSTREAM_TREE = UPSTREAM / "tree"
 EXTENSIONS = (".py", ".sh", ".md", ".json", ".csv", ".png", ".jsonl", ".toml", ".yml", ".txt")
 #: first path components that name machine-local or ignored places, not repository files
 LOCAL_ROOTS = {".cache", ".venv", "dist", "build", "~", "..."}
@@ -56,9 +52,7 @@ def markdown_files() -> list[Path]:
         dirs[:] = [
             d
             for d in dirs
-            if d not in SKIP_DIRS
-            and not d.endswith(".egg-info")
-            and here / d not in (RESULTS, UPSTREAM_TREE)
+            if d not in SKIP_DIRS and not d.endswith(".egg-info") and here / d != RESULTS
         ]
         found.extend(here / name for name in files if name.endswith(".md"))
     return sorted(found)
@@ -124,15 +118,20 @@ def _exists(candidate: str, bases: tuple[Path, ...]) -> bool:
 
 
 def bases(md: Path) -> tuple[Path, ...]:
-    """Where a path named in ``md`` may start: its folder and the repository root; for the
-    upstream docs, which name vLLM's files, also each patch's copy of vLLM's tree. (A vLLM
+    """Where a path named in ``md`` may start: its folder and the repository root. (A vLLM
     path whose first folder this repository lacks, ``vllm/config/kernel.py``, is never
     checked: ``code_path`` takes only paths that start at one of this repository's entries.)"""
-    found = (md.parent, ROOT)
-    if UPSTREAM in md.parents and UPSTREAM_TREE.is_dir():
-        patches = (p for p in UPSTREAM_TREE.iterdir() if p.is_dir() and not p.name.startswith("."))
-        found += tuple(sorted(patches))
-    return found
+    return (md.parent, ROOT)
+
+
+def series_paths() -> set[str]:
+    """The vLLM files the upstream patch series changes (its ``diff --git`` lines)."""
+    return {
+        line.split(" b/", 1)[1]
+        for patch in UPSTREAM.glob("[0-9][0-9][0-9][0-9]-*.patch")
+        for line in patch.read_text().splitlines()
+        if line.startswith("diff --git ")
+    }
 
 
 def code_path(token: str, md_dir: Path) -> str | None:
@@ -162,6 +161,7 @@ def check_file(md: Path) -> list[str]:
     errors = []
     rel = md.relative_to(ROOT)
     starts = bases(md)
+    in_series = series_paths() if UPSTREAM in md.parents else set()
     text = md.read_text(encoding="utf-8")
     for number, line in _lines_outside_fences(text):
         for match in LINK_RE.finditer(line):
@@ -180,7 +180,9 @@ def check_file(md: Path) -> list[str]:
             token = code_path(match.group(2), md.parent)
             if token is None:
                 continue
-            missing = [c for c in _expand_braces(token) if not _exists(c, starts)]
+            missing = [
+                c for c in _expand_braces(token) if c not in in_series and not _exists(c, starts)
+            ]
             if missing:
                 errors.append(
                     f"{rel}:{number}: code path {token!r} does not exist "

@@ -92,6 +92,7 @@ def _module_from_source(tmp_path: Path, source: str):
     path.write_text(textwrap.dedent(source))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as vLLM's are: the adapter looks modules up by name
     spec.loader.exec_module(module)
     return module
 
@@ -307,3 +308,86 @@ def test_in_tree_gemma4_routing_op_is_overridden_not_registered_twice():
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("ok")
     assert "vLLM registers its own gemma4_routing CustomOp" in proc.stdout
+
+
+# vLLM 0.34.0 with the upstream series (upstream/): the routing function calls the
+# in-tree ``gemma4_routing`` CustomOp, whose CUDA forward passes the mask; ROCm runs
+# the base class's forward_hip (-> forward_cuda), XPU calls forward_cuda itself.
+_ROUTER_WITH_OP = """
+import torch
+
+
+def get_moe_padding_mask(num_tokens):
+    return None
+
+
+class CustomOp(torch.nn.Module):
+    def forward_hip(self, *args, **kwargs):
+        return self.forward_cuda(*args, **kwargs)
+
+
+def gemma4_fused_routing_kernel_triton(
+    gating_output, topk, per_expert_scale, *, is_padding=None
+):
+    raise AssertionError("vLLM's own kernel ran")
+
+
+def gemma4_routing_function_torch(gating_output, topk, per_expert_scale):
+    raise AssertionError("vLLM's own torch routing ran")
+
+
+class Gemma4Routing(CustomOp):
+    name = "gemma4_routing"
+
+    def forward_native(self, gating_output, topk, per_expert_scale):
+        return gemma4_routing_function_torch(gating_output, topk, per_expert_scale)
+
+    def forward_cuda(self, gating_output, topk, per_expert_scale):
+        return {kernel_call}
+
+    def forward_xpu(self, gating_output, topk, per_expert_scale):
+        return self.forward_cuda(gating_output, topk, per_expert_scale)
+
+
+class Gemma4Router(torch.nn.Module):
+    def __init__(self, num_experts):
+        super().__init__()
+        self.per_expert_scale = torch.nn.Parameter(torch.ones(num_experts))
+        self.routing = Gemma4Routing()
+
+    def routing_function(self, hidden_states, gating_output, topk, renormalize):
+        return self.routing(gating_output, topk, self.per_expert_scale)
+"""
+
+
+def test_facts_of_the_in_tree_routing_op(tmp_path, monkeypatch):
+    """The mask helper and platforms come from the op's forwards, followed through
+    ``self.forward_cuda`` calls; the branch is evaluated over vLLM's platform."""
+    masked_call = _MASKED_CALL.replace("self.per_expert_scale", "per_expert_scale")
+    module = _module_from_source(tmp_path, _ROUTER_WITH_OP.format(kernel_call=masked_call))
+    facts = gemma4_layouts.read_routing_facts(module, "router_method")
+    assert facts.mask_helper == "get_moe_padding_mask"
+    assert facts.mask_module == module.__name__
+    assert facts.mask_branch == (
+        "current_platform.is_cuda() or current_platform.is_rocm() or current_platform.is_xpu()"
+    )
+    from vllm.platforms import current_platform
+
+    assert not facts.passes_mask(module)  # this host's CPU platform
+    for platform_test in ("is_cuda", "is_rocm", "is_xpu"):
+        with monkeypatch.context() as patch:
+            patch.setattr(type(current_platform), platform_test, lambda self: True)
+            assert facts.passes_mask(module), platform_test
+    plain_call = _PLAIN_CALL.replace("self.per_expert_scale", "per_expert_scale")
+    plain = _module_from_source(tmp_path, _ROUTER_WITH_OP.format(kernel_call=plain_call))
+    assert gemma4_layouts.read_routing_facts(plain, "router_method") == (
+        gemma4_layouts.RoutingFacts()
+    )
+    unknown = _module_from_source(
+        tmp_path,
+        _ROUTER_WITH_OP.format(kernel_call="gemma4_new_kernel(gating_output, topk)").replace(
+            "class CustomOp", "def gemma4_new_kernel(*args):\n    pass\n\n\nclass CustomOp"
+        ),
+    )
+    with pytest.raises(gemma4_layouts.RoutingRefused, match="gemma4_new_kernel"):
+        gemma4_layouts.read_routing_facts(unknown, "router_method")

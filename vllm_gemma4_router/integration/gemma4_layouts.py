@@ -16,9 +16,11 @@ Before patching, the adapter reads what the release's own routing function
 passes to its kernel (``read_routing_facts``): the arguments it knows (vLLM
 0.19 - 0.33: none beyond the logits, top-K and scale; 0.34: the padding mask
 ``is_padding=get_moe_padding_mask(T)``, on the CUDA-like/XPU branch only), and
-under which branch. Our routing then passes vLLM's padding mask exactly where
-the release's does, and nowhere else. A routing that passes anything else is
-refused: vLLM's routing stays, with one warning line.
+under which branch. Where the routing function calls vLLM's own
+``gemma4_routing`` CustomOp instead (the upstream series in ``upstream/``), the
+same is read from the op's per-platform forwards. Our routing then passes vLLM's
+padding mask exactly where the release's does, and nowhere else. A routing that
+passes anything else is refused: vLLM's routing stays, with one warning line.
 
 Either way each owner gets a ``gemma4_routing`` op module, and the routing
 callable handed to vLLM's fused MoE reads ``owner.per_expert_scale`` at call
@@ -42,6 +44,7 @@ import ast
 import functools
 import inspect
 import os
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +65,8 @@ from vllm_gemma4_router.log_contract import (
 GEMMA4_MODULE = "vllm.model_executor.models.gemma4"
 OP_ATTRIBUTE = "gemma4_routing"
 _INSTALLED_FLAG = "_vllm_gemma4_router_layout"
+# On the same module: the RoutingFacts the install read (its routing function is ours then).
+INSTALLED_FACTS_ATTRIBUTE = "_vllm_gemma4_router_routing_facts"
 FUSED_OP_ATTRIBUTE = "gemma4_fused_router"
 # On a router: its _FusedPlan (in __dict__, so nothing it holds is registered).
 FUSED_PLAN_ATTRIBUTE = "_gemma4_fused_plan"
@@ -102,10 +107,18 @@ class RoutingFacts:
     ``mask_branch``: the condition, in the module's namespace, under which the
     call with the mask runs (0.34: ``current_platform.is_cuda_alike() or
     current_platform.is_xpu()``); ``None`` means always.
+    ``mask_module``: where the helper and the branch live when that is not the
+    Gemma 4 module (vLLM's ``gemma4_routing`` CustomOp: its module, the branch
+    over ``current_platform``).
     """
 
     mask_helper: str | None = None
     mask_branch: str | None = None
+    mask_module: str | None = None
+
+    def helper_module(self, module: ModuleType) -> ModuleType:
+        """The module whose global ``mask_helper`` is."""
+        return sys.modules[self.mask_module] if self.mask_module else module
 
     def passes_mask(self, module: ModuleType) -> bool:
         """Whether, on this process's platform, the release's routing passes its mask."""
@@ -113,8 +126,13 @@ class RoutingFacts:
             return False
         if self.mask_branch is None:
             return True
+        namespace = vars(self.helper_module(module))
+        if self.mask_module:
+            from vllm.platforms import current_platform
+
+            namespace = {**namespace, "current_platform": current_platform}
         # vLLM's own test, evaluated where vLLM evaluates it (its module's globals).
-        return bool(eval(self.mask_branch, vars(module)))  # noqa: S307
+        return bool(eval(self.mask_branch, namespace))  # noqa: S307
 
 
 def _routing_function_node(module: ModuleType, layout: str) -> ast.FunctionDef:
@@ -165,7 +183,100 @@ def read_routing_facts(module: ModuleType, layout: str) -> RoutingFacts:
     when the branch that passes the mask cannot be evaluated in the module.
     """
     function = _routing_function_node(module, layout)
-    namespace = vars(module)
+    op_cls = _in_tree_routing_op(module)
+    if op_cls is not None and _calls_an_attribute(function):
+        facts = _op_routing_facts(op_cls)
+    else:
+        facts = RoutingFacts(*_scan_routing_calls(function, vars(module)))
+    try:
+        facts.passes_mask(module)
+    except Exception as exc:  # a branch on locals, or on something absent here
+        raise RoutingRefused(
+            f"its mask branch ({facts.mask_branch}) cannot be evaluated: {exc}"
+        ) from exc
+    return facts
+
+
+#: The forward each CUDA-like or XPU platform runs, and vLLM's test for that platform.
+_MASKED_PLATFORM_FORWARDS = {
+    "forward_cuda": "current_platform.is_cuda()",
+    "forward_hip": "current_platform.is_rocm()",
+    "forward_xpu": "current_platform.is_xpu()",
+}
+
+
+def _in_tree_routing_op(module: ModuleType) -> type | None:
+    """vLLM's own ``gemma4_routing`` CustomOp class, where its Gemma 4 module has one."""
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and getattr(value, "name", None) == "gemma4_routing"
+            and not value.__module__.startswith("vllm_gemma4_router")
+        ):
+            return value
+    return None
+
+
+def _calls_an_attribute(function: ast.FunctionDef) -> bool:
+    """Whether ``function`` calls a method of ``self`` (vLLM's op: ``self.routing(...)``)."""
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "self"
+        for n in ast.walk(function)
+    )
+
+
+def _method_node(cls: type, name: str) -> ast.FunctionDef:
+    try:
+        source = textwrap.dedent(inspect.getsource(inspect.unwrap(getattr(cls, name))))
+    except (AttributeError, OSError, TypeError) as exc:
+        raise RoutingRefused(f"its op's {name} cannot be read ({exc})") from exc
+    return next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef))
+
+
+def _forward_helper(cls: type, name: str, namespace: dict, seen: frozenset[str]) -> str | None:
+    """The mask helper the op's forward ``name`` passes, following ``self.forward_*`` calls."""
+    node = _method_node(cls, name)
+    helper, branch = _scan_routing_calls(node, namespace)
+    if helper is not None:
+        if branch is not None:
+            raise RoutingRefused(f"its op's {name} passes the mask under a branch ({branch})")
+        return helper
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        target = call.func
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr.startswith("forward_")
+            and target.attr not in seen
+        ):
+            found = _forward_helper(cls, target.attr, namespace, seen | {target.attr})
+            if found is not None:
+                return found
+    return None
+
+
+def _op_routing_facts(op_cls: type) -> RoutingFacts:
+    """What vLLM's ``gemma4_routing`` op passes, on which platforms (its forwards)."""
+    namespace = vars(sys.modules[op_cls.__module__])
+    helpers, branches = set(), []
+    for forward, test in _MASKED_PLATFORM_FORWARDS.items():
+        helper = _forward_helper(op_cls, forward, namespace, frozenset({forward}))
+        if helper is not None:
+            helpers.add(helper)
+            branches.append(test)
+    if len(helpers) > 1:
+        raise RoutingRefused(f"its op's forwards take the mask from {sorted(helpers)}")
+    if not helpers:
+        return RoutingFacts()
+    return RoutingFacts(helpers.pop(), " or ".join(branches), op_cls.__module__)
+
+
+def _scan_routing_calls(
+    function: ast.FunctionDef, namespace: dict
+) -> tuple[str | None, str | None]:
+    """The mask helper ``function``'s known routing calls pass, and under which branch."""
     helper = branch = None
     for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
         name = call.func.id if isinstance(call.func, ast.Name) else None
@@ -203,12 +314,7 @@ def read_routing_facts(module: ModuleType, layout: str) -> RoutingFacts:
                 f"it passes {PADDING_KEYWORD}={ast.unparse(mask)}, which the plugin does not know"
             )
         helper, branch = mask.func.id, _branch_of(call, function)
-    facts = RoutingFacts(helper, branch)
-    try:
-        facts.passes_mask(module)
-    except Exception as exc:  # a branch on locals, or on something absent here
-        raise RoutingRefused(f"its mask branch ({branch}) cannot be evaluated: {exc}") from exc
-    return facts
+    return helper, branch
 
 
 def _is_mask_helper_call(call: ast.Call, function: ast.FunctionDef) -> bool:
@@ -250,12 +356,12 @@ def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:
 
     owner.gemma4_routing = Gemma4Routing()
     if facts.passes_mask(module):
-        helper = facts.mask_helper
+        helper, helper_module = facts.mask_helper, facts.helper_module(module)
 
         def padding_mask(num_tokens: int):
             # Looked up per call, as vLLM's routing does: the helper reads the
             # forward context of the batch being run.
-            return getattr(module, helper)(num_tokens)
+            return getattr(helper_module, helper)(num_tokens)
 
         owner.__dict__[PADDING_MASK_ATTRIBUTE] = padding_mask
         # The fused router's op reads the same mask at run time (padding.py).
@@ -569,6 +675,7 @@ def install(module: ModuleType) -> str | None:
                 logger.warning(refused_line(module_name, str(refusal)))
                 return None
             apply(module, facts)
+            setattr(module, INSTALLED_FACTS_ATTRIBUTE, facts)
             _install_fused_router(module)
             _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
