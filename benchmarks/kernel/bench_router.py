@@ -19,7 +19,26 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   epilogue: ``fused_router_gemm.route_by_gemm``) at every T;
 * ``fused_pdl``: the table's split launch with programmatic dependent launch
   (``FusedLaunchConfig.pdl``), where the op launches a split row (else ``-``);
-* ``empty``: an empty Triton kernel, the floor of one graph-replayed launch.
+* ``empty``: an empty Triton kernel, the floor of one graph-replayed launch;
+* ``gemm_ll`` / ``chain_ll``: GateLinear's first tier from vLLM 0.26.0 on SM90/SM100,
+  vLLM's CuTe-DSL ``ll_bf16_gemm`` (imported from the installed vLLM, or with
+  ``--ll-source PATH`` from a vLLM source tree: ``benchmarks.common.ll_gemm``), alone
+  and as norm + it + vLLM's routing, where GateLinear would dispatch it (T <= 16);
+  ``-`` elsewhere, the reason written once in the md and the stamp;
+* ``tail`` / ``tail_router``: a compiled stand-in for Gemma4DecoderLayer.forward
+  between the attention and the MLP/MoE GEMMs (post_attention_layernorm, + residual,
+  pre_feedforward_layernorm, pre_feedforward_layernorm_2), without and with the
+  router's norm as one more consumer of the residual; their difference is what the
+  router's norm adds in a compiled layer (Inductor fuses it with the rest), and
+  ``serving_equiv = (tail_router - tail) + gate GEMM as GateLinear dispatches it
+  (gemm_ll at T <= 16 where eligible, else gemm) + routing vLLM``.
+
+``--cache both``: each T with the L2-resident rotation (``--hot-layers``, 30 sets)
+and the cold one (``auto``), the issue's T list by default. ``--anchors-only``:
+only ``gemm`` (cuBLAS), ``gemm_ll`` and ``fused`` (the anchors that tie a second
+process's numbers to the first), T <= 16 by default, written as
+``bench_router_anchors_*``: with ``--ll-source`` the way to time another vLLM's
+``ll_bf16_gemm`` (0.34.0 with nvidia-cutlass-dsl 4.8.0) on the same machine.
 
 Timing (``common.bench_rotated``): one CUDA graph of calls cycling through L
 layers' weight sets (gate weight, scale, per_expert_scale), median of the
@@ -40,6 +59,8 @@ kernel's on the fused op's own logits (exactly; weights to 1e-5), and its
 logits must be within ``--logit-rtol`` of the row's largest |logit| of the
 chain's (the chain rounds the normed input to bf16 up to three times, the fused
 op rounds ``h * scale`` once); a miss is a warning and the ``check`` column.
+Where ``gemm_ll`` runs, its logits must match cuBLAS's within 1e-3 of the row's
+largest |logit| (both accumulate in fp32).
 Writes benchmarks/results/bench_router_<device>_<date>[_<tag>].{csv,md,png}.
 """
 
@@ -53,6 +74,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common.gpu import device_name, device_slug
+from benchmarks.common.ll_gemm import LLGemm, load_ll_gemm
 from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import (
     ROUTER_HIDDEN,
@@ -68,6 +90,10 @@ from benchmarks.common.timing import (
 )
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: Issue #34 item 3's T list: the default of ``--cache``.
+ISSUE_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+#: ``--anchors-only``'s default: where GateLinear dispatches ``ll_bf16_gemm``.
+ANCHOR_TOKENS = (1, 2, 4, 8, 16)
 #: Timed pieces, in column order: CSV column ``<piece>_us``.
 PIECES = (
     "norm",
@@ -93,6 +119,23 @@ HEADERS = {
     "fused_pdl": "fused, PDL",
     "empty": "empty launch",
 }
+#: GateLinear's first tier (``benchmarks.common.ll_gemm``), timed where it would run.
+LL_PIECES = ("gemm_ll", "chain_ll")
+#: The compiled decoder-layer tail without / with the router's norm (``layer_tail``).
+TAIL_PIECES = ("tail", "tail_router")
+ANCHOR_PIECES = ("gemm", "gemm_ll", "fused")
+HEADERS.update(
+    gemm_ll="gate GEMM ll_bf16",
+    chain_ll="chain ll_bf16",
+    tail="layer tail",
+    tail_router="tail + router norm",
+)
+#: logits of ``ll_bf16_gemm`` vs cuBLAS's, relative to the row's largest |logit|
+LL_LOGIT_RTOL = 1e-3
+SERVING_FORMULA = (
+    "serving-equivalent = (tail + router norm - tail) + gate GEMM (the tier GateLinear "
+    "dispatches: ll_bf16 where T <= 16 and it is eligible, else cuBLAS) + routing vLLM"
+)
 FUSED_IMPL = "vllm_gemma4_router.fused_router.torch_library.fused_router_into (what the op runs)"
 
 
@@ -110,11 +153,37 @@ def add_router_shape_args(parser: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_router_shape_args(parser)
+    parser.set_defaults(tokens=None)  # TOKENS, or with --cache/--anchors-only their lists
     parser.add_argument(
         "--layers",
-        default="auto",
+        default=None,
         help="weight sets rotated: 'auto' (3x the L2, at least --min-layers) and/or "
-        "numbers, comma-separated (e.g. 'auto,30'); one table each",
+        "numbers, comma-separated (e.g. 'auto,30'); one table each (default auto)",
+    )
+    parser.add_argument(
+        "--cache",
+        choices=("hot", "cold", "both"),
+        default=None,
+        help="hot: --hot-layers sets (L2-resident), cold: 'auto' (from HBM), both: each T "
+        "with both; instead of --layers",
+    )
+    parser.add_argument("--hot-layers", type=int, default=30, help="--cache hot's rotation")
+    parser.add_argument(
+        "--ll-source",
+        default="installed",
+        help="vLLM's ll_bf16_gemm: 'installed' (the installed vLLM) or a vLLM source "
+        "tree's path (e.g. .cache/vllm-src/vllm-0.34.0), its cute_dsl package loaded by path",
+    )
+    parser.add_argument(
+        "--no-ll", action="store_true", help="skip gemm_ll/chain_ll (reason: --no-ll)"
+    )
+    parser.add_argument(
+        "--no-tail", action="store_true", help="skip the compiled layer tail (serving_equiv)"
+    )
+    parser.add_argument(
+        "--anchors-only",
+        action="store_true",
+        help="time only gemm (cuBLAS), gemm_ll and fused: bench_router_anchors_* files",
     )
     parser.add_argument("--min-layers", type=int, default=30)
     parser.add_argument("--min-calls", type=int, default=32, help="calls per graph, at least")
@@ -141,8 +210,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
+    if args.cache and args.layers is not None:
+        parser.error("--cache and --layers both choose the rotation: give one")
+    if args.hot_layers < 1:
+        parser.error(f"--hot-layers must be >= 1, got {args.hot_layers}")
+    if args.anchors_only and args.cache is None and args.layers is None:
+        args.cache = "both"
+    if args.tokens is None:
+        default = ANCHOR_TOKENS if args.anchors_only else ISSUE_TOKENS if args.cache else TOKENS
+        args.tokens = ",".join(map(str, default))
     args.tokens = [int(t) for t in args.tokens.split(",") if t]
-    args.layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    if args.cache:
+        hot = str(args.hot_layers)
+        args.layers = {"hot": hot, "cold": "auto", "both": f"auto,{hot}"}[args.cache]
+    args.layers = [s.strip() for s in (args.layers or "auto").split(",") if s.strip()]
     for spec in args.layers:
         if spec != "auto" and not (spec.isdigit() and int(spec) >= 1):
             parser.error(f"--layers takes 'auto' or positive numbers, got {spec!r}")
@@ -216,6 +297,61 @@ class Router:
     fused: Callable
     fused_gemm: Callable  # the op's GEMM path at every T: where it beats the kernel
     fused_pdl: Callable  # the op's split launch with PDL; None where the op has none
+    #: vLLM's ll_bf16_gemm as GateLinear calls it, or why not (None: not asked for)
+    ll: LLGemm | None = None
+    #: compiled decoder-layer tail without / with the router norm (None: not timed)
+    tail: Callable | None = None
+    tail_router: Callable | None = None
+    tail_weights: tuple[torch.Tensor, ...] = ()  # post_attn, pre_ff, pre_ff_2 norm weights
+
+    def ll_eligible(self, num_tokens: int) -> bool:
+        """Whether GateLinear would dispatch ``ll_bf16_gemm`` at ``num_tokens``."""
+        return self.ll is not None and self.ll.eligible(num_tokens)
+
+    def gemm_tier(self, num_tokens: int) -> Callable:
+        """The gate GEMM GateLinear dispatches at ``num_tokens``: ll_bf16 or cuBLAS."""
+        return self.ll.fn if self.ll_eligible(num_tokens) else self.gemm
+
+
+def rms_norm_weighted(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """vLLM's RMSNorm with a weight (``ir.ops.rms_norm``'s native code): x.float(),
+    x * rsqrt(mean(x^2) + eps), cast to the weight's dtype, * weight, back to x's dtype."""
+    orig_dtype = x.dtype
+    y = x.to(torch.float32)
+    y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (y.to(weight.dtype) * weight).to(orig_dtype)
+
+
+def layer_tail(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    w_pre_ff_2: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gemma4DecoderLayer.forward (vLLM 0.34.0) between the attention's output and the
+    MLP/MoE GEMMs, written here: ``h = post_attention_layernorm(attn_out) + residual``
+    (the new residual), ``pre_feedforward_layernorm(h)`` (the MLP's input) and
+    ``pre_feedforward_layernorm_2(h)`` (the experts' input). Returns all three."""
+    h = rms_norm_weighted(attn_out, w_post_attn, eps) + residual
+    return h, rms_norm_weighted(h, w_pre_ff, eps), rms_norm_weighted(h, w_pre_ff_2, eps)
+
+
+def layer_tail_router(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    w_pre_ff_2: torch.Tensor,
+    eps: float,
+    root_size: torch.Tensor,
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`layer_tail` plus the router's norm of the new residual (``router(residual)``
+    before its GEMM: :func:`router_norm`), one more consumer in the same graph."""
+    h, mlp_in, moe_in = layer_tail(attn_out, residual, w_post_attn, w_pre_ff, w_pre_ff_2, eps)
+    return h, mlp_in, moe_in, router_norm(h, root_size, scale, eps)
 
 
 def make_layer_sets(count, hidden, experts, dtype, device, generator=None):
@@ -266,10 +402,24 @@ def check_point(router: Router, hidden_states: torch.Tensor, logit_rtol: float) 
     pdl_out = r.fused_pdl(hidden_states, s, w, p, r.eps, k)
     if pdl_out is not None and not all(map(torch.equal, pdl_out, (logits, weights, ids))):
         problems.append("PDL launch != the op's bits")
+    ll_err = float("nan")
+    num_tokens = hidden_states.shape[0]
+    if r.ll_eligible(num_tokens):
+        normed = r.norm(hidden_states, r.root_size, s, r.eps)
+        if not normed.is_contiguous():  # GateLinear hands it the norm's contiguous output
+            problems.append("normed input not contiguous")
+        ll_err = logit_error(r.ll.fn(normed, w), r.gemm(normed, w))
+        if not ll_err <= LL_LOGIT_RTOL:
+            problems.append(f"ll_bf16 logits {ll_err:.3g} > {LL_LOGIT_RTOL:g} of row max")
     same_set = ids.long().sort(dim=1).values == chain_ids.long().sort(dim=1).values
     agree = float(same_set.all(dim=1).float().mean()) if ids.numel() else 1.0
     check = "ok" if not problems else "FAIL: " + "; ".join(problems)
-    return dict(check=check, logit_err=round(err, 5), ids_vs_chain=round(agree, 4))
+    return dict(
+        check=check,
+        logit_err=round(err, 5),
+        ids_vs_chain=round(agree, 4),
+        **({"ll_err": round(ll_err, 7)} if r.ll is not None else {}),
+    )
 
 
 def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], object]) -> dict:
@@ -304,7 +454,31 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
     }
     if r.fused_pdl(h, r.scales[0], r.weights[0], r.expert_scales[0], r.eps, k) is None:
         del fns["fused_pdl"]
+    if r.ll_eligible(h.shape[0]):
+        ll = r.ll.fn
+        fns["gemm_ll"] = lambda i: ll(normed, r.weights[i])
+        fns["chain_ll"] = lambda i: r.route_vllm(
+            ll(r.norm(h, r.root_size, r.scales[i], r.eps), r.weights[i]), k, r.expert_scales[i]
+        )
     return fns
+
+
+def tail_pieces(router: Router, hidden_states: torch.Tensor, generator=None) -> dict:
+    """``{"tail": fn(layer), "tail_router": fn(layer)}`` (the compiled :func:`layer_tail`
+    without and with the router's norm, layer ``i``'s router scale), on an attention
+    output like ``hidden_states`` and ``hidden_states`` as the residual; ``{}`` where
+    the router has no tail."""
+    r, h = router, hidden_states
+    if r.tail is None or r.tail_router is None:
+        return {}
+    attn_out = torch.randn(h.shape, generator=generator, device=h.device).to(h.dtype)
+    w1, w2, w3 = r.tail_weights
+    return {
+        "tail": lambda i: r.tail(attn_out, h, w1, w2, w3, r.eps),
+        "tail_router": lambda i: r.tail_router(
+            attn_out, h, w1, w2, w3, r.eps, r.root_size, r.scales[i]
+        ),
+    }
 
 
 def with_producer(fns: dict, hidden_states: torch.Tensor) -> dict:
@@ -327,35 +501,62 @@ def measure_point(
     device,
     generator=None,
     producer: bool = False,
+    only: tuple[str, ...] | None = None,
 ) -> list[dict]:
     """One row per layer count at ``T = num_tokens``: the check, then every piece timed
-    (``producer``: :func:`with_producer`, its time subtracted; ``producer_us`` the row's)."""
+    (``producer``: :func:`with_producer`, its time subtracted; ``producer_us`` the row's).
+
+    Where the router has ``ll``, the rows also hold ``gemm_ll_us``/``chain_ll_us``
+    (NaN where GateLinear would not dispatch it) and ``gemm_tier``; where it has a
+    tail, ``tail_us``, ``tail_router_us`` (timed without the producer: the tail is
+    what produces the hidden states), ``norm_marginal_us``, ``serving_equiv_us`` and
+    ``serving_over_fused`` (:data:`SERVING_FORMULA`). ``only``: time just these
+    pieces (``--anchors-only``), the others' columns left out."""
     hidden = router.weights[0].shape[1]
     h = torch.randn(num_tokens, hidden, generator=generator, device=device).to(dtype)
     check = check_point(router, h, logit_rtol)
     if check["check"] != "ok":
         print(f"\nWARNING T={num_tokens}: {check['check']}", flush=True)
     fns = pieces(router, h, empty)
+    tails = tail_pieces(router, h, generator) if only is None else {}
+    if only is not None:
+        fns = {name: fn for name, fn in fns.items() if name in only}
     if producer:
         fns = with_producer(fns, h)
+    columns = list(only) if only is not None else list(PIECES)
+    if only is None and router.ll is not None:
+        columns += LL_PIECES
+    if tails:
+        columns += TAIL_PIECES
     rows = []
     for layers in layer_counts:
         us = {name: timer(fn, layers) for name, fn in fns.items()}
         base = us.pop("producer", 0.0)
-        us = {name: us[name] - base if name in us else float("nan") for name in PIECES}
-        rows.append(
-            dict(
-                T=num_tokens,
-                layers=layers,
-                weights_from=weights_location(layers, bytes_per_layer, l2),
-                weights_MB=round(layers * bytes_per_layer / 1e6, 1),
-                **{f"{name}_us": round(v, 3) for name, v in us.items()},
-                **({"producer_us": round(base, 3)} if producer else {}),
-                vllm_over_fused=round(us["chain_vllm"] / us["fused"], 3),
-                ours_over_fused=round(us["chain_ours"] / us["fused"], 3),
-                **check,
-            )
+        us = {name: us[name] - base if name in us else float("nan") for name in columns}
+        us.update({name: timer(fn, layers) for name, fn in tails.items()})
+        row = dict(
+            T=num_tokens,
+            layers=layers,
+            weights_from=weights_location(layers, bytes_per_layer, l2),
+            weights_MB=round(layers * bytes_per_layer / 1e6, 1),
+            **{f"{name}_us": round(v, 3) for name, v in us.items()},
+            **({"producer_us": round(base, 3)} if producer else {}),
         )
+        if "chain_vllm" in us:
+            row["vllm_over_fused"] = round(us["chain_vllm"] / us["fused"], 3)
+            row["ours_over_fused"] = round(us["chain_ours"] / us["fused"], 3)
+        if router.ll is not None:
+            row["gemm_tier"] = "ll_bf16" if router.ll_eligible(num_tokens) else "cuBLAS"
+            if "gemm_ll" in us and "gemm" in us:
+                row["ll_over_cublas"] = round(us["gemm_ll"] / us["gemm"], 3)
+        if tails:
+            tier = us["gemm_ll"] if router.ll_eligible(num_tokens) else us["gemm"]
+            marginal = us["tail_router"] - us["tail"]
+            serving = marginal + tier + us["route_vllm"]
+            row["norm_marginal_us"] = round(marginal, 3)
+            row["serving_equiv_us"] = round(serving, 3)
+            row["serving_over_fused"] = round(serving / us["fused"], 3)
+        rows.append({**row, **check})
     return rows
 
 
@@ -439,6 +640,11 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         torch._dynamo.maybe_mark_dynamic(x, 0)
         norm(x, torch.tensor(args.hidden**-0.5, device=device).to(dtype), scales[0], args.eps)
     fused, fused_gemm, fused_pdl = load_fused()
+    ll = load_ll(args, device, dtype)
+    tail = tail_router = None
+    tail_weights: tuple[torch.Tensor, ...] = ()
+    if not (args.no_tail or args.anchors_only):
+        tail, tail_router, tail_weights, tail_label = compiled_tails(args, device, dtype, scales[0])
     router = Router(
         weights=weights,
         scales=scales,
@@ -453,6 +659,10 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         fused=fused,
         fused_gemm=fused_gemm,
         fused_pdl=fused_pdl,
+        ll=ll,
+        tail=tail,
+        tail_router=tail_router,
+        tail_weights=tail_weights,
     )
     labels = dict(
         impl_norm=norm_label,
@@ -460,8 +670,49 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         impl_route_vllm=vllm_label,
         impl_route_ours="vllm_gemma4_router.gemma4_routing_triton",
         impl_fused=FUSED_IMPL,
+        impl_gemm_ll=ll.label,
+        gemm_ll_vllm=ll.vllm_version,
+        gemm_ll_cutlass_dsl=ll.cutlass_dsl,
+        gemm_ll_skipped=ll.reason or f"T > {ll.max_tokens} (GateLinear dispatches cuBLAS)",
     )
+    if tail is not None:
+        labels["impl_tail"] = tail_label
     return router, labels, counts
+
+
+def load_ll(args, device, dtype) -> LLGemm:
+    """vLLM's ``ll_bf16_gemm`` from ``--ll-source`` (``--no-ll``: none, that the reason)."""
+    if args.no_ll:
+        return LLGemm(None, "not asked for", "--no-ll")
+    capability = torch.cuda.get_device_capability(device) if torch.cuda.is_available() else None
+    ll = load_ll_gemm(args.ll_source, capability, args.hidden, dtype)
+    print(f"gemm_ll: {ll.label}" + (f": not run, {ll.reason}" if ll.reason else ""), flush=True)
+    return ll
+
+
+def compiled_tails(args, device, dtype, scale) -> tuple[Callable, Callable, tuple, str]:
+    """:func:`layer_tail` and :func:`layer_tail_router` under ``torch.compile`` (or eager
+    with ``--no-compile``), each compiled once with a dynamic token dim as vLLM's graph,
+    the three norm weights (bf16, ~1), and what they are (a stamp entry)."""
+    weights = tuple(
+        (1.0 + 0.1 * torch.randn(args.hidden, device=device)).to(dtype) for _ in range(3)
+    )
+    if args.no_compile:
+        return layer_tail, layer_tail_router, weights, "eager torch"
+    tail = torch.compile(layer_tail, fullgraph=True)
+    tail_router = torch.compile(layer_tail_router, fullgraph=True)
+    x = torch.randn(64, args.hidden, device=device).to(dtype)
+    res = torch.randn(64, args.hidden, device=device).to(dtype)
+    for t in (x, res):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    root_size = torch.tensor(args.hidden**-0.5, device=device).to(dtype)
+    tail(x, res, *weights, args.eps)
+    tail_router(x, res, *weights, args.eps, root_size, scale)
+    label = (
+        "torch.compile (Inductor), token dim dynamic: post_attention_layernorm + residual, "
+        "pre_feedforward_layernorm, pre_feedforward_layernorm_2 [+ router norm]"
+    )
+    return tail, tail_router, weights, label
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -487,6 +738,7 @@ def main(argv: list[str] | None = None) -> None:
         + "/".join(str(rotation_calls(n, args.min_calls)) for n in counts),
         logit_rtol=f"{args.logit_rtol:g}",
         producer="hidden-states copy before every call, subtracted" if args.producer else "none",
+        cache=args.cache or "--layers",
     )
     print(stamp, flush=True)
     print(
@@ -514,9 +766,15 @@ def main(argv: list[str] | None = None) -> None:
             dtype,
             device,
             producer=args.producer,
+            only=ANCHOR_PIECES if args.anchors_only else None,
         )
     print(f"\r[{len(args.tokens)}/{len(args.tokens)}] done", flush=True)
-    tag = args.tag or ("" if args.layers == ["auto"] else "L" + "-".join(args.layers))
+    tag = args.tag or default_tag(args)
+    if args.anchors_only:
+        base = write_anchor_results(rows, stamp, Path(args.out), tag)
+        print(f"wrote {base}.csv/.md")
+        print("\n".join(anchor_table_lines(rows)))
+        return
     base = write_results(
         rows, stamp, Path(args.out), tag, args.model_layers if args.real_step_estimate else None
     )
@@ -524,10 +782,23 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(summary_lines(rows, args.model_layers if args.real_step_estimate else None)))
 
 
-def result_base(stamp: dict[str, str], out: Path, tag: str) -> Path:
-    """``out/bench_router_<device>_<date>[_<tag>]`` (no suffix)."""
+def default_tag(args) -> str:
+    """The file tag without ``--tag``: the rotation (``cache-both``, ``L30``; none for
+    the default ``auto``), ``producer`` where asked for."""
+    parts = []
+    if args.cache:
+        parts.append(f"cache-{args.cache}")
+    elif args.layers != ["auto"]:
+        parts.append("L" + "-".join(args.layers))
+    if args.producer and (args.cache or args.anchors_only):
+        parts.append("producer")
+    return "_".join(parts)
+
+
+def result_base(stamp: dict[str, str], out: Path, tag: str, kind: str = "bench_router") -> Path:
+    """``out/<kind>_<device>_<date>[_<tag>]`` (no suffix)."""
     date = stamp.get("date", "undated")[:10]
-    name = f"bench_router_{device_slug(stamp)}_{date}".replace(" ", "_")
+    name = f"{kind}_{device_slug(stamp)}_{date}".replace(" ", "_")
     return out / (name + (f"_{tag}" if tag else ""))
 
 
@@ -535,17 +806,157 @@ def _fmt(value: float) -> str:
     return "-" if value is None or value != value else f"{value:.2f}"
 
 
+def _present(rows: list[dict], names) -> list[str]:
+    """Those of ``names`` whose ``<name>_us`` column the rows have."""
+    return [p for p in names if any(f"{p}_us" in r for r in rows)]
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    if num is None or den is None or num != num or den != den or not den:
+        return "-"
+    return f"{num / den:.2f}x"
+
+
 def table_lines(rows: list[dict], layers: int) -> list[str]:
-    """The markdown table of one layer count: every piece, the two ratios, the check."""
+    """The markdown table of one layer count: every piece, the two ratios (and chain
+    ll_bf16 / fused where the rows have it), the check."""
     mine = sorted((r for r in rows if r["layers"] == layers), key=lambda r: r["T"])
-    head = ["T", *(HEADERS[p] for p in PIECES), "chain vLLM / fused", "chain ours / fused"]
+    shown = _present(mine, PIECES + LL_PIECES)
+    with_ll = "chain_ll" in shown
+    head = ["T", *(HEADERS[p] for p in shown), "chain vLLM / fused", "chain ours / fused"]
+    head += ["chain ll_bf16 / fused"] if with_ll else []
     cells = [
-        [r["T"], *(_fmt(r[f"{p}_us"]) for p in PIECES)]
-        + [f"{r['vllm_over_fused']:.2f}x", f"{r['ours_over_fused']:.2f}x", r["check"]]
+        [r["T"], *(_fmt(r.get(f"{p}_us")) for p in shown)]
+        + [f"{r['vllm_over_fused']:.2f}x", f"{r['ours_over_fused']:.2f}x"]
+        + ([_ratio(r.get("chain_ll_us"), r["fused_us"])] if with_ll else [])
+        + [r["check"]]
         for r in mine
     ]
     align = ["right"] * len(head) + ["left"]
     return markdown_table([*head, "check"], cells, align).splitlines()
+
+
+def serving_table_lines(rows: list[dict], layers: int) -> list[str]:
+    """The serving-equivalent table of one layer count (rows with ``serving_equiv_us``),
+    :data:`SERVING_FORMULA` above it; ``[]`` where no row has it."""
+    mine = sorted(
+        (r for r in rows if r["layers"] == layers and "serving_equiv_us" in r), key=lambda r: r["T"]
+    )
+    if not mine:
+        return []
+    head = [
+        "T",
+        "layer tail",
+        "tail + router norm",
+        "router norm, marginal",
+        "GEMM tier",
+        "gate GEMM (tier)",
+        "routing vLLM",
+        "serving-equivalent",
+        "fused",
+        "serving-equiv / fused",
+    ]
+    cells = []
+    for r in mine:
+        tier = r.get("gemm_tier", "cuBLAS")
+        gemm = r.get("gemm_ll_us") if tier == "ll_bf16" else r["gemm_us"]
+        cells.append(
+            [
+                r["T"],
+                _fmt(r["tail_us"]),
+                _fmt(r["tail_router_us"]),
+                _fmt(r["norm_marginal_us"]),
+                tier,
+                _fmt(gemm),
+                _fmt(r["route_vllm_us"]),
+                _fmt(r["serving_equiv_us"]),
+                _fmt(r["fused_us"]),
+                _ratio(r["serving_equiv_us"], r["fused_us"]),
+            ]
+        )
+    align = ["right"] * 4 + ["left"] + ["right"] * 5
+    return [SERVING_FORMULA + ".", "", *markdown_table(head, cells, align).splitlines()]
+
+
+def anchor_table_lines(rows: list[dict]) -> list[str]:
+    """``--anchors-only``: per layer count, T | cuBLAS | ll_bf16 | fused | ll / cuBLAS | check."""
+    lines = []
+    for layers in sorted({r["layers"] for r in rows}, reverse=True):
+        mine = sorted((r for r in rows if r["layers"] == layers), key=lambda r: r["T"])
+        lines += [
+            "",
+            f"L={layers} weight sets ({mine[0]['weights_from']}), median us per call:",
+            "",
+        ]
+        head = ["T", "gate GEMM cuBLAS", "gate GEMM ll_bf16", "fused", "ll_bf16 / cuBLAS", "check"]
+        cells = [
+            [
+                r["T"],
+                _fmt(r.get("gemm_us")),
+                _fmt(r.get("gemm_ll_us")),
+                _fmt(r.get("fused_us")),
+                _ratio(r.get("gemm_ll_us"), r.get("gemm_us")),
+                r["check"],
+            ]
+            for r in mine
+        ]
+        lines += markdown_table(head, cells, ["right"] * 5 + ["left"]).splitlines()
+    return lines
+
+
+def ll_note(stamp: dict[str, str]) -> str | None:
+    """The md's one line on ``gemm_ll``: where it came from and where it is ``-``."""
+    if "impl_gemm_ll" not in stamp:
+        return None
+    return (
+        f"gate GEMM ll_bf16 / chain ll_bf16: {stamp['impl_gemm_ll']}, called as GateLinear "
+        "calls it (ll_bf16_gemm(x, weight), x the norm's contiguous bf16 output), chain = "
+        f"norm + it + routing vLLM; `-` where: {stamp.get('gemm_ll_skipped', '?')}."
+    )
+
+
+SHORT_COLUMNS = (
+    ("gemm_us", "cuBLAS"),
+    ("gemm_ll_us", "ll_bf16"),
+    ("chain_vllm_us", "chain cuBLAS"),
+    ("chain_ll_us", "chain ll"),
+    ("serving_equiv_us", "serving-eq"),
+    ("fused_us", "fused"),
+)
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """A stamped CSV of this bench back as rows (numbers as int/float, the rest str)."""
+    import csv
+
+    lines = [line for line in Path(path).read_text().splitlines() if not line.startswith("#")]
+    rows = []
+    for raw in csv.DictReader(lines):
+        row = {}
+        for key, value in raw.items():
+            try:
+                row[key] = int(value)
+            except ValueError:
+                try:
+                    row[key] = float(value)
+                except ValueError:
+                    row[key] = value
+        rows.append(row)
+    return rows
+
+
+def short_table_lines(rows: list[dict]) -> list[str]:
+    """The device call's last lines: per row T, L, where the weights were, the GEMMs,
+    the chains, serving-equivalent and fused (those columns the rows have), check."""
+    shown = [(key, name) for key, name in SHORT_COLUMNS if any(key in r for r in rows)]
+    head = ["T", "L", "weights", *(name for _, name in shown), "check"]
+    cells = [
+        [r["T"], r["layers"], r["weights_from"], *(_fmt(r.get(key)) for key, _ in shown)]
+        + [str(r.get("check", ""))[:40]]
+        for r in sorted(rows, key=lambda r: (-r["layers"], r["T"]))
+    ]
+    align = ["right", "right", "left"] + ["right"] * len(shown) + ["left"]
+    return markdown_table(head, cells, align).splitlines()
 
 
 def real_step_line(rows: list[dict], layers: int, model_layers: int) -> str | None:
@@ -573,6 +984,8 @@ def summary_lines(rows: list[dict], model_layers: int | None) -> list[str]:
         where = mine[0]["weights_from"]
         lines += ["", f"L={layers} weight sets ({where}), median us per layer:", ""]
         lines += table_lines(rows, layers)
+        serving = serving_table_lines(rows, layers)
+        lines += ["", *serving] if serving else []
         lines.append(
             f"geomean chain vLLM / fused {geomean(r['vllm_over_fused'] for r in mine):.2f}x, "
             f"chain ours / fused {geomean(r['ours_over_fused'] for r in mine):.2f}x"
@@ -617,6 +1030,18 @@ def write_results(
         f"Copy floor {stamp.get('copy_floor_GBps', '?')} GB/s; L2 {l2 / 2**20:.0f} MiB; "
         f"{int(stamp.get('layer_bytes', 0) or 0) / 1e3:.0f} KB of router weights per layer.",
     ]
+    note = ll_note(stamp)
+    if note:
+        lines += ["", note]
+    if any("serving_equiv_us" in r for r in rows):
+        lines += [
+            "",
+            f"Layer tail ({stamp.get('impl_tail', '?')}): Gemma4DecoderLayer.forward between "
+            "the attention and the MLP/MoE GEMMs, written here, timed without the producer; "
+            "its router-norm variant adds router(residual)'s norm as one more consumer. "
+            + SERVING_FORMULA
+            + ".",
+        ]
     for layers in sorted({r["layers"] for r in rows}, reverse=True):
         mine = [r for r in rows if r["layers"] == layers]
         lines += [
@@ -626,6 +1051,9 @@ def write_results(
             "",
         ]
         lines += table_lines(rows, layers)
+        serving = serving_table_lines(rows, layers)
+        if serving:
+            lines += ["", f"### Serving-equivalent, L={layers}", "", *serving]
         lines += [
             "",
             f"Geomean over T: chain vLLM / fused "
@@ -640,6 +1068,31 @@ def write_results(
                 lines += ["", line]
     Path(f"{base}.md").write_text("\n".join(lines) + "\n")
     _plot(rows, stamp, base)
+    return base
+
+
+def write_anchor_results(rows: list[dict], stamp: dict[str, str], out: Path, tag: str) -> Path:
+    """``--anchors-only``: CSV (stamped) and md at ``bench_router_anchors_<device>_<date>
+    [_<tag>]``; returns that base."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = result_base(stamp, out, tag, kind="bench_router_anchors")
+    write_stamped_csv(f"{base}.csv", stamp, rows)
+    lines = [
+        f"# Gemma 4 router GEMM: vLLM's ll_bf16_gemm with cuBLAS and the fused op as anchors "
+        f"({device_name(stamp)})",
+        "",
+        ", ".join(f"{k}={v}" for k, v in stamp.items()),
+        "",
+        f"Shape {stamp.get('shape', '?')}. gate GEMM cuBLAS: {stamp.get('impl_gemm', '?')}; "
+        f"gate GEMM ll_bf16: {stamp.get('impl_gemm_ll', '?')} (`-` where: "
+        f"{stamp.get('gemm_ll_skipped', '?')}); fused: {stamp.get('impl_fused', '?')}. Each on "
+        "the same normed input / hidden states as bench_router, median us per call over "
+        f"{stamp.get('graph', '?')}. cuBLAS and fused are the anchors: another process's "
+        "file (another nvidia-cutlass-dsl, another vLLM's ll_bf16) compares with this one "
+        "through them (benchmarks/kernel/compare_anchors.py).",
+        *anchor_table_lines(rows),
+    ]
+    Path(f"{base}.md").write_text("\n".join(lines) + "\n")
     return base
 
 
@@ -665,10 +1118,14 @@ def _plot(rows: list[dict], stamp: dict[str, str], base: Path) -> None:
             (ax_t, "chain_ours_us", "chain ours", "tab:orange"),
             (ax_t, "fused_us", "fused", "tab:blue"),
             (ax_t, "empty_us", "empty launch", "tab:gray"),
+            (ax_t, "chain_ll_us", "chain ll_bf16", "tab:purple"),
+            (ax_t, "serving_equiv_us", "serving-equivalent", "tab:green"),
             (ax_r, "vllm_over_fused", "chain vLLM / fused", "tab:red"),
             (ax_r, "ours_over_fused", "chain ours / fused", "tab:orange"),
         ):
-            values = [r[key] for r in mine]
+            values = [r.get(key, float("nan")) for r in mine]
+            if all(v != v for v in values):  # not in these rows
+                continue
             ax.plot(ts, values, style, marker=".", color=color, label=f"{name}, {where}")
     for ax in (ax_t, ax_r):
         ax.set_xscale("log", base=2)
