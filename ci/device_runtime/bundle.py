@@ -3,7 +3,9 @@
 Subcommands:
   select    the downloaded wheel of each pinned requirement (exactly one each)
   prune     delete from the assembled site directory what trim.txt lists
-  check     dependency closure of vLLM + the carried wheels against the device's packages
+  check     dependency closure of vLLM + the carried wheels against the device's packages;
+            --stubs DIR also writes, for pip's resolver, an empty wheel per excluded
+            requirement and DIR/constraints.txt pinning them (see _write_stubs)
   manifest  sha256 of every piece and of the whole archive (MANIFEST.sha256), summary (.json)
 
 Needs `packaging` (prepare.sh runs it from its own tools venv).
@@ -12,6 +14,7 @@ Needs `packaging` (prepare.sh runs it from its own tools venv).
 from __future__ import annotations
 
 import argparse
+import base64
 import email.parser
 import fnmatch
 import hashlib
@@ -23,8 +26,9 @@ from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 
 def _patterns(path: Path) -> list[tuple[str, str]]:
@@ -132,6 +136,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     seen: set[tuple[str, frozenset[str]]] = set()
     notes: dict[str, set[str]] = {"excluded": set(), "allowed": set()}
+    excluded_specs: dict[str, list[SpecifierSet]] = {}
     from_device: set[str] = set()
 
     def walk(name: str, extras: Iterable[str]) -> None:
@@ -150,6 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             who = f"{name}=={version} needs {req}"
             if dep in excluded:
                 notes["excluded"].add(f"{dep}: {excluded[dep]}  ({who})")
+                excluded_specs.setdefault(dep, []).append(req.specifier)
                 continue
             have = carried[dep][0] if dep in carried else device.get(dep)
             if dep not in carried and have is not None:
@@ -177,8 +183,56 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"check: {kind}: {line}")
     for line in errors:
         print(f"check: ERROR: {line}", file=sys.stderr)
+    if args.stubs and not errors:
+        errors += _write_stubs(Path(args.stubs), excluded_specs)
     print("check: " + ("FAILED" if errors else "OK: the closure is complete"))
     return 1 if errors else 0
+
+
+def _write_stubs(folder: Path, specs: dict[str, list[SpecifierSet]]) -> list[str]:
+    """An empty wheel (metadata only, no requirements) per excluded distribution that
+    vLLM or a carried wheel requires, at a version `X+excluded` meeting every such
+    requirement (a local label: `==X` still matches it), and `constraints.txt` pinning
+    exactly those. With both, pip's resolver checks the carried wheels against the
+    device's packages without resolving what excluded.txt leaves out (e.g. cuda-python,
+    which would pin a cuda-core the device does not have)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    errors, lines = [], []
+    for dep in sorted(specs):
+        cands = ["0"] + [s.version.removesuffix(".*") for spec in specs[dep] for s in spec]
+        version = None
+        for cand in cands:
+            try:
+                v = Version(f"{Version(cand).public}+excluded")
+            except InvalidVersion:
+                continue
+            if all(spec.contains(v, prereleases=True) for spec in specs[dep]):
+                version = str(v)
+                break
+        if version is None:
+            errors.append(f"no stub version meets every requirement on {dep}: {specs[dep]}")
+            continue
+        stem = f"{dep.replace('-', '_')}-{version}"
+        files = {
+            f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {dep}\n"
+            f"Version: {version}\nSummary: excluded.txt stand-in (resolver check only)\n",
+            f"{stem}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: bundle.py\n"
+            "Root-Is-Purelib: true\nTag: py3-none-any\n",
+        }
+        record = "".join(
+            f"{n},sha256="
+            + base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).decode().rstrip("=")
+            + f",{len(t.encode())}\n"
+            for n, t in files.items()
+        )
+        files[f"{stem}.dist-info/RECORD"] = record + f"{stem}.dist-info/RECORD,,\n"
+        with zipfile.ZipFile(folder / f"{stem}-py3-none-any.whl", "w") as zf:
+            for n, t in files.items():
+                zf.writestr(n, t)
+        lines.append(f"{dep}=={version}\n")
+    (folder / "constraints.txt").write_text("".join(lines))
+    print(f"check: {len(lines)} stand-in wheels for excluded requirements in {folder}")
+    return errors
 
 
 def _sha256(path: Path) -> str:
@@ -231,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--excluded", required=True)
     p.add_argument("--allow-mismatch", required=True)
     p.add_argument("--python-version", default="3.12")
+    p.add_argument("--stubs", help="write stand-in wheels of the excluded requirements here")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("manifest")

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Install the vLLM 0.24.0 runtime built by prepare.sh, ON THE GPU DEVICE, from the
-# repo root (README.md). Each device call carries MANIFEST.sha256 and one piece:
+# Install the vLLM runtime built by prepare.sh, ON THE GPU DEVICE, from the repo
+# root (README.md). Each device call carries MANIFEST.sha256 and one piece of
+# .cache/device_runtime/pieces-vllm026/ (VLLM_RUNTIME=0.24.0: pieces-vllm024/):
 #
 #   bash ci/device_runtime/install_on_device.sh --stage-only   # every call but the last
 #   bash ci/device_runtime/install_on_device.sh                # the last call
 #
-# Staging verifies the carried piece (sha256) and copies it to $VLLM024_STAGE.
+# The manifest names the archive (vllm-<version>-cp312.tar.xz), hence the version.
+# Staging verifies the carried piece (sha256) and copies it to $VLLM_RUNTIME_STAGE.
 # Installing also checks that every piece is staged, reassembles and verifies the
-# archive, unpacks it to $VLLM024_PREFIX/site, makes the device's python3 see it
+# archive, unpacks it to $VLLM_RUNTIME_PREFIX/site (default /root/vllm026 for 0.26.0),
+# makes the device's python3 see it
 # (a .pth file, which also defaults VLLM_USE_FLASHINFER_SAMPLER=0: FlashInfer is
 # not carried), registers this repo's plugin (editable), writes a `vllm` launcher
 # and runs ci/device_runtime/smoke.py. Idempotent: an installed archive with the
@@ -17,9 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
-SRC=${VLLM024_PIECES:-.cache/device_runtime/pieces}
-STAGE=$(realpath -m "${VLLM024_STAGE:-/root/stage}")
-PREFIX=$(realpath -m "${VLLM024_PREFIX:-/root/vllm024}")
+runtime_tag() { awk -F. '{printf "vllm%d%02d", $1, $2}' <<<"$1"; } # 0.26.0 -> vllm026
+SRC=${VLLM_RUNTIME_PIECES:-.cache/device_runtime/pieces-$(runtime_tag "${VLLM_RUNTIME:-0.26.0}")}
+STAGE=$(realpath -m "${VLLM_RUNTIME_STAGE:-/root/stage}")
 PY=${PYTHON:-python3}
 MODE=install
 case ${1:-} in
@@ -53,6 +56,11 @@ ARCHIVE=$(awk '$2 !~ /\.part[0-9]+$/ {print $2}' "$MANIFEST")
 ARCHIVE_SHA=$(awk '$2 !~ /\.part[0-9]+$/ {print $1}' "$MANIFEST")
 mapfile -t PIECES < <(awk '$2 ~ /\.part[0-9]+$/ {print $2}' "$MANIFEST")
 [[ -n $ARCHIVE && ${#PIECES[@]} -gt 0 ]] || die 2 "$MANIFEST is not a prepare.sh manifest"
+[[ $ARCHIVE =~ ^vllm-([0-9]+\.[0-9]+\.[0-9]+)-cp[0-9]+\.tar\.xz$ ]] \
+  || die 2 "$MANIFEST names $ARCHIVE, not vllm-<version>-cp<NN>.tar.xz (a manifest of an older prepare.sh?)"
+VERSION=${BASH_REMATCH[1]}
+TAG=$(runtime_tag "$VERSION")
+PREFIX=$(realpath -m "${VLLM_RUNTIME_PREFIX:-/root/$TAG}")
 want_sha() { awk -v n="$1" '$2 == n {print $1}' "$MANIFEST"; }
 
 # 1. stage the pieces carried in this call
@@ -83,7 +91,7 @@ if installed; then
 else
   if ((${#missing[@]})); then
     die 2 "pieces not staged: ${missing[*]}" \
-      "  (/root/stage lives only while the device stays warm: make the staging calls back to back," \
+      "  ($STAGE lives only while the device stays warm: make the staging calls back to back," \
       "   each carrying $SRC/MANIFEST.sha256 and one piece, with --stage-only; then this call)"
   fi
   bad=()
@@ -118,16 +126,29 @@ fi
 
 # 3. make the device's python see it: a .pth in its site-packages (appended to
 #    sys.path, after the device's own packages, which the bundle never repeats)
+#    (site.addsitedir also runs the bundle's own .pth files: nvidia_cutlass_dsl_packages.pth
+#    puts the CuTe-DSL's dsl_packages/ (cutlass, iket) on sys.path)
 PURELIB=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PTH=${TAG}_runtime.pth
 PTH_LINE="import os, site; os.environ.setdefault('VLLM_USE_FLASHINFER_SAMPLER', '0'); site.addsitedir('$PREFIX/site')"
+# PYTHONPATH entries get no .pth processing: name the CuTe-DSL's folder there too
+DSL=$PREFIX/site/nvidia_cutlass_dsl/dsl_packages
+[[ -d $DSL ]] && DSL_PATH="$DSL:" || DSL_PATH=
 cat >"$PREFIX/env.sh" <<EOF
-# Only needed where $PURELIB/vllm024_runtime.pth could not be written.
-export PYTHONPATH=$PREFIX/site\${PYTHONPATH:+:\$PYTHONPATH}
+# Only needed where $PURELIB/$PTH could not be written.
+export PYTHONPATH=$DSL_PATH$PREFIX/site\${PYTHONPATH:+:\$PYTHONPATH}
 export VLLM_USE_FLASHINFER_SAMPLER=\${VLLM_USE_FLASHINFER_SAMPLER:-0}
 export PATH=$PREFIX/bin:\$PATH
 EOF
-if echo "$PTH_LINE" >"$PURELIB/vllm024_runtime.pth" 2>/dev/null; then
-  log "wrote $PURELIB/vllm024_runtime.pth (sys.path += $PREFIX/site; VLLM_USE_FLASHINFER_SAMPLER defaults to 0)"
+# another runtime's .pth (an earlier install on this machine) would put a second vLLM on sys.path
+for other in "$PURELIB"/vllm0[0-9][0-9]_runtime.pth; do
+  if [[ -e $other && ${other##*/} != "$PTH" ]]; then
+    rm -f "$other"
+    log "removed ${other##*/} (another vLLM runtime)"
+  fi
+done
+if echo "$PTH_LINE" >"$PURELIB/$PTH" 2>/dev/null; then
+  log "wrote $PURELIB/$PTH (sys.path += $PREFIX/site; VLLM_USE_FLASHINFER_SAMPLER defaults to 0)"
 else
   log "WARNING: $PURELIB is not writable: 'source $PREFIX/env.sh' before using vLLM"
   # shellcheck disable=SC1091
@@ -167,8 +188,8 @@ fi
 BIN=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")
 [[ -w $BIN ]] || BIN=$PREFIX/bin
 mkdir -p "$BIN"
-if [[ ! -e $BIN/vllm ]] || grep -q 'vllm024-runtime' "$BIN/vllm"; then
-  printf '#!%s\n# vllm024-runtime launcher (ci/device_runtime/install_on_device.sh)\nimport sys\nfrom vllm.entrypoints.cli.main import main\nsys.exit(main())\n' \
+if [[ ! -e $BIN/vllm ]] || grep -qE 'vllm0[0-9]+-runtime' "$BIN/vllm"; then
+  printf '#!%s\n# '"$TAG"'-runtime launcher (ci/device_runtime/install_on_device.sh)\nimport sys\nfrom vllm.entrypoints.cli.main import main\nsys.exit(main())\n' \
     "$("$PY" -c 'import sys; print(sys.executable)')" >"$BIN/vllm"
   chmod +x "$BIN/vllm"
   log "launcher: $BIN/vllm"
@@ -181,11 +202,11 @@ status=0
   || { status=1; echo "FAILED: import vllm + its CUDA extensions + api_server"; }
 "$PY" -c "from importlib.metadata import entry_points; print(entry_points(group='vllm.general_plugins'))" \
   || { status=1; echo "FAILED: entry points"; }
-"$PY" "$REPO/ci/device_runtime/smoke.py" || { status=1; echo "FAILED: ci/device_runtime/smoke.py"; }
+"$PY" "$REPO/ci/device_runtime/smoke.py" --expect-version "$VERSION" || { status=1; echo "FAILED: ci/device_runtime/smoke.py"; }
 [[ -x "$(head -1 "$BIN/vllm" | cut -c3-)" ]] || { status=1; echo "FAILED: $BIN/vllm: bad interpreter"; }
 if ((status)); then
   log "FAILED (see above)"
 else
-  log "OK: vLLM 0.24.0 runtime ready (python3 -m vllm.entrypoints.openai.api_server ..., $BIN/vllm bench serve ...)"
+  log "OK: vLLM $VERSION runtime ready (python3 -m vllm.entrypoints.openai.api_server ..., $BIN/vllm bench serve ...)"
 fi
 exit "$status"

@@ -9,8 +9,9 @@
 # build downloads the wheels of lm_eval_requirements.txt for CPython 3.12 (pure
 # Python; the three sdist-only ones are built into wheels), checks that every
 # requirement of theirs outside the list is met by the device's packages or the
-# vLLM bundle's pins, unpacks the wheels into one site folder (pure-Python
-# wheels need no installer) and packs it as tar.xz (~15 MB: one carry).
+# vLLM bundle's pins (requirements-$VLLM_RUNTIME.txt, VLLM_RUNTIME=0.26.0 by
+# default), unpacks the wheels into one site folder (pure-Python wheels need no
+# installer) and packs it as tar.xz (~15 MB: one carry).
 # install unpacks it to /root/lm_eval_site and prints the PYTHONPATH entry;
 # gsm8k_gpu in ci/device_e2e.sh does that itself when lm_eval is missing.
 set -euo pipefail
@@ -40,7 +41,7 @@ case ${1:?usage: $0 build|install} in
         "$PY" -m pip wheel -q --no-deps -w "$ROOT/wheels" "$req"
       fi
     done
-    "$PY" - "$ROOT/wheels" "$HERE/device_packages.txt" "$HERE/requirements.txt" <<'PYEOF'
+    "$PY" - "$ROOT/wheels" "$HERE/device_packages.txt" "$HERE/requirements-${VLLM_RUNTIME:-0.26.0}.txt" <<'PYEOF'
 import sys, zipfile, email.parser
 from pathlib import Path
 from packaging.requirements import Requirement

@@ -4,11 +4,12 @@
 #   bash ci/device_runtime/simulate_locally.sh
 #
 # 1. prepare.sh with PYVER=3.11 (same vLLM wheel, same pins, cp311 builds of the
-#    compiled ones; xz -0 for speed) -> .cache/device_runtime/pieces-cp311/
+#    compiled ones; xz -0 for speed) -> .cache/device_runtime/pieces-vllm026-cp311/
+#    (VLLM_RUNTIME=0.24.0: the 0.24.0 runtime, pieces-vllm024-cp311/)
 # 2. a stand-in for the device's python3: a venv with torch 2.11.0 (the CUDA
 #    build: it imports without a GPU), triton 3.6.0, torchvision/torchaudio and
-#    the device's other packages that vLLM uses, at the device's versions where
-#    Python 3.11 has them
+#    the device's other packages that vLLM uses (cuda-bindings 13.3.1 too: the
+#    CuTe-DSL imports cuda.bindings), at the device's versions where Python 3.11 has them
 # 3. a stub libcuda.so.1 (only the driver symbols vLLM's extensions link to) and
 #    an out-of-tree vLLM platform plugin that reports an H100 (sm90) CUDA
 #    platform, so the CUDA-only import paths run
@@ -20,7 +21,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=ci/device_runtime
 SIM=${SIM_DIR:-.cache/device_runtime/sim}
-PIECES=.cache/device_runtime/pieces-cp311
+VERSION=${VLLM_RUNTIME:-0.26.0}
+TAG=vllm$(awk -F. '{printf "%d%02d", $1, $2}' <<<"$VERSION")
+PIECES=.cache/device_runtime/pieces-$TAG-cp311
+export VLLM_RUNTIME=$VERSION
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 step() { printf '\n== simulate: %s (%s)\n' "$1" "$(date +%T)"; }
 
@@ -29,7 +33,7 @@ PYVER=3.11 XZ_PRESET=${XZ_PRESET:--0} bash "$HERE/prepare.sh" | grep -v '^  \|^c
 
 step "device stand-in python ($SIM/py)"
 PY=$SIM/py/bin/python
-if ! "$PY" -c 'import torch, transformers, scipy, tabulate' 2>/dev/null; then
+if ! "$PY" -c 'import torch, transformers, scipy, tabulate, cuda.bindings' 2>/dev/null; then
   python3 -m venv "$SIM/py"
   "$PY" -m pip install -q --upgrade pip
   # the device's versions, less those with no Python 3.11 build (numpy 2.5 etc.)
@@ -41,7 +45,8 @@ if ! "$PY" -c 'import torch, transformers, scipy, tabulate' 2>/dev/null; then
     safetensors regex requests tqdm psutil sentencepiece py-cpuinfo protobuf aiohttp \
     prometheus_client pillow tiktoken "opencv-python-headless>=4.13" pyyaml six setuptools \
     einops cloudpickle ninja "numba>=0.65" filelock jinja2 httpx anyio click rich typer uvloop \
-    grpcio scipy pandas msgpack tabulate # tabulate: benchmark tables (smoke.py imports it)
+    grpcio scipy pandas msgpack tabulate `# tabulate: benchmark tables (smoke.py imports it)` \
+    cuda-bindings==13.3.1 cuda-pathfinder==1.8.1 # the device's; the CuTe-DSL imports cuda.bindings
 fi
 
 step "stub libcuda.so.1 and a fake H100 platform plugin"
@@ -84,9 +89,9 @@ printf '[vllm.platform_plugins]\nsimfakecuda = simfakecuda:activate\n' \
   >"$SIM/hooks/simfakecuda-0.dist-info/entry_points.txt"
 
 step "device calls"
-export PYTHON=$PY VLLM024_STAGE=$SIM/stage VLLM024_PREFIX=$SIM/vllm024
+export PYTHON=$PY VLLM_RUNTIME_STAGE=$SIM/stage VLLM_RUNTIME_PREFIX=$SIM/$TAG
 export LD_LIBRARY_PATH=$PWD/$SIM/stub PYTHONPATH=$PWD/$SIM/hooks
-rm -rf "$SIM/stage" "$SIM/vllm024" "$SIM/call"
+rm -rf "$SIM/stage" "$SIM/$TAG" "$SIM/call"
 mapfile -t pieces < <(cd "$PIECES" && ls ./*.part[0-9]*)
 last=$((${#pieces[@]} - 1))
 call() { # call N: a working tree that holds MANIFEST + piece N only
@@ -94,7 +99,7 @@ call() { # call N: a working tree that holds MANIFEST + piece N only
   mkdir -p "$SIM/call"
   cp "$PIECES/MANIFEST.sha256" "$PIECES/${pieces[$1]}" "$SIM/call/"
   shift
-  VLLM024_PIECES=$SIM/call bash "$HERE/install_on_device.sh" "$@"
+  VLLM_RUNTIME_PIECES=$SIM/call bash "$HERE/install_on_device.sh" "$@"
 }
 for i in "${!pieces[@]}"; do
   ((i < last)) || break
@@ -106,7 +111,7 @@ call "$last"
 echo "-- again (idempotent)"
 call "$last"
 echo "-- a fresh stage missing piece 0 must fail with exit 2"
-rm -rf "$SIM/stage" "$SIM/vllm024/.installed"
+rm -rf "$SIM/stage" "$SIM/$TAG/.installed"
 set +e
 call "$last" 2>&1 | tail -4
 rc=${PIPESTATUS[0]}
