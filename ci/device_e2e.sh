@@ -17,6 +17,11 @@
 #                                    # comma-separated (one per call: see the timing below);
 #                                    # PROFILE=1 also traces decode steps (round 1)
 #   bash ci/device_e2e.sh real_profile ARM   # trace of 32 decode steps at batch 16 + summary
+#   bash ci/device_e2e.sh confirm_gate MODE  # issue #34 item 2: which gate GEMM kernel vLLM's
+#                                    # own Gemma 4 runs at decode batch 1 and 16, MODE compiled
+#                                    # (default compilation + CUDA graphs), eager
+#                                    # (--enforce-eager) or both; TORCH_LOGS=+dynamic guard
+#                                    # lines at gate_linear.py (benchmarks/serving/confirm_gate.py)
 # Two H200 (nvidia-h200-x2):
 #   bash ci/device_e2e.sh tp2_serve_ab ARMS [ep]  # --tensor-parallel-size 2 [--enable-expert-parallel]
 #   bash ci/device_e2e.sh tp2_identity   # tiny fp32, TP=2: plugin == in-tree greedy text
@@ -49,7 +54,7 @@
 # steps are separate calls made back to back.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-STEP=${1:?usage: $0 demo|serve_ab|real_serve_ab|real_profile|tp2_serve_ab|tp2_identity|gsm8k_gpu}
+STEP=${1:?usage: $0 demo|serve_ab|real_serve_ab|real_profile|confirm_gate|tp2_serve_ab|tp2_identity|gsm8k_gpu}
 OUT=${OUT:-gpu-e2e}
 TAG=$STEP${2:+_${2//,/-}}${3:+_$3}
 WORK=$OUT/$TAG
@@ -214,6 +219,41 @@ case $STEP in
     # Keep the summaries; the full traces come back only if small (a few MB gz).
     du -sh "$WORK/run/traces" 2>/dev/null
     pack
+    exit "$status"
+    ;;
+  confirm_gate)
+    # One H200, in-tree (no plugin). MODE compiled (default), eager or both. Estimate
+    # from the 0.24.0 starts (66-183 s healthy, compile ~54 s of it) plus 0.26's
+    # ll_bf16 warm-up at start-up (CuTe-DSL compiles, ~0.5-1 min, a guess) and the
+    # +dynamic log: compiled ~2-4.5 min to healthy, eager ~1.5-2.5 min (no compile, no
+    # graph capture); then 2 warm-up rounds at batch 1 and 16 (16 tokens), the traced
+    # 24 + 24 tokens and the trace export, ~0.5-1 min (eager: the first batch-1 steps
+    # compile the dot-product kernels, a few s each). One mode is ~3-5.5 min, so one
+    # per call; `both` runs the eager server only if CONFIRM_BUDGET_S (default 520)
+    # leaves ~4 min after the compiled one, else says to run it as its own call.
+    mode=${2:-compiled}
+    case $mode in compiled | eager | both) ;; *)
+      echo "unknown mode $mode (compiled, eager, both)" >&2
+      exit 2
+      ;;
+    esac
+    real_model || exit 1
+    python3 -m benchmarks.serving.confirm_gate --model-profile "$PROFILE_NAME" --mode "$mode" \
+      --budget-s "${CONFIRM_BUDGET_S:-520}" --out "$WORK/run" > "$WORK/confirm_gate.txt" 2>&1
+    status=$?
+    # The summary on its own (small), then the archive; files back from the device
+    # are at most 16 MiB each, so the archive goes without the traces if larger.
+    cp "$WORK/run/confirm_gate.md" "$OUT/$TAG.md" 2> /dev/null
+    cat "$WORK/stamp.txt"
+    du -sh "$WORK"/run/*/traces "$WORK"/run/*/server.log* 2> /dev/null
+    report=$(tail -n 30 "$WORK/confirm_gate.txt")
+    tar czf "$OUT/$TAG.tgz" -C "$OUT" "$TAG"
+    if (($(stat -c %s "$OUT/$TAG.tgz") > 15 * 1024 * 1024)); then
+      echo "archive over 15 MiB: packed again without the traces"
+      tar czf "$OUT/$TAG.tgz" --exclude='*.pt.trace.json*' -C "$OUT" "$TAG"
+    fi
+    rm -rf "$WORK"
+    echo "$report"
     exit "$status"
     ;;
   tp2_serve_ab)

@@ -8,6 +8,7 @@ scale before the gate GEMM, and the gate GEMM)::
 
     python -m benchmarks.serving.trace_summary TRACE.pt.trace.json.gz [--json OUT.json]
     python -m benchmarks.serving.trace_summary TRACE --pattern 'routing: ours=^my_kernel'
+    python -m benchmarks.serving.trace_summary TRACE --gate   # gate GEMM kernels per batch
 
 How events are attributed:
 
@@ -35,6 +36,13 @@ How events are attributed:
   compiles RMSNorm * root_size * scale into one Inductor kernel) are the
   norm/scale. ``routing_neighbors`` in the output lists what was found there, so
   a reader can check the attribution on a real trace.
+* ``--gate`` (:func:`gate_report`, issue #34 "confirm the gate") names the gate
+  GEMM kernel(s) per decode batch size instead, each kernel classed by name
+  (:data:`GATE_CLASSES`: vLLM 0.26's CuTe-DSL ``ll_bf16_gemm`` kernels, cuBLAS /
+  CUTLASS GEMMs and split-K reduces, Inductor GEMM templates, fused norms, the
+  routing kernels), and says which GateLinear tier that is; the kernels around
+  the first routing call are listed with their class (or UNMATCHED), so a name
+  the patterns miss shows up there.
 """
 
 from __future__ import annotations
@@ -75,8 +83,12 @@ DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
 ROUTING_PREFIX = "routing"
 # The category whose kernel is the whole router: no separate gate GEMM or norm to find.
 FUSED_ROUTER = "routing: fused router"
-# cuBLAS / cuBLASLt / CUTLASS / nvJet GEMM kernels, and Triton matmuls.
-DEFAULT_GEMM_PATTERN = r"gemm|Gemm|GEMM|cutlass|xmma|cublas|nvjet|sm\d+_|matmul|_mm_"
+# cuBLAS / cuBLASLt / CUTLASS / nvJet GEMM and GEMV kernels, Triton matmuls and
+# Inductor's GEMM templates, and CuTe-DSL kernels (``kernel_cutlass_...``: vLLM
+# 0.26's ll_bf16_gemm gate GEMM is one).
+DEFAULT_GEMM_PATTERN = (
+    r"gemm|Gemm|GEMM|gemv|Gemv|cutlass|xmma|cublas|nvjet|sm\d+_|matmul|_mm_|^triton_tem_"
+)
 DEFAULT_STEP_PATTERN = r"^execute_context_(\d+)\((\d+)\)_generation_(\d+)\((\d+)\)$"
 DEFAULT_FORWARD_PATTERN = r"^gpu_model_runner: forward$"
 GATE_GEMM = "router: gate GEMM"
@@ -175,32 +187,18 @@ def _containing(intervals: Sequence[_Interval], starts: Sequence[float], ts: flo
     return None
 
 
-def summarize(
+def _collect_kernels(
     trace: Mapping[str, Any],
     *,
-    patterns: Sequence[tuple[str, str]] = DEFAULT_PATTERNS,
-    gemm_pattern: str = DEFAULT_GEMM_PATTERN,
-    step_pattern: str = DEFAULT_STEP_PATTERN,
-    forward_pattern: str = DEFAULT_FORWARD_PATTERN,
-    norm_kernels: int = 1,
-    decode_only: bool = True,
-    top: int = 15,
-) -> dict[str, Any]:
-    """The routing summary of one trace (see the module docstring); a JSON-able dict.
-
-    Keys: ``steps`` (all annotated steps), ``decode_steps``, ``steps_used``
-    (what the statistics cover: the decode steps, or every step if
-    ``decode_only`` is false or no step is annotated, then the whole trace is one
-    window), ``gpu_us_per_step`` (median, mean), ``categories`` (per category:
-    ``us_per_step`` median and mean, ``share_pct`` of the covered GPU time,
-    ``launches_per_step``), ``top_kernels``, ``routing_neighbors``,
-    ``unattributed_kernels`` and the patterns used.
-    """
-    if norm_kernels < 0:
-        raise ValueError(f"norm_kernels must be >= 0, got {norm_kernels}")
+    patterns: Sequence[tuple[str, str]],
+    step_pattern: str,
+    forward_pattern: str,
+) -> tuple[list[_Interval], list[_Kernel], int]:
+    """The annotated steps, the GPU events (each with its step, category and
+    whether its launch was inside the model's forward) and how many GPU events
+    no step could claim."""
     events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
     compiled = [(name, re.compile(regex)) for name, regex in patterns]
-    gemm = re.compile(gemm_pattern)
     steps = _intervals(events, re.compile(step_pattern))
     step_starts = [s.start for s in steps]
     forwards = _intervals(events, re.compile(forward_pattern))
@@ -261,6 +259,37 @@ def summarize(
                 in_forward,
             )
         )
+
+    return steps, kernels, unattributed
+
+
+def summarize(
+    trace: Mapping[str, Any],
+    *,
+    patterns: Sequence[tuple[str, str]] = DEFAULT_PATTERNS,
+    gemm_pattern: str = DEFAULT_GEMM_PATTERN,
+    step_pattern: str = DEFAULT_STEP_PATTERN,
+    forward_pattern: str = DEFAULT_FORWARD_PATTERN,
+    norm_kernels: int = 1,
+    decode_only: bool = True,
+    top: int = 15,
+) -> dict[str, Any]:
+    """The routing summary of one trace (see the module docstring); a JSON-able dict.
+
+    Keys: ``steps`` (all annotated steps), ``decode_steps``, ``steps_used``
+    (what the statistics cover: the decode steps, or every step if
+    ``decode_only`` is false or no step is annotated, then the whole trace is one
+    window), ``gpu_us_per_step`` (median, mean), ``categories`` (per category:
+    ``us_per_step`` median and mean, ``share_pct`` of the covered GPU time,
+    ``launches_per_step``), ``top_kernels``, ``routing_neighbors``,
+    ``unattributed_kernels`` and the patterns used.
+    """
+    if norm_kernels < 0:
+        raise ValueError(f"norm_kernels must be >= 0, got {norm_kernels}")
+    gemm = re.compile(gemm_pattern)
+    steps, kernels, unattributed = _collect_kernels(
+        trace, patterns=patterns, step_pattern=step_pattern, forward_pattern=forward_pattern
+    )
 
     stats = [StepStats(s.name, s.decode) for s in steps] or [StepStats("whole trace", True)]
 
@@ -399,6 +428,320 @@ def _category_order(patterns: Sequence[tuple[str, str]]):
     return lambda name: (order.get(name, len(order) + 2), name)
 
 
+# -- The gate GEMM's kernels (issue #34, "confirm the gate") ---------------------
+#
+# vLLM 0.26's GateLinear picks its tier with a Python ``if`` on the token count:
+# tier 1 is ``ll_bf16_gemm`` (CuTe DSL: a dot-product kernel, class
+# ``LLBf16Dotprod`` in ``_ll_bf16_dotprod.py``, at M <= 4 for Gemma 4's K = 2816,
+# a clustered split-K kernel, ``LLBf16SplitK`` in ``_ll_bf16_splitk.py``, at
+# 5 <= M <= 16), tier 5 is ``torch.mm(..., out_dtype=float32)``, i.e. cuBLAS. The
+# CuTe DSL names a kernel ``kernel_cutlass_<function>_<mangled arguments>_<n>``,
+# where the arguments include ``str(self)`` stripped of punctuation and of its
+# address (``..._ll_bf16_dotprodLLBf16Dotprod_object_at_...``): the class and
+# module names are matched, case-insensitive, with or without underscores, and a
+# CuTe-DSL kernel matching neither is "CuTe DSL, other".
+LL_DOTPROD = "ll_bf16 dot-product (CuTe DSL)"
+LL_SPLITK = "ll_bf16 split-K (CuTe DSL)"
+CUTE_OTHER = "CuTe DSL, other"
+CUBLAS_REDUCE = "cuBLAS split-K reduce"
+CUBLAS_GEMM = "cuBLAS/CUTLASS GEMM"
+TRITON_GEMM = "Inductor/Triton GEMM"
+FUSED_NORM = "norm (Inductor-fused or vLLM)"
+# Ordered, first match wins, case-insensitive ("gemm" not followed by "a": Gemma).
+# The routing categories (DEFAULT_PATTERNS, case-sensitive) are matched first.
+GATE_CLASSES: tuple[tuple[str, str], ...] = (
+    (LL_DOTPROD, r"ll_?bf16_?dot_?prod"),
+    (LL_SPLITK, r"ll_?bf16_?split_?k"),
+    (CUTE_OTHER, r"^kernel_cutlass_|cute_?dsl"),
+    (CUBLAS_REDUCE, r"split_?k_?reduce|reduce_?split_?k"),
+    (CUBLAS_GEMM, r"nvjet|xmma|gemm(?!a)|gemv|cutlass|cublas"),
+    (TRITON_GEMM, r"^triton_tem_|matmul"),
+    (FUSED_NORM, r"rms_?norm|^triton_\w*fused\w*rsqrt"),
+)
+GEMM_CLASSES = frozenset(
+    {LL_DOTPROD, LL_SPLITK, CUTE_OTHER, CUBLAS_REDUCE, CUBLAS_GEMM, TRITON_GEMM}
+)
+TIER_LL_BF16 = "tier 1: ll_bf16_gemm (CuTe DSL)"
+TIER_CUBLAS = "tier 5: cuBLAS (torch.mm out_dtype=fp32)"
+# How many kernels before (and after) a routing call are listed as its neighbourhood.
+_NEAR_BEFORE = 6
+_NEAR_AFTER = 2
+_BATCH = re.compile(r"generation_(\d+)\((\d+)")
+
+
+def gate_class(name: str, patterns: Sequence[tuple[str, str]] = DEFAULT_PATTERNS) -> str | None:
+    """The class of a kernel name: a :data:`GATE_CLASSES` entry or a routing category."""
+    for label, regex in patterns:
+        if re.search(regex, name):
+            return label
+    for label, regex in GATE_CLASSES:
+        if re.search(regex, name, re.IGNORECASE):
+            return label
+    return None
+
+
+def tier_of(classes: Iterable[str]) -> str:
+    """What the gate's kernel classes say about GateLinear's tier."""
+    found = set(classes)
+    if not found:
+        return "no gate GEMM found before the routing calls"
+    if found <= {LL_DOTPROD, LL_SPLITK}:
+        return TIER_LL_BF16
+    if found <= {CUBLAS_GEMM, CUBLAS_REDUCE}:
+        return TIER_CUBLAS
+    if found == {TRITON_GEMM}:
+        return "Inductor/Triton GEMM (not a GateLinear tier: check the trace)"
+    if CUTE_OTHER in found:
+        return "a CuTe-DSL kernel not named like ll_bf16 (check the names)"
+    return "mixed: " + ", ".join(sorted(found))
+
+
+def gate_report(
+    trace: Mapping[str, Any],
+    *,
+    patterns: Sequence[tuple[str, str]] = DEFAULT_PATTERNS,
+    step_pattern: str = DEFAULT_STEP_PATTERN,
+    forward_pattern: str = DEFAULT_FORWARD_PATTERN,
+) -> dict[str, Any]:
+    """The gate GEMM kernel(s) per decode batch size of one trace; a JSON-able dict.
+
+    Decode steps are grouped by their batch (the ``generation_<n>`` of vLLM's step
+    annotation). For each routing call (a run of routing kernels on one stream,
+    launched in the model's forward), the gate is the nearest run of GEMM-class
+    kernels at most 4 kernels back on the same stream (as :func:`summarize` finds
+    it). Per batch: ``gate_kernels`` (name, class, launches and us per step),
+    ``tier`` (:func:`tier_of`), the per-step launches and time of every class,
+    ``near_gate`` (the kernels around the first routing call of the first step, in
+    stream order, each with its class or ``None``) and ``unmatched_near_gate``
+    (unclassified kernel names among the 6 before every routing call, with counts).
+    """
+    steps, kernels, unattributed = _collect_kernels(
+        trace, patterns=patterns, step_pattern=step_pattern, forward_pattern=forward_pattern
+    )
+    batch_of: dict[int, int] = {}
+    for index, step in enumerate(steps):
+        match = _BATCH.search(step.name)
+        if step.decode and match:
+            batch_of[index] = int(match.group(1))
+    classes: dict[int, str | None] = {}
+    for kernel in kernels:
+        label = gate_class(kernel.name, patterns)
+        if label is not None and label.startswith(ROUTING_PREFIX) and kernel.category != label:
+            label = None  # e.g. the sampler's top-k, outside the model's forward
+        classes[id(kernel)] = label
+    by_stream: dict[tuple[Any, Any], list[_Kernel]] = defaultdict(list)
+    for kernel in kernels:
+        if kernel.step in batch_of:
+            by_stream[kernel.stream].append(kernel)
+
+    # Per batch, per step index: class -> [launches, us]; gate kernel name -> [launches, us].
+    per_step: dict[int, dict[int, dict[str, list[float]]]] = defaultdict(dict)
+    gate_per_step: dict[int, dict[int, dict[str, list[float]]]] = defaultdict(dict)
+    gpu_per_step: dict[int, dict[int, float]] = defaultdict(dict)
+    routing_calls: dict[int, dict[int, int]] = defaultdict(dict)
+    for index, batch in batch_of.items():
+        per_step[batch][index] = defaultdict(lambda: [0, 0.0])
+        gate_per_step[batch][index] = defaultdict(lambda: [0, 0.0])
+        gpu_per_step[batch][index] = 0.0
+        routing_calls[batch][index] = 0
+    class_names: dict[int, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    near_gate: dict[int, list[dict[str, Any]]] = {}
+    unmatched: dict[int, Counter[str]] = defaultdict(Counter)
+    for kernel in kernels:
+        batch = batch_of.get(kernel.step)  # type: ignore[arg-type]
+        if batch is None:
+            continue
+        gpu_per_step[batch][kernel.step] += kernel.dur
+        label = classes[id(kernel)]
+        if label is not None:
+            cell = per_step[batch][kernel.step][label]
+            cell[0] += 1
+            cell[1] += kernel.dur
+            class_names[batch][label][kernel.name] += 1
+
+    for stream_kernels in by_stream.values():
+        stream_kernels.sort(key=lambda k: k.ts)
+        index = 0
+        while index < len(stream_kernels):
+            if not (stream_kernels[index].category or "").startswith(ROUTING_PREFIX):
+                index += 1
+                continue
+            first = index
+            while index < len(stream_kernels) and (stream_kernels[index].category or "").startswith(
+                ROUTING_PREFIX
+            ):
+                index += 1
+            head = stream_kernels[first]
+            batch = batch_of[head.step]  # type: ignore[index]
+            routing_calls[batch][head.step] += 1  # type: ignore[index]
+            before = stream_kernels[max(0, first - _NEAR_BEFORE) : first]
+            for near in before:
+                if classes[id(near)] is None:
+                    unmatched[batch][near.name] += 1
+            if batch not in near_gate:
+                near_gate[batch] = [
+                    {"offset": position - first, "name": near.name, "class": classes[id(near)]}
+                    for position, near in enumerate(
+                        stream_kernels[max(0, first - _NEAR_BEFORE) : index + _NEAR_AFTER],
+                        start=max(0, first - _NEAR_BEFORE),
+                    )
+                ]
+            if head.category == FUSED_ROUTER:
+                continue
+            for part in _gate_run(stream_kernels, first, classes):
+                cell = gate_per_step[batch][part.step][part.name]  # type: ignore[index]
+                cell[0] += 1
+                cell[1] += part.dur
+
+    batches: dict[str, Any] = {}
+    for batch in sorted(per_step):
+        step_ids = sorted(per_step[batch])
+        count = len(step_ids)
+        gate_names = sorted(
+            {name for i in step_ids for name in gate_per_step[batch][i]},
+            key=lambda name: -sum(gate_per_step[batch][i][name][1] for i in step_ids),
+        )
+        gate_kernels = []
+        for name in gate_names:
+            launches = [gate_per_step[batch][i].get(name, [0, 0.0])[0] for i in step_ids]
+            times = [gate_per_step[batch][i].get(name, [0, 0.0])[1] for i in step_ids]
+            gate_kernels.append(
+                {
+                    "name": name,
+                    "class": gate_class(name, patterns),
+                    "launches_per_step": statistics.fmean(launches),
+                    "us_per_step_median": statistics.median(times),
+                    "us_per_launch": sum(times) / max(sum(launches), 1),
+                }
+            )
+        gate_us = [sum(c[1] for c in gate_per_step[batch][i].values()) for i in step_ids]
+        labels = sorted(
+            {label for i in step_ids for label in per_step[batch][i]}, key=_gate_class_order
+        )
+        batches[str(batch)] = {
+            "decode_steps": count,
+            "gpu_us_per_step_median": statistics.median(gpu_per_step[batch][i] for i in step_ids),
+            "routing_calls_per_step": statistics.fmean(routing_calls[batch][i] for i in step_ids),
+            "tier": tier_of(k["class"] for k in gate_kernels if k["class"]),
+            "gate_kernels": gate_kernels,
+            "gate_us_per_step_median": statistics.median(gate_us),
+            "gate_launches_per_step": statistics.fmean(
+                sum(c[0] for c in gate_per_step[batch][i].values()) for i in step_ids
+            ),
+            "classes": {
+                label: {
+                    "launches_per_step": statistics.fmean(
+                        per_step[batch][i].get(label, [0, 0.0])[0] for i in step_ids
+                    ),
+                    "us_per_step_median": statistics.median(
+                        per_step[batch][i].get(label, [0, 0.0])[1] for i in step_ids
+                    ),
+                    "kernels": dict(class_names[batch][label].most_common(4)),
+                }
+                for label in labels
+            },
+            "near_gate": near_gate.get(batch, []),
+            "unmatched_near_gate": dict(unmatched[batch].most_common(8)),
+        }
+    return {
+        "steps": len(steps),
+        "decode_steps": len(batch_of),
+        "gpu_events": len(kernels),
+        "unattributed_kernels": unattributed,
+        "batches": batches,
+        "gate_classes": dict(GATE_CLASSES),
+    }
+
+
+def _gate_run(
+    stream_kernels: Sequence[_Kernel], first: int, classes: Mapping[int, str | None]
+) -> list[_Kernel]:
+    """The gate before the routing call at ``first``: the nearest run of GEMM-class
+    kernels at most :data:`_GATE_SEARCH` back (a split-K GEMM and its reduce are one run)."""
+    index = first - 1
+    while index >= 0 and index >= first - _GATE_SEARCH:
+        if classes[id(stream_kernels[index])] in GEMM_CLASSES:
+            start = index
+            while start > 0 and classes[id(stream_kernels[start - 1])] in GEMM_CLASSES:
+                start -= 1
+            return list(stream_kernels[start : index + 1])
+        index -= 1
+    return []
+
+
+def _gate_class_order(label: str) -> tuple[int, str]:
+    order = [name for name, _ in GATE_CLASSES] + [name for name, _ in DEFAULT_PATTERNS]
+    return (order.index(label) if label in order else len(order), label)
+
+
+def gate_batches(report: Mapping[str, Any], batches: Iterable[int] | None = None) -> list[int]:
+    """The batch sizes of a :func:`gate_report`, sorted (only ``batches`` if given)."""
+    found = sorted(int(b) for b in report["batches"])
+    return [b for b in found if batches is None or b in set(batches)]
+
+
+def format_gate_report(report: Mapping[str, Any], title: str = "", name_width: int = 100) -> str:
+    """Markdown of :func:`gate_report`: one row per batch size, then per batch the classes
+    and the kernels around the first routing call."""
+
+    def short(name: str) -> str:
+        return name if len(name) <= name_width else name[: name_width - 3] + "..."
+
+    lines = [f"### {title}", ""] if title else []
+    lines.append(
+        f"{report['decode_steps']} decode steps of {report['steps']} annotated steps, "
+        f"{report['gpu_events']} GPU events ({report['unattributed_kernels']} outside any step)"
+    )
+    head = ["batch", "steps", "tier", "gate kernel(s)", "gate us / step", "launches / step"]
+    head += ["routing calls / step", "GPU us / step"]
+    rows = []
+    for batch in gate_batches(report):
+        row = report["batches"][str(batch)]
+        names = "; ".join(short(k["name"]) for k in row["gate_kernels"]) or "-"
+        rows.append(
+            [
+                str(batch),
+                str(row["decode_steps"]),
+                row["tier"],
+                names,
+                f"{row['gate_us_per_step_median']:.2f}",
+                f"{row['gate_launches_per_step']:.1f}",
+                f"{row['routing_calls_per_step']:.1f}",
+                f"{row['gpu_us_per_step_median']:.1f}",
+            ]
+        )
+    align = ["right", "right", "left", "left", "right", "right", "right", "right"]
+    lines += ["", tables.markdown_table(head, rows, align)]
+    for batch in gate_batches(report):
+        row = report["batches"][str(batch)]
+        lines += ["", f"Batch {batch}: kernel classes per decode step", ""]
+        cells = [
+            [
+                label,
+                f"{cell['launches_per_step']:.1f}",
+                f"{cell['us_per_step_median']:.2f}",
+                "; ".join(f"{short(n)} x{c}" for n, c in list(cell["kernels"].items())[:2]),
+            ]
+            for label, cell in row["classes"].items()
+        ]
+        lines.append(
+            tables.markdown_table(
+                ["class", "launches / step", "us / step (median)", "kernels (count in window)"],
+                cells,
+                ["left", "right", "right", "left"],
+            )
+        )
+        if row["near_gate"]:
+            lines += ["", f"Batch {batch}: kernels around the first routing call (stream order):"]
+            for near in row["near_gate"]:
+                label = near["class"] or "UNMATCHED"
+                lines.append(f"- {near['offset']:+d} [{label}] {short(near['name'])}")
+        if row["unmatched_near_gate"]:
+            unmatched = ", ".join(f"{short(n)} x{c}" for n, c in row["unmatched_near_gate"].items())
+            lines += ["", f"Batch {batch}: unmatched kernels before routing calls: {unmatched}"]
+    return "\n".join(lines) + "\n"
+
+
 def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
     """A short markdown report of :func:`summarize`'s result."""
 
@@ -462,6 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--forward-pattern", default=DEFAULT_FORWARD_PATTERN)
     parser.add_argument("--norm-kernels", type=int, default=1)
     parser.add_argument("--all-steps", action="store_true", help="not only decode steps")
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="instead: the gate GEMM kernel(s) per decode batch size and GateLinear's tier "
+        "(issue #34); exit 1 if no batch shows a gate GEMM",
+    )
     parser.add_argument("--json", default=None, help="also write the summaries here")
     return parser
 
@@ -480,6 +829,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     status = 0
     for path in paths:
+        if args.gate:
+            report = gate_report(
+                load_trace(path),
+                patterns=patterns,
+                step_pattern=args.step_pattern,
+                forward_pattern=args.forward_pattern,
+            )
+            results[str(path)] = report
+            print(format_gate_report(report, title=path.name))
+            if not any(row["gate_kernels"] for row in report["batches"].values()):
+                status = 1
+            continue
         summary = summarize(
             load_trace(path),
             patterns=patterns,
