@@ -676,6 +676,10 @@ def install(module: ModuleType) -> str | None:
                 return None
             apply(module, facts)
             setattr(module, INSTALLED_FACTS_ATTRIBUTE, facts)
+            if _in_tree_routing_op(module) is not None:
+                # Registers the plugin's op over vLLM's own (register_oot) now, before
+                # any router is built: every layer's ``router.routing`` is then ours.
+                import vllm_gemma4_router.integration.custom_ops  # noqa: F401
             _install_fused_router(module)
             _log_dispatch_after_build(module)
             setattr(module, _INSTALLED_FLAG, name)
