@@ -55,7 +55,7 @@ import re
 import statistics
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,6 +263,21 @@ def _collect_kernels(
     return steps, kernels, unattributed
 
 
+def _routing_runs(stream_kernels: list[_Kernel]) -> Iterator[tuple[int, int]]:
+    """``(first, end)`` of each run of consecutive routing kernels in one stream, in order."""
+    index = 0
+    while index < len(stream_kernels):
+        if not (stream_kernels[index].category or "").startswith(ROUTING_PREFIX):
+            index += 1
+            continue
+        first = index
+        while index < len(stream_kernels) and (stream_kernels[index].category or "").startswith(
+            ROUTING_PREFIX
+        ):
+            index += 1
+        yield first, index
+
+
 def summarize(
     trace: Mapping[str, Any],
     *,
@@ -312,17 +327,8 @@ def summarize(
         by_stream[kernel.stream].append(kernel)
     for stream_kernels in by_stream.values():
         stream_kernels.sort(key=lambda k: k.ts)
-        index = 0
-        while index < len(stream_kernels):
-            kernel = stream_kernels[index]
-            if not (kernel.category or "").startswith(ROUTING_PREFIX):
-                index += 1
-                continue
-            first = index
-            while index < len(stream_kernels) and (stream_kernels[index].category or "").startswith(
-                ROUTING_PREFIX
-            ):
-                index += 1
+        for first, index in _routing_runs(stream_kernels):
+            kernel = stream_kernels[first]
             if all(k.category != FUSED_ROUTER for k in stream_kernels[first:index]):
                 _attribute_router(stream_kernels, first, gemm, norm_kernels, stat_of)
             if id(stat_of(kernel)) not in used_ids:
@@ -561,16 +567,7 @@ def gate_report(
 
     for stream_kernels in by_stream.values():
         stream_kernels.sort(key=lambda k: k.ts)
-        index = 0
-        while index < len(stream_kernels):
-            if not (stream_kernels[index].category or "").startswith(ROUTING_PREFIX):
-                index += 1
-                continue
-            first = index
-            while index < len(stream_kernels) and (stream_kernels[index].category or "").startswith(
-                ROUTING_PREFIX
-            ):
-                index += 1
+        for first, index in _routing_runs(stream_kernels):
             head = stream_kernels[first]
             batch = batch_of[head.step]  # type: ignore[index]
             routing_calls[batch][head.step] += 1  # type: ignore[index]
