@@ -30,11 +30,8 @@ SIMPLE_INDEX = "https://pypi.org/simple/vllm/"
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sdist_url() -> str:
