@@ -25,13 +25,17 @@ format: setup
 	.venv/bin/ruff check --fix .
 
 
-# The upstream patch series (upstream/000N-*.patch), against vLLM 0.34.0's sdist
-# (fetched, sha256-checked). `upstream-tree` applies it as commits in
-# .cache/upstream/vllm-0.34.0; edit and commit there, then `upstream-series`
-# writes the .patch files back. No vLLM file is stored in this repository.
+# The upstream patch series, against vLLM 0.34.0's sdist (fetched,
+# sha256-checked): SERIES=routing (upstream/000N-*.patch, the default) or
+# SERIES=gate_tier (upstream/gate_tier/). `upstream-tree` applies it as commits
+# in its work tree (.cache/upstream/vllm-0.34.0, .cache/upstream/gate_tier);
+# edit and commit there, then `upstream-series` writes the .patch files back.
+# No vLLM file is stored in this repository.
+SERIES ?= routing
+
 upstream-tree: setup
-	.venv/bin/python upstream/series.py tree
+	.venv/bin/python upstream/series.py tree --series $(SERIES)
 
 upstream-series: setup
-	.venv/bin/python upstream/series.py export
-	.venv/bin/python upstream/series.py check
+	.venv/bin/python upstream/series.py export --series $(SERIES)
+	.venv/bin/python upstream/series.py check --series $(SERIES)

@@ -1,7 +1,10 @@
-"""The upstream patch series: apply it to vLLM's sdist, edit it there, export it back.
+"""The upstream patch series: apply one to vLLM's sdist, edit it there, export it back.
 
-The ``.patch`` files in ``upstream/`` are the only stored form of the series:
-no vLLM file is kept in this repository. To change the series:
+The ``.patch`` files are the only stored form of a series: no vLLM file is kept
+in this repository. Each series has its folder and its work tree (``SERIES``):
+``routing`` in ``upstream/`` (the default) and ``gate_tier`` in
+``upstream/gate_tier/`` (``--series gate_tier``, work tree
+``.cache/upstream/gate_tier``). To change one:
 
     python upstream/series.py tree      # .cache/upstream/vllm-0.34.0: a git repository of
                                         # the sdist, one commit per patch
@@ -27,6 +30,12 @@ from pathlib import Path
 UPSTREAM = Path(__file__).resolve().parent
 REPO = UPSTREAM.parent
 WORK = REPO / ".cache" / "upstream" / "vllm-0.34.0"
+GATE_TIER = UPSTREAM / "gate_tier"
+# Series name -> (folder of its .patch files, its default work tree).
+SERIES = {
+    "routing": (UPSTREAM, WORK),
+    "gate_tier": (GATE_TIER, REPO / ".cache" / "upstream" / "gate_tier"),
+}
 BASE_TAG = "v0.34.0-sdist"
 AUTHOR_NAME = "vllm-gemma4-router maintainers"
 AUTHOR_EMAIL = "maintainers@vllm-gemma4-router.invalid"
@@ -64,9 +73,9 @@ def series_files(directory: Path = UPSTREAM) -> list[Path]:
 
 
 def touched_files(patch_files: list[Path] | None = None) -> list[str]:
-    """Every path in vLLM's tree that the series changes or adds."""
+    """Every path in vLLM's tree that the series (default: ``routing``) changes or adds."""
     paths: set[str] = set()
-    for patch in patch_files or series_files():
+    for patch in series_files() if patch_files is None else patch_files:
         for line in patch.read_text().splitlines():
             if line.startswith("diff --git "):
                 paths.add(line.split(" b/", 1)[1])
@@ -180,8 +189,8 @@ def export(work: Path, out_dir: Path) -> list[Path]:
 
 
 def apply_series(target: Path, patch_files: list[Path] | None = None) -> None:
-    """Apply the series to the vLLM tree at ``target`` (``git apply``, all or nothing)."""
-    for patch in patch_files or series_files():
+    """Apply the series (default: ``routing``) to the vLLM tree at ``target`` (``git apply``)."""
+    for patch in series_files() if patch_files is None else patch_files:
         # --check first: a patch that does not apply cleanly changes nothing.
         _git(target, "apply", "--check", "-p1", str(patch))
         _git(target, "apply", "-p1", str(patch))
@@ -191,7 +200,7 @@ def changed_lines(patch_files: list[Path] | None = None) -> dict[str, int]:
     """Lines added plus removed per top-level area (``vllm``, ``tests``, ``docs``)."""
     counts: dict[str, int] = {}
     area = ""
-    for patch in patch_files or series_files():
+    for patch in series_files() if patch_files is None else patch_files:
         for line in patch.read_text().splitlines():
             if line.startswith("diff --git "):
                 area = re.split(r"[ /]", line.split(" b/", 1)[1])[0]
@@ -202,9 +211,9 @@ def changed_lines(patch_files: list[Path] | None = None) -> dict[str, int]:
     return counts
 
 
-def check(base: Path) -> bool:
-    """Whether the stored series is exactly what applying and exporting it gives."""
-    stored = series_files()
+def check(base: Path, directory: Path = UPSTREAM) -> bool:
+    """Whether the series in ``directory`` is exactly what applying and exporting it gives."""
+    stored = series_files(directory)
     with tempfile.TemporaryDirectory() as tmp:
         work = build_work_repo(base, Path(tmp) / "work", stored, only_touched=True)
         fresh = export(work, Path(tmp) / "out")
@@ -217,19 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     """``tree``, ``export`` or ``check`` (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("tree", "export", "check"))
+    parser.add_argument("--series", choices=sorted(SERIES), default="routing")
     parser.add_argument("--base", type=Path, help="unpacked vLLM 0.34.0 sdist (default: fetch)")
-    parser.add_argument("--work", type=Path, default=WORK, help="default: %(default)s")
+    parser.add_argument("--work", type=Path, help="default: the series' work tree (SERIES)")
     args = parser.parse_args(argv)
+    directory, work = SERIES[args.series]
+    work = args.work or work
     if args.command == "export":
-        for path in export(args.work, UPSTREAM):
+        for path in export(work, directory):
             print(path.relative_to(REPO))
-        print(f"changed lines: {changed_lines()}")
+        print(f"changed lines: {changed_lines(series_files(directory))}")
         return 0
     base = args.base or default_base()
     if args.command == "tree":
-        print(build_work_repo(base, args.work))
+        print(build_work_repo(base, work, series_files(directory)))
         return 0
-    same = check(base)
+    same = check(base, directory)
     print("series up to date" if same else "series is not in exported form: see upstream/series.py")
     return 0 if same else 1
 

@@ -1,4 +1,4 @@
-"""Fixtures for the upstream patch series: vLLM 0.34.0's sdist, and a copy with the series applied.
+"""Fixtures for the upstream patch series: vLLM 0.34.0's sdist, and copies with a series applied.
 
 The sdist comes from ``ci/fetch_vllm_sdist.py`` (CI's setup step; fetched here
 if it is missing, never skipped). The patched tree is built once per session:
@@ -30,6 +30,14 @@ def patched_tree(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the sdist with the series applied."""
     tree = copy_tree(sdist, tmp_path_factory.mktemp("patched") / "vllm-0.34.0")
     series.apply_series(tree)
+    return tree
+
+
+@pytest.fixture(scope="session")
+def gate_tier_tree(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sdist with the gate_tier series (``upstream/gate_tier/``) applied."""
+    tree = copy_tree(sdist, tmp_path_factory.mktemp("gate_tier") / "vllm-0.34.0")
+    series.apply_series(tree, series.series_files(series.GATE_TIER))
     return tree
 
 

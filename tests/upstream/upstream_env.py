@@ -8,6 +8,7 @@ import it by a name no other conftest shares.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,18 @@ DISPATCH_TESTS = "tests/model_executor/test_enabled_custom_ops.py"
 VLLM_TESTS_ON_CPU = (
     "(test_gemma4router and not 2048 and not 250000 and not 512-500 and not 24-17)"
     " or (test_enabled_custom_ops and gemma4_routing)"
+)
+# The gate_tier series' vLLM test (upstream/gate_tier/): all of it runs on CPU.
+GATE_TIER_TEST = "tests/kernels/moe/test_gate_linear_compile.py"
+# vLLM's pre-commit hooks that run offline on given files (.pre-commit-config.yaml).
+VLLM_OFFLINE_HOOKS = (
+    "check_spdx_header",
+    "check_init_lazy_imports",
+    "check_forbidden_imports",
+    "check_torch_cuda",
+    "check_boolean_context_manager",
+    "check_trust_remote_code",
+    "check_test_tethering",
 )
 
 
@@ -79,6 +92,37 @@ def vllm_pytest(tree: Path, *args: str, timeout: int = 600) -> subprocess.Comple
         timeout=timeout,
         check=False,
     )
+
+
+def pytest_outcome(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Counts from pytest's last line, e.g. ``{"passed": 6}``."""
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
+
+
+def vllm_lint_failures(tree: Path, python_files: list[str]) -> list[str]:
+    """What ruff (check, format, vLLM's pyproject) and vLLM's offline hooks
+    report on ``python_files`` in ``tree``: empty when all pass."""
+    failures = []
+    ruff = [sys.executable, "-m", "ruff"]
+    for args in (["check", "--no-fix"], ["format", "--check"]):
+        proc = subprocess.run(
+            [*ruff, *args, *python_files], cwd=tree, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            failures.append(f"ruff {args[0]}: {proc.stdout}{proc.stderr}")
+    for hook in VLLM_OFFLINE_HOOKS:
+        script = tree / "tools" / "pre_commit" / f"{hook}.py"
+        proc = subprocess.run(
+            [sys.executable, str(script), *python_files],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            failures.append(f"{hook}: {proc.stdout}{proc.stderr}")
+    return failures
 
 
 ROUTE_SCRIPT = UPSTREAM_TESTS / "route_patched_layer.py"
