@@ -42,6 +42,7 @@ TABLES = {
     f"{PACKAGE}/routing/tables/hip.json",
     f"{PACKAGE}/fused_router/tables/fused.json",
     f"{PACKAGE}/integration/tables/fused_router_policy.json",
+    f"{PACKAGE}/integration/tables/gate_tier_policy.json",
 }
 PLACEHOLDER = "/OWNER/"
 

@@ -31,7 +31,14 @@ Lines (vLLM prefixes each with its own level, file and process tags):
 * ``gemma4_fused_router: +gemma4_fused_router is on as asked, but on <platform> with vLLM
   <version> it measured slower than vLLM's own router (<evidence>)`` a warning, once per
   process, when ``+gemma4_fused_router`` is set where the fused-router policy
-  (``integration.fused_router_policy``) says it loses;
+  (``integration.op_policy``) says it loses;
+* ``gemma4_gate_tier: <N> of <M> gate(s) pick their GEMM tier per call (custom_ops
+  <on|off>; <E> with a token-count tier here)`` per process that built the model: how
+  many Gemma4 gates run through the ``gemma4_gate_tier`` op (``integration.gate_tier``);
+* ``gemma4_gate_tier: could not compile ll_bf16_gemm for K=<H>, N=<E> ahead of use ...``
+  a warning, once per gate shape, when the kernels could not be warmed at construction;
+* ``vllm-gemma4-router <version>: vLLM's compile-cache key cannot include the plugin ...``
+  a warning, once per process, when ``additional_config`` is not a dict;
 * ``gemma4_fused_router: first hand-over claimed (<T> tokens, <E> experts, top-<K>``
   ``[, compiled graph])`` once per process, when a routing function first took
   the fused router's routing;
@@ -59,6 +66,7 @@ logger = logging.getLogger(LOGGER_NAME)
 _PLUGIN_PREFIX = f"vllm-gemma4-router {__version__}: "
 _OP_PREFIX = "gemma4_routing: "
 _FUSED_PREFIX = "gemma4_fused_router: "
+_GATE_TIER_PREFIX = "gemma4_gate_tier: "
 
 
 def install_line(layout: str) -> str:
@@ -151,6 +159,42 @@ def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> 
     )
 
 
+def gate_tier_line(tiered: int, eligible: int, gates: int, enabled: bool) -> str:
+    """The adapter's summary after a model build: ``tiered`` of ``gates`` Gemma4 gates run
+    through the ``gemma4_gate_tier`` op; ``eligible`` of them have a token-count tier in
+    this release on this GPU; ``enabled``: the op is on (``+gemma4_gate_tier``, or without
+    ``+``/``-`` the gate-tier policy's default)."""
+    if not 0 <= tiered <= eligible <= gates:
+        raise ValueError(
+            f"need 0 <= tiered <= eligible <= gates, got {tiered}, {eligible}, {gates}"
+        )
+    noun = "gate" if gates == 1 else "gates"
+    state = "on" if enabled else "off"
+    return (
+        f"{_GATE_TIER_PREFIX}{tiered} of {gates} {noun} pick their GEMM tier per call "
+        f"(custom_ops {state}; {eligible} with a token-count tier here)"
+    )
+
+
+def gate_tier_warmup_failed_line(hidden: int, experts: int, error: str) -> str:
+    """The warning when a gate shape's ``ll_bf16_gemm`` kernels could not be compiled at
+    model construction (they then compile at first use)."""
+    return (
+        f"{_GATE_TIER_PREFIX}could not compile ll_bf16_gemm for K={hidden}, N={experts} "
+        f"ahead of use ({error}); it compiles at first use"
+    )
+
+
+def cache_key_not_set_line(kind: str) -> str:
+    """The warning when vLLM's ``additional_config`` is a ``kind``, not a dict, so the
+    plugin's state cannot enter vLLM's compile-cache key."""
+    return (
+        f"{_PLUGIN_PREFIX}vLLM's compile-cache key cannot include the plugin "
+        f"(additional_config is a {kind}); set VLLM_DISABLE_COMPILE_CACHE=1 after "
+        "installing, upgrading or switching the plugin's ops"
+    )
+
+
 def handover_claimed_line(num_tokens: int, num_experts: int, topk: int, compiled: bool) -> str:
     """The first successful claim of the fused router's routing in a process.
 
@@ -176,7 +220,9 @@ def handover_missed_line(num_tokens: int, num_experts: int, topk: int) -> str:
 _PROCESS_RE = re.compile(r"\((?P<proc>[^()]*?)\s*pid=(?P<pid>\d+)\)")
 # Any version, and none: logs of releases before 0.1.0's version line still parse.
 _PLUGIN_RE = r"vllm-gemma4-router(?: (?P<version>[^\s:]+))?: "
-_ANY_LINE_RE = re.compile(_PLUGIN_RE + "|" + re.escape(_OP_PREFIX) + "|" + re.escape(_FUSED_PREFIX))
+_ANY_LINE_RE = re.compile(
+    "|".join([_PLUGIN_RE, *(re.escape(p) for p in (_OP_PREFIX, _FUSED_PREFIX, _GATE_TIER_PREFIX))])
+)
 _INSTALL_RE = re.compile(
     _PLUGIN_RE + r"Gemma4 MoE routing -> gemma4_routing op \((?P<layout>\w+)\)"
 )
@@ -202,6 +248,11 @@ _LOSES_RE = re.compile(
     re.escape(_FUSED_PREFIX) + r"\+gemma4_fused_router is on as asked, but on (?P<platform>\S+) "
     r"with vLLM (?P<version>\S+) it measured slower"
 )
+_GATE_TIER_RE = re.compile(
+    re.escape(_GATE_TIER_PREFIX)
+    + r"(?P<tiered>\d+) of (?P<gates>\d+) gates? pick their GEMM tier per call "
+    r"\(custom_ops (?P<state>on|off); (?P<eligible>\d+) with a token-count tier here\)"
+)
 _CLAIMED_RE = re.compile(
     re.escape(_FUSED_PREFIX) + r"first hand-over claimed \((?P<tokens>\d+) tokens, "
     r"(?P<experts>\d+) experts, top-(?P<topk>\d+)(?P<compiled>, compiled graph)?\)"
@@ -218,6 +269,17 @@ class FusedRouters:
     pid: int | None
     fused: int
     routers: int
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class GateTiers:
+    """One process's gate-tier summary (``gate_tier_line``)."""
+
+    pid: int | None
+    tiered: int
+    eligible: int
+    gates: int
     enabled: bool
 
 
@@ -263,6 +325,7 @@ class PluginLog:
         claim_misses: processes where a fused layer routed from the logits itself.
         fused_router_loses: the platform family of each warning that ``+gemma4_fused_router``
             is on where the fused-router policy measured it slower.
+        gate_tiers: the gate-tier summaries, one per process that built the model.
     """
 
     lines: list[str] = field(default_factory=list)
@@ -277,6 +340,12 @@ class PluginLog:
     claims: list[bool] = field(default_factory=list)
     claim_misses: int = 0
     fused_router_loses: list[str] = field(default_factory=list)
+    gate_tiers: list[GateTiers] = field(default_factory=list)
+
+    @property
+    def gate_tier_used(self) -> bool:
+        """True if some process built gates that pick their GEMM tier per call."""
+        return any(g.tiered > 0 for g in self.gate_tiers)
 
     @property
     def fused_router_used(self) -> bool:
@@ -341,6 +410,9 @@ def parse_log(log_text: str) -> PluginLog:
         elif match := _FUSED_RE.search(line):
             fused, routers = int(match["fused"]), int(match["routers"])
             parsed.fused_routers.append(FusedRouters(pid, fused, routers, match["state"] == "on"))
+        elif match := _GATE_TIER_RE.search(line):
+            counts = (int(match[k]) for k in ("tiered", "eligible", "gates"))
+            parsed.gate_tiers.append(GateTiers(pid, *counts, enabled=match["state"] == "on"))
         elif match := _CLAIMED_RE.search(line):
             parsed.claims.append(bool(match["compiled"]))
         elif _MISSED_RE.search(line):

@@ -27,6 +27,7 @@ PUBLIC_NAMES = {"gemma4_routing_reference", "gemma4_routing_triton", "__version_
 CUSTOM_OPS = {
     "gemma4_routing": "vllm_gemma4_router.integration.custom_ops.Gemma4Routing",
     "gemma4_fused_router": "vllm_gemma4_router.integration.custom_ops.Gemma4FusedRouter",
+    "gemma4_gate_tier": "vllm_gemma4_router.integration.custom_ops.Gemma4GateTier",
 }
 TORCH_OPS = {
     "routing": "vllm_gemma4_router::routing(Tensor gating_output, SymInt topk, "
@@ -35,6 +36,8 @@ TORCH_OPS = {
     "Tensor gate_weight, Tensor? per_expert_scale, float eps, SymInt topk) -> Tensor",
     "claimed_routing": "vllm_gemma4_router::claimed_routing(Tensor gating_output, SymInt topk, "
     "Tensor? per_expert_scale) -> (Tensor, Tensor)",
+    "gate_tier": "vllm_gemma4_router::gate_tier(Tensor x, str layer_name, SymInt out_features) "
+    "-> Tensor",
 }
 #: Environment variables the package reads (vLLM's own, read through vLLM, are not listed).
 ENV_VARS = {
@@ -76,6 +79,11 @@ LOG_LINES = [
         "vLLM 0.26.0 it measured slower than vLLM's own router (r.md)",
     ),
     (
+        log_contract.gate_tier_line(30, 30, 30, True),
+        "gemma4_gate_tier: 30 of 30 gates pick their GEMM tier per call "
+        "(custom_ops on; 30 with a token-count tier here)",
+    ),
+    (
         log_contract.handover_claimed_line(1, 128, 8, True),
         "gemma4_fused_router: first hand-over claimed (1 tokens, 128 experts, top-8, "
         "compiled graph)",
@@ -106,6 +114,7 @@ def test_torch_library_ops_and_schemas():
     importlib.import_module("vllm_gemma4_router.routing.torch_library")
     importlib.import_module("vllm_gemma4_router.fused_router.torch_library")
     importlib.import_module("vllm_gemma4_router.fused_router.handover")
+    importlib.import_module("vllm_gemma4_router.integration.gate_tier")
     for name, schema in TORCH_OPS.items():
         assert str(getattr(torch.ops.vllm_gemma4_router, name).default._schema) == schema
 

@@ -1,9 +1,11 @@
-"""The plugin's vLLM CustomOps: ``gemma4_routing`` and ``gemma4_fused_router``.
+"""The plugin's vLLM CustomOps: ``gemma4_routing``, ``gemma4_fused_router`` and
+``gemma4_gate_tier``.
 
 ``Gemma4Routing`` routes from the router logits (Triton on CUDA, ROCm and XPU,
 the torch reference elsewhere and under ``-gemma4_routing``);
 ``Gemma4FusedRouter`` (opt-in, ``+gemma4_fused_router``) runs norm, scale, gate
-GEMM and routing in one launch.
+GEMM and routing in one launch; ``Gemma4GateTier`` (opt-in, ``+gemma4_gate_tier``)
+lets vLLM's own gate pick its GEMM tier per call inside compiled code.
 
 A vLLM release may register its own ``gemma4_routing`` (an upstream CustomOp
 for the in-tree kernel). Registering the name again would fail at import
@@ -27,7 +29,8 @@ from vllm.model_executor.custom_op import CustomOp
 from vllm.platforms import current_platform
 
 from vllm_gemma4_router.fused_router import torch_library as fused_library
-from vllm_gemma4_router.integration.fused_router_policy import fused_router_on, platform_family
+from vllm_gemma4_router.integration.gate_tier import gate_tier
+from vllm_gemma4_router.integration.op_policy import fused_router_on, gate_tier_on, platform_family
 from vllm_gemma4_router.log_contract import (
     dispatch_line,
     first_call_line,
@@ -73,6 +76,16 @@ def register_custom_op(name: str) -> Callable[[type], type]:
         return op_cls
 
     return decorator
+
+
+def explicit_choice(name: str) -> bool | None:
+    """The user's choice for the op ``name`` in ``custom_ops``: True (``+name``), False
+    (``-name``) or None (neither); both is refused with a ``ValueError``."""
+    custom_ops = get_cached_compilation_config().custom_ops
+    on, off = f"+{name}" in custom_ops, f"-{name}" in custom_ops
+    if on and off:
+        raise ValueError(f"custom_ops both enables and disables {name}")
+    return True if on else False if off else None
 
 
 ROUTING_OP_NAME = "gemma4_routing"
@@ -237,7 +250,7 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
     ``"+gemma4_fused_router"`` / ``"-gemma4_fused_router"`` in ``custom_ops`` turns it
     on / off, whatever the base mode (``none``/``all``); without either, the
     measured policy's default for this platform and vLLM release
-    (``fused_router_policy``: off everywhere so far). :attr:`active` says whether it is on.
+    (``op_policy``: off everywhere so far). :attr:`active` says whether it is on.
     """
 
     def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
@@ -247,11 +260,7 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
 
     @classmethod
     def enabled(cls) -> bool:
-        custom_ops = get_cached_compilation_config().custom_ops
-        on, off = f"+{cls.name}" in custom_ops, f"-{cls.name}" in custom_ops
-        if on and off:
-            raise ValueError(f"custom_ops both enables and disables {cls.name}")
-        explicit = True if on else False if off else None
+        explicit = explicit_choice(cls.name)
         return fused_router_on(explicit, running_platform_family(), vllm.__version__)
 
     def forward_native(
@@ -269,3 +278,39 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
 
     def forward_cuda(self, hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
         return self.forward_native(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
+
+
+GATE_TIER_OP_NAME = "gemma4_gate_tier"
+
+
+@register_custom_op(GATE_TIER_OP_NAME)
+class Gemma4GateTier(custom_op_base(GATE_TIER_OP_NAME)):
+    """Gemma 4's gate GEMM with the tier vLLM's ``GateLinear`` picks per call.
+
+    ``forward(x [T, H] bf16 contiguous, layer_name, out_features)`` returns the
+    fp32 logits ``[T, out_features]`` of the gate registered as ``layer_name``
+    (``integration.gate_tier``), computed by that gate's own forward at run time,
+    so compiled code keeps vLLM's token-count tiers (``ll_bf16_gemm`` at small T on
+    Hopper) instead of the one frozen at the first trace.
+
+    ``"+gemma4_gate_tier"`` / ``"-gemma4_gate_tier"`` in ``custom_ops`` turns it on /
+    off; without either, the gate-tier policy's default for this platform and vLLM
+    release (``op_policy``: off until measured). :attr:`active` says whether it is on.
+    The adapter gives it only to gates whose release has such a tier here.
+    """
+
+    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
+        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
+        CustomOp.__init__(self)
+        self.active = self.enabled()
+
+    @classmethod
+    def enabled(cls) -> bool:
+        explicit = explicit_choice(cls.name)
+        return gate_tier_on(explicit, running_platform_family(), vllm.__version__)
+
+    def forward_native(self, x: torch.Tensor, layer_name: str, out_features: int) -> torch.Tensor:
+        return gate_tier(x, layer_name, out_features)
+
+    def forward_cuda(self, x: torch.Tensor, layer_name: str, out_features: int) -> torch.Tensor:
+        return self.forward_native(x, layer_name, out_features)

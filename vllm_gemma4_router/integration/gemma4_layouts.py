@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import inspect
 import os
 import sys
@@ -52,8 +53,11 @@ from types import ModuleType
 
 import torch
 
+from vllm_gemma4_router.integration.compile_cache_key import key_compile_cache
 from vllm_gemma4_router.log_contract import (
     fused_router_line,
+    gate_tier_line,
+    gate_tier_warmup_failed_line,
     install_line,
     logger,
     nothing_patched_line,
@@ -73,6 +77,17 @@ FUSED_PLAN_ATTRIBUTE = "_gemma4_fused_plan"
 # On the per_expert_scale owner: True when a fused router feeds its routing.
 FUSED_FEEDS_ATTRIBUTE = "_gemma4_fused_feeds"
 FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+#: ``GateLinear``'s eligibility flags for the tiers it picks with a plain Python branch
+#: on the token count, which compiled code freezes at the first trace (0.26: ll_bf16_gemm
+#: and the DSV3 kernel; 0.34: ll_bf16_gemm and ll_fp32w_gemm). A gate with none of them
+#: set (no such tier in this release, or not on this GPU) keeps vLLM's forward.
+TOKEN_COUNT_TIER_FLAGS = ("allow_ll_bf16_gemm", "allow_ll_fp32w_gemm", "allow_dsv3_router_gemm")
+#: Where 0.26 - 0.34 keep the CuTe-DSL ``ll_bf16_gemm`` and the token counts it serves.
+LL_BF16_MODULE = "vllm.model_executor.kernels.linear.cute_dsl.ll_bf16"
+LL_BF16_DEFAULT_MAX_TOKENS = 16
+# (K, N) gate shapes whose ll_bf16 kernels this process compiled ahead of use.
+_warmed_gate_shapes: set[tuple[int, int]] = set()
 
 _ROUTING_SIGNATURE = ["self", "hidden_states", "gating_output", "topk", "renormalize"]
 _HANDOVER_PARAMETER = "custom_routing_function"
@@ -347,6 +362,7 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
         for line in dispatch_summary(ops):
             logger.info(line)
         logger.info(_fused_router_summary(module, self))
+        logger.info(_gate_tier_summary(module, self))
 
     model_cls.__init__ = __init__
 
@@ -522,8 +538,95 @@ def _wrap_layer_init(layer_cls, router_cls) -> None:
         if isinstance(router, router_cls):
             bound = signature.bind_partial(self, *args, **kwargs)
             _link_fused_router(self, router, bound.arguments.get("config"))
+            _link_gate_tier(router)
+            key_compile_cache()
 
     layer_cls.__init__ = __init__
+
+
+def gate_has_token_count_tier(gate) -> bool:
+    """True when ``gate`` is vLLM's ``GateLinear`` (no bias, fp32 out) with a tier this
+    release picks by the token count enabled on this GPU (``TOKEN_COUNT_TIER_FLAGS``)."""
+    from vllm_gemma4_router.integration.gate_tier import RunTimeTierGate
+
+    return (
+        any(cls.__name__ == "GateLinear" for cls in type(gate).__mro__)
+        and not isinstance(gate, RunTimeTierGate)
+        and getattr(gate, "bias", None) is None
+        and getattr(gate, "out_dtype", None) == torch.float32
+        and any(getattr(gate, flag, False) is True for flag in TOKEN_COUNT_TIER_FLAGS)
+    )
+
+
+def _link_gate_tier(router) -> None:
+    """Route ``router.proj`` through the ``gemma4_gate_tier`` op where the op is on and the
+    gate has a token-count tier here; never for a fused router (it replaces the gate)."""
+    from vllm.config import get_current_vllm_config
+
+    from vllm_gemma4_router.integration.custom_ops import Gemma4GateTier
+    from vllm_gemma4_router.integration.gate_tier import (
+        REGISTERED_NAME_SUFFIX,
+        run_time_tier_class,
+    )
+
+    gate = getattr(router, "proj", None)
+    if getattr(router, FUSED_PLAN_ATTRIBUTE, None) is not None or not (
+        gate is not None and gate_has_token_count_tier(gate)
+    ):
+        return
+    op = Gemma4GateTier()
+    if not op.active:
+        return
+    context = get_current_vllm_config().compilation_config.static_forward_context
+    name = f"{gate.prefix}{REGISTERED_NAME_SUFFIX}"
+    if name in context:
+        # vLLM's own rule for the layers it registers: the op could find the wrong gate.
+        raise ValueError(f"Duplicate layer name: {name}")
+    _warm_token_count_tiers(gate)
+    gate.__class__ = run_time_tier_class(type(gate))
+    gate.gemma4_gate_tier = op
+    gate.gate_tier_name = name
+    context[name] = gate
+
+
+def _warm_token_count_tiers(gate) -> None:
+    """Compile the gate shape's ``ll_bf16_gemm`` kernels now, at model construction.
+
+    Through the op, each CUDA-graph capture size runs its own tier, and vLLM captures
+    without eager warm-up runs: a kernel not compiled by then would compile during
+    capture. vLLM 0.26 warms only other models' shapes. Once per shape and process;
+    a failure logs one line and leaves the compile to the first call.
+    """
+    if getattr(gate, "allow_ll_bf16_gemm", False) is not True:
+        return
+    num_experts, hidden = (int(n) for n in gate.weight.shape)
+    if (hidden, num_experts) in _warmed_gate_shapes:
+        return
+    _warmed_gate_shapes.add((hidden, num_experts))
+    max_tokens = getattr(type(gate), "LL_BF16_MAX_TOKENS", LL_BF16_DEFAULT_MAX_TOKENS)
+    try:
+        kernel = getattr(importlib.import_module(LL_BF16_MODULE), "ll_bf16_gemm_kernel", None)
+        warmup = getattr(kernel, "warmup", None)
+        if warmup is None:
+            raise AttributeError(f"{LL_BF16_MODULE}.ll_bf16_gemm_kernel.warmup")
+        warmup(shapes=((hidden, num_experts),), m_values=range(1, max_tokens + 1))
+    except (ImportError, AttributeError, RuntimeError, ValueError) as exc:
+        logger.warning(gate_tier_warmup_failed_line(hidden, num_experts, repr(exc)))
+
+
+def _gate_tier_summary(module: ModuleType, model) -> str:
+    from vllm_gemma4_router.integration.custom_ops import Gemma4GateTier
+    from vllm_gemma4_router.integration.gate_tier import RunTimeTierGate
+
+    router_cls = getattr(module, "Gemma4Router", None)
+    gates = [
+        getattr(m, "proj", None)
+        for m in model.modules()
+        if router_cls is not None and isinstance(m, router_cls)
+    ]
+    tiered = sum(isinstance(g, RunTimeTierGate) for g in gates)
+    eligible = tiered + sum(g is not None and gate_has_token_count_tier(g) for g in gates)
+    return gate_tier_line(tiered, eligible, len(gates), Gemma4GateTier.enabled())
 
 
 def _fused_router_summary(module: ModuleType, model) -> str:

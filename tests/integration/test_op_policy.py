@@ -22,11 +22,11 @@ from vllm.config.compilation import CompilationMode
 
 from vllm_gemma4_router import log_contract
 from vllm_gemma4_router.integration import custom_ops
-from vllm_gemma4_router.integration import fused_router_policy as policy
+from vllm_gemma4_router.integration import op_policy as policy
 from vllm_gemma4_router.integration.custom_ops import FUSED_ROUTER_OP_NAME, Gemma4FusedRouter
-from vllm_gemma4_router.integration.fused_router_policy import (
+from vllm_gemma4_router.integration.op_policy import (
     PLATFORM_FAMILIES,
-    FusedRouterPolicyError,
+    OpPolicyError,
     PolicyRow,
     fused_router_on,
     load_policy,
@@ -55,7 +55,7 @@ def _matrix_releases() -> list[str]:
 
 def test_the_packaged_policy_loads_and_names_its_evidence():
     rows = load_policy(policy_file())
-    assert rows == policy._POLICY
+    assert rows == policy._POLICIES[policy.FUSED_ROUTER_TABLE]
     data = _raw()
     assert data["schema"] == 1 and data["table"] == "fused_router_policy"
     sweeps = {s["id"]: s for s in data["provenance"]["sweeps"]}
@@ -68,14 +68,33 @@ def test_the_packaged_policy_loads_and_names_its_evidence():
     assert {r.evidence for r in rows} == {None, MICRO_0_26, SERVE_0_24}
 
 
-def test_every_release_of_the_matrix_has_one_row_per_platform_and_the_op_stays_off():
+@pytest.mark.parametrize("table", policy.TABLES)
+def test_every_release_of_the_matrix_has_one_row_per_platform_and_the_op_stays_off(table):
     releases = _matrix_releases()
     assert releases[0] == "0.19.0" and releases[-1] == "0.34.0" and len(releases) == 22
+    rows = policy._POLICIES[table]
     for platform in PLATFORM_FAMILIES:
         for version in releases:
-            found = [r for r in policy._POLICY if policy_row(platform, version, (r,)) is not None]
+            found = [r for r in rows if policy_row(platform, version, (r,)) is not None]
             assert len(found) == 1, (platform, version, found)
-    assert not any(r.default_on for r in policy._POLICY)  # nothing measured to gain yet
+    assert not any(r.default_on for r in rows)  # nothing measured to gain yet
+
+
+def test_the_gate_tier_policy_is_not_measured_anywhere_and_off():
+    """No GPU has run +gemma4_gate_tier yet: every row not measured, and so no sweep."""
+    rows = load_policy(policy_file(policy.GATE_TIER_TABLE), policy.GATE_TIER_TABLE)
+    assert rows == policy._POLICIES[policy.GATE_TIER_TABLE]
+    assert {r.verdict for r in rows} == {"not_measured"} and not any(r.evidence for r in rows)
+    for platform in PLATFORM_FAMILIES:
+        for explicit, expected in ((None, False), (True, True), (False, False)):
+            assert policy.gate_tier_on(explicit, platform, "0.26.0") is expected
+
+
+def test_a_policy_file_of_the_other_table_is_refused(tmp_path):
+    path = tmp_path / "gate_tier_policy.json"
+    path.write_text(json.dumps(_raw()))  # the fused router's table under the gate's name
+    with pytest.raises(OpPolicyError, match="expected schema 1 of table 'gate_tier_policy'"):
+        load_policy(path, policy.GATE_TIER_TABLE)
 
 
 @pytest.mark.parametrize(
@@ -131,11 +150,11 @@ def _gains(default_on: bool) -> tuple[PolicyRow, ...]:
 
 
 def test_the_default_comes_from_the_table_and_an_explicit_choice_wins(monkeypatch):
-    monkeypatch.setattr(policy, "_POLICY", _gains(True))
+    monkeypatch.setitem(policy._POLICIES, policy.FUSED_ROUTER_TABLE, _gains(True))
     assert fused_router_on(None, "cuda-sm90", "0.40.0") is True  # the table's default
     assert fused_router_on(False, "cuda-sm90", "0.40.0") is False  # "-" wins
     assert fused_router_on(None, "cuda-sm90", "0.39.0") is False  # no row: off
-    monkeypatch.setattr(policy, "_POLICY", _gains(False))
+    monkeypatch.setitem(policy._POLICIES, policy.FUSED_ROUTER_TABLE, _gains(False))
     assert fused_router_on(None, "cuda-sm90", "0.40.0") is False
     assert fused_router_on(True, "cuda-sm90", "0.40.0") is True  # "+" wins
 
@@ -183,22 +202,22 @@ def test_a_broken_policy_fails_at_load_naming_the_file(tmp_path, what):
     path = tmp_path / "fused_router_policy.json"
     value = BROKEN[what]
     path.write_text(value if isinstance(value, str) else json.dumps(value))
-    with pytest.raises(FusedRouterPolicyError, match=re.escape(str(path))) as caught:
+    with pytest.raises(OpPolicyError, match=re.escape(str(path))) as caught:
         load_policy(path)
-    assert str(caught.value).startswith(f"fused-router policy {path}: ")
+    assert str(caught.value).startswith(f"op policy {path}: ")
     assert isinstance(caught.value, LaunchTableError)  # a ValueError, as the launch tables'
 
 
 def test_a_missing_policy_fails_naming_the_file(tmp_path):
     path = tmp_path / "fused_router_policy.json"
-    with pytest.raises(FusedRouterPolicyError, match=re.escape(f"{path}: cannot be read")):
+    with pytest.raises(OpPolicyError, match=re.escape(f"{path}: cannot be read")):
         load_policy(path)
 
 
 def test_an_unchanged_copy_loads_the_same_policy(tmp_path):
     path = tmp_path / "fused_router_policy.json"
     path.write_text(json.dumps(_raw()))
-    assert load_policy(path) == policy._POLICY
+    assert load_policy(path) == policy._POLICIES[policy.FUSED_ROUTER_TABLE]
 
 
 # --- the switch in vLLM and the warning --------------------------------------------

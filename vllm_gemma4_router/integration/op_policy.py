@@ -1,22 +1,24 @@
-"""Whether the fused router is on: the user's ``+``/``-``, else the measured policy.
+"""Whether an opt-in op is on: the user's ``+``/``-``, else the op's measured policy.
 
-``tables/fused_router_policy.json`` (package data) says, per platform family and
-vLLM release range, what ``+gemma4_fused_router`` gives against vLLM's own router
-(``gains``, ``within_noise``, ``loses`` or ``not_measured``), the op's default
-there, and which measurement (device, versions, date, results under
-``benchmarks/results/``) each verdict comes from. It is read once, at import; a
-file that breaks its schema raises :class:`FusedRouterPolicyError` naming the file.
+Two ops have one: the fused router (``tables/fused_router_policy.json``) and the
+gate's run-time tier (``tables/gate_tier_policy.json``). Each file (package
+data) says, per platform family and vLLM release range, what turning the op on
+gives against vLLM's own code (``gains``, ``within_noise``, ``loses`` or
+``not_measured``), the op's default there, and which measurement (device,
+versions, date, results under ``benchmarks/results/``) each verdict comes from.
+They are read once, at import; a file that breaks its schema raises
+:class:`OpPolicyError` naming the file.
 
-The decision (:func:`fused_router_on`):
+The decision (:func:`fused_router_on`, :func:`gate_tier_on`):
 
-* ``-gemma4_fused_router`` in ``custom_ops``: off;
-* ``+gemma4_fused_router``: on, always; where the policy's verdict for this
+* ``-<op>`` in ``custom_ops``: off;
+* ``+<op>``: on, always; for the fused router, where its verdict for this
   platform and release is ``loses``, one warning line per process
   (``log_contract.fused_router_loses_line``);
 * neither: the row's ``default_on``; a platform or release no row covers: off.
 
 ``default_on`` is true only where the verdict is ``gains`` (the loader refuses
-anything else): the op stays off until a release is measured to gain.
+anything else): an op stays off until a release is measured to gain.
 
 Platform families: ``cuda-sm90`` (Hopper: H100, H200), ``cuda-other`` (any other
 NVIDIA GPU), and vLLM's platform words ``rocm``, ``xpu``, ``cpu``; other
@@ -40,7 +42,9 @@ from vllm_gemma4_router.routing.table_files import (
     read_json,
 )
 
-TABLE = "fused_router_policy"
+FUSED_ROUTER_TABLE = "fused_router_policy"
+GATE_TIER_TABLE = "gate_tier_policy"
+TABLES = (FUSED_ROUTER_TABLE, GATE_TIER_TABLE)
 SCHEMA = 1
 PLATFORM_FAMILIES = ("cuda-sm90", "cuda-other", "rocm", "xpu", "cpu")
 VERDICTS = ("gains", "within_noise", "loses", "not_measured")
@@ -49,8 +53,8 @@ _RELEASE_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 Release = tuple[int, int, int]
 
 
-class FusedRouterPolicyError(LaunchTableError):
-    """A fused-router policy file that cannot be read or does not match its schema."""
+class OpPolicyError(LaunchTableError):
+    """An op policy file that cannot be read or does not match its schema."""
 
 
 class PolicyRow(NamedTuple):
@@ -104,9 +108,9 @@ def _row(name: str, where: str, value: Any, ids: set[str]) -> PolicyRow:
     return PolicyRow(row["platform"], first, last, row["verdict"], row["default_on"], None)
 
 
-def load_policy(source: Source) -> tuple[PolicyRow, ...]:
-    """The policy rows of the file ``source``, each with its evidence path; raises
-    :class:`FusedRouterPolicyError` naming the file when it is missing, not JSON or
+def load_policy(source: Source, table: str = FUSED_ROUTER_TABLE) -> tuple[PolicyRow, ...]:
+    """The rows of the policy file ``source`` of ``table``, each with its evidence path;
+    raises :class:`OpPolicyError` naming the file when it is missing, not JSON or
     breaks its schema (an unknown platform or verdict, a range backwards or
     overlapping another of its platform, a default on without a gain, a verdict
     without its sweep)."""
@@ -114,8 +118,8 @@ def load_policy(source: Source) -> tuple[PolicyRow, ...]:
         name, data = read_json(source)
         top = {"schema": int, "table": str, "provenance": dict, "rows": list}
         check_fields(name, "top level", data, top)
-        if data["schema"] != SCHEMA or data["table"] != TABLE:
-            fail(name, "top level", f"expected schema {SCHEMA} of table {TABLE!r}")
+        if data["schema"] != SCHEMA or data["table"] != table:
+            fail(name, "top level", f"expected schema {SCHEMA} of table {table!r}")
         ids = check_sweeps(name, data["provenance"])
         results = {s["id"]: s["results"][0] for s in data["provenance"]["sweeps"]}
         rows = []
@@ -126,31 +130,35 @@ def load_policy(source: Source) -> tuple[PolicyRow, ...]:
             for b in rows:
                 if a is not b and a.platform == b.platform and a.first <= b.last <= a.last:
                     fail(name, "rows", f"ranges of {a.platform} overlap: {a} and {b}")
-    except FusedRouterPolicyError:
+    except OpPolicyError:
         raise
     except LaunchTableError as exc:
         what = str(exc).removeprefix("launch table ")
-        raise FusedRouterPolicyError(f"fused-router policy {what}") from exc
+        raise OpPolicyError(f"op policy {what}") from exc
     return tuple(rows)
 
 
-def policy_file() -> Source:
-    """The packaged policy file."""
-    return files("vllm_gemma4_router.integration").joinpath("tables", f"{TABLE}.json")
+def policy_file(table: str = FUSED_ROUTER_TABLE) -> Source:
+    """The packaged policy file of ``table``."""
+    return files("vllm_gemma4_router.integration").joinpath("tables", f"{table}.json")
 
 
-_POLICY = load_policy(policy_file())
+_POLICIES = {table: load_policy(policy_file(table), table) for table in TABLES}
 
 
 def policy_row(
-    platform: str, vllm_version: str, rows: tuple[PolicyRow, ...] | None = None
+    platform: str,
+    vllm_version: str,
+    rows: tuple[PolicyRow, ...] | None = None,
+    table: str = FUSED_ROUTER_TABLE,
 ) -> PolicyRow | None:
-    """The row of ``rows`` (the packaged policy's by default) covering ``platform`` (a
-    family) and the release ``vllm_version`` starts with, or ``None`` (not measured)."""
+    """The row of ``rows`` (by default the packaged policy of ``table``) covering
+    ``platform`` (a family) and the release ``vllm_version`` starts with, or ``None``
+    (not measured)."""
     found = release(vllm_version)
     if found is None:
         return None
-    for row in _POLICY if rows is None else rows:
+    for row in _POLICIES[table] if rows is None else rows:
         if row.platform == platform and row.first <= found <= row.last:
             return row
     return None
@@ -172,3 +180,12 @@ def fused_router_on(explicit: bool | None, platform: str, vllm_version: str) -> 
         _loses_warned = True
         logger.warning(fused_router_loses_line(platform, vllm_version, row.evidence or ""))
     return explicit
+
+
+def gate_tier_on(explicit: bool | None, platform: str, vllm_version: str) -> bool:
+    """Whether Gemma 4's gate picks its tier per call: ``explicit`` (``+``: True, ``-``:
+    False) wins; ``None`` takes the gate-tier policy's default."""
+    if explicit is not None:
+        return explicit
+    row = policy_row(platform, vllm_version, table=GATE_TIER_TABLE)
+    return row is not None and row.default_on
