@@ -17,11 +17,12 @@
 #                                    # comma-separated (one per call: see the timing below);
 #                                    # PROFILE=1 also traces decode steps (round 1)
 #   bash ci/device_e2e.sh real_profile ARM   # trace of 32 decode steps at batch 16 + summary
-#   bash ci/device_e2e.sh confirm_gate MODE  # issue #34 item 2: which gate GEMM kernel vLLM's
+#   bash ci/device_e2e.sh confirm_gate MODE [ARM]  # issue #34 item 2: which gate GEMM kernel vLLM's
 #                                    # own Gemma 4 runs at decode batch 1 and 16, MODE compiled
 #                                    # (default compilation + CUDA graphs), eager
 #                                    # (--enforce-eager) or both; TORCH_LOGS=+dynamic guard
-#                                    # lines at gate_linear.py (benchmarks/serving/confirm_gate.py)
+#                                    # lines at gate_linear.py (benchmarks/serving/confirm_gate.py);
+#                                    # ARM gate-tier: the plugin with +gemma4_gate_tier (issue #35)
 # Two H200 (nvidia-h200-x2):
 #   bash ci/device_e2e.sh tp2_serve_ab ARMS [ep]  # --tensor-parallel-size 2 [--enable-expert-parallel]
 #   bash ci/device_e2e.sh tp2_identity   # tiny fp32, TP=2: plugin == in-tree greedy text
@@ -237,9 +238,17 @@ case $STEP in
       exit 2
       ;;
     esac
+    # ARM (third argument): in-tree (default) or gate-tier (the plugin, +gemma4_gate_tier).
+    arm=()
+    case ${3:-in-tree} in
+      in-tree) ;;
+      gate-tier) arm=(--plugin --custom-op +gemma4_gate_tier) ;;
+      *) echo "unknown arm $3 (in-tree, gate-tier)" >&2 && exit 2 ;;
+    esac
     real_model || exit 1
     python3 -m benchmarks.serving.confirm_gate --model-profile "$PROFILE_NAME" --mode "$mode" \
-      --budget-s "${CONFIRM_BUDGET_S:-520}" --out "$WORK/run" > "$WORK/confirm_gate.txt" 2>&1
+      "${arm[@]}" --budget-s "${CONFIRM_BUDGET_S:-520}" --out "$WORK/run" \
+      > "$WORK/confirm_gate.txt" 2>&1
     status=$?
     # The summary on its own (small), then the archive; files back from the device
     # are at most 16 MiB each, so the archive goes without the traces if larger.

@@ -432,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         "max-num-seqs 16; tiny: the CPU flags of ab_common); the profile's own stay",
     )
     parser.add_argument("--plugin", action="store_true", help="load this plugin (default: in-tree)")
+    parser.add_argument(
+        "--custom-op",
+        action="append",
+        default=[],
+        help="a custom_ops entry for the server, e.g. +gemma4_gate_tier (repeatable)",
+    )
     parser.add_argument("--batches", type=_batches, default=[1, 16], help="e.g. 1,16")
     parser.add_argument("--warm-rounds", type=int, default=2, help="warm-up requests per batch")
     parser.add_argument("--warm-tokens", type=int, default=16, help="tokens per warm-up request")
@@ -466,6 +472,8 @@ def main(argv: Sequence[str] | None = None, make_server: Callable[..., Any] | No
     else:
         defaults = list(GPU_SERVER_ARGS)
     server_args = [*model_profiles.server_args(args.model_profile), *defaults]
+    if args.custom_op:
+        server_args += ["--compilation-config", json.dumps({"custom_ops": args.custom_op})]
     if make_server is None:
         from vllm_gemma4_router.harness.serving import VllmServer
 
@@ -507,6 +515,7 @@ def main(argv: Sequence[str] | None = None, make_server: Callable[..., Any] | No
         )
         record["model_profile"] = args.model_profile
         record["plugin"] = args.plugin
+        record["custom_ops"] = args.custom_op
         records.append(record)
         print(f"== {mode}: {record.get('error') or 'done'}", flush=True)
     (out_dir / "confirm_gate.json").write_text(json.dumps(records, indent=2) + "\n")
