@@ -8,12 +8,14 @@ is vLLM's real code: its ``GateLinear`` with its plain ``x.shape[0]`` branch,
 ``support_torch_compile``, its compile cache under ``VLLM_CACHE_ROOT``.
 
     python gate_tier_engine.py MODEL OUT.json [--eager] [--custom-op +gemma4_gate_tier]
-        [--default-on] [--no-cache-key]
+        [--default-on] [--no-cache-key] [--no-plugin]
 
 Writes ``{"tier1_calls": {M: n}, "warmups": [[K, N, [M...]], ...]}``: how often
 tier 1 ran per token count during generation, and what was warmed. The plugin's
-log lines go to stdout with vLLM's. The plugin is on unless ``VLLM_PLUGINS`` says
-otherwise; ``--default-on`` makes the gate-tier policy's default on here (a
+log lines go to stdout with vLLM's. ``--no-plugin`` makes the plugin's entry point
+a no-op, as if it were not installed (``VLLM_PLUGINS`` would do that too, but
+vLLM hashes that variable into its compile-cache key, and a user who installs the
+plugin changes no variable); ``--default-on`` makes the gate-tier policy's default on here (a
 release measured to gain), ``--no-cache-key`` makes the plugin's compile-cache
 keying a no-op (the hazard it exists for).
 """
@@ -79,12 +81,18 @@ def main() -> int:
     parser.add_argument("--custom-op", action="append", default=[])
     parser.add_argument("--default-on", action="store_true")
     parser.add_argument("--no-cache-key", action="store_true")
+    parser.add_argument("--no-plugin", action="store_true")
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     args = parser.parse_args()
     with open(os.path.join(args.model, "config.json")) as config:
         COUNTING_EXPERTS = json.load(config)["num_experts"]
 
     force_tier_one()
+    if args.no_plugin:
+        # vLLM loads the entry point as module:attribute, so it gets this no-op.
+        import vllm_gemma4_router.plugin
+
+        vllm_gemma4_router.plugin.register = lambda: None
     if args.default_on:
         from vllm_gemma4_router.integration import op_policy
 
