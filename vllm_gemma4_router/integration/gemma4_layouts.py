@@ -79,9 +79,11 @@ FUSED_FEEDS_ATTRIBUTE = "_gemma4_fused_feeds"
 FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 #: ``GateLinear``'s eligibility flags for the tiers it picks with a plain Python branch
-#: on the token count, which compiled code freezes at the first trace (0.26: ll_bf16_gemm
-#: and the DSV3 kernel; 0.34: ll_bf16_gemm and ll_fp32w_gemm). A gate with none of them
-#: set (no such tier in this release, or not on this GPU) keeps vLLM's forward.
+#: on the token count, which compiled code freezes at the first trace: the DSV3 kernel
+#: (0.19 - 0.28; never Gemma 4's shapes), ll_bf16_gemm (0.26 on), ll_fp32w_gemm (0.33 on).
+#: A gate with none of them set (no such tier for its shape in this release, or not on
+#: this GPU) keeps vLLM's forward. tests/integration/test_gate_tier_releases.py reads the
+#: releases' sources for these.
 TOKEN_COUNT_TIER_FLAGS = ("allow_ll_bf16_gemm", "allow_ll_fp32w_gemm", "allow_dsv3_router_gemm")
 #: Where 0.26 - 0.34 keep the CuTe-DSL ``ll_bf16_gemm`` and the token counts it serves.
 LL_BF16_MODULE = "vllm.model_executor.kernels.linear.cute_dsl.ll_bf16"
