@@ -98,11 +98,13 @@ class Arm:
 
 
 # The arms a run can name in --order, in table column order.
-ARM_NAMES = ("in-tree", "plugin", "native", "fused", "fused-pdl")
+ARM_NAMES = ("in-tree", "plugin", "native", "fused", "fused-pdl", "gate-tier")
 # The native arm's compilation setting: the op stays, its torch reference runs.
 NATIVE_CUSTOM_OPS = ("-gemma4_routing",)
 # The fused arm's: the whole router (norm, scale, gate GEMM, routing) in one op.
 FUSED_CUSTOM_OPS = ("+gemma4_fused_router",)
+# The gate-tier arm's: the gate's GEMM tier chosen per call (issue #35).
+GATE_TIER_CUSTOM_OPS = ("+gemma4_gate_tier",)
 # The fused-pdl arm's environment: the fused op's decode launches with
 # programmatic dependent launch (fused_router_launch.PDL_ENV, NVIDIA sm_90+).
 FUSED_PDL_ENV = (("VLLM_GEMMA4_FUSED_PDL", "1"),)
@@ -382,6 +384,7 @@ def arms_in_order(
         ),
         "fused": Arm("fused", plugin=True, base_url=base_url_fused, custom_ops=FUSED_CUSTOM_OPS),
         "fused-pdl": Arm("fused-pdl", plugin=True, custom_ops=FUSED_CUSTOM_OPS, env=FUSED_PDL_ENV),
+        "gate-tier": Arm("gate-tier", plugin=True, custom_ops=GATE_TIER_CUSTOM_OPS),
     }
     names = [name.strip() for name in order.split(",") if name.strip()]
     if required is not None:

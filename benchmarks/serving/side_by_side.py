@@ -84,6 +84,7 @@ WORKLOADS: dict[str, Workload] = {
 ARMS_PRESETS: dict[str, tuple[str, str]] = {
     "in-tree-vs-plugin": ("in-tree", "plugin"),  # VLLM_PLUGINS= vs our routing op
     "in-tree-vs-fused": ("in-tree", "fused"),  # VLLM_PLUGINS= vs +gemma4_fused_router
+    "in-tree-vs-gate-tier": ("in-tree", "gate-tier"),  # VLLM_PLUGINS= vs +gemma4_gate_tier
 }
 # serve_ab flag dest -> Workload field.
 _WORKLOAD_FLAGS = {

@@ -7,7 +7,7 @@
 #     WORKLOAD: c1 (24 prompts, 1024/256, concurrency 1), c16 (64 prompts,
 #               1024/256, concurrency 16), pr39083 (160 prompts, 2048/512, 16)
 #     ARMS:     plugin (in-tree vs our routing op), fused (in-tree vs
-#               +gemma4_fused_router)
+#               +gemma4_fused_router), gate-tier (in-tree vs +gemma4_gate_tier)
 #
 # Needs vLLM installed on the device first (ci/device_runtime/, VLLM_RUNTIME=0.26.0).
 # The same line is repeated, call after call, until it exits 0: each call starts
@@ -26,15 +26,15 @@
 # below), SBS_SERVER_ARGS, SBS_GPU_MEM (0.47 at most).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
-WORKLOAD=${1:?usage: $0 c1|c16|pr39083 plugin|fused}
-ARMS=${2:?usage: $0 c1|c16|pr39083 plugin|fused}
+WORKLOAD=${1:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier}
+ARMS=${2:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier}
 case $WORKLOAD in
   c1) first_pair=120 ;;
   c16) first_pair=80 ;;
   pr39083) first_pair=170 ;;
   *) echo "unknown workload $WORKLOAD (c1, c16, pr39083)" >&2 && exit 2 ;;
 esac
-case $ARMS in plugin | fused) ;; *) echo "unknown arms $ARMS (plugin, fused)" >&2 && exit 2 ;; esac
+case $ARMS in plugin | fused | gate-tier) ;; *) echo "unknown arms $ARMS (plugin, fused, gate-tier)" >&2 && exit 2 ;; esac
 OUT=${OUT:-side-by-side-out}
 ROOT=.cache/serve_ab_side_by_side
 TAG=${WORKLOAD}_in-tree-vs-${ARMS}

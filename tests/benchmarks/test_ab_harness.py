@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common.tables import row_cells
-from benchmarks.serving import ab_common, gsm8k_ab, serve_ab
+from benchmarks.serving import ab_common, gsm8k_ab, serve_ab, side_by_side
 from vllm_gemma4_router.log_contract import parse_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -916,6 +916,14 @@ def test_fused_arm_turns_the_fused_router_on():
     assert json.loads(added[3]) == {"custom_ops": ["+gemma4_fused_router"]}
     order = ab_common.arms_in_order("fused,in-tree", None, None, required=None)
     assert [a.name for a in order] == ["fused", "in-tree"]
+
+
+def test_gate_tier_arm_serves_the_plugin_with_the_gate_tier_on():
+    [arm] = ab_common.arms_in_order("gate-tier", None, None, required=None)
+    assert arm.plugin and arm.custom_ops == ("+gemma4_gate_tier",)
+    added = ab_common.arm_server_args(arm, ["-tp", "2"])
+    assert json.loads(added[3]) == {"custom_ops": ["+gemma4_gate_tier"]}
+    assert side_by_side.ARMS_PRESETS["in-tree-vs-gate-tier"] == ("in-tree", "gate-tier")
 
 
 def test_fused_pdl_arm_serves_the_fused_router_with_pdl_on(monkeypatch, tmp_path):
