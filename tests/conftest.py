@@ -33,3 +33,20 @@ def fresh_padding_state():
     yield
     set_padding_source(None)
     handover.forget_all()
+
+
+@pytest.fixture
+def plugin_records(monkeypatch) -> list:
+    """Every record the plugin's logger emits during the test, DEBUG and up."""
+    import logging
+
+    from vllm_gemma4_router.log_contract import LOGGER_NAME
+
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler(logging.DEBUG)
+    collector.emit = records.append
+    plugin_logger = logging.getLogger(LOGGER_NAME)
+    monkeypatch.setattr(plugin_logger, "level", logging.DEBUG)
+    plugin_logger.addHandler(collector)
+    yield records
+    plugin_logger.removeHandler(collector)

@@ -14,7 +14,6 @@ counting stand-in that computes the GEMM in fp32; the fp64 reference is ``x @ W.
 
 from __future__ import annotations
 
-import logging
 import types
 
 import pytest
@@ -220,28 +219,22 @@ def test_kernels_warm_once_per_shape_before_any_call(gen, tier_one):
     assert tier_one.calls == []
 
 
-def test_a_failed_warmup_is_one_warning_and_the_gate_still_linked(gen, tier_one, monkeypatch):
+def test_a_failed_warmup_is_one_warning_and_the_gate_still_linked(
+    gen, tier_one, monkeypatch, plugin_records
+):
     class Broken:
         def warmup(self, *, shapes, m_values):
             raise RuntimeError("no sm_90 here")
 
     monkeypatch.setattr(ll_bf16, "ll_bf16_gemm_kernel", Broken())
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append
-    logger = logging.getLogger(log_contract.LOGGER_NAME)
-    logger.addHandler(handler)
-    try:
-        config = _config("+gemma4_gate_tier")
-        routers = [_router(config, gen, tier_one, prefix=f"l{i}.proj") for i in range(2)]
-        for router in routers:
-            _link(config, router)
-    finally:
-        logger.removeHandler(handler)
+    config = _config("+gemma4_gate_tier")
+    routers = [_router(config, gen, tier_one, prefix=f"l{i}.proj") for i in range(2)]
+    for router in routers:
+        _link(config, router)
     expected = log_contract.gate_tier_warmup_failed_line(
         HIDDEN, EXPERTS, repr(RuntimeError("no sm_90 here"))
     )
-    assert [r.getMessage() for r in records] == [expected]
+    assert [r.getMessage() for r in plugin_records] == [expected]
     assert all(isinstance(r.proj, RunTimeTierGate) for r in routers)
 
 
@@ -279,20 +272,12 @@ def test_the_plugins_state_enters_vllms_compile_cache_keys():
     assert aot_compile_hash_factors(plain) != aot_compile_hash_factors(keyed)
 
 
-def test_a_non_dict_additional_config_is_one_warning(monkeypatch):
+def test_a_non_dict_additional_config_is_one_warning(monkeypatch, plugin_records):
     monkeypatch.setattr(compile_cache_key, "_not_set_logged", False)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append
-    logger = logging.getLogger(log_contract.LOGGER_NAME)
-    logger.addHandler(handler)
-    try:
-        config = types.SimpleNamespace(additional_config=types.SimpleNamespace())
-        assert compile_cache_key.key_compile_cache(config) is False
-        assert compile_cache_key.key_compile_cache(config) is False
-    finally:
-        logger.removeHandler(handler)
-    assert [r.getMessage() for r in records] == [
+    config = types.SimpleNamespace(additional_config=types.SimpleNamespace())
+    assert compile_cache_key.key_compile_cache(config) is False
+    assert compile_cache_key.key_compile_cache(config) is False
+    assert [r.getMessage() for r in plugin_records] == [
         log_contract.cache_key_not_set_line("SimpleNamespace")
     ]
 

@@ -224,17 +224,10 @@ def test_an_unchanged_copy_loads_the_same_policy(tmp_path):
 
 
 @pytest.fixture
-def plugin_log(monkeypatch):
+def plugin_log(monkeypatch, plugin_records):
     """The plugin logger's records from here on; the once-per-process flag reset."""
     monkeypatch.setattr(policy, "_loses_warned", False)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append
-    logger = logging.getLogger(log_contract.LOGGER_NAME)
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    return plugin_records
 
 
 def _ops(custom_ops_list, count=3):

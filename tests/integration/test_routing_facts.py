@@ -11,7 +11,6 @@ real-release side in tests/integration/test_plugin.py and ci/release_matrix.py.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ import pytest
 import torch
 
 from vllm_gemma4_router.integration import gemma4_layouts
-from vllm_gemma4_router.log_contract import logger, parse_log
+from vllm_gemma4_router.log_contract import parse_log
 from vllm_gemma4_router.routing.padding import padding_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,16 +101,8 @@ def _router_module(tmp_path: Path, kernel_call: str):
 
 
 @pytest.fixture
-def warnings_logged():
-    records: list[logging.LogRecord] = []
-    collector = logging.Handler(logging.INFO)
-    collector.emit = records.append
-    logger.addHandler(collector)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(collector)
+def warnings_logged(plugin_records):
+    return plugin_records
 
 
 @pytest.fixture(autouse=True)

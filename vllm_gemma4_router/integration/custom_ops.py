@@ -117,6 +117,30 @@ def running_platform_family() -> str:
     return platform_family(platform, capability)
 
 
+class _PolicyDefaultOp:
+    """An opt-in op whose default comes from a measured policy table.
+
+    Mixed in before the CustomOp base (``custom_op_base``): ``+name`` / ``-name`` in
+    ``custom_ops`` wins; without either, ``_policy_on(explicit, platform family, vLLM
+    version)`` decides. :attr:`active` records the decision at construction.
+    """
+
+    name: str
+    # A staticmethod in each subclass: the table's decision function (op_policy).
+    _policy_on: Callable[[bool | None, str, str], bool]
+
+    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
+        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
+        CustomOp.__init__(self)
+        self.active = self.enabled()
+
+    @classmethod
+    def enabled(cls) -> bool:
+        return cls._policy_on(
+            explicit_choice(cls.name), running_platform_family(), vllm.__version__
+        )
+
+
 @register_custom_op(ROUTING_OP_NAME)
 class Gemma4Routing(custom_op_base(ROUTING_OP_NAME)):
     """Gemma 4 MoE routing as a vLLM CustomOp.
@@ -237,7 +261,7 @@ FUSED_ROUTER_OP_NAME = "gemma4_fused_router"
 
 
 @register_custom_op(FUSED_ROUTER_OP_NAME)
-class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
+class Gemma4FusedRouter(_PolicyDefaultOp, custom_op_base(FUSED_ROUTER_OP_NAME)):
     """The whole Gemma 4 router (norm, scales, gate GEMM, routing) as one vLLM CustomOp.
 
     ``forward(hidden_states [T, H], scale [H], gate_weight [E, H], per_expert_scale [E]
@@ -253,15 +277,7 @@ class Gemma4FusedRouter(custom_op_base(FUSED_ROUTER_OP_NAME)):
     (``op_policy``: off everywhere so far). :attr:`active` says whether it is on.
     """
 
-    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
-        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
-        CustomOp.__init__(self)
-        self.active = self.enabled()
-
-    @classmethod
-    def enabled(cls) -> bool:
-        explicit = explicit_choice(cls.name)
-        return fused_router_on(explicit, running_platform_family(), vllm.__version__)
+    _policy_on = staticmethod(fused_router_on)
 
     def forward_native(
         self,
@@ -284,7 +300,7 @@ GATE_TIER_OP_NAME = "gemma4_gate_tier"
 
 
 @register_custom_op(GATE_TIER_OP_NAME)
-class Gemma4GateTier(custom_op_base(GATE_TIER_OP_NAME)):
+class Gemma4GateTier(_PolicyDefaultOp, custom_op_base(GATE_TIER_OP_NAME)):
     """Gemma 4's gate GEMM with the tier vLLM's ``GateLinear`` picks per call.
 
     ``forward(x [T, H] bf16 contiguous, layer_name, out_features)`` returns the
@@ -299,15 +315,7 @@ class Gemma4GateTier(custom_op_base(GATE_TIER_OP_NAME)):
     The adapter gives it only to gates whose release has such a tier here.
     """
 
-    def __init__(self, *_in_tree_args, **_in_tree_kwargs) -> None:
-        # Not an in-tree op's __init__, nor its arguments (see Gemma4Routing.__init__).
-        CustomOp.__init__(self)
-        self.active = self.enabled()
-
-    @classmethod
-    def enabled(cls) -> bool:
-        explicit = explicit_choice(cls.name)
-        return gate_tier_on(explicit, running_platform_family(), vllm.__version__)
+    _policy_on = staticmethod(gate_tier_on)
 
     def forward_native(self, x: torch.Tensor, layer_name: str, out_features: int) -> torch.Tensor:
         return gate_tier(x, layer_name, out_features)

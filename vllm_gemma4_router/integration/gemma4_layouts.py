@@ -342,13 +342,16 @@ def _is_mask_helper_call(call: ast.Call, function: ast.FunctionDef) -> bool:
     )
 
 
-def _log_dispatch_after_build(module: ModuleType) -> None:
-    """Log, once the whole model is built, which forward its routing ops run.
+def _wrap_model_init(module: ModuleType) -> None:
+    """Key vLLM's compile cache on the plugin before the model is built, and log, once it
+    is built, which forward its routing ops run.
 
     Construction is the one moment every process passes through in Python:
     once vLLM compiles the model (CPU) or captures CUDA graphs, a call-time
     log may never run. Both layouts build through ``Gemma4ForCausalLM`` (the
-    multimodal architectures wrap it), so that is where the ops are counted.
+    multimodal architectures wrap it), so that is where the key is written
+    (once per model, before any of its layers can be compiled) and the ops are
+    counted.
     """
     model_cls = getattr(module, "Gemma4ForCausalLM", None)
     if model_cls is None:
@@ -357,6 +360,7 @@ def _log_dispatch_after_build(module: ModuleType) -> None:
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
+        key_compile_cache()
         original_init(self, *args, **kwargs)
         from vllm_gemma4_router.integration.custom_ops import Gemma4Routing, dispatch_summary
 
@@ -541,7 +545,6 @@ def _wrap_layer_init(layer_cls, router_cls) -> None:
             bound = signature.bind_partial(self, *args, **kwargs)
             _link_fused_router(self, router, bound.arguments.get("config"))
             _link_gate_tier(router)
-            key_compile_cache()
 
     layer_cls.__init__ = __init__
 
@@ -786,7 +789,7 @@ def install(module: ModuleType) -> str | None:
                 # any router is built: every layer's ``router.routing`` is then ours.
                 import vllm_gemma4_router.integration.custom_ops  # noqa: F401
             _install_fused_router(module)
-            _log_dispatch_after_build(module)
+            _wrap_model_init(module)
             setattr(module, _INSTALLED_FLAG, name)
             logger.info(install_line(name))
             _log_if_routing_is_simulated()
