@@ -3,7 +3,7 @@
 # PyPI against the plugin, a few minutes (ci/release_matrix.py --newest, table to
 # stdout); fails unless the plugin routes it with its padding semantics checked.
 # Run daily by ci/workflows/canary.yml.
-.PHONY: setup test demo lint format canary upstream-tree upstream-series
+.PHONY: setup test demo lint format canary cute-offline upstream-tree upstream-series
 
 setup:
 	bash ci/setup_env.sh
@@ -13,6 +13,12 @@ test: setup
 
 canary: setup
 	.venv/bin/python ci/release_matrix.py --newest --out -
+
+# `make cute-offline` (not part of `make test`; ~210 MB of wheels, cached): the CuTe
+# DSL of vLLM 0.26.0 (4.6.0) and 0.34.0 (4.8.0) compiles a kernel for sm_90a with no
+# GPU, and the cubins are checked (ci/cute_dsl_offline.sh). Run by ci/workflows/ci.yml.
+cute-offline:
+	bash ci/cute_dsl_offline.sh
 
 demo: setup
 	.venv/bin/vllm-gemma4-router demo
