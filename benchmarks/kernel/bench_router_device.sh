@@ -15,9 +15,12 @@
 #               --anchors-only with LL_SOURCE's ll_bf16_gemm (default
 #               .cache/vllm-src/vllm-0.34.0; carry its
 #               vllm/model_executor/kernels/linear/cute_dsl folder and its
-#               WHEEL-METADATA), after the device runtime swapped
-#               nvidia-cutlass-dsl 4.6.0 for 4.8.0; then compare with the
-#               anchors file: python -m benchmarks.kernel.compare_anchors A.csv B.csv
+#               WHEEL-METADATA), with vLLM 0.34.0's CuTe-DSL (nvidia-cutlass-dsl
+#               4.8.0) ahead of the runtime's 4.6.0 on PYTHONPATH: the side site
+#               of ci/device_runtime/cutlass_dsl_side.sh in /root/cutlass480/site
+#               (CUTLASS_SIDE_PREFIX), skipped and named when it is not installed;
+#               then compare with the anchors file:
+#               python -m benchmarks.kernel.compare_anchors A.csv B.csv
 #
 # Needs vLLM installed on the device first (ci/device_runtime/, VLLM_RUNTIME=0.26.0)
 # and an SM90/SM100 GPU for ll_bf16 (elsewhere its columns are `-`, the reason in
@@ -44,6 +47,22 @@ BUDGET=${BENCH_BUDGET:-560}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 mkdir -p "$OUT_DIR"
+# anchors-ll034: nvidia-cutlass-dsl 4.8.0 (vLLM 0.34.0's pin) and its tvm-ffi and quack
+# from the side site, named before everything else on PYTHONPATH (the 0.26.0 runtime
+# comes later, through a .pth file); dsl_packages/ holds cutlass itself.
+SIDE_SITE=${CUTLASS_SIDE_PREFIX:-/root/cutlass480}/site
+if [[ $PART == anchors-ll034 ]]; then
+  if [[ -d $SIDE_SITE/nvidia_cutlass_dsl ]]; then
+    export PYTHONPATH=$SIDE_SITE/nvidia_cutlass_dsl/dsl_packages:$SIDE_SITE:$PYTHONPATH
+    [[ -f $LL_SOURCE/vllm/model_executor/kernels/linear/cute_dsl/ll_bf16.py && -f $LL_SOURCE/WHEEL-METADATA ]] \
+      || echo "WARNING: carry $LL_SOURCE/vllm/model_executor/kernels/linear/cute_dsl and $LL_SOURCE/WHEEL-METADATA"
+  else
+    SIDE_SITE=
+    echo "== anchors-ll034 skipped: the nvidia-cutlass-dsl 4.8.0 side site is not installed" \
+      "(no ${CUTLASS_SIDE_PREFIX:-/root/cutlass480}/site); install it first with the device calls" \
+      "that 'bash ci/device_runtime/cutlass_dsl_side.sh build' prints (cutlass_dsl_side.sh stage, then install)"
+  fi
+fi
 COMMON=(--replays "${REPLAYS:-15}" --out "$OUT_DIR")
 [[ -n ${TOKENS:-} ]] && COMMON+=(--tokens "$TOKENS")
 status=0
@@ -91,7 +110,12 @@ case $PART in
   producer) run producer 150 "$BUDGET" --cache both --producer --real-step-estimate --tag cache-both_producer ;;
   anchors) run anchors 60 "$BUDGET" --anchors-only --tag anchors-installed ;;
   anchors-ll034)
-    run anchors-ll034 60 "$BUDGET" --anchors-only --ll-source "$LL_SOURCE" --tag anchors-ll034 ;;
+    if [[ -n $SIDE_SITE ]]; then
+      run anchors-ll034 60 "$BUDGET" --anchors-only --ll-source "$LL_SOURCE" --tag anchors-ll034
+    else
+      skipped+=(anchors-ll034)
+    fi
+    ;;
 esac
 
 echo
