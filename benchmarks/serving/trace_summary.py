@@ -9,6 +9,7 @@ scale before the gate GEMM, and the gate GEMM)::
     python -m benchmarks.serving.trace_summary TRACE.pt.trace.json.gz [--json OUT.json]
     python -m benchmarks.serving.trace_summary TRACE --pattern 'routing: ours=^my_kernel'
     python -m benchmarks.serving.trace_summary TRACE --gate   # gate GEMM kernels per batch
+    python -m benchmarks.serving.trace_summary BEFORE AFTER --compare-kernels 1  # what moved
 
 How events are attributed:
 
@@ -772,6 +773,88 @@ def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def kernel_times(
+    trace: Mapping[str, Any],
+    batch: int,
+    *,
+    step_pattern: str = DEFAULT_STEP_PATTERN,
+    forward_pattern: str = DEFAULT_FORWARD_PATTERN,
+) -> dict[str, dict[str, float]]:
+    """Every kernel name of the decode steps at ``batch`` (vLLM's ``generation_<batch>``):
+    ``launches_per_step`` (mean), ``us_per_launch`` (median over all launches) and
+    ``us_per_step`` (median over the steps). Empty when no such step is in the trace."""
+    steps, kernels, _ = _collect_kernels(
+        trace, patterns=(), step_pattern=step_pattern, forward_pattern=forward_pattern
+    )
+    chosen = set()
+    for index, step in enumerate(steps):
+        match = _BATCH.search(step.name)
+        if step.decode and match and int(match.group(1)) == batch:
+            chosen.add(index)
+    per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for kernel in kernels:
+        if kernel.step in chosen:
+            per_step[kernel.name][kernel.step].append(kernel.dur)
+    return {
+        name: {
+            "launches_per_step": sum(len(v) for v in by_step.values()) / len(chosen),
+            "us_per_launch": statistics.median(d for v in by_step.values() for d in v),
+            "us_per_step": statistics.median(sum(by_step.get(i, [])) for i in chosen),
+        }
+        for name, by_step in per_step.items()
+    }
+
+
+def compare_kernels(
+    before: Mapping[str, Mapping[str, float]],
+    after: Mapping[str, Mapping[str, float]],
+    *,
+    min_delta_us: float = 5.0,
+) -> list[tuple[str, Mapping[str, float] | None, Mapping[str, float] | None, float]]:
+    """Kernels whose time per step moved by at least ``min_delta_us`` between two
+    :func:`kernel_times` of the same batch: ``(name, before or None, after or None,
+    after - before us per step)``, largest move first."""
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        delta = (b["us_per_step"] if b else 0.0) - (a["us_per_step"] if a else 0.0)
+        if abs(delta) >= min_delta_us:
+            rows.append((name, a, b, delta))
+    return sorted(rows, key=lambda row: -abs(row[3]))
+
+
+def format_kernel_comparison(rows, name_width: int = 90) -> str:
+    """:func:`compare_kernels`'s rows as a markdown table."""
+
+    def cell(stats, key, digits):
+        return "-" if stats is None else f"{stats[key]:.{digits}f}"
+
+    return tables.markdown_table(
+        [
+            "kernel",
+            "launches / step",
+            "us / launch, before",
+            "us / launch, after",
+            "us / step, before",
+            "us / step, after",
+            "change, us / step",
+        ],
+        [
+            (
+                name[:name_width],
+                cell(b if b is not None else a, "launches_per_step", 1),
+                cell(a, "us_per_launch", 2),
+                cell(b, "us_per_launch", 2),
+                cell(a, "us_per_step", 1),
+                cell(b, "us_per_step", 1),
+                f"{delta:+.1f}",
+            )
+            for name, a, b, delta in rows
+        ],
+        ["left"] + ["right"] * 6,
+    )
+
+
 def find_traces(directory: str | Path) -> list[Path]:
     """The torch-profiler traces under ``directory`` (``*.pt.trace.json[.gz]``), sorted."""
     root = Path(directory)
@@ -808,6 +891,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: the gate GEMM kernel(s) per decode batch size and GateLinear's tier "
         "(issue #34); exit 1 if no batch shows a gate GEMM",
     )
+    parser.add_argument(
+        "--compare-kernels",
+        type=int,
+        default=None,
+        metavar="BATCH",
+        help="instead: with two traces (before, after), the kernels whose time per decode "
+        "step at BATCH moved by at least --min-delta-us",
+    )
+    parser.add_argument("--min-delta-us", type=float, default=5.0)
     parser.add_argument("--json", default=None, help="also write the summaries here")
     return parser
 
@@ -823,6 +915,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         print("no traces found", file=sys.stderr)
         return 1
+    if args.compare_kernels is not None:
+        if len(paths) != 2:
+            print("--compare-kernels takes two traces: before, after", file=sys.stderr)
+            return 2
+        before, after = (
+            kernel_times(
+                load_trace(path),
+                args.compare_kernels,
+                step_pattern=args.step_pattern,
+                forward_pattern=args.forward_pattern,
+            )
+            for path in paths
+        )
+        if not before or not after:
+            print(f"no decode step at batch {args.compare_kernels} in both", file=sys.stderr)
+            return 1
+        rows = compare_kernels(before, after, min_delta_us=args.min_delta_us)
+        print(f"before: {paths[0].name}\nafter: {paths[1].name}\n")
+        print(format_kernel_comparison(rows))
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"before": before, "after": after}, indent=2) + "\n"
+            )
+        return 0
     results = {}
     status = 0
     for path in paths:

@@ -141,3 +141,83 @@ def test_split_k_gate_gemm_counts_both_kernels(rng):
     assert gemm["launches_per_step"] == 2 * 3
     norm = summary["categories"]["router: norm/scale"]
     assert norm["us_per_step_mean"] == pytest.approx(statistics.fmean(s["norm"] for s in expected))
+
+
+def _expected_kernel_times(trace, batch):
+    """Per kernel name over the decode steps at ``batch``, from the events themselves."""
+    events = trace["traceEvents"]
+    steps = [
+        e
+        for e in events
+        if e["cat"] == "user_annotation"
+        and e["name"].startswith("execute_context_0(0)")
+        and f"generation_{batch}(" in e["name"]
+    ]
+    step_of = {}
+    for e in events:
+        if e["cat"] == "cuda_runtime":
+            for i, s in enumerate(steps):
+                if s["ts"] <= e["ts"] <= s["ts"] + s["dur"]:
+                    step_of[e["args"]["correlation"]] = i
+    per = {}
+    for e in events:
+        if e["cat"] == "kernel" and e["args"]["correlation"] in step_of:
+            step = step_of[e["args"]["correlation"]]
+            per.setdefault(e["name"], {}).setdefault(step, []).append(e["dur"])
+    return {
+        name: (
+            sum(len(v) for v in by.values()) / len(steps),
+            statistics.median(d for v in by.values() for d in v),
+            statistics.median(sum(by.get(i, [])) for i in range(len(steps))),
+        )
+        for name, by in per.items()
+    }
+
+
+def test_kernel_times_and_comparison_name_what_moved(rng, tmp_path, capsys):
+    before, _ = _build("in-tree", rng, split_k=True)
+    after, _ = _build("plugin", rng)
+    times = {}
+    for label, trace in (("before", before), ("after", after)):
+        got = trace_summary.kernel_times(trace, 16)
+        want = _expected_kernel_times(trace, 16)
+        assert set(got) == set(want)
+        for name, (launches, per_launch, per_step) in want.items():
+            assert got[name]["launches_per_step"] == pytest.approx(launches)
+            assert got[name]["us_per_launch"] == pytest.approx(per_launch)
+            assert got[name]["us_per_step"] == pytest.approx(per_step)
+        times[label] = got
+    assert trace_summary.kernel_times(before, 3) == {}
+
+    rows = trace_summary.compare_kernels(times["before"], times["after"], min_delta_us=0.0)
+    by_name = {name: (a, b, delta) for name, a, b, delta in rows}
+    # The split-K gate and vLLM's routing are gone, ours and the plain GEMM came.
+    for gone in ("nvjet_sm90_tss_64x16_64x16_2x1_v_bz_splitK_TNT", ROUTING["in-tree"][0]):
+        a, b, delta = by_name[gone]
+        assert b is None and delta == pytest.approx(-a["us_per_step"])
+    a, b, delta = by_name[ROUTING["plugin"][0]]
+    assert a is None and delta == pytest.approx(b["us_per_step"])
+    assert [abs(r[3]) for r in rows] == sorted((abs(r[3]) for r in rows), reverse=True)
+    cut = 10.0
+    assert all(
+        abs(r[3]) >= cut
+        for r in trace_summary.compare_kernels(times["before"], times["after"], min_delta_us=cut)
+    )
+
+    paths = []
+    for label, trace in (("before", before), ("after", after)):
+        path = tmp_path / f"{label}.pt.trace.json.gz"
+        with gzip.open(path, "wt") as handle:
+            json.dump(trace, handle)
+        paths.append(str(path))
+    out = tmp_path / "k.json"
+    code = trace_summary.main(
+        [*paths, "--compare-kernels", "16", "--min-delta-us", "0", "--json", str(out)]
+    )
+    assert code == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(rows)
+    assert row_cells(table[1])[0] == rows[0][0][:90]
+    assert json.loads(out.read_text())["before"].keys() == times["before"].keys()
+    assert trace_summary.main([paths[0], "--compare-kernels", "16"]) == 2
+    assert trace_summary.main([*paths, "--compare-kernels", "3"]) == 1
