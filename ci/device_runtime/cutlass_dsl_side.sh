@@ -54,15 +54,9 @@ LL_DIR=vllm/model_executor/kernels/linear/cute_dsl
 BENCH="bash benchmarks/kernel/bench_router_device.sh anchors-ll034"
 SELF=$HERE/cutlass_dsl_side.sh
 
-log() { printf '[cutlass_dsl_side %3ds] %s\n' "$SECONDS" "$*"; }
-die() {
-  local code=$1
-  printf '[cutlass_dsl_side] ERROR: %s\n' "$2" >&2
-  shift 2
-  (($#)) && printf '%s\n' "$@" >&2
-  exit "$code"
-}
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+LOG_TAG=cutlass_dsl_side
+# shellcheck source=ci/device_runtime/staged_archive.sh
+source "$HERE/staged_archive.sh"
 usage() {
   echo "usage: $0 build|stage|install   (build here; stage and install on the device)" >&2
   exit 3
@@ -319,88 +313,21 @@ device() {
   local stage prefix py=${PYTHON:-python3}
   stage=$(realpath -m "${CUTLASS_SIDE_STAGE:-/root/stage-cutlass480}")
   prefix=$(realpath -m "${CUTLASS_SIDE_PREFIX:-/root/cutlass480}")
-  mkdir -p "$stage"
-  # The carried manifest names this build; staged pieces of another build go.
-  if [[ -f $SRC/MANIFEST.sha256 ]]; then
-    if [[ -f $stage/MANIFEST.sha256 ]] && ! cmp -s "$SRC/MANIFEST.sha256" "$stage/MANIFEST.sha256"; then
-      log "new manifest: removing the staged pieces of another build"
-      rm -f "$stage"/*.part[0-9]*
-    fi
-    cp "$SRC/MANIFEST.sha256" "$stage/MANIFEST.sha256"
-  fi
-  local manifest=$stage/MANIFEST.sha256
-  [[ -f $manifest ]] || die 2 "no manifest: carry $SRC/MANIFEST.sha256 in every call"
-  local archive archive_sha pieces
-  archive=$(awk '$2 !~ /\.part[0-9]+$/ {print $2}' "$manifest")
-  archive_sha=$(awk '$2 !~ /\.part[0-9]+$/ {print $1}' "$manifest")
-  mapfile -t pieces < <(awk '$2 ~ /\.part[0-9]+$/ {print $2}' "$manifest")
-  [[ $archive == "$NAME" && ${#pieces[@]} -gt 0 ]] \
-    || die 2 "$manifest is not a manifest of $NAME (pieces of another bundle?)"
-  want_sha() { awk -v n="$1" '$2 == n {print $1}' "$manifest"; }
-
   # 1. stage the pieces carried in this call
-  local f name want got carried=0
-  shopt -s nullglob
-  for f in "$SRC"/*.part[0-9]*; do
-    name=${f##*/}
-    want=$(want_sha "$name")
-    [[ -n $want ]] || die 2 "$name is not in $manifest (a piece of another build?)"
-    got=$(sha "$f")
-    [[ $got == "$want" ]] || die 2 "carried $name has sha256 $got, the manifest says $want: carry it again"
-    cp "$f" "$stage/$name.tmp"
-    mv "$stage/$name.tmp" "$stage/$name"
-    carried=$((carried + 1))
-    log "staged $name ($(stat -c %s "$f") bytes)"
-  done
-  shopt -u nullglob
-
-  local missing=()
-  for name in "${pieces[@]}"; do [[ -f $stage/$name ]] || missing+=("$name"); done
-  installed() { [[ -f $prefix/.installed && "$(cat "$prefix/.installed")" == "$archive_sha" && -d $prefix/site/nvidia_cutlass_dsl ]]; }
+  stage_carried "$SRC" "$stage"
+  [[ $ARCHIVE == "$NAME" ]] || die 2 "$MANIFEST is not a manifest of $NAME (pieces of another bundle?)"
   if [[ $mode == stage ]]; then
-    ((carried)) || die 2 "no piece carried in $SRC: carry $SRC/MANIFEST.sha256 and one $NAME.partNN"
-    log "staged $((${#pieces[@]} - ${#missing[@]}))/${#pieces[@]} pieces in $stage; still to carry: ${missing[*]:-none}"
-    installed && log "this build is already installed in $prefix"
+    ((CARRIED)) || die 2 "no piece carried in $SRC: carry $SRC/MANIFEST.sha256 and one $NAME.partNN"
+    log "staged $((${#PIECES[@]} - ${#MISSING[@]}))/${#PIECES[@]} pieces in $stage; still to carry: ${MISSING[*]:-none}"
+    is_unpacked "$prefix" nvidia_cutlass_dsl && log "this build is already installed in $prefix"
     return 0
   fi
 
   # 2. reassemble, verify and unpack (skipped when this archive is installed)
-  if installed; then
-    log "$archive ($archive_sha) is already installed in $prefix"
+  if is_unpacked "$prefix" nvidia_cutlass_dsl; then
+    log "$ARCHIVE ($ARCHIVE_SHA) is already installed in $prefix"
   else
-    ((${#missing[@]} == 0)) || die 2 "pieces not staged: ${missing[*]}" \
-      "  ($stage lives only while the device stays warm: make the staging calls back to back," \
-      "   each carrying $SRC/MANIFEST.sha256 and one piece, with 'stage'; then this call)"
-    local bad=()
-    for name in "${pieces[@]}"; do
-      [[ "$(sha "$stage/$name")" == "$(want_sha "$name")" ]] || bad+=("$name")
-    done
-    if ((${#bad[@]})); then
-      (cd "$stage" && rm -f "${bad[@]}")
-      die 2 "staged pieces damaged (removed, carry them again): ${bad[*]}"
-    fi
-    log "reassembling $archive from ${#pieces[@]} pieces"
-    (cd "$stage" && cat "${pieces[@]}") >"$stage/$archive"
-    [[ "$(sha "$stage/$archive")" == "$archive_sha" ]] || {
-      rm -f "$stage/$archive"
-      die 2 "reassembled $archive: sha256 mismatch"
-    }
-    rm -rf "$prefix/new" "$prefix/site" "$prefix/.installed"
-    mkdir -p "$prefix/new"
-    log "unpacking into $prefix/site"
-    if command -v xz >/dev/null; then
-      xz -dc -T0 "$stage/$archive" | tar -x -C "$prefix/new" || die 3 "unpacking failed"
-    else
-      "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="fully_trusted")' \
-        "$stage/$archive" "$prefix/new" || die 3 "unpacking failed"
-    fi
-    [[ -d $prefix/new/site/nvidia_cutlass_dsl ]] || die 3 "$archive holds no site/nvidia_cutlass_dsl"
-    mv "$prefix/new/site" "$prefix/site"
-    rmdir "$prefix/new"
-    rm -f "$stage/$archive"
-    log "compiling .pyc"
-    "$py" -m compileall -q -j0 "$prefix/site" >/dev/null 2>&1 || log "compileall reported errors (ignored)"
-    echo "$archive_sha" >"$prefix/.installed"
+    unpack_staged "$stage" "$prefix" "$py" nvidia_cutlass_dsl "with 'stage'"
   fi
 
   # 3. how a process takes the side site. PYTHONPATH entries come before the

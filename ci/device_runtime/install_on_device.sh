@@ -31,97 +31,28 @@ case ${1:-} in
   *) echo "usage: $0 [--stage-only]" >&2 && exit 3 ;;
 esac
 
-log() { printf '[device_runtime %3ds] %s\n' "$SECONDS" "$*"; }
-die() {
-  local code=$1
-  printf '[device_runtime] ERROR: %s\n' "$2" >&2
-  shift 2
-  (($#)) && printf '%s\n' "$@" >&2
-  exit "$code"
-}
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+LOG_TAG=device_runtime
+# shellcheck source=ci/device_runtime/staged_archive.sh
+source ci/device_runtime/staged_archive.sh
 
-mkdir -p "$STAGE"
-# The carried manifest names this build; staged pieces of another build go.
-if [[ -f $SRC/MANIFEST.sha256 ]]; then
-  if [[ -f $STAGE/MANIFEST.sha256 ]] && ! cmp -s "$SRC/MANIFEST.sha256" "$STAGE/MANIFEST.sha256"; then
-    log "new manifest: removing the staged pieces of another build"
-    rm -f "$STAGE"/*.part[0-9]*
-  fi
-  cp "$SRC/MANIFEST.sha256" "$STAGE/MANIFEST.sha256"
-fi
-MANIFEST=$STAGE/MANIFEST.sha256
-[[ -f $MANIFEST ]] || die 2 "no manifest: carry $SRC/MANIFEST.sha256 in every call"
-ARCHIVE=$(awk '$2 !~ /\.part[0-9]+$/ {print $2}' "$MANIFEST")
-ARCHIVE_SHA=$(awk '$2 !~ /\.part[0-9]+$/ {print $1}' "$MANIFEST")
-mapfile -t PIECES < <(awk '$2 ~ /\.part[0-9]+$/ {print $2}' "$MANIFEST")
-[[ -n $ARCHIVE && ${#PIECES[@]} -gt 0 ]] || die 2 "$MANIFEST is not a prepare.sh manifest"
+# 1. stage the pieces carried in this call
+stage_carried "$SRC" "$STAGE"
 [[ $ARCHIVE =~ ^vllm-([0-9]+\.[0-9]+\.[0-9]+)-cp[0-9]+\.tar\.xz$ ]] \
   || die 2 "$MANIFEST names $ARCHIVE, not vllm-<version>-cp<NN>.tar.xz (a manifest of an older prepare.sh?)"
 VERSION=${BASH_REMATCH[1]}
 TAG=$(runtime_tag "$VERSION")
 PREFIX=$(realpath -m "${VLLM_RUNTIME_PREFIX:-/root/$TAG}")
-want_sha() { awk -v n="$1" '$2 == n {print $1}' "$MANIFEST"; }
-
-# 1. stage the pieces carried in this call
-shopt -s nullglob
-for f in "$SRC"/*.part[0-9]*; do
-  name=${f##*/}
-  want=$(want_sha "$name")
-  [[ -n $want ]] || die 2 "$name is not in $MANIFEST (a piece of another build?)"
-  got=$(sha "$f")
-  [[ $got == "$want" ]] || die 2 "carried $name has sha256 $got, the manifest says $want: carry it again"
-  cp "$f" "$STAGE/$name.tmp"
-  mv "$STAGE/$name.tmp" "$STAGE/$name"
-  log "staged $name ($(stat -c %s "$f") bytes)"
-done
-
-installed() { [[ -f $PREFIX/.installed && "$(cat "$PREFIX/.installed")" == "$ARCHIVE_SHA" && -d $PREFIX/site/vllm ]]; }
-missing=()
-for name in "${PIECES[@]}"; do [[ -f $STAGE/$name ]] || missing+=("$name"); done
 if [[ $MODE == stage ]]; then
-  log "staged $((${#PIECES[@]} - ${#missing[@]}))/${#PIECES[@]} pieces in $STAGE; still to carry: ${missing[*]:-none}"
-  installed && log "this build is already installed in $PREFIX"
+  log "staged $((${#PIECES[@]} - ${#MISSING[@]}))/${#PIECES[@]} pieces in $STAGE; still to carry: ${MISSING[*]:-none}"
+  is_unpacked "$PREFIX" vllm && log "this build is already installed in $PREFIX"
   exit 0
 fi
 
 # 2. reassemble, verify and unpack (skipped when this archive is installed)
-if installed; then
+if is_unpacked "$PREFIX" vllm; then
   log "$ARCHIVE ($ARCHIVE_SHA) is already installed in $PREFIX"
 else
-  if ((${#missing[@]})); then
-    die 2 "pieces not staged: ${missing[*]}" \
-      "  ($STAGE lives only while the device stays warm: make the staging calls back to back," \
-      "   each carrying $SRC/MANIFEST.sha256 and one piece, with --stage-only; then this call)"
-  fi
-  bad=()
-  for name in "${PIECES[@]}"; do
-    [[ "$(sha "$STAGE/$name")" == "$(want_sha "$name")" ]] || bad+=("$name")
-  done
-  if ((${#bad[@]})); then
-    (cd "$STAGE" && rm -f "${bad[@]}")
-    die 2 "staged pieces damaged (removed, carry them again): ${bad[*]}"
-  fi
-  log "reassembling $ARCHIVE from ${#PIECES[@]} pieces"
-  (cd "$STAGE" && cat "${PIECES[@]}") >"$STAGE/$ARCHIVE"
-  [[ "$(sha "$STAGE/$ARCHIVE")" == "$ARCHIVE_SHA" ]] || die 2 "reassembled $ARCHIVE: sha256 mismatch"
-  rm -rf "$PREFIX/new" "$PREFIX/site" "$PREFIX/.installed"
-  mkdir -p "$PREFIX/new"
-  log "unpacking into $PREFIX/site"
-  if command -v xz >/dev/null; then
-    xz -dc -T0 "$STAGE/$ARCHIVE" | tar -x -C "$PREFIX/new" || die 3 "unpacking failed"
-  else
-    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="fully_trusted")' \
-      "$STAGE/$ARCHIVE" "$PREFIX/new" || die 3 "unpacking failed"
-  fi
-  mv "$PREFIX/new/site" "$PREFIX/site"
-  rmdir "$PREFIX/new"
-  rm -f "$STAGE/$ARCHIVE"
-  # The bundle has no .pyc (built on another Python); compile them on all cores now
-  # rather than one module at a time in every first import.
-  log "compiling .pyc"
-  "$PY" -m compileall -q -j0 "$PREFIX/site" >/dev/null || log "compileall reported errors (ignored)"
-  echo "$ARCHIVE_SHA" >"$PREFIX/.installed"
+  unpack_staged "$STAGE" "$PREFIX" "$PY" vllm "with --stage-only"
 fi
 
 # 3. make the device's python see it: a .pth in its site-packages (appended to
