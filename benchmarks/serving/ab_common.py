@@ -634,8 +634,14 @@ def arm_server(
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
     python: str | None = None,
+    keep_dir: Path | None = None,
 ) -> Iterator[ArmServer]:
     """The server of ``arm``: the external one, or a fresh ``VllmServer`` stopped on exit.
+
+    With ``keep_dir``, the server is kept up after exit instead
+    (:mod:`benchmarks.serving.kept_servers`): the one a previous call kept is
+    reused where it was started with the same settings and still answers, else
+    one is started detached; its log is copied to ``out_dir`` on exit.
 
     ``server_args`` get the arm's own settings (:func:`arm_server_args`), then
     ``extra_args``; ``extra_env`` is added to the server's environment (which
@@ -656,17 +662,60 @@ def arm_server(
     env = {**dict(arm.env), **dict(extra_env or {})}
     if not arm.plugin:
         env["VLLM_PLUGINS"] = ""
-    server = VllmServer(
-        model,
-        plugin=arm.plugin,
-        extra_args=[*arm_server_args(arm, server_args), *extra_args],
-        env=env or None,
-        log_path=out_dir / f"server_{log_name or arm.name}.log",
-        startup_timeout_s=startup_timeout_s,
-        served_model_name=served_model_name,
-        progress=True,
-        **({"python": python} if python else {}),
-    )
+    full_args = [*arm_server_args(arm, server_args), *extra_args]
+    log_file = out_dir / f"server_{log_name or arm.name}.log"
+
+    def make_server(log_path: Path, outlive_parent: bool) -> VllmServer:
+        return VllmServer(
+            model,
+            plugin=arm.plugin,
+            extra_args=full_args,
+            env=env or None,
+            log_path=log_path,
+            startup_timeout_s=startup_timeout_s,
+            served_model_name=served_model_name,
+            progress=True,
+            outlive_parent=outlive_parent,
+            **({"python": python} if python else {}),
+        )
+
+    if keep_dir is not None:
+        from benchmarks.serving import kept_servers
+
+        settings = {
+            "model": str(model),
+            "served_model_name": served_model_name,
+            "args": [str(arg) for arg in full_args],
+            "env": {key: str(value) for key, value in env.items()},
+            "python": python,
+        }
+        kept = kept_servers.load(keep_dir, arm.name)
+        if kept_servers.reusable(kept, settings):
+            assert kept is not None
+            print(f"== {arm.name}: the kept server {kept.base_url} (pid {kept.pgid})", flush=True)
+        else:
+            if kept is not None:
+                print(f"== {arm.name}: the kept server is gone or differs: restarting", flush=True)
+                kept_servers.stop(keep_dir, arm.name)
+            server = make_server(Path(keep_dir) / f"server_{arm.name}.log", outlive_parent=True)
+            command = shell_join(server.command, env)
+            print(f"== {arm.name}: starting (kept up) {command}", flush=True)
+            kept = kept_servers.keep(server, keep_dir, arm.name, command, settings)
+            print(f"== {arm.name}: server healthy after {kept.startup_s:.0f} s", flush=True)
+        info = ArmServer(
+            arm, kept.base_url, kept.model_name, command=kept.command, log_path=log_file
+        )
+        info.startup_s = kept.startup_s
+        try:
+            yield info
+        finally:
+            text = Path(kept.log_path).read_text(errors="replace")
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_text(text)
+            _set_plugin_state(info, text)
+        return
+
+    server = make_server(log_file, outlive_parent=False)
     info = ArmServer(
         arm,
         server.base_url,
@@ -681,11 +730,15 @@ def arm_server(
         try:
             yield info
         finally:
-            plugin_log = parse_log(server.log_text())
-            info.plugin_active = plugin_log.patched
-            info.dispatch = plugin_log.dispatch_texts()
-            info.forwards = plugin_log.forwards
-            info.routed_processes = plugin_log.processes
+            _set_plugin_state(info, server.log_text())
+
+
+def _set_plugin_state(info: ArmServer, log_text: str) -> None:
+    plugin_log = parse_log(log_text)
+    info.plugin_active = plugin_log.patched
+    info.dispatch = plugin_log.dispatch_texts()
+    info.forwards = plugin_log.forwards
+    info.routed_processes = plugin_log.processes
 
 
 def check_plugin_state(info: ArmServer, expect_workers: int | None = None) -> str | None:

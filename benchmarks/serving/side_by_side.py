@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import stamp, tables
-from benchmarks.serving import ab_common
+from benchmarks.serving import ab_common, kept_servers
 
 # Two servers of the 26B-A4B profile share one H200: ~48 GiB of (dummy) weights
 # each, and 0.47 of the card each leaves both room for their KV caches plus the
@@ -53,6 +53,8 @@ from benchmarks.serving import ab_common
 # worse, starve the first one's KV cache).
 MAX_GPU_MEMORY_UTILIZATION = 0.47
 DEFAULT_CACHE_ROOT = ab_common.REPO_ROOT / ".cache" / "serve_ab_side_by_side"
+# --keep-servers: the kept servers' state files and logs, under the cache root.
+KEEP_SUBDIR = "kept"
 # Seconds kept free at the end of --budget-s for stopping both servers and
 # writing the results.
 STOP_MARGIN_S = 45.0
@@ -178,6 +180,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="with --budget-s: the time a pair is assumed to take before one was measured "
         "(default: run the first pair whatever the budget says)",
+    )
+    group.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="leave both servers up when this invocation ends, and use the ones a previous "
+        "invocation left up where they were started with the same settings (state in "
+        "CACHE_ROOT/kept/); kept servers of other arms are stopped first, since two fill "
+        "the GPU. For device calls shorter than two server starts plus the pairs",
+    )
+    group.add_argument(
+        "--stop-servers",
+        action="store_true",
+        help="stop every server --keep-servers left up (under CACHE_ROOT/kept/) and exit",
     )
     group.add_argument(
         "--server-python",
@@ -598,6 +613,12 @@ def main(args: argparse.Namespace) -> int:
     from benchmarks.serving import serve_ab
 
     started = time.monotonic()
+    cache_root = Path(args.cache_root) if args.cache_root else DEFAULT_CACHE_ROOT
+    keep_dir = cache_root / KEEP_SUBDIR
+    if args.stop_servers:
+        stopped = kept_servers.stop_others(keep_dir, ())
+        print(f"== stopped the kept servers: {', '.join(stopped) or 'none were up'}")
+        return 0
     try:
         arms = side_arms(args)
         model, server_args = ab_common.resolve_model(args)
@@ -612,7 +633,6 @@ def main(args: argparse.Namespace) -> int:
     names = [arm.name for arm in arms]
     tokenizer = args.tokenizer or model
     max_concurrency = args.max_concurrency or None
-    cache_root = Path(args.cache_root) if args.cache_root else DEFAULT_CACHE_ROOT
     caches = {arm.name: str(cache_dir(cache_root, arm.name)) for arm in arms}
     config = {
         "model": model,
@@ -729,6 +749,9 @@ def main(args: argparse.Namespace) -> int:
     for arm in arms:
         if arm.base_url is None:
             Path(caches[arm.name]).mkdir(parents=True, exist_ok=True)
+    if args.keep_servers:
+        for other in kept_servers.stop_others(keep_dir, names):
+            print(f"== stopped the kept server of {other} (two servers fill the GPU)", flush=True)
     with ExitStack() as stack:
         for arm in arms:  # one after the other: arm_server returns once healthy
             infos[arm.name] = stack.enter_context(
@@ -743,6 +766,7 @@ def main(args: argparse.Namespace) -> int:
                     extra_args=["--gpu-memory-utilization", str(gpu_memory)],
                     extra_env={"VLLM_CACHE_ROOT": caches[arm.name]},
                     python=args.server_python,
+                    keep_dir=keep_dir if args.keep_servers else None,
                 )
             )
         print(f"== both servers healthy after {time.monotonic() - started:.0f} s", flush=True)

@@ -20,13 +20,25 @@
 # came back to .cache/serve_ab_side_by_side/results/<tag>/ and pass that path in
 # `carry`): the next call appends to it.
 #
+# SBS_KEEP=1 (--keep-servers): both servers stay up when the call returns (started
+# in their own session, so the machine does not end them), and the next call on the
+# same warm machine uses them instead of starting them again: the first call may
+# spend its whole budget starting them; later calls, other workloads and other
+# arm pairs that share the in-tree arm go straight to the pairs. The call after
+# must come within the machine's idle window (30 s). `bash $0 stop` stops them.
+#
 # Settings: PAIRS (5), SBS_BUDGET (seconds the harness may use, default 510),
 # SBS_TIMEOUT (hard stop, default 560; the call limit is 600), SBS_FIRST_PAIR
 # (seconds a pair is assumed to take before one was measured; per workload
 # below), SBS_SERVER_ARGS, SBS_GPU_MEM (0.47 at most).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
-WORKLOAD=${1:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier}
+if [[ ${1:-} == stop ]]; then
+  PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} python3 -m benchmarks.serving.serve_ab \
+    --side-by-side --stop-servers --cache-root .cache/serve_ab_side_by_side
+  exit $?
+fi
+WORKLOAD=${1:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier (or: $0 stop)}
 ARMS=${2:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier}
 case $WORKLOAD in
   c1) first_pair=120 ;;
@@ -54,7 +66,7 @@ timeout --kill-after=20 "${SBS_TIMEOUT:-560}" python3 -m benchmarks.serving.serv
   --side-by-side --model-profile gemma-4-26b-a4b --arms-preset "in-tree-vs-$ARMS" \
   --workload "$WORKLOAD" --pairs "${PAIRS:-5}" --gpu-memory-utilization "${SBS_GPU_MEM:-0.47}" \
   --server-args "$SERVER_ARGS" --cache-root "$ROOT" --result-dir "$ROOT/results" --tag "$TAG" \
-  --resume --budget-s "${SBS_BUDGET:-510}" --first-pair-s "${SBS_FIRST_PAIR:-$first_pair}" \
+  --resume ${SBS_KEEP:+--keep-servers} --budget-s "${SBS_BUDGET:-510}" --first-pair-s "${SBS_FIRST_PAIR:-$first_pair}" \
   > "$OUT/$TAG.txt" 2>&1
 status=$?
 [[ -d $ROOT/results/$TAG ]] && cp -r "$ROOT/results/$TAG" "$OUT/"

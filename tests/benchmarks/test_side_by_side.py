@@ -425,8 +425,11 @@ def test_first_pair_estimate_stops_before_a_pair_that_cannot_fit(
 DEVICE_SCRIPT = REPO / "benchmarks" / "serving" / "side_by_side_device.sh"
 
 
-@pytest.mark.parametrize(("workload", "arms"), [("c1", "plugin"), ("pr39083", "fused")])
-def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms):
+@pytest.mark.parametrize(
+    ("workload", "arms", "keep"),
+    [("c1", "plugin", ""), ("pr39083", "fused", ""), ("c16", "gate-tier", "1")],
+)
+def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, keep):
     """The device line's python3 is replaced by one that parses the flags with
     serve_ab's own parser and exits 3 (more pairs), as a budget-cut run would."""
     import os
@@ -446,6 +449,9 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms):
     shim.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out))
+    env.pop("SBS_KEEP", None)
+    if keep:
+        env["SBS_KEEP"] = keep
     result = subprocess.run(
         ["bash", str(DEVICE_SCRIPT), workload, arms],
         capture_output=True,
@@ -468,3 +474,96 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms):
     assert args["gpu_memory_utilization"] == 0.47 and args["budget_s"] == 510
     assert args["model_profile"] == "gemma-4-26b-a4b" and args["tag"].startswith(workload)
     assert "--max-num-seqs 16" in args["server_args"]
+    assert args["keep_servers"] is bool(keep) and not args["stop_servers"]
+
+
+# ------------------------------------------- servers kept up between invocations
+
+
+def _recording_client(calls: list):
+    """A stand-in for `vllm bench serve` that records which server each run asked
+    and whether it answered, and writes a result with the pair's factors."""
+
+    def run_client(command, log_path, timeout_s, what):
+        result_dir = Path(command[command.index("--result-dir") + 1])
+        filename = command[command.index("--result-filename") + 1]
+        base_url = command[command.index("--base-url") + 1]
+        pair, arm = re.fullmatch(r"bench_p(\d+)_(.+)\.json", filename).groups()
+        port = int(base_url.rsplit(":", 1)[1])
+        calls.append({"pair": int(pair), "arm": arm, "port": port, "up": _healthy(port)})
+        factors = A_FACTORS if arm == "in-tree" else B_FACTORS
+        result = {key: value * factors[int(pair) - 1] for key, value in BASE.items()}
+        result.update(completed=int(command[command.index("--num-prompts") + 1]), failed=0)
+        (result_dir / filename).write_text(json.dumps(result))
+        log_path.write_text("ok\n")
+
+    return run_client
+
+
+def _kept(tmp_path: Path) -> dict[str, dict]:
+    keep_dir = tmp_path / "cache" / side_by_side.KEEP_SUBDIR
+    return {path.stem: json.loads(path.read_text()) for path in keep_dir.glob("*.json")}
+
+
+def _keep_flags(tmp_path, fake_python, tag, pairs, preset="in-tree-vs-plugin", *more):
+    flags = _flags(tmp_path, fake_python, "--pairs", str(pairs), "--keep-servers", "--resume")
+    flags[flags.index("in-tree-vs-plugin")] = preset
+    flags[flags.index("--tag") + 1] = tag
+    return [*flags, *more]
+
+
+def test_keep_servers_reuses_them_across_invocations_and_stops_them(
+    monkeypatch, tmp_path, fake_python
+):
+    calls: list = []
+    monkeypatch.setattr(ab_common, "run_client", _recording_client(calls))
+    ports: dict[str, int] = {}
+    try:
+        # First invocation: both started, one pair, both still up afterwards.
+        assert serve_ab.main(_keep_flags(tmp_path, fake_python, "c1", 1)) == 0
+        kept = _kept(tmp_path)
+        assert sorted(kept) == ["in-tree", "plugin"]
+        ports = {arm: int(state["base_url"].rsplit(":", 1)[1]) for arm, state in kept.items()}
+        assert all(_healthy(port) for port in ports.values())
+        assert kept["in-tree"]["settings"]["env"]["VLLM_PLUGINS"] == ""
+        run = tmp_path / "results" / "c1"
+        record = json.loads((run / "serve_ab.json").read_text())
+        assert record["servers"]["plugin"]["plugin_active"] is True  # from the kept log
+        assert record["servers"]["in-tree"]["plugin_active"] is False
+        assert (run / "server_plugin_part1.log").is_file()
+
+        # Second: the same servers (same pids and ports) answer the next pairs.
+        assert serve_ab.main(_keep_flags(tmp_path, fake_python, "c1", 3)) == 0
+        assert _kept(tmp_path) == kept
+        assert [(c["pair"], c["arm"]) for c in calls] == [
+            (1, "in-tree"), (1, "plugin"),
+            (2, "plugin"), (2, "in-tree"), (3, "in-tree"), (3, "plugin"),
+        ]  # fmt: skip
+        assert all(c["up"] and c["port"] == ports[c["arm"]] for c in calls)
+        assert json.loads((run / "serve_ab.json").read_text())["problems"] == []
+
+        # Another arm pair sharing the in-tree arm: the plugin server is stopped
+        # (two fill the GPU), the in-tree one reused, the fused one started.
+        fused = _keep_flags(tmp_path, fake_python, "c1-fused", 1, "in-tree-vs-fused")
+        assert serve_ab.main(fused) == 0
+        now = _kept(tmp_path)
+        assert sorted(now) == ["fused", "in-tree"] and now["in-tree"] == kept["in-tree"]
+        assert not _healthy(ports["plugin"]) and _healthy(ports["in-tree"])
+        ports["fused"] = int(now["fused"]["base_url"].rsplit(":", 1)[1])
+
+        # A server whose settings differ is restarted, not reused.
+        changed = _keep_flags(
+            tmp_path, fake_python, "c1-seqs8", 1, "in-tree-vs-fused",
+            "--server-args", "--max-num-seqs 8",
+        )  # fmt: skip
+        assert serve_ab.main(changed) == 0
+        assert _kept(tmp_path)["in-tree"]["pgid"] != kept["in-tree"]["pgid"]
+        assert not _healthy(ports["in-tree"])
+        ports.update(
+            {a: int(st["base_url"].rsplit(":", 1)[1]) for a, st in _kept(tmp_path).items()}
+        )
+    finally:
+        stop = _keep_flags(tmp_path, fake_python, "c1", 1, "in-tree-vs-plugin", "--stop-servers")
+        assert serve_ab.main(stop) == 0
+    assert _kept(tmp_path) == {}
+    assert ports and not any(_healthy(port) for port in ports.values())

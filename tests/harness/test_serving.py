@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,40 @@ def test_safety_net_stops_servers_of_a_dying_parent(ending, fake_python, tmp_pat
     while serving._group_alive(leader) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not serving._group_alive(leader)  # leader and grandchild
+
+
+def test_a_detached_server_outlives_its_parent_until_its_group_is_stopped(fake_python, tmp_path):
+    # The parent exits without stopping it (the safety net would stop an attached one).
+    parent = textwrap.dedent(
+        f"""
+        from vllm_gemma4_router.harness.serving import VllmServer
+        server = VllmServer("family", python={fake_python!r}, outlive_parent=True).start()
+        print(server.detach(), server.base_url, flush=True)
+        server.stop()  # no longer ours: does nothing
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    pgid, base_url = proc.stdout.split()
+    pgid = int(pgid)
+    time.sleep(0.5)
+    assert serving._group_alive(pgid)
+    with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+        assert response.status == 200
+    serving.stop_process_group(pgid, timeout_s=5)
+    assert not serving._group_alive(pgid)
+    serving.stop_process_group(pgid, timeout_s=1)  # gone already: fine
+
+
+def test_detach_needs_a_running_server_started_to_outlive_its_parent(fake_python, tmp_path):
+    server = VllmServer("ok", python=fake_python, log_path=tmp_path / "s.log")
+    with pytest.raises(RuntimeError, match="not running"):
+        server.detach()
+    with server, pytest.raises(RuntimeError, match="outlive_parent=True"):
+        server.detach()
+    assert not server.running()
 
 
 def test_real_vllm_with_a_bad_model_path_fails_fast_with_the_reason(tmp_path):

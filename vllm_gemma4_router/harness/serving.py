@@ -73,6 +73,9 @@ class VllmServer:
         python: interpreter that runs the server (it must have vLLM installed).
         served_model_name: the name requests use; default ``str(model)``.
         progress: print a waiting line to stderr about every 10 s during ``start()``.
+        outlive_parent: do not ask Linux to stop the server when the starting
+            thread ends; with :meth:`detach` the server outlives this process
+            (e.g. kept up between the calls of a benchmark).
 
     Attributes:
         port, base_url (``http://127.0.0.1:<port>``), log_path, model_name.
@@ -91,6 +94,7 @@ class VllmServer:
         python: str = sys.executable,
         served_model_name: str | None = None,
         progress: bool = False,
+        outlive_parent: bool = False,
     ) -> None:
         extra_args = [str(arg) for arg in extra_args]
         if any(arg == "--host" or arg.startswith("--host=") for arg in extra_args):
@@ -104,6 +108,7 @@ class VllmServer:
         self.startup_timeout_s = startup_timeout_s
         self.python = python
         self.progress = progress
+        self.outlive_parent = outlive_parent
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"vllm-server-{self.port}-", suffix=".log")
             os.close(fd)
@@ -172,7 +177,11 @@ class VllmServer:
             stderr=subprocess.STDOUT,
             env=self._env,
             start_new_session=True,
-            preexec_fn=_die_with_parent_thread() if sys.platform == "linux" else None,
+            preexec_fn=(
+                _die_with_parent_thread()
+                if sys.platform == "linux" and not self.outlive_parent
+                else None
+            ),
         )
         _LIVE[id(self)] = self
         try:
@@ -233,6 +242,30 @@ class VllmServer:
             with contextlib.suppress(OSError):
                 self._log_file.close()
             self._log_file = None
+
+    def detach(self) -> int:
+        """Leave the started server running beyond this object and this process.
+
+        It is no longer stopped by :meth:`stop`, at exit or on signals; stop it
+        later with :func:`stop_process_group` and the returned process group id.
+
+        Raises:
+            RuntimeError: the server is not running, or was started without
+                ``outlive_parent`` (Linux would stop it with its starting thread).
+        """
+        if not self.running():
+            raise RuntimeError("detach(): the server is not running")
+        if not self.outlive_parent:
+            raise RuntimeError("detach(): start the server with outlive_parent=True")
+        assert self._proc is not None
+        pgid = self._proc.pid
+        _LIVE.pop(id(self), None)
+        self._proc = None
+        if self._log_file is not None:
+            with contextlib.suppress(OSError):
+                self._log_file.close()
+            self._log_file = None
+        return pgid
 
     def __enter__(self) -> VllmServer:
         return self.start()
@@ -329,6 +362,20 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+
+
+def stop_process_group(pgid: int, timeout_s: float = 30.0) -> None:
+    """Stop a detached server's process group: SIGTERM, wait up to ``timeout_s``
+    for every member to end, then SIGKILL. A group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(-pgid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _die_with_parent_thread():
