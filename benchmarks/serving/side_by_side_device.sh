@@ -27,7 +27,7 @@
 # arm pairs that share the in-tree arm go straight to the pairs. The call after
 # must come within the machine's idle window (30 s). `bash $0 stop` stops them.
 #
-# Settings: PAIRS (5), SBS_BUDGET (seconds the harness may use, default 510),
+# Settings: SBS_PROFILE (above), PAIRS (5), SBS_BUDGET (seconds the harness may use, default 510),
 # SBS_TIMEOUT (hard stop, default 560; the call limit is 600), SBS_FIRST_PAIR
 # (seconds a pair is assumed to take before one was measured; per workload
 # below), SBS_SERVER_ARGS, SBS_GPU_MEM (0.47 at most).
@@ -49,7 +49,10 @@ esac
 case $ARMS in plugin | fused | gate-tier) ;; *) echo "unknown arms $ARMS (plugin, fused, gate-tier)" >&2 && exit 2 ;; esac
 OUT=${OUT:-side-by-side-out}
 ROOT=.cache/serve_ab_side_by_side
-TAG=${WORKLOAD}_in-tree-vs-${ARMS}
+# SBS_PROFILE=gemma-4-26b-a4b-12l: the first 12 of the 30 layers, for an 80 GB GPU
+# (two full 26B-A4B servers need the H200); the tag names it.
+PROFILE=${SBS_PROFILE:-gemma-4-26b-a4b}
+TAG=${WORKLOAD}_in-tree-vs-${ARMS}${SBS_PROFILE:+_$PROFILE}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # No hub, no telemetry: the device has no network.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -63,7 +66,7 @@ export TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
 SERVER_ARGS=${SBS_SERVER_ARGS:---attention-backend TRITON_ATTN --no-enable-prefix-caching --max-model-len 4096 --max-num-seqs 16}
 mkdir -p "$OUT" "$ROOT/results"
 timeout --kill-after=20 "${SBS_TIMEOUT:-560}" python3 -m benchmarks.serving.serve_ab \
-  --side-by-side --model-profile gemma-4-26b-a4b --arms-preset "in-tree-vs-$ARMS" \
+  --side-by-side --model-profile "$PROFILE" --arms-preset "in-tree-vs-$ARMS" \
   --workload "$WORKLOAD" --pairs "${PAIRS:-5}" --gpu-memory-utilization "${SBS_GPU_MEM:-0.47}" \
   --server-args "$SERVER_ARGS" --cache-root "$ROOT" --result-dir "$ROOT/results" --tag "$TAG" \
   --resume ${SBS_KEEP:+--keep-servers} --budget-s "${SBS_BUDGET:-510}" --first-pair-s "${SBS_FIRST_PAIR:-$first_pair}" \

@@ -450,8 +450,9 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, k
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out))
     env.pop("SBS_KEEP", None)
-    if keep:
-        env["SBS_KEEP"] = keep
+    env.pop("SBS_PROFILE", None)
+    if keep:  # and the 80 GB profile
+        env.update(SBS_KEEP=keep, SBS_PROFILE="gemma-4-26b-a4b-12l")
     result = subprocess.run(
         ["bash", str(DEVICE_SCRIPT), workload, arms],
         capture_output=True,
@@ -462,7 +463,8 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, k
     )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "exit 3 (0: all pairs done, 3: run this again" in result.stdout
-    log = (out / f"{workload}_in-tree-vs-{arms}.txt").read_text()
+    tag = f"{workload}_in-tree-vs-{arms}" + ("_gemma-4-26b-a4b-12l" if keep else "")
+    log = (out / f"{tag}.txt").read_text()
     args = json.loads(log.split("ARGS=", 1)[1])
     preset = side_by_side.WORKLOADS[workload]
     assert args["side_by_side"] and args["resume"] and args["pairs"] == 5
@@ -472,7 +474,8 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, k
         preset.max_concurrency,
     )
     assert args["gpu_memory_utilization"] == 0.47 and args["budget_s"] == 510
-    assert args["model_profile"] == "gemma-4-26b-a4b" and args["tag"].startswith(workload)
+    profile = "gemma-4-26b-a4b-12l" if keep else "gemma-4-26b-a4b"
+    assert args["model_profile"] == profile and args["tag"] == tag
     assert "--max-num-seqs 16" in args["server_args"]
     assert args["keep_servers"] is bool(keep) and not args["stop_servers"]
 

@@ -2,7 +2,8 @@
 
 ``tiny`` is :func:`~vllm_gemma4_router.harness.tiny_model.build_tiny_model`
 (random weights, served as it is). ``gemma-4-26b-a4b`` is the text model of
-``google/gemma-4-26B-A4B-it`` with no weights at all: ``config.json``,
+``google/gemma-4-26B-A4B-it`` with no weights at all (``gemma-4-26b-a4b-12l``: its
+first 12 layers only): ``config.json``,
 ``generation_config.json`` and a byte-level tokenizer padded with filler tokens
 to the real 262144 ids (every id a random-weight model can emit detokenizes).
 vLLM serves it with ``--load-format dummy`` (weights filled in place, uniform in
@@ -163,9 +164,30 @@ GEMMA_4_26B_A4B = ConfigOnlyProfile(
     },
 )
 
+# The first 12 of 26B-A4B's 30 layers (two of its five 5-sliding + 1-full
+# groups), every layer's shapes unchanged: ~13 GB of weights, so two servers fit
+# side by side on one 80 GB H100 where two full ones (~52 GB each) need an H200.
+# Per-layer costs are those of the real model; per-step ones are not.
+GEMMA_4_26B_A4B_12L = ConfigOnlyProfile(
+    name="gemma-4-26b-a4b-12l",
+    hf_id=GEMMA_4_26B_A4B.hf_id,
+    text_config={
+        **GEMMA_4_26B_A4B.text_config,
+        "num_hidden_layers": 12,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 2,
+    },
+    sources={
+        **GEMMA_4_26B_A4B.sources,
+        "num_hidden_layers": "12 of " + _CONVERT + "'s 30 (two side by side on an 80 GB GPU)",
+        "layer_types": "the first 12 of " + _CONVERT + "'s",
+    },
+    vllm_hf_overrides=GEMMA_4_26B_A4B.vllm_hf_overrides,
+)
+
 PROFILES: dict[str, ConfigOnlyProfile | None] = {
     "tiny": None,  # tiny_model.build_tiny_model(): random weights, no extra server args
     GEMMA_4_26B_A4B.name: GEMMA_4_26B_A4B,
+    GEMMA_4_26B_A4B_12L.name: GEMMA_4_26B_A4B_12L,
 }
 
 
