@@ -76,7 +76,8 @@ GPU_ARGS="--attention-backend TRITON_ATTN --max-model-len 1024"
 # CUDA-graph capture); REAL_EXTRA="" serves with vLLM's default.
 REAL_ARGS="--attention-backend TRITON_ATTN --no-enable-prefix-caching --max-model-len 4096"
 REAL_EXTRA=${REAL_EXTRA---max-num-seqs 16}
-PROFILE_NAME=gemma-4-26b-a4b
+# E2E_PROFILE=gemma-4-26b-a4b-12l: the first 12 layers only (model_profiles).
+PROFILE_NAME=${E2E_PROFILE:-gemma-4-26b-a4b}
 # PR #39083's workload (the serve_ab defaults, spelled out) + 16 warm-ups.
 PR_WORKLOAD=(--num-prompts 160 --max-concurrency 16 --input-len 2048 --output-len 512
   --bench-args "--num-warmups 16")
