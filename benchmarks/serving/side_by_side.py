@@ -583,6 +583,67 @@ def write_report(out_dir: Path, record: dict[str, Any]) -> None:
     body = render_report(record)
     ab_common.write_outputs(out_dir, "serve_ab", title(record["config"]), body, record)
     write_csvs(out_dir, record["paired"], arms, record["environment"])
+    plot_pairs(out_dir / "serve_ab_pairs.png", record)
+
+
+#: The metrics :func:`plot_pairs` draws: (key, label).
+PLOTTED = (("mean_tpot_ms", "mean TPOT (ms)"), ("mean_itl_ms", "mean ITL (ms)"))
+
+
+def plot_pairs(path: Path, record: Mapping[str, Any]) -> bool:
+    """Per pair, each arm's value of :data:`PLOTTED` (top) and the paired difference
+    in % with its mean and 2 sigma band (bottom); whether a PNG was written (not
+    without matplotlib or a complete pair)."""
+    rows = {row["key"]: row for row in record.get("paired", ())}
+    if not any(rows.get(key, {}).get("pairs") for key, _ in PLOTTED):
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no PNG", flush=True)
+        return False
+    a, b = record["config"]["arms"]
+    fig, axes = plt.subplots(2, len(PLOTTED), figsize=(5.5 * len(PLOTTED), 6.5), squeeze=False)
+    for column, (key, label) in enumerate(PLOTTED):
+        row = rows.get(key)
+        top, bottom = axes[0][column], axes[1][column]
+        if not row or not row["pairs"]:
+            top.set_visible(False)
+            bottom.set_visible(False)
+            continue
+        pairs = row["pairs"]
+        for arm, marker in ((a, "o"), (b, "s")):
+            top.plot(pairs, row[f"{arm} runs"], marker=marker, label=arm)
+        top.set_ylabel(label)
+        top.legend(fontsize=8)
+        pcts = row["diffs_pct"]
+        bottom.bar(pairs[: len(pcts)], pcts, color="tab:gray")
+        if row["diff_pct_mean"] is not None:
+            mean, band = row["diff_pct_mean"], row["diff_pct_2sigma"] or 0.0
+            bottom.axhline(mean, color="tab:blue", label=f"mean {mean:+.2f} %")
+            bottom.axhspan(mean - band, mean + band, color="tab:blue", alpha=0.15,
+                           label=f"± 2 sigma ({band:.2f} %)")  # fmt: skip
+            bottom.legend(fontsize=8)
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.set_ylabel(f"({b} - {a}) / {a}, %")
+        for ax in (top, bottom):
+            ax.set_xlabel("pair")
+            ax.set_xticks(pairs)
+            ax.grid(True, alpha=0.3)
+    env = record["environment"]
+    versions = env.get("versions", {})
+    fig.suptitle(
+        f"{title(record['config'])}\n{env.get('device', '?')}, vllm {versions.get('vllm', '?')}, "
+        f"torch {versions.get('torch', '?')}, {env.get('date', '')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _load_previous(out_dir: Path, resume: bool, config: Mapping[str, Any]) -> dict | None:

@@ -361,6 +361,10 @@ def test_side_by_side_end_to_end_with_fake_servers(monkeypatch, tmp_path, fake_p
     assert "| metric | p1 (in-tree first) | p2 (plugin first) |" in re.sub(r" +", " ", text)
     assert "# in-tree: server" in text  # the exact server commands
 
+    # The PNG: per-pair values and paired differences.
+    png = run / "serve_ab_pairs.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
     # The CSVs: stamp line first, then one row per metric / per pair and metric.
     for name, rows in (("serve_ab_paired.csv", 13), ("serve_ab_pairs.csv", 13 * 5)):
         content = (run / name).read_text().splitlines()
