@@ -57,6 +57,8 @@ SELF=$HERE/cutlass_dsl_side.sh
 LOG_TAG=cutlass_dsl_side
 # shellcheck source=ci/device_runtime/staged_archive.sh
 source "$HERE/staged_archive.sh"
+# shellcheck source=ci/device_runtime/pack_pieces.sh
+source "$HERE/pack_pieces.sh"
 usage() {
   echo "usage: $0 build|stage|install   (build here; stage and install on the device)" >&2
   exit 3
@@ -221,19 +223,10 @@ PY
       || die 3 "the assembled site has no cu13 build of the DSL"
     du -sb "$build/site" | awk '{printf "  site: %.1f MB uncompressed\n", $1 / 1e6}'
 
-    step "pack (tar | xz $xz_preset)"
-    tar -C "$build" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - site \
-      | xz "$xz_preset" -T"${XZ_THREADS:-2}" >"$build/$NAME.tmp"
-    mv "$build/$NAME.tmp" "$build/$NAME"
-    rm -rf "$build/site"
-
-    step "split into pieces of at most $piece_bytes bytes ($SRC)"
-    rm -rf "$SRC"
-    mkdir -p "$SRC"
-    split -b "$piece_bytes" -d -a 2 "$build/$NAME" "$SRC/$NAME.part"
-    (cd "$SRC" && sha256sum "$NAME".part[0-9]* >MANIFEST.sha256)
-    echo "$(sha "$build/$NAME")  $NAME" >>"$SRC/MANIFEST.sha256"
-    rm -f "$build/$NAME"
+    local info
+    info=$(printf '{"side": "%s", "key": "%s", "date": "%s"}' "$TAG" "$key" "$(date -u +%FT%TZ)")
+    pack_pieces "$build" "$NAME" "$SRC" "$piece_bytes" "$xz_preset" "$tools/bin/python" "$info" \
+      || die 3 "packing failed"
     echo "$key" >"$SRC/.key"
   fi
   print_calls

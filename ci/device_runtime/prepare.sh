@@ -44,6 +44,8 @@ if [[ $PYVER == 3.12 ]]; then PIECES=$ROOT/pieces-$TAG; else PIECES=$ROOT/pieces
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 step() { printf '\n== prepare: %s (%s)\n' "$1" "$(date +%T)"; }
+# shellcheck source=ci/device_runtime/pack_pieces.sh
+source "$HERE/pack_pieces.sh"
 
 # Wheels for the device: CPython $PYVER, x86_64 manylinux (glibc <= 2.39: Ubuntu
 # 24.04), pure Python; never an sdist.
@@ -117,20 +119,10 @@ else
   "${BUNDLE[@]}" prune "$BUILD/site" "$TRIM"
   du -sb "$BUILD/site" | awk '{printf "site: %.1f MB uncompressed\n", $1 / 1e6}'
 
-  step "pack (tar | xz $XZ_PRESET)"
-  tar -C "$BUILD" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - site \
-    | xz "$XZ_PRESET" -T2 >"$BUILD/$NAME.tmp"
-  mv "$BUILD/$NAME.tmp" "$BUILD/$NAME"
-  rm -rf "$BUILD/site"
-  archive_sha=$(sha256sum "$BUILD/$NAME" | cut -d' ' -f1)
-
-  step "split into pieces of at most $PIECE_BYTES bytes ($PIECES)"
-  rm -rf "$PIECES"
-  mkdir -p "$PIECES"
-  split -b "$PIECE_BYTES" -d -a 2 "$BUILD/$NAME" "$PIECES/$NAME.part"
   info=$(printf '{"vllm_wheel": "%s", "vllm": "%s", "python": "%s", "key": "%s", "date": "%s"}' \
     "$(basename "${vllm_whl[0]}")" "$VLLM_VERSION" "$PYVER" "$key" "$(date -u +%FT%TZ)")
-  "${BUNDLE[@]}" manifest "$PIECES" "$NAME" --archive-sha256 "$archive_sha" --build-info "$info"
+  pack_pieces "$BUILD" "$NAME" "$PIECES" "$PIECE_BYTES" "$XZ_PRESET" "$TOOLS/bin/python" "$info" \
+    || { echo "prepare: packing failed" >&2; exit 1; }
   echo "$key" >"$PIECES/.key"
 fi
 

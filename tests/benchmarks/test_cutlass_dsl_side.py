@@ -13,10 +13,10 @@ runtime the way ``install_on_device.sh`` puts it there: a ``.pth`` that
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
 import subprocess
-import tarfile
+import sys
 import venv
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ci" / "device_runtime" / "cutlass_dsl_side.sh"
+PACKER = REPO / "ci" / "device_runtime" / "pack_pieces.sh"
 BENCH = REPO / "benchmarks" / "kernel" / "bench_router_device.sh"
 ARCHIVE = "cutlass-dsl-4.8.0-cp312.tar.xz"
 PINS = {
@@ -76,21 +77,32 @@ def bundle(tmp_path_factory) -> SimpleNamespace:
     """The fake pieces (two, as the real build) in one folder per device call, and the
     device's python with a fake 0.26.0 runtime (nvidia-cutlass-dsl 4.6.0)."""
     base = tmp_path_factory.mktemp("side").resolve()
-    site = fake_site(base / "build" / "site", PINS)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
-        tar.add(site, arcname="site")
-    data = buffer.getvalue()
-    half = len(data) // 2
-    pieces = {f"{ARCHIVE}.part00": data[:half], f"{ARCHIVE}.part01": data[half:]}
-    manifest = "".join(f"{sha256(b)}  {n}\n" for n, b in pieces.items())
-    manifest += f"{sha256(data)}  {ARCHIVE}\n"
+    pieces_dir = base / "pieces"
+
+    def pack(piece_bytes: int) -> dict:
+        # the packer the real build uses (ci/device_runtime/pack_pieces.sh)
+        fake_site(base / "build" / "site", PINS)
+        script = (
+            f'step() {{ :; }}; source "{PACKER}"; '
+            f'pack_pieces "{base / "build"}" {ARCHIVE} "{pieces_dir}" {piece_bytes} -0 '
+            f'"{sys.executable}" \'{{"side": "test"}}\''
+        )
+        subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True)
+        return json.loads((pieces_dir / "MANIFEST.json").read_text())
+
+    total = pack(1 << 30)["total_bytes"]
+    summary = pack((total + 1) // 2)  # two pieces, as the real build
+    assert [p["name"] for p in summary["pieces"]] == [f"{ARCHIVE}.part00", f"{ARCHIVE}.part01"]
+    assert summary["build"] == {"side": "test"} and not (base / "build" / ARCHIVE).exists()
+    manifest = (pieces_dir / "MANIFEST.sha256").read_text()
+    data = b"".join((pieces_dir / p["name"]).read_bytes() for p in summary["pieces"])
+    assert f"{sha256(data)}  {ARCHIVE}\n" in manifest
     calls = []
-    for i, (name, blob) in enumerate(pieces.items()):
+    for i, piece in enumerate(summary["pieces"]):
         call = base / f"call{i}"
         call.mkdir()
         (call / "MANIFEST.sha256").write_text(manifest)
-        (call / name).write_bytes(blob)
+        (call / piece["name"]).write_bytes((pieces_dir / piece["name"]).read_bytes())
         calls.append(call)
 
     runtime_versions = {**PINS, "quack-kernels": "0.6.1", "apache-tvm-ffi": "0.1.10"}
