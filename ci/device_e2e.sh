@@ -246,6 +246,8 @@ case $STEP in
       gate-tier) arm=(--plugin --custom-op +gemma4_gate_tier) ;;
       *) echo "unknown arm $3 (in-tree, gate-tier)" >&2 && exit 2 ;;
     esac
+    # CONFIRM_KERNELS="k1 k2": copy these Inductor kernels' generated sources too.
+    for kernel in ${CONFIRM_KERNELS:-}; do arm+=(--kernel-source "$kernel"); done
     real_model || exit 1
     python3 -m benchmarks.serving.confirm_gate --model-profile "$PROFILE_NAME" --mode "$mode" \
       "${arm[@]}" --budget-s "${CONFIRM_BUDGET_S:-520}" --out "$WORK/run" \

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import shutil
 import sys
@@ -455,7 +456,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eager-estimate-s", type=float, default=240.0)
     parser.add_argument("--keep-trace-mb", type=float, default=6.0)
     parser.add_argument("--python", default=sys.executable, help="the server's interpreter")
+    parser.add_argument(
+        "--kernel-source",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="copy the generated source of this Inductor kernel (as the trace names it, "
+        "e.g. triton_red_fused_add_mul_rms_norm_2) from the compile caches to "
+        "OUT/kernel_sources/ after the runs (repeatable)",
+    )
     return parser
+
+
+def cache_roots() -> list[Path]:
+    """Where a served model's generated kernels land: vLLM's cache root
+    (``VLLM_CACHE_ROOT``, default ``~/.cache/vllm``) and Inductor's
+    (``TORCHINDUCTOR_CACHE_DIR``, default ``/tmp/torchinductor_<user>``)."""
+    import getpass
+
+    vllm_root = os.environ.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
+    inductor = (
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{getpass.getuser()}"
+    )
+    return [Path(vllm_root), Path(inductor)]
+
+
+def copy_kernel_sources(
+    names: Sequence[str], roots: Sequence[Path], out_dir: Path, per_name: int = 4
+) -> dict[str, list[str]]:
+    """Copy the ``.py`` files under ``roots`` that define each kernel of ``names``
+    (``def NAME(``) to ``out_dir/NAME-<n>.py``, at most ``per_name`` distinct
+    contents each; per name, the source paths copied."""
+    found: dict[str, list[str]] = {name: [] for name in names}
+    seen: dict[str, set[str]] = {name: set() for name in names}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.py")):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for name in names:
+                if f"def {name}(" not in text or len(found[name]) >= per_name:
+                    continue
+                if text in seen[name]:
+                    continue
+                seen[name].add(text)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / f"{name}-{len(found[name])}.py").write_text(text)
+                found[name].append(str(path))
+    return found
 
 
 def main(argv: Sequence[str] | None = None, make_server: Callable[..., Any] | None = None) -> int:
@@ -518,6 +569,12 @@ def main(argv: Sequence[str] | None = None, make_server: Callable[..., Any] | No
         record["custom_ops"] = args.custom_op
         records.append(record)
         print(f"== {mode}: {record.get('error') or 'done'}", flush=True)
+    if args.kernel_source:
+        sources = copy_kernel_sources(args.kernel_source, cache_roots(), out_dir / "kernel_sources")
+        for name, paths in sources.items():
+            print(f"kernel source {name}: {len(paths)} file(s) {paths}", flush=True)
+        for record in records:
+            record["kernel_sources"] = sources
     (out_dir / "confirm_gate.json").write_text(json.dumps(records, indent=2) + "\n")
     text = render(records)
     (out_dir / "confirm_gate.md").write_text(text)

@@ -462,3 +462,28 @@ def test_a_failed_start_is_recorded(rng, tmp_path):
 
 
 _real_run_mode = confirm_gate.run_mode
+
+
+def test_kernel_sources_are_copied_once_per_distinct_content(tmp_path):
+    vllm_root, inductor = tmp_path / "vllm", tmp_path / "inductor"
+    kernel = "triton_red_fused_add_mul_rms_norm_2"
+    body = f"@triton.jit\ndef {kernel}(in_ptr0, out_ptr0, xnumel, r0_numel):\n    pass\n"
+    (vllm_root / "a" / "b").mkdir(parents=True)
+    (vllm_root / "a" / "b" / "c1.py").write_text(body)
+    (vllm_root / "a" / "copy.py").write_text(body)  # same content: copied once
+    (inductor / "x").mkdir(parents=True)
+    (inductor / "x" / "c2.py").write_text(body.replace("pass", "return"))
+    (inductor / "x" / "other.py").write_text(f"def {kernel}_3(x):\n    pass\n")  # another kernel
+    out = tmp_path / "out"
+    found = confirm_gate.copy_kernel_sources([kernel, "absent"], [vllm_root, inductor], out)
+    assert len(found[kernel]) == 2 and found["absent"] == []
+    assert sorted(p.name for p in out.iterdir()) == [f"{kernel}-0.py", f"{kernel}-1.py"]
+    assert (out / f"{kernel}-1.py").read_text().endswith("return\n")
+
+
+def test_cache_roots_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "v"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "i"))
+    assert confirm_gate.cache_roots() == [tmp_path / "v", tmp_path / "i"]
+    monkeypatch.delenv("VLLM_CACHE_ROOT")
+    assert confirm_gate.cache_roots()[0].parts[-2:] == (".cache", "vllm")
