@@ -70,7 +70,7 @@ def test_the_packaged_policy_loads_and_names_its_evidence():
 
 
 @pytest.mark.parametrize("table", policy.TABLES)
-def test_every_release_of_the_matrix_has_one_row_per_platform_and_the_op_stays_off(table):
+def test_every_release_of_the_matrix_has_one_row_per_platform_on_only_where_it_gains(table):
     releases = _matrix_releases()
     assert releases[0] == "0.19.0" and releases[-1] == "0.34.0" and len(releases) == 22
     rows = policy._POLICIES[table]
@@ -78,24 +78,28 @@ def test_every_release_of_the_matrix_has_one_row_per_platform_and_the_op_stays_o
         for version in releases:
             found = [r for r in rows if policy_row(platform, version, (r,)) is not None]
             assert len(found) == 1, (platform, version, found)
-    assert not any(r.default_on for r in rows)  # nothing measured to gain yet
+    assert all(r.default_on == (r.verdict == "gains") for r in rows)
 
 
-def test_the_gate_tier_policy_measured_only_0_26_on_hopper_and_is_off():
-    """One profile (H100, vLLM 0.26.0) is the only measurement: within noise there, not
-    measured elsewhere; off by default everywhere."""
+def test_the_gate_tier_policy_gains_on_hopper_with_0_26_only():
+    """A served A/B and a profile (H100, vLLM 0.26.0) are the only measurements: a gain
+    on Hopper with 0.26.0, on by default there; not measured and off elsewhere."""
     rows = load_policy(policy_file(policy.GATE_TIER_TABLE), policy.GATE_TIER_TABLE)
     assert rows == policy._POLICIES[policy.GATE_TIER_TABLE]
     measured = [r for r in rows if r.verdict != "not_measured"]
     assert [(r.platform, r.first, r.last, r.verdict) for r in measured] == [
-        ("cuda-sm90", (0, 26, 0), (0, 26, 0), "within_noise")
+        ("cuda-sm90", (0, 26, 0), (0, 26, 0), "gains")
     ]
-    assert measured[0].evidence == "benchmarks/results/vllm026_gate_H100_2026-12-06/README.md"
+    assert measured[0].evidence == "benchmarks/results/vllm026_serve_ab_H100_2026-12-06/README.md"
     assert (REPO / measured[0].evidence).is_file()
     assert not any(r.evidence for r in rows if r.verdict == "not_measured")
+    assert [r for r in rows if r.default_on] == measured
     for platform in PLATFORM_FAMILIES:
-        for explicit, expected in ((None, False), (True, True), (False, False)):
+        default = platform == "cuda-sm90"
+        for explicit, expected in ((None, default), (True, True), (False, False)):
             assert policy.gate_tier_on(explicit, platform, "0.26.0") is expected
+        for other in ("0.25.1", "0.26.1", "0.34.0"):
+            assert policy.gate_tier_on(None, platform, other) is False
 
 
 def test_a_policy_file_of_the_other_table_is_refused(tmp_path):

@@ -165,7 +165,7 @@ GEMMA_4_26B_A4B = ConfigOnlyProfile(
 )
 
 # The first 12 of 26B-A4B's 30 layers (two of its five 5-sliding + 1-full
-# groups), every layer's shapes unchanged: ~13 GB of weights, so two servers fit
+# groups), every layer's shapes unchanged: 20 GiB of weights as vLLM loads them, so two servers fit
 # side by side on one 80 GB H100 where two full ones (~52 GB each) need an H200.
 # Per-layer costs are those of the real model; per-step ones are not.
 GEMMA_4_26B_A4B_12L = ConfigOnlyProfile(
