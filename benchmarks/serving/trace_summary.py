@@ -805,6 +805,80 @@ def kernel_times(
     }
 
 
+def host_step_times(
+    trace: Mapping[str, Any],
+    batch: int,
+    *,
+    step_pattern: str = DEFAULT_STEP_PATTERN,
+    forward_pattern: str = DEFAULT_FORWARD_PATTERN,
+) -> dict[str, float] | None:
+    """Where the decode steps at ``batch`` spend host time: medians over those steps of
+    ``period_us`` (from this step's start to the next step's), ``forward_cpu_us`` (the
+    host's ``gpu_model_runner: forward`` phase), ``graph_launch_us`` (``cudaGraphLaunch``
+    calls inside it), ``forward_gpu_us`` (the same phase on the GPU timeline, where the
+    profiler annotates it) and ``steps``; ``None`` without such a step. A step whose
+    period exceeds its GPU forward time waits on the host."""
+    events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
+    steps = _intervals(events, re.compile(step_pattern))
+    forward_re = re.compile(forward_pattern)
+    forwards = _intervals(events, forward_re)
+    gpu_forwards = sorted(
+        (float(e["ts"]), float(e.get("dur", 0.0)))
+        for e in events
+        if e.get("ph") == "X"
+        and e.get("cat") == "gpu_user_annotation"
+        and forward_re.search(str(e.get("name", "")))
+    )
+    launches = sorted(
+        (float(e["ts"]), float(e.get("dur", 0.0)))
+        for e in events
+        if e.get("ph") == "X"
+        and e.get("cat") in _LAUNCH_CATS
+        and _GRAPH_LAUNCH.search(str(e.get("name", "")))
+    )
+    rows: dict[str, list[float]] = defaultdict(list)
+    for index, step in enumerate(steps[:-1]):
+        match = _BATCH.search(step.name)
+        if not (step.decode and match and int(match.group(1)) == batch):
+            continue
+        rows["period_us"].append(steps[index + 1].start - step.start)
+        inside = [f for f in forwards if step.start <= f.start <= step.end]
+        if not inside:
+            continue
+        forward = inside[0]
+        rows["forward_cpu_us"].append(forward.end - forward.start)
+        rows["graph_launch_us"].append(
+            sum(d for ts, d in launches if forward.start <= ts <= forward.end)
+        )
+        # The GPU side of a forward starts after its host side does, before the next one.
+        later = [d for ts, d in gpu_forwards if ts >= forward.start]
+        if later:
+            rows["forward_gpu_us"].append(later[0])
+    if not rows:
+        return None
+    result = {key: statistics.median(values) for key, values in rows.items()}
+    result["steps"] = float(len(rows["period_us"]))
+    return result
+
+
+def format_host_steps(rows: Mapping[str, Mapping[str, float] | None], batch: int) -> str:
+    """:func:`host_step_times` of several traces (name -> times) as a markdown table."""
+    keys = ("steps", "period_us", "forward_gpu_us", "forward_cpu_us", "graph_launch_us")
+    body = [
+        [name, *("-" if t is None or key not in t else f"{t[key]:.0f}" for key in keys)]
+        for name, t in rows.items()
+    ]
+    headers = [
+        "trace",
+        f"decode steps at batch {batch}",
+        "step period (us, median)",
+        "forward on the GPU (us)",
+        "forward on the host (us)",
+        "cudaGraphLaunch (us)",
+    ]
+    return tables.markdown_table(headers, body)
+
+
 def compare_kernels(
     before: Mapping[str, Mapping[str, float]],
     after: Mapping[str, Mapping[str, float]],
@@ -900,6 +974,14 @@ def build_parser() -> argparse.ArgumentParser:
         "step at BATCH moved by at least --min-delta-us",
     )
     parser.add_argument("--min-delta-us", type=float, default=5.0)
+    parser.add_argument(
+        "--host-steps",
+        type=int,
+        default=None,
+        metavar="BATCH",
+        help="instead: per trace, the decode steps at BATCH on the host side: step "
+        "period, forward on GPU and host, cudaGraphLaunch time (medians)",
+    )
     parser.add_argument("--json", default=None, help="also write the summaries here")
     return parser
 
@@ -915,6 +997,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         print("no traces found", file=sys.stderr)
         return 1
+    if args.host_steps is not None:
+        times = {
+            path.name: host_step_times(
+                load_trace(path),
+                args.host_steps,
+                step_pattern=args.step_pattern,
+                forward_pattern=args.forward_pattern,
+            )
+            for path in paths
+        }
+        print(format_host_steps(times, args.host_steps))
+        if args.json:
+            Path(args.json).write_text(json.dumps(times, indent=2) + "\n")
+        return 0 if any(times.values()) else 1
     if args.compare_kernels is not None:
         if len(paths) != 2:
             print("--compare-kernels takes two traces: before, after", file=sys.stderr)

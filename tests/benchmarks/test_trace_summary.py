@@ -221,3 +221,58 @@ def test_kernel_times_and_comparison_name_what_moved(rng, tmp_path, capsys):
     assert json.loads(out.read_text())["before"].keys() == times["before"].keys()
     assert trace_summary.main([paths[0], "--compare-kernels", "16"]) == 2
     assert trace_summary.main([*paths, "--compare-kernels", "3"]) == 1
+
+
+def _host_trace(rng):
+    """Steps of known host and GPU times: (batch, period, host forward, graph launch,
+    GPU forward) per step, a prefill step among them, and the trace."""
+    plan = [(1, 5000.0, 1100.0, 1000.0, 4100.0), (1, 4800.0, 1150.0, 1060.0, 4110.0)]
+    plan += [(16, 7000.0, 1300.0, 1250.0, 4700.0), (1, 4900.0, 1120.0, 1040.0, 4090.0)]
+    events, clock = [], 0.0
+
+    def event(cat, name, ts, dur):
+        events.append(
+            {"ph": "X", "cat": cat, "name": name, "pid": 7, "tid": 7, "ts": ts, "dur": dur}
+        )
+
+    event("user_annotation", "execute_context_1(1024)_generation_0(0)", clock, 9000.0)
+    clock += 9000.0
+    for batch, period, host, launch, gpu in plan:
+        event(
+            "user_annotation",
+            f"execute_context_0(0)_generation_{batch}({batch})",
+            clock,
+            period - 50,
+        )
+        start = clock + rng.uniform(10, 40)
+        event("user_annotation", "gpu_model_runner: forward", start, host)
+        event("cuda_runtime", "cudaGraphLaunch", start + 20, launch * 0.75)
+        event("cuda_runtime", "cudaGraphLaunch", start + 20 + launch * 0.75, launch * 0.25)
+        event("cuda_runtime", "cudaLaunchKernel", start + host - 5, 3.0)  # not a graph launch
+        event("gpu_user_annotation", "gpu_model_runner: forward", start + host, gpu)
+        clock += period
+    event("user_annotation", "execute_context_0(0)_generation_1(1)", clock, 100.0)  # no next step
+    return plan, {"traceEvents": events}
+
+
+def test_host_step_times_are_the_medians_of_each_batch(rng, tmp_path, capsys):
+    plan, trace = _host_trace(rng)
+    got = trace_summary.host_step_times(trace, 1)
+    ones = [p for p in plan if p[0] == 1]
+    assert got["steps"] == 3
+    for key, column in (("period_us", 1), ("forward_cpu_us", 2), ("forward_gpu_us", 4)):
+        assert got[key] == pytest.approx(statistics.median(p[column] for p in ones))
+    assert got["graph_launch_us"] == pytest.approx(statistics.median(p[3] for p in ones))
+    sixteen = trace_summary.host_step_times(trace, 16)
+    assert sixteen["steps"] == 1 and sixteen["graph_launch_us"] == pytest.approx(1250.0)
+    assert trace_summary.host_step_times(trace, 8) is None
+
+    path = tmp_path / "t.pt.trace.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump(trace, handle)
+    out = tmp_path / "h.json"
+    assert trace_summary.main([str(path), "--host-steps", "1", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| cudaGraphLaunch (us)" in table and "| 3 " in table
+    assert json.loads(out.read_text())[path.name]["steps"] == 3
+    assert trace_summary.main([str(path), "--host-steps", "8"]) == 1
