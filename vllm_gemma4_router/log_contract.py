@@ -25,16 +25,18 @@ Lines (vLLM prefixes each with its own level, file and process tags):
 * ``gemma4_routing: 0 layers (this model has no MoE routing; platform <p>)``;
 * ``gemma4_routing: first call ran <forward> (platform <p>, <T> tokens, <E> experts, top-<K>)``
   where the op runs as Python per call (eager, or inside vLLM's fused-MoE op);
-* ``gemma4_fused_router: <N> of <M> router(s) fused (custom_ops <on|off>)`` per
-  process that built the model: how many Gemma4 routers run the opt-in fused
-  router op (``+gemma4_fused_router``), the rest vLLM's own router forward;
+* ``gemma4_fused_router: <N> of <M> router(s) fused (custom_ops <on|off>, <as asked|by
+  default>)`` per process that built the model: how many Gemma4 routers run the opt-in
+  fused router op (``+gemma4_fused_router``), the rest vLLM's own router forward; "as
+  asked" where ``custom_ops`` names the op, "by default" where its policy table decided;
 * ``gemma4_fused_router: +gemma4_fused_router is on as asked, but on <platform> with vLLM
   <version> it measured slower than vLLM's own router (<evidence>)`` a warning, once per
   process, when ``+gemma4_fused_router`` is set where the fused-router policy
   (``integration.op_policy``) says it loses;
 * ``gemma4_gate_tier: <N> of <M> gate(s) pick their GEMM tier per call (custom_ops
-  <on|off>; <E> with a token-count tier here)`` per process that built the model: how
-  many Gemma4 gates run through the ``gemma4_gate_tier`` op (``integration.gate_tier``);
+  <on|off>, <as asked|by default>; <E> with a token-count tier here)`` per process that
+  built the model: how many Gemma4 gates run through the ``gemma4_gate_tier`` op
+  (``integration.gate_tier``), and whether ``custom_ops`` or the policy table decided;
 * ``gemma4_gate_tier: could not compile ll_bf16_gemm for K=<H>, N=<E> ahead of use ...``
   a warning, once per gate shape, when the kernels could not be warmed at construction;
 * ``vllm-gemma4-router <version>: vLLM's compile-cache key cannot include the plugin ...``
@@ -138,15 +140,18 @@ def first_call_line(
     )
 
 
-def fused_router_line(fused: int, routers: int, enabled: bool) -> str:
+def _decided(enabled: bool, asked: bool) -> str:
+    return f"custom_ops {'on' if enabled else 'off'}, {'as asked' if asked else 'by default'}"
+
+
+def fused_router_line(fused: int, routers: int, enabled: bool, asked: bool = False) -> str:
     """The adapter's summary after a model build: ``fused`` of ``routers`` routers run the
-    fused router op; ``enabled``: the op is on (``+gemma4_fused_router``, or without
-    ``+``/``-`` the fused-router policy's default, off everywhere so far)."""
+    fused router op; ``enabled``: the op is on; ``asked``: ``custom_ops`` names it
+    (``+``/``-gemma4_fused_router``), else the fused-router policy's default decided."""
     if not 0 <= fused <= routers:
         raise ValueError(f"need 0 <= fused <= routers, got fused={fused}, routers={routers}")
     noun = "router" if routers == 1 else "routers"
-    state = "on" if enabled else "off"
-    return f"{_FUSED_PREFIX}{fused} of {routers} {noun} fused (custom_ops {state})"
+    return f"{_FUSED_PREFIX}{fused} of {routers} {noun} fused ({_decided(enabled, asked)})"
 
 
 def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> str:
@@ -159,20 +164,21 @@ def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> 
     )
 
 
-def gate_tier_line(tiered: int, eligible: int, gates: int, enabled: bool) -> str:
+def gate_tier_line(
+    tiered: int, eligible: int, gates: int, enabled: bool, asked: bool = False
+) -> str:
     """The adapter's summary after a model build: ``tiered`` of ``gates`` Gemma4 gates run
     through the ``gemma4_gate_tier`` op; ``eligible`` of them have a token-count tier in
-    this release on this GPU; ``enabled``: the op is on (``+gemma4_gate_tier``, or without
-    ``+``/``-`` the gate-tier policy's default)."""
+    this release on this GPU; ``enabled``: the op is on; ``asked``: ``custom_ops`` names it
+    (``+``/``-gemma4_gate_tier``), else the gate-tier policy's default decided."""
     if not 0 <= tiered <= eligible <= gates:
         raise ValueError(
             f"need 0 <= tiered <= eligible <= gates, got {tiered}, {eligible}, {gates}"
         )
     noun = "gate" if gates == 1 else "gates"
-    state = "on" if enabled else "off"
     return (
         f"{_GATE_TIER_PREFIX}{tiered} of {gates} {noun} pick their GEMM tier per call "
-        f"(custom_ops {state}; {eligible} with a token-count tier here)"
+        f"({_decided(enabled, asked)}; {eligible} with a token-count tier here)"
     )
 
 
@@ -242,7 +248,8 @@ _FIRST_CALL_RE = re.compile(
 )
 _FUSED_RE = re.compile(
     re.escape(_FUSED_PREFIX)
-    + r"(?P<fused>\d+) of (?P<routers>\d+) routers? fused \(custom_ops (?P<state>on|off)\)"
+    + r"(?P<fused>\d+) of (?P<routers>\d+) routers? fused \(custom_ops (?P<state>on|off)"
+    r"(?:, (?P<source>as asked|by default))?\)"
 )
 _LOSES_RE = re.compile(
     re.escape(_FUSED_PREFIX) + r"\+gemma4_fused_router is on as asked, but on (?P<platform>\S+) "
@@ -251,8 +258,16 @@ _LOSES_RE = re.compile(
 _GATE_TIER_RE = re.compile(
     re.escape(_GATE_TIER_PREFIX)
     + r"(?P<tiered>\d+) of (?P<gates>\d+) gates? pick their GEMM tier per call "
-    r"\(custom_ops (?P<state>on|off); (?P<eligible>\d+) with a token-count tier here\)"
+    r"\(custom_ops (?P<state>on|off)(?:, (?P<source>as asked|by default))?; "
+    r"(?P<eligible>\d+) with a token-count tier here\)"
 )
+
+
+def _asked(match: re.Match[str]) -> bool | None:
+    source = match["source"]
+    return None if source is None else source == "as asked"
+
+
 _CLAIMED_RE = re.compile(
     re.escape(_FUSED_PREFIX) + r"first hand-over claimed \((?P<tokens>\d+) tokens, "
     r"(?P<experts>\d+) experts, top-(?P<topk>\d+)(?P<compiled>, compiled graph)?\)"
@@ -270,6 +285,7 @@ class FusedRouters:
     fused: int
     routers: int
     enabled: bool
+    asked: bool | None = None  # None: a line from before the plugin said which
 
 
 @dataclass(frozen=True)
@@ -281,6 +297,7 @@ class GateTiers:
     eligible: int
     gates: int
     enabled: bool
+    asked: bool | None = None  # None: a line from before the plugin said which
 
 
 @dataclass(frozen=True)
@@ -409,10 +426,14 @@ def parse_log(log_text: str) -> PluginLog:
             )
         elif match := _FUSED_RE.search(line):
             fused, routers = int(match["fused"]), int(match["routers"])
-            parsed.fused_routers.append(FusedRouters(pid, fused, routers, match["state"] == "on"))
+            parsed.fused_routers.append(
+                FusedRouters(pid, fused, routers, match["state"] == "on", _asked(match))
+            )
         elif match := _GATE_TIER_RE.search(line):
             counts = (int(match[k]) for k in ("tiered", "eligible", "gates"))
-            parsed.gate_tiers.append(GateTiers(pid, *counts, enabled=match["state"] == "on"))
+            parsed.gate_tiers.append(
+                GateTiers(pid, *counts, enabled=match["state"] == "on", asked=_asked(match))
+            )
         elif match := _CLAIMED_RE.search(line):
             parsed.claims.append(bool(match["compiled"]))
         elif _MISSED_RE.search(line):

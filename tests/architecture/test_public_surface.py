@@ -70,8 +70,8 @@ LOG_LINES = [
         "gemma4_routing: first call ran forward_cuda (platform cuda, 1 tokens, 128 experts, top-8)",
     ),
     (
-        log_contract.fused_router_line(30, 30, True),
-        "gemma4_fused_router: 30 of 30 routers fused (custom_ops on)",
+        log_contract.fused_router_line(30, 30, True, asked=True),
+        "gemma4_fused_router: 30 of 30 routers fused (custom_ops on, as asked)",
     ),
     (
         log_contract.fused_router_loses_line("cuda-sm90", "0.26.0", "r.md"),
@@ -81,7 +81,7 @@ LOG_LINES = [
     (
         log_contract.gate_tier_line(30, 30, 30, True),
         "gemma4_gate_tier: 30 of 30 gates pick their GEMM tier per call "
-        "(custom_ops on; 30 with a token-count tier here)",
+        "(custom_ops on, by default; 30 with a token-count tier here)",
     ),
     (
         log_contract.handover_claimed_line(1, 128, 8, True),

@@ -148,7 +148,9 @@ def fused_arm(outcome, tmp_path_factory):
 def test_default_plugin_server_keeps_vllms_router(outcome):
     result, _ = outcome
     evidence = result.with_plugin.evidence
-    assert [(f.fused, f.routers, f.enabled) for f in evidence.fused_routers] == [(0, 4, False)]
+    assert [(f.fused, f.routers, f.enabled, f.asked) for f in evidence.fused_routers] == [
+        (0, 4, False, False)  # off by the policy's default, not by custom_ops
+    ]
     assert evidence.claims == [] and evidence.claim_misses == 0
 
 
@@ -164,7 +166,9 @@ def test_fused_router_hand_over_is_claimed_inside_the_compiled_graph(outcome, fu
     # it logs its first claim there and would log any routing from the logits.
     result, _ = outcome
     evidence = fused_arm.evidence
-    assert [(f.fused, f.routers, f.enabled) for f in evidence.fused_routers] == [(4, 4, True)]
+    assert [(f.fused, f.routers, f.enabled, f.asked) for f in evidence.fused_routers] == [
+        (4, 4, True, True)
+    ]
     assert True in evidence.claims, evidence.lines
     assert evidence.claim_misses == 0, evidence.lines
     [dispatch] = evidence.dispatches

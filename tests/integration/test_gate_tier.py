@@ -289,7 +289,7 @@ def test_the_summary_line_round_trips_and_refuses_bad_counts():
     line = log_contract.gate_tier_line(3, 4, 30, False)
     assert line == (
         "gemma4_gate_tier: 3 of 30 gates pick their GEMM tier per call "
-        "(custom_ops off; 4 with a token-count tier here)"
+        "(custom_ops off, by default; 4 with a token-count tier here)"
     )
     [parsed] = log_contract.parse_log(f"(Worker pid=7) INFO x.py:1] {line}").gate_tiers
     assert (parsed.pid, parsed.tiered, parsed.eligible, parsed.gates, parsed.enabled) == (
@@ -299,6 +299,13 @@ def test_the_summary_line_round_trips_and_refuses_bad_counts():
         30,
         False,
     )
+    assert parsed.asked is False
+    asked = log_contract.gate_tier_line(4, 4, 30, True, asked=True)
+    assert "(custom_ops on, as asked; 4 with" in asked
+    assert log_contract.parse_log(asked).gate_tiers[0].asked is True
+    # A line from before the plugin said who decided still parses, as "not said".
+    old = asked.replace(", as asked", "")
+    assert log_contract.parse_log(old).gate_tiers[0].asked is None
     assert "1 of 1 gate pick" in log_contract.gate_tier_line(1, 1, 1, True)
     for bad in ((2, 1, 3), (0, 4, 3), (-1, 0, 0)):
         with pytest.raises(ValueError, match="tiered <= eligible <= gates"):

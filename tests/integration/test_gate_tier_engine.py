@@ -124,6 +124,7 @@ def test_compiled_with_the_op_reaches_it_as_eager_does(engine, aot):
     assert run.tier1_calls == EAGER_CALLS
     [summary] = run.log.gate_tiers
     assert (summary.tiered, summary.eligible, summary.gates, summary.enabled) == (4, 4, 4, True)
+    assert summary.asked is True  # custom_ops named it: the log says "as asked"
     # The gate's kernels (K = hidden 256, N = 128 experts) warmed once, for M = 1..16.
     assert run.warmups == [[256, 128, list(range(1, 17))]]
 

@@ -169,13 +169,17 @@ def test_fused_router_lines_round_trip(rng):
         routers = rng.randint(0, 120)
         summaries.append(
             FusedRouters(
-                rng.randint(2, 99999), rng.randint(0, routers), routers, rng.random() < 0.5
+                rng.randint(2, 99999),
+                rng.randint(0, routers),
+                routers,
+                rng.random() < 0.5,
+                rng.random() < 0.5,
             )
         )
     tokens, experts, topk = rng.randint(1, 9999), rng.randint(2, 4096), rng.randint(1, 16)
     compiled = [rng.random() < 0.5 for _ in range(3)]
     lines = [
-        _vllm_prefix(rng, s.pid) + fused_router_line(s.fused, s.routers, s.enabled)
+        _vllm_prefix(rng, s.pid) + fused_router_line(s.fused, s.routers, s.enabled, s.asked)
         for s in summaries
     ]
     lines += [
@@ -187,7 +191,11 @@ def test_fused_router_lines_round_trip(rng):
     assert parsed.fused_router_used is any(s.fused for s in summaries)
     assert parsed.claims == compiled and parsed.claim_misses == 2
     assert (
-        fused_router_line(1, 1, True) == "gemma4_fused_router: 1 of 1 router fused (custom_ops on)"
+        fused_router_line(1, 1, True)
+        == "gemma4_fused_router: 1 of 1 router fused (custom_ops on, by default)"
     )
+    # A line from before the plugin said who decided still parses, as "not said".
+    old = parse_log("gemma4_fused_router: 2 of 30 routers fused (custom_ops on)")
+    assert old.fused_routers == [FusedRouters(None, 2, 30, True, None)]
     with pytest.raises(ValueError):
         fused_router_line(3, 2, True)

@@ -140,6 +140,12 @@ class _PolicyDefaultOp:
             explicit_choice(cls.name), running_platform_family(), vllm.__version__
         )
 
+    @classmethod
+    def asked(cls) -> bool:
+        """Whether ``custom_ops`` names the op (``+name`` / ``-name``), so the policy
+        table did not decide."""
+        return explicit_choice(cls.name) is not None
+
 
 @register_custom_op(ROUTING_OP_NAME)
 class Gemma4Routing(custom_op_base(ROUTING_OP_NAME)):

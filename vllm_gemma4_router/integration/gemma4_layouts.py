@@ -631,7 +631,9 @@ def _gate_tier_summary(module: ModuleType, model) -> str:
     ]
     tiered = sum(isinstance(g, RunTimeTierGate) for g in gates)
     eligible = tiered + sum(g is not None and gate_has_token_count_tier(g) for g in gates)
-    return gate_tier_line(tiered, eligible, len(gates), Gemma4GateTier.enabled())
+    return gate_tier_line(
+        tiered, eligible, len(gates), Gemma4GateTier.enabled(), Gemma4GateTier.asked()
+    )
 
 
 def _fused_router_summary(module: ModuleType, model) -> str:
@@ -640,7 +642,9 @@ def _fused_router_summary(module: ModuleType, model) -> str:
     router_cls = getattr(module, "Gemma4Router", None)
     routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
     fused = sum(getattr(r, FUSED_PLAN_ATTRIBUTE, None) is not None for r in routers)
-    return fused_router_line(fused, len(routers), Gemma4FusedRouter.enabled())
+    return fused_router_line(
+        fused, len(routers), Gemma4FusedRouter.enabled(), Gemma4FusedRouter.asked()
+    )
 
 
 def _is_router_method_layout(module: ModuleType) -> bool:
