@@ -118,11 +118,13 @@ def test_without_the_op_compiled_gates_never_reach_the_tier(
         assert "assert [] == [1, 4, 16]" in section, section[-3000:]
 
 
-def test_gate_tier_pr_states_what_is_pending():
+def test_gate_tier_pr_cites_its_gpu_evidence_and_what_is_not_measured():
     pr = (REPO / "upstream" / "gate_tier" / "PR.md").read_text()
     assert "v0.34.0" in pr and "## Evidence on the GPU" in pr
     gpu = pr.split("## Evidence on the GPU", 1)[1].split("\n## ", 1)[0]
-    assert "Pending (issue #35 item 5" in gpu and "No GPU numbers" in gpu
+    cited = re.findall(r"`(benchmarks/results/[^`]+/)`", gpu)
+    assert cited and all((REPO / path / "README.md").is_file() for path in cited)
+    assert "-16.2 ± 11.2 %" in gpu and "not yet with this patch on 0.34.0" in gpu
 
 
 def test_affected_models_in_pr_md_build_a_gate_where_cited(sdist: Path):
