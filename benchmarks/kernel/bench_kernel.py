@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.common.gpu import device_name, device_slug
 from benchmarks.common.peer_kernels import load_sglang_router, load_vllm_router
+from benchmarks.common.plots import pyplot
 from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import (
     FP32_FAMILIES,
@@ -319,13 +320,8 @@ def _stats(ratio_by_t: dict[int, float]) -> dict[str, float]:
 
 def _plot(rows, stamp, base, main_e: int, main_k: int) -> None:
     """One panel per (dtype, family) of the main shape, hot timing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no PNG")
+    plt = pyplot()
+    if plt is None:
         return
     panels = sorted(
         {(r["dtype"], r["family"]) for r in rows if (r["E"], r["K"]) == (main_e, main_k)},

@@ -75,6 +75,7 @@ import torch
 
 from benchmarks.common.gpu import device_name, device_slug
 from benchmarks.common.ll_gemm import LLGemm, load_ll_gemm
+from benchmarks.common.plots import pyplot
 from benchmarks.common.tables import markdown_table
 from benchmarks.common.timing import (
     ROUTER_HIDDEN,
@@ -1098,13 +1099,8 @@ def write_anchor_results(rows: list[dict], stamp: dict[str, str], out: Path, tag
 
 def _plot(rows: list[dict], stamp: dict[str, str], base: Path) -> None:
     """Time per layer vs T (chains and fused), and the two ratios; one line style per L."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no PNG")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
     styles = ("-", "--", ":", "-.")

@@ -689,19 +689,13 @@ def arm_server(
             "env": {key: str(value) for key, value in env.items()},
             "python": python,
         }
-        kept = kept_servers.load(keep_dir, arm.name)
-        if kept_servers.reusable(kept, settings):
-            assert kept is not None
-            print(f"== {arm.name}: the kept server {kept.base_url} (pid {kept.pgid})", flush=True)
-        else:
-            if kept is not None:
-                print(f"== {arm.name}: the kept server is gone or differs: restarting", flush=True)
-                kept_servers.stop(keep_dir, arm.name)
-            server = make_server(Path(keep_dir) / f"server_{arm.name}.log", outlive_parent=True)
-            command = shell_join(server.command, env)
-            print(f"== {arm.name}: starting (kept up) {command}", flush=True)
-            kept = kept_servers.keep(server, keep_dir, arm.name, command, settings)
-            print(f"== {arm.name}: server healthy after {kept.startup_s:.0f} s", flush=True)
+        kept = kept_servers.ensure(
+            keep_dir,
+            arm.name,
+            settings,
+            lambda log_path: make_server(log_path, outlive_parent=True),
+            lambda server: shell_join(server.command, env),
+        )
         info = ArmServer(
             arm, kept.base_url, kept.model_name, command=kept.command, log_path=log_file
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,4 +121,31 @@ def keep(
         server.stop()
         raise
     server.detach()
+    return kept
+
+
+def ensure(
+    keep_dir: Path,
+    arm: str,
+    settings: Mapping,
+    make_server: Callable[[Path], VllmServer],
+    describe: Callable[[VllmServer], str],
+) -> KeptServer:
+    """``arm``'s kept server: the one a previous call kept, where it answers and was
+    started with ``settings``; else (after stopping one that differs or is gone) a new
+    one, ``make_server(log_path)`` (made with ``outlive_parent=True``), started and
+    kept; ``describe(server)`` is its command line as recorded."""
+    kept = load(keep_dir, arm)
+    if reusable(kept, settings):
+        assert kept is not None
+        print(f"== {arm}: the kept server {kept.base_url} (pid {kept.pgid})", flush=True)
+        return kept
+    if kept is not None:
+        print(f"== {arm}: the kept server is gone or differs: restarting", flush=True)
+        stop(keep_dir, arm)
+    server = make_server(Path(keep_dir) / f"server_{arm}.log")
+    command = describe(server)
+    print(f"== {arm}: starting (kept up) {command}", flush=True)
+    kept = keep(server, keep_dir, arm, command, settings)
+    print(f"== {arm}: server healthy after {kept.startup_s:.0f} s", flush=True)
     return kept

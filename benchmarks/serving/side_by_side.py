@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import stamp, tables
+from benchmarks.common.plots import pyplot
 from benchmarks.serving import ab_common, kept_servers
 
 # Two servers of the 26B-A4B profile share one H200: ~48 GiB of (dummy) weights
@@ -597,13 +598,8 @@ def plot_pairs(path: Path, record: Mapping[str, Any]) -> bool:
     rows = {row["key"]: row for row in record.get("paired", ())}
     if not any(rows.get(key, {}).get("pairs") for key, _ in PLOTTED):
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no PNG", flush=True)
+    plt = pyplot()
+    if plt is None:
         return False
     a, b = record["config"]["arms"]
     fig, axes = plt.subplots(2, len(PLOTTED), figsize=(5.5 * len(PLOTTED), 6.5), squeeze=False)

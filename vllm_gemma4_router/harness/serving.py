@@ -350,32 +350,30 @@ def _group_alive(pgid: int) -> bool:
 def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     # The server is its group's leader (start_new_session), so its pid is the
     # group id; the group outlives the leader while engine/worker processes do.
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout_s)
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+    stop_process_group(proc.pid, timeout_s, leader=proc)
 
 
-def stop_process_group(pgid: int, timeout_s: float = 30.0) -> None:
-    """Stop a detached server's process group: SIGTERM, wait up to ``timeout_s``
-    for every member to end, then SIGKILL. A group already gone is fine."""
+def stop_process_group(
+    pgid: int, timeout_s: float = 30.0, leader: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Stop a server's process group: SIGTERM, wait up to ``timeout_s`` for every
+    member to end, then SIGKILL. A group already gone is fine. ``leader``: the
+    group leader's ``Popen``, where this process started it (it is reaped too)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
+    if leader is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=timeout_s)
     while _group_alive(pgid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(-pgid, os.WNOHANG)
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    if leader is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=10)
 
 
 def _die_with_parent_thread():
