@@ -23,6 +23,9 @@
 #                                    # (--enforce-eager) or both; TORCH_LOGS=+dynamic guard
 #                                    # lines at gate_linear.py (benchmarks/serving/confirm_gate.py);
 #                                    # ARM gate-tier: the plugin with +gemma4_gate_tier (issue #35)
+#   bash ci/device_e2e.sh stale_cache    # issue #35 item 2: a compile cache warmed before the
+#                                    # plugin was installed must not be loaded after
+#                                    # (benchmarks/serving/stale_cache.py; E2E_PROFILE)
 # Two H200 (nvidia-h200-x2):
 #   bash ci/device_e2e.sh tp2_serve_ab ARMS [ep]  # --tensor-parallel-size 2 [--enable-expert-parallel]
 #   bash ci/device_e2e.sh tp2_identity   # tiny fp32, TP=2: plugin == in-tree greedy text
@@ -55,7 +58,7 @@
 # steps are separate calls made back to back.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-STEP=${1:?usage: $0 demo|serve_ab|real_serve_ab|real_profile|confirm_gate|tp2_serve_ab|tp2_identity|gsm8k_gpu}
+STEP=${1:?usage: $0 demo|serve_ab|real_serve_ab|real_profile|confirm_gate|stale_cache|tp2_serve_ab|tp2_identity|gsm8k_gpu}
 OUT=${OUT:-gpu-e2e}
 TAG=$STEP${2:+_${2//,/-}}${3:+_$3}
 WORK=$OUT/$TAG
@@ -66,6 +69,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK
 # vLLM's compile-cache key does not cover installed plugins: the second arm must
 # not load what the first arm compiled. Both arms compile from scratch.
 export VLLM_DISABLE_COMPILE_CACHE=1
+# Except stale_cache, whose subject is that cache (one fresh VLLM_CACHE_ROOT for its phases).
+[[ $STEP == stale_cache ]] && export VLLM_DISABLE_COMPILE_CACHE=0
 # NVLink multicast stays off in NCCL and PyTorch. The machine presets both;
 # exported (never unset, never overridden) so every server and worker inherits them.
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
@@ -264,6 +269,27 @@ case $STEP in
       echo "archive over 15 MiB: packed again without the traces"
       tar czf "$OUT/$TAG.tgz" --exclude='*.pt.trace.json*' -C "$OUT" "$TAG"
     fi
+    rm -rf "$WORK"
+    echo "$report"
+    exit "$status"
+    ;;
+  stale_cache)
+    # Issue #35 item 2: a compile cache warmed before the plugin was installed
+    # (benchmarks/serving/stale_cache.py): serve compiled with the plugin's metadata
+    # hidden, then with it back, same command and cache root; the second must compile
+    # afresh and run ll_bf16_gemm. A third serve, if the budget holds it, should load
+    # the second's artifact. Estimate, on an H100: with E2E_PROFILE=gemma-4-26b-a4b-6l
+    # ~2-2.5 min a phase (12-layer starts took 148-188 s on 2026-12-06), traced at
+    # batch 1 only; one call.
+    real_model || exit 1
+    python3 -m benchmarks.serving.stale_cache --model-profile "$PROFILE_NAME" \
+      --cache-root "${STALE_CACHE_ROOT:-/root/stale_cache_$(date +%s)}" --out "$WORK/run" \
+      --budget-s "${STALE_BUDGET_S:-540}" > "$WORK/stale_cache.txt" 2>&1
+    status=$?
+    cp "$WORK/run/stale_cache.md" "$OUT/$TAG.md" 2> /dev/null
+    cat "$WORK/stamp.txt"
+    report=$(tail -n 25 "$WORK/stale_cache.txt")
+    tar czf "$OUT/$TAG.tgz" --exclude='*.pt.trace.json*' -C "$OUT" "$TAG"
     rm -rf "$WORK"
     echo "$report"
     exit "$status"

@@ -218,21 +218,29 @@ def test_vllm_random_dataset_makes_exact_length_prompts(real_dir):
         assert len(tokenizer(request.prompt, add_special_tokens=False).input_ids) == 2048
 
 
-def test_the_12_layer_profile_is_the_first_12_layers_of_26b_a4b(tmp_path):
-    full, short = model_profiles.GEMMA_4_26B_A4B, model_profiles.GEMMA_4_26B_A4B_12L
+@pytest.mark.parametrize("layers", [12, 6])
+def test_the_short_profiles_are_the_first_layers_of_26b_a4b(tmp_path, layers):
+    full = model_profiles.GEMMA_4_26B_A4B
+    short = model_profiles.PROFILES[f"gemma-4-26b-a4b-{layers}l"]
     differ = {k for k in full.text_config if full.text_config[k] != short.text_config[k]}
     assert differ == {"num_hidden_layers", "layer_types"}
-    assert short.text_config["num_hidden_layers"] == 12
-    assert list(short.text_config["layer_types"]) == list(full.text_config["layer_types"])[:12]
+    assert short.text_config["num_hidden_layers"] == layers
+    assert list(short.text_config["layer_types"]) == list(full.text_config["layer_types"])[:layers]
     assert server_args(short.name) == server_args(full.name)
     assert model_profiles.profile_path(short.name) != model_profiles.profile_path(full.name)
     from transformers import AutoConfig, Gemma4ForCausalLM
 
-    directory = build_profile(short.name, tmp_path / "12l")
+    directory = build_profile(short.name, tmp_path / short.name)
     config = AutoConfig.from_pretrained(directory)
-    assert config.num_hidden_layers == 12
+    assert config.num_hidden_layers == layers
     with torch.device("meta"):
         model = Gemma4ForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
-    # 0.74e9 of tied embeddings plus 12 of the 30 layers' ~24.5e9.
-    assert 0.74e9 + 12 / 30 * 24.3e9 < params < 0.74e9 + 12 / 30 * 24.7e9
+    # 0.74e9 of tied embeddings plus these of the 30 layers' ~24.5e9.
+    share = layers / 30
+    assert 0.74e9 + share * 24.3e9 < params < 0.74e9 + share * 24.7e9
+
+
+def test_a_short_profile_is_whole_layer_groups():
+    with pytest.raises(ValueError, match="whole groups of 6"):
+        model_profiles._first_layers(8, "x")

@@ -2,8 +2,8 @@
 
 ``tiny`` is :func:`~vllm_gemma4_router.harness.tiny_model.build_tiny_model`
 (random weights, served as it is). ``gemma-4-26b-a4b`` is the text model of
-``google/gemma-4-26B-A4B-it`` with no weights at all (``gemma-4-26b-a4b-12l``: its
-first 12 layers only): ``config.json``,
+``google/gemma-4-26B-A4B-it`` with no weights at all (``gemma-4-26b-a4b-12l`` and
+``-6l``: its first 12 or 6 layers only): ``config.json``,
 ``generation_config.json`` and a byte-level tokenizer padded with filler tokens
 to the real 262144 ids (every id a random-weight model can emit detokenizes).
 vLLM serves it with ``--load-format dummy`` (weights filled in place, uniform in
@@ -164,30 +164,42 @@ GEMMA_4_26B_A4B = ConfigOnlyProfile(
     },
 )
 
-# The first 12 of 26B-A4B's 30 layers (two of its five 5-sliding + 1-full
-# groups), every layer's shapes unchanged: 20 GiB of weights as vLLM loads them, so two servers fit
+
+def _first_layers(layers: int, why: str) -> ConfigOnlyProfile:
+    """26B-A4B's first ``layers`` layers (whole 5-sliding + 1-full groups), every
+    layer's shapes unchanged; ``why`` goes into the provenance."""
+    if layers % 6:
+        raise ValueError(f"layers must be whole groups of 6, got {layers}")
+    return ConfigOnlyProfile(
+        name=f"gemma-4-26b-a4b-{layers}l",
+        hf_id=GEMMA_4_26B_A4B.hf_id,
+        text_config={
+            **GEMMA_4_26B_A4B.text_config,
+            "num_hidden_layers": layers,
+            "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * (layers // 6),
+        },
+        sources={
+            **GEMMA_4_26B_A4B.sources,
+            "num_hidden_layers": f"{layers} of {_CONVERT}'s 30 ({why})",
+            "layer_types": f"the first {layers} of {_CONVERT}'s",
+        },
+        vllm_hf_overrides=GEMMA_4_26B_A4B.vllm_hf_overrides,
+    )
+
+
+# The first 12 of the 30 layers: 20 GiB of weights as vLLM loads them, so two servers fit
 # side by side on one 80 GB H100 where two full ones (~52 GB each) need an H200.
 # Per-layer costs are those of the real model; per-step ones are not.
-GEMMA_4_26B_A4B_12L = ConfigOnlyProfile(
-    name="gemma-4-26b-a4b-12l",
-    hf_id=GEMMA_4_26B_A4B.hf_id,
-    text_config={
-        **GEMMA_4_26B_A4B.text_config,
-        "num_hidden_layers": 12,
-        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 2,
-    },
-    sources={
-        **GEMMA_4_26B_A4B.sources,
-        "num_hidden_layers": "12 of " + _CONVERT + "'s 30 (two side by side on an 80 GB GPU)",
-        "layer_types": "the first 12 of " + _CONVERT + "'s",
-    },
-    vllm_hf_overrides=GEMMA_4_26B_A4B.vllm_hf_overrides,
-)
+GEMMA_4_26B_A4B_12L = _first_layers(12, "two side by side on an 80 GB GPU")
+# The first 6: one group, for checks whose subject is the start-up (compile cache,
+# kernel choice), where fewer layers mean a shorter compile and no other change.
+GEMMA_4_26B_A4B_6L = _first_layers(6, "start-up checks: a shorter compile")
 
 PROFILES: dict[str, ConfigOnlyProfile | None] = {
     "tiny": None,  # tiny_model.build_tiny_model(): random weights, no extra server args
     GEMMA_4_26B_A4B.name: GEMMA_4_26B_A4B,
     GEMMA_4_26B_A4B_12L.name: GEMMA_4_26B_A4B_12L,
+    GEMMA_4_26B_A4B_6L.name: GEMMA_4_26B_A4B_6L,
 }
 
 
