@@ -30,7 +30,7 @@ Lines (vLLM prefixes each with its own level, file and process tags):
   fused router op (``+gemma4_fused_router``), the rest vLLM's own router forward; "as
   asked" where ``custom_ops`` names the op, "by default" where its policy table decided;
 * ``gemma4_fused_router: +gemma4_fused_router is on as asked, but on <platform> with vLLM
-  <version> it measured slower than vLLM's own router (<evidence>)`` a warning, once per
+  <version> it measured slower than the router it replaces (<evidence>)`` a warning, once per
   process, when ``+gemma4_fused_router`` is set where the fused-router policy
   (``integration.op_policy``) says it loses;
 * ``gemma4_gate_tier: <N> of <M> gate(s) pick their GEMM tier per call (custom_ops
@@ -160,7 +160,7 @@ def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> 
     where = f" ({evidence})" if evidence else ""
     return (
         f"{_FUSED_PREFIX}+gemma4_fused_router is on as asked, but on {platform} with vLLM "
-        f"{vllm_version} it measured slower than vLLM's own router{where}"
+        f"{vllm_version} it measured slower than the router it replaces{where}"
     )
 
 

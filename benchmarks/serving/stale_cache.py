@@ -55,7 +55,8 @@ PHASES = ("before", "after", "again")
 _CACHE_DIR = re.compile(r"Using cache directory: (\S+) for vLLM's torch\.compile")
 _AOT_LOADED = re.compile(r"Directly load AOT compilation from path (\S+)")
 _AOT_SAVED = re.compile(r"saved AOT compiled function to (\S+)")
-_TRACED = re.compile(r"Dynamo bytecode transform time")
+# Inductor compiled afresh (a loaded artifact logs "Directly load the compiled graph(s)").
+_COMPILED = re.compile(r"Compiling a graph for compile range")
 # The plugin's install line (log_contract.installed_line) and its gate-tier line.
 _PLUGIN_LINE = re.compile(r"vllm-gemma4-router \S+: Gemma4 MoE routing -> gemma4_routing op")
 _GATE_TIER_LINE = re.compile(r"gemma4_gate_tier: .*")
@@ -108,7 +109,7 @@ def log_facts(text: str) -> dict[str, Any]:
         "cache_dirs": sorted(set(_CACHE_DIR.findall(text))),
         "aot_loaded": sorted(set(_AOT_LOADED.findall(text))),
         "aot_saved": sorted(set(_AOT_SAVED.findall(text))),
-        "traced": bool(_TRACED.search(text)),
+        "compiled": bool(_COMPILED.search(text)),
         "plugin_loaded": bool(_PLUGIN_LINE.search(text)),
         "gate_tier_lines": sorted({m.group(0)[:200] for m in _GATE_TIER_LINE.finditer(text)}),
     }
@@ -158,6 +159,12 @@ def verdict(phases: dict[str, dict[str, Any]]) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
+def _cache_key(cache_dir: str) -> str:
+    """The key folder of a ``.../torch_compile_cache/<key>/rank_0_0/backbone`` path."""
+    match = re.search(r"torch_compile_cache/([^/]+)", cache_dir)
+    return match.group(1) if match else Path(cache_dir).name
+
+
 def render(phases: dict[str, dict[str, Any]], passed: bool, reasons: Sequence[str]) -> str:
     """The markdown report: one row per phase, then the verdict."""
     rows = []
@@ -167,8 +174,8 @@ def render(phases: dict[str, dict[str, Any]], passed: bool, reasons: Sequence[st
             [
                 name,
                 "yes" if log["plugin_loaded"] else "no",
-                ", ".join(Path(d).name for d in log["cache_dirs"]) or "-",
-                "yes" if log["traced"] else "no",
+                ", ".join(_cache_key(d) for d in log["cache_dirs"]) or "-",
+                "yes" if log["compiled"] else "no",
                 ", ".join(log["aot_loaded"]) or "-",
                 ", ".join(log["aot_saved"]) or "-",
                 "; ".join(f"batch {b}: {t}" for b, t in sorted(phase["tiers"].items())) or "-",
@@ -179,8 +186,8 @@ def render(phases: dict[str, dict[str, Any]], passed: bool, reasons: Sequence[st
         [
             "phase",
             "plugin loaded",
-            "torch.compile cache dir",
-            "traced (Dynamo ran)",
+            "torch.compile cache key",
+            "Inductor compiled",
             "AOT artifact loaded",
             "AOT artifact saved",
             "gate tier",

@@ -76,7 +76,7 @@ LOG_LINES = [
     (
         log_contract.fused_router_loses_line("cuda-sm90", "0.26.0", "r.md"),
         "gemma4_fused_router: +gemma4_fused_router is on as asked, but on cuda-sm90 with "
-        "vLLM 0.26.0 it measured slower than vLLM's own router (r.md)",
+        "vLLM 0.26.0 it measured slower than the router it replaces (r.md)",
     ),
     (
         log_contract.gate_tier_line(30, 30, 30, True),

@@ -38,7 +38,7 @@ from vllm_gemma4_router.integration.op_policy import (
 from vllm_gemma4_router.routing.table_files import SWEEP_FIELDS, LaunchTableError
 
 REPO = Path(__file__).resolve().parents[2]
-MICRO_0_26 = "benchmarks/results/vllm026_gate_H100_2026-12-06/README.md"
+EVIDENCE_0_26 = "benchmarks/results/vllm026_serve_ab_H100_2026-12-06/README.md"
 SERVE_0_24 = "benchmarks/results/real_serve_ab_NVIDIA_H200_2026-12-01/serve_ab.md"
 PLUS, MINUS = f"+{FUSED_ROUTER_OP_NAME}", f"-{FUSED_ROUTER_OP_NAME}"
 
@@ -66,7 +66,7 @@ def test_the_packaged_policy_loads_and_names_its_evidence():
         for result in sweep["results"]:
             assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
     assert {r["provenance"] for r in data["rows"] if "provenance" in r} == set(sweeps)
-    assert {r.evidence for r in rows} == {None, MICRO_0_26, SERVE_0_24}
+    assert {r.evidence for r in rows} == {None, EVIDENCE_0_26, SERVE_0_24}
 
 
 @pytest.mark.parametrize("table", policy.TABLES)
@@ -265,10 +265,10 @@ def test_plus_where_it_loses_is_on_and_warns_once_per_process(monkeypatch, plugi
     _running(monkeypatch, "cuda-sm90", "0.26.0")
     assert _ops([PLUS]) == ([True] * 3, True)
     assert _ops(["none", PLUS]) == ([True] * 3, True)  # a second model build: still one line
-    expected = log_contract.fused_router_loses_line("cuda-sm90", "0.26.0", MICRO_0_26)
+    expected = log_contract.fused_router_loses_line("cuda-sm90", "0.26.0", EVIDENCE_0_26)
     assert expected == (
         "gemma4_fused_router: +gemma4_fused_router is on as asked, but on cuda-sm90 with "
-        f"vLLM 0.26.0 it measured slower than vLLM's own router ({MICRO_0_26})"
+        f"vLLM 0.26.0 it measured slower than the router it replaces ({EVIDENCE_0_26})"
     )
     assert _plugin_lines(plugin_log) == [expected]
     assert [r.levelno for r in plugin_log] == [logging.WARNING]
