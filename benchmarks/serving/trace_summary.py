@@ -836,24 +836,29 @@ def host_step_times(
         and e.get("cat") in _LAUNCH_CATS
         and _GRAPH_LAUNCH.search(str(e.get("name", "")))
     )
+    # Sorted by start, searched by bisection: a long trace has thousands of steps.
+    forwards = sorted(forwards, key=lambda f: f.start)
+    forward_starts = [f.start for f in forwards]
+    launch_ts = [ts for ts, _ in launches]
+    gpu_ts = [ts for ts, _ in gpu_forwards]
     rows: dict[str, list[float]] = defaultdict(list)
     for index, step in enumerate(steps[:-1]):
         match = _BATCH.search(step.name)
         if not (step.decode and match and int(match.group(1)) == batch):
             continue
         rows["period_us"].append(steps[index + 1].start - step.start)
-        inside = [f for f in forwards if step.start <= f.start <= step.end]
-        if not inside:
+        first = bisect.bisect_left(forward_starts, step.start)
+        if first == len(forwards) or forwards[first].start > step.end:
             continue
-        forward = inside[0]
+        forward = forwards[first]
         rows["forward_cpu_us"].append(forward.end - forward.start)
-        rows["graph_launch_us"].append(
-            sum(d for ts, d in launches if forward.start <= ts <= forward.end)
-        )
+        lo = bisect.bisect_left(launch_ts, forward.start)
+        hi = bisect.bisect_right(launch_ts, forward.end)
+        rows["graph_launch_us"].append(sum(d for _, d in launches[lo:hi]))
         # The GPU side of a forward starts after its host side does, before the next one.
-        later = [d for ts, d in gpu_forwards if ts >= forward.start]
-        if later:
-            rows["forward_gpu_us"].append(later[0])
+        later = bisect.bisect_left(gpu_ts, forward.start)
+        if later < len(gpu_forwards):
+            rows["forward_gpu_us"].append(gpu_forwards[later][1])
     if not rows:
         return None
     result = {key: statistics.median(values) for key, values in rows.items()}
