@@ -30,7 +30,9 @@
 # Settings: SBS_PROFILE (above), PAIRS (5), SBS_BUDGET (seconds the harness may use, default 510),
 # SBS_TIMEOUT (hard stop, default 560; the call limit is 600), SBS_FIRST_PAIR
 # (seconds a pair is assumed to take before one was measured; per workload
-# below), SBS_SERVER_ARGS, SBS_GPU_MEM (0.47 at most).
+# below), SBS_SERVER_ARGS, SBS_GPU_MEM (0.47 at most). A pair starts only if the time
+# used, plus the longest pair so far, plus 45 s fit SBS_BUDGET: one more c1 pair on kept
+# servers needs ~140 s (2026-12-06: 110 s ran none).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 if [[ ${1:-} == stop ]]; then
