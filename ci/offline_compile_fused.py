@@ -1,10 +1,11 @@
 """Compile the fused router kernel offline (no GPU) for sm_90 and gfx942 and read its resources.
 
 ``python ci/offline_compile_fused.py`` compiles every distinct row of the fused
-router's launch table for gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16)
-exactly as ``fused_router.launcher.launch_with_config`` would launch it, and the
-GEMM path's prologue and epilogue kernels as ``fused_router_gemm`` launches
-them (sm_90 also the split rows with ``pdl``), and prints one JSON object per
+router's launch table and two register-GEMM configs (``block_t < 16``) for
+gemma-4-26B-A4B's router (H=2816, E=128, K=8, bf16) exactly as
+``fused_router.launcher.launch_with_config`` would launch it, and the GEMM
+path's prologue and epilogue kernels as ``fused_router_gemm`` launches them
+(sm_90 also the split rows with ``pdl``), and prints one JSON object per
 (target, kernel): registers, spills, scratch. ``--candidates 1,16,...`` compiles
 instead every config ``benchmarks/tuning/sweep_fused_router.py`` would time at those T,
 so a device sweep meets no config that fails to build or spills; ``--padding``
@@ -110,11 +111,13 @@ def _kernel_constants(config, padding: bool = False) -> dict[str, Any]:
 
 
 def _table_work() -> tuple[list, list]:
-    """Every distinct table row (NVIDIA also each split row with ``pdl``) and the op's
+    """Every distinct table row (NVIDIA also each split row with ``pdl``), the register
+    GEMM's two extremes (``block_t < 16``: no table row uses it yet) and the op's
     GEMM-path config."""
     from vllm_gemma4_router.fused_router.launch_table import (
         _FUSED_TABLE,
         GEMM_PATH_CONFIG,
+        FusedLaunchConfig,
         clip_config,
     )
 
@@ -124,6 +127,12 @@ def _table_work() -> tuple[list, list]:
         if config not in rows:
             rows.append(config)
     rows += [c._replace(pdl=True) for c in rows if c.block_t <= 16 and not c.pdl]
+    # A program per expert over the whole H, and the largest product tile allowed.
+    for probe in (
+        FusedLaunchConfig(1, 1, 1024, 2**31, 4, 2),
+        FusedLaunchConfig(8, 4, 256, 512, 4, 2),
+    ):
+        rows.append(clip_config(probe, HIDDEN, EXPERTS))
     return rows, [GEMM_PATH_CONFIG]
 
 

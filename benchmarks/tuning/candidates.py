@@ -38,8 +38,9 @@ def candidate_configs(
 ) -> list[FusedLaunchConfig]:
     """The configs ``benchmarks/tuning/sweep_fused_router.py`` times for one problem (valid ones).
 
-    The GEMM's split shapes with the default routing, then the table row with each
-    other routing of ``ROUTING_VARIANTS``: the routing runs in the one finishing
+    The GEMM's split shapes with the default routing (at T <= 16 also the register
+    GEMM's, ``block_t < 16``), then the table row with each other routing of
+    ``ROUTING_VARIANTS``: the routing runs in the one finishing
     program, after the GEMM, so its choice is taken as independent of the shape.
     PDL twins are not swept (no gain on the H200: the fused table's ``pdl`` provenance)."""
     del topk, dtype  # the same space for every K and dtype the table serves
@@ -53,6 +54,15 @@ def candidate_configs(
                 for num_warps in (4, 8):
                     seen.append(FusedLaunchConfig(16, block_e, 256, h_slice, num_warps, 2))
         seen.append(FusedLaunchConfig(16, 64, 128, 128, 4, 2))
+    if num_tokens <= 16:
+        # The register GEMM (block_t < 16): up to a program per expert and token block,
+        # as vLLM's ll_bf16 dot-product kernel, whole H or slices of it; unmeasured
+        # until a device sweep times it against the tl.dot splits above.
+        block_t = min(triton.next_power_of_2(num_tokens), 8)
+        for block_e in (1, 2, 4, 8):
+            for block_h, num_warps in ((256, 2), (512, 4), (1024, 4), (1024, 8)):
+                for h_slice in (2**31, 2 * block_h):
+                    seen.append(FusedLaunchConfig(block_t, block_e, block_h, h_slice, num_warps, 2))
     elif num_tokens <= 1024:
         # Where the GEMM path is slower than vLLM's chain: split launches of 16-64
         # rows, which read the gate weight once per token block from the L2. Wider

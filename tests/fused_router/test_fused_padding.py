@@ -37,8 +37,10 @@ SPLIT = FusedLaunchConfig(16, 16, 64, 128, 4, 2)  # expert and H slices: the cou
 WHOLE_ROWS = FusedLaunchConfig(32, 128, 64, 2**31, 4, 2, 8)  # routed 8 rows at a time
 SPLIT_ROUTED_IN_CHUNKS = FusedLaunchConfig(32, 32, 64, 128, 4, 2, 8)
 GEMM_FOUR_ROWS = GemmPathConfig(1, 256, 4, 4, 2)  # four rows per epilogue program
+REGISTER_SPLIT = FusedLaunchConfig(4, 4, 64, 128, 4, 2)  # block_t < 16: the register GEMM
 PATHS = {
     "split": SPLIT,
+    "register_split": REGISTER_SPLIT,
     "whole_rows": WHOLE_ROWS,
     "split_in_chunks": SPLIT_ROUTED_IN_CHUNKS,
     "gemm": GEMM_PATH_CONFIG,

@@ -33,6 +33,10 @@ WHOLE_ROWS = FusedLaunchConfig(32, 128, 64, 2**31, 4, 2, 8)  # routing in the ep
 # Split, and its last program routes its 32 rows 8 at a time, read back from the store.
 SPLIT_ROUTED_IN_CHUNKS = FusedLaunchConfig(32, 32, 64, 128, 4, 2, 8)
 ROUTINGS = [("exact", "per_pick"), *ROUTING_VARIANTS]  # the default first
+# block_t < 16: the register GEMM. Four rows, four experts, two H slices per program...
+REGISTER_SPLIT = FusedLaunchConfig(4, 4, 64, 128, 4, 2)
+# ... and one row, one expert, the whole H: a program per expert per token.
+REGISTER_PER_EXPERT = FusedLaunchConfig(1, 1, 64, 2**31, 2, 2)
 
 
 def _launch(config, h, s, w, pes, topk, eps=EPS):
@@ -59,6 +63,11 @@ def test_reference_chain_matches_fp64(dtype, gen):
         (40, 136, 64, 1, torch.float16, WHOLE_ROWS),
         (40, 192, 128, 8, torch.bfloat16, SPLIT_ROUTED_IN_CHUNKS),
         (3, 256, 128, 8, torch.float32, None),
+        (1, 192, 128, 8, torch.bfloat16, REGISTER_SPLIT),
+        (7, 200, 128, 8, torch.bfloat16, REGISTER_SPLIT),
+        (5, 192, 100, 6, torch.float32, REGISTER_SPLIT),
+        (3, 136, 64, 4, torch.float16, REGISTER_PER_EXPERT),
+        (2, 192, 128, 8, torch.bfloat16, REGISTER_PER_EXPERT),
     ],
 )
 def test_kernel_matches_fp64_chain(num_tokens, hidden, num_experts, topk, dtype, config, gen):
@@ -70,7 +79,7 @@ def test_kernel_matches_fp64_chain(num_tokens, hidden, num_experts, topk, dtype,
     assert_fused_contract(logits, weights, ids, h, s, w, pes, EPS, topk)
 
 
-@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS])
+@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS, REGISTER_SPLIT])
 def test_equal_logits_tie_to_the_lowest_id(config, gen):
     # Small integers and eighths: every product and partial sum is exact in fp32,
     # so equal gate rows give bitwise equal logits whatever the summation order.
@@ -100,7 +109,9 @@ def test_every_routing_gives_the_default_routings_bits(config, routing, gen):
 
 
 @pytest.mark.parametrize("routing", ROUTINGS, ids="-".join)
-@pytest.mark.parametrize("config", [SPLIT, WHOLE_ROWS], ids=["split", "whole_rows"])
+@pytest.mark.parametrize(
+    "config", [SPLIT, WHOLE_ROWS, REGISTER_SPLIT], ids=["split", "whole_rows", "register"]
+)
 def test_fp32_bucket_faults_are_routed_exactly(config, routing, gen):
     # fp32 rows built to defeat narrow keys (tests/oracle.py), as the fused kernel's own
     # logits: hidden states 8 * one-hot at column j (RMS 1) and eps=1e-12 make the norm
@@ -119,11 +130,12 @@ def test_fp32_bucket_faults_are_routed_exactly(config, routing, gen):
     assert_matches_oracle(weights, ids, logits, 8, pes)
 
 
-def test_split_counters_reset_between_launches(gen):
+@pytest.mark.parametrize("config", [SPLIT, REGISTER_SPLIT], ids=["split", "register"])
+def test_split_counters_reset_between_launches(config, gen):
     h, s, w, pes = router_inputs(18, 192, 128, torch.bfloat16, gen)
-    first = _launch(SPLIT, h, s, w, pes, 8)
-    second = _launch(SPLIT, h[:5], s, w, pes, 8)  # fewer token blocks, same counters
-    third = _launch(SPLIT, h, s, w, pes, 8)
+    first = _launch(config, h, s, w, pes, 8)
+    second = _launch(config, h[:5], s, w, pes, 8)  # fewer token blocks, same counters
+    third = _launch(config, h, s, w, pes, 8)
     for a, b in zip(first, third, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(second[2], first[2][:5])
@@ -134,7 +146,7 @@ def test_non_finite_hidden_states_give_valid_ids(gen):
     h[0, 3] = float("nan")
     h[1] = float("inf")
     h[2, :] = 0.0  # rms 0: factor 1/sqrt(eps), finite logits of 0
-    for config in (SPLIT, WHOLE_ROWS):
+    for config in (SPLIT, WHOLE_ROWS, REGISTER_SPLIT):
         _, weights, ids = _launch(config, h, s, w, pes, 8)
         assert_ids_valid(ids, 128)
         assert torch.isfinite(weights[3:]).all()
@@ -190,6 +202,12 @@ def test_supports_and_bad_configs():
         check_fused_launch_config(FusedLaunchConfig(16, 16, 64, 96, 4, 2), 4, 128, 128)
     with pytest.raises(ValueError, match="token blocks"):
         check_fused_launch_config(SPLIT, 16 * 1025, 2816, 128)
+    with pytest.raises(ValueError, match="block_e must be a power of two >= 16"):
+        check_fused_launch_config(SPLIT._replace(block_e=4), 4, 128, 128)
+    with pytest.raises(ValueError, match="block_t must be a power of two >= 1"):
+        check_fused_launch_config(REGISTER_SPLIT._replace(block_t=3), 4, 128, 128)
+    with pytest.raises(ValueError, match="register GEMM"):
+        check_fused_launch_config(FusedLaunchConfig(8, 8, 256, 256, 4, 2), 4, 2816, 128)
     with pytest.raises(ValueError, match="select"):
         check_fused_launch_config(SPLIT._replace(select="narrow"), 4, 128, 128)
     with pytest.raises(ValueError, match="scale_pick"):

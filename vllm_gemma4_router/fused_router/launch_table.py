@@ -34,6 +34,8 @@ from vllm_gemma4_router.routing.table_files import (
 
 #: Token blocks one counter buffer serves (the split launches are for small T).
 MAX_SPLIT_BLOCKS = 1024
+#: The register GEMM's product tile (``block_t < 16``): 64 fp32 per thread at 4 warps.
+REGISTER_GEMM_MAX_TILE = 8192
 
 
 class FusedLaunchConfig(NamedTuple):
@@ -41,7 +43,8 @@ class FusedLaunchConfig(NamedTuple):
 
     ``block_e < E`` or ``h_slice < H`` splits the GEMM over programs whose
     partial sums the last program per token block adds up and routes;
-    otherwise each program owns whole rows.
+    otherwise each program owns whole rows. ``block_t < 16`` sums the products in
+    registers instead of ``tl.dot`` (any power-of-two ``block_e``, a bounded tile).
     """
 
     block_t: int
@@ -91,10 +94,20 @@ def _power_of_two(value: int, least: int = 1) -> bool:
 
 
 def _check_blocks(config: FusedLaunchConfig) -> None:
-    for name in ("block_t", "block_e", "block_h"):
+    if not _power_of_two(config.block_h, 16):
+        raise ValueError(f"config.block_h must be a power of two >= 16, got {config.block_h}")
+    # Below 16 rows the GEMM runs in registers (no tensor-core tile): any power of two.
+    least = 1 if 1 <= config.block_t < 16 else 16
+    for name in ("block_t", "block_e"):
         value = getattr(config, name)
-        if not _power_of_two(value, 16):
-            raise ValueError(f"config.{name} must be a power of two >= 16, got {value}")
+        if not _power_of_two(value, least):
+            raise ValueError(f"config.{name} must be a power of two >= {least}, got {value}")
+    tile = config.block_t * config.block_h * config.block_e
+    if config.block_t < 16 and tile > REGISTER_GEMM_MAX_TILE:
+        raise ValueError(
+            f"a register GEMM (block_t < 16) holds block_t * block_h * block_e products, "
+            f"at most {REGISTER_GEMM_MAX_TILE}; got {tile}"
+        )
 
 
 def _check_shape(config: FusedLaunchConfig) -> None:

@@ -14,7 +14,8 @@ K distinct valid ids whatever the bits, and bitwise the weights
 ``gemma4_routing_triton`` gives for the same logits, whichever selection runs.
 
 A program computes a ``[BLOCK_T, BLOCK_E]`` tile of the sum over one slice of
-``H`` (grid: token blocks x expert slices x H slices). With one expert slice
+``H`` (grid: token blocks x expert slices x H slices), with ``tl.dot`` for
+``BLOCK_T >= 16`` and in registers below (the register GEMM: any ``BLOCK_E``). With one expert slice
 and one H slice (large T) it holds the whole row and routes it in its epilogue.
 Otherwise (decode sizes: few tokens, so the 720 KB of gate weight must be read
 by many programs) each program stores its partial sums; a counter per token
@@ -124,7 +125,16 @@ def _dot_slice(inputs, rows64, row_ok, experts, expert_ok, h_begin, h_end, GEMM)
             w = _weight_tile(w_ptr, experts64, expert_ok, h, h_ok, stride_we, stride_wh)
         sumsq += tl.sum(x * x, axis=1)
         operand = x * s[None, :]
-        if OPERAND == OPERAND_BF16:
+        if BLOCK_T < 16:
+            # Fewer rows than a tensor-core tile (decode): products summed in registers,
+            # the same bf16 operand and fp32 sums, so BLOCK_E may go down to one expert
+            # and the grid up to a program per expert (vLLM's ll_bf16 dot-product layout).
+            if OPERAND == OPERAND_BF16:
+                operand = operand.to(tl.bfloat16).to(tl.float32)
+            elif OPERAND == OPERAND_BF16_ROUNDED:
+                operand = round_to_bf16(operand)
+            acc += tl.sum(operand[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+        elif OPERAND == OPERAND_BF16:
             acc = tl.dot(operand.to(tl.bfloat16), w, acc)
         elif OPERAND == OPERAND_BF16_ROUNDED:
             # Same products and fp32 sums, for the interpreter: its bf16 dot is
