@@ -52,7 +52,8 @@ def test_gpu_table_launch_matches_fp64_chain(dtype, num_tokens, gen):
 # A few T per launch kind (600: the split shapes of 32-64 rows): every candidate is one
 # Triton compile per specialisation, and the sweep checks each candidate at every T it
 # times before timing it.
-@pytest.mark.parametrize("num_tokens", [1, 17, 600, 2048])
+# 1 and 8: the register GEMM's candidates (block_t 1 and 8) beside the tl.dot splits.
+@pytest.mark.parametrize("num_tokens", [1, 8, 17, 600, 2048])
 def test_gpu_every_sweep_candidate_is_correct(num_tokens, gen):
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     for config in candidate_configs(num_tokens, 2816, 128, 8, torch.bfloat16):
