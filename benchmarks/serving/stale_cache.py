@@ -49,6 +49,7 @@ from typing import Any
 
 from benchmarks.common import tables
 from benchmarks.serving import confirm_gate, trace_summary
+from vllm_gemma4_router import log_contract
 
 DISTRIBUTION = "vllm-gemma4-router"
 PHASES = ("before", "after", "again")
@@ -57,9 +58,6 @@ _AOT_LOADED = re.compile(r"Directly load AOT compilation from path (\S+)")
 _AOT_SAVED = re.compile(r"saved AOT compiled function to (\S+)")
 # Inductor compiled afresh (a loaded artifact logs "Directly load the compiled graph(s)").
 _COMPILED = re.compile(r"Compiling a graph for compile range")
-# The plugin's install line (log_contract.installed_line) and its gate-tier line.
-_PLUGIN_LINE = re.compile(r"vllm-gemma4-router \S+: Gemma4 MoE routing -> gemma4_routing op")
-_GATE_TIER_LINE = re.compile(r"gemma4_gate_tier: .*")
 
 
 def metadata_dirs(name: str = DISTRIBUTION) -> list[Path]:
@@ -105,13 +103,14 @@ def plugin_entry_point_visible(python: str = sys.executable) -> bool:
 
 def log_facts(text: str) -> dict[str, Any]:
     """What one server log says about the compile cache and the plugin."""
+    plugin = log_contract.parse_log(text)
     return {
         "cache_dirs": sorted(set(_CACHE_DIR.findall(text))),
         "aot_loaded": sorted(set(_AOT_LOADED.findall(text))),
         "aot_saved": sorted(set(_AOT_SAVED.findall(text))),
         "compiled": bool(_COMPILED.search(text)),
-        "plugin_loaded": bool(_PLUGIN_LINE.search(text)),
-        "gate_tier_lines": sorted({m.group(0)[:200] for m in _GATE_TIER_LINE.finditer(text)}),
+        "plugin_loaded": plugin.patched,
+        "gate_tier_used": plugin.gate_tier_used,
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.serving import stale_cache, trace_summary
+from vllm_gemma4_router import log_contract
 
 
 def test_hidden_renames_and_restores_even_on_error(tmp_path):
@@ -38,10 +39,9 @@ def test_the_installed_plugin_is_found_and_its_entry_point_seen():
 def _log(cache_dir: str, *, plugin: bool, loaded: str | None, saved: str | None) -> str:
     lines = [f"INFO backends.py:1094] Using cache directory: {cache_dir} for vLLM's torch.compile"]
     if plugin:
-        lines.insert(
-            0, "INFO vllm-gemma4-router 0.9.0: Gemma4 MoE routing -> gemma4_routing op (router)"
-        )
-        lines.append("INFO vllm-gemma4-router 0.9.0: gemma4_gate_tier: 12 of 12 gates pick")
+        prefix = "INFO [gemma4_layouts.py:369] "
+        lines.insert(0, prefix + log_contract.install_line("router"))
+        lines.append(prefix + log_contract.gate_tier_line(12, 12, 12, True))
     if loaded:
         lines.append(f"INFO decorators.py:311] Directly load AOT compilation from path {loaded}")
     else:
@@ -116,6 +116,7 @@ def test_a_keyed_cache_compiles_afresh_after_install_and_reuses_its_own(
     assert not before["log"]["plugin_loaded"] and not before["entry_point_visible"]
     assert before["log"]["aot_saved"] and before["tiers"] == {"1": trace_summary.TIER_CUBLAS}
     assert after["log"]["plugin_loaded"] and after["log"]["compiled"]
+    assert after["log"]["gate_tier_used"] and not before["log"]["gate_tier_used"]
     assert after["log"]["aot_loaded"] == [] and after["tiers"] == {"1": trace_summary.TIER_LL_BF16}
     assert again["log"]["aot_loaded"] == after["log"]["aot_saved"]
     assert not again["log"]["compiled"]

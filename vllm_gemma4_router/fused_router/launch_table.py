@@ -97,7 +97,7 @@ def _check_blocks(config: FusedLaunchConfig) -> None:
     if not _power_of_two(config.block_h, 16):
         raise ValueError(f"config.block_h must be a power of two >= 16, got {config.block_h}")
     # Below 16 rows the GEMM runs in registers (no tensor-core tile): any power of two.
-    least = 1 if 1 <= config.block_t < 16 else 16
+    least = 1 if config.block_t < 16 else 16
     for name in ("block_t", "block_e"):
         value = getattr(config, name)
         if not _power_of_two(value, least):
