@@ -39,6 +39,11 @@ Lines (vLLM prefixes each with its own level, file and process tags):
   (``integration.gate_tier``), and whether ``custom_ops`` or the policy table decided;
 * ``gemma4_gate_tier: could not compile ll_bf16_gemm for K=<H>, N=<E> ahead of use ...``
   a warning, once per gate shape, when the kernels could not be warmed at construction;
+* ``gemma4_routing: compiled ahead of serving for T <= <M> (<N> warm-up calls, <s> s)``
+  (and the same with ``gemma4_fused_router:``) once per process and shape, after the
+  op's Triton kernels were compiled at model construction for every launch up to vLLM's
+  ``max_num_batched_tokens``; ``<op>: could not compile ahead of serving (...)`` a warning
+  instead when that failed;
 * ``vllm-gemma4-router <version>: vLLM's compile-cache key cannot include the plugin ...``
   a warning, once per process, when ``additional_config`` is not a dict;
 * ``gemma4_fused_router: first hand-over claimed (<T> tokens, <E> experts, top-<K>``
@@ -189,6 +194,21 @@ def gate_tier_warmup_failed_line(hidden: int, experts: int, error: str) -> str:
         f"{_GATE_TIER_PREFIX}could not compile ll_bf16_gemm for K={hidden}, N={experts} "
         f"ahead of use ({error}); it compiles at first use"
     )
+
+
+def kernels_warmed_line(op: str, calls: int, max_tokens: int, seconds: float) -> str:
+    """The line after ``op``'s Triton kernels were compiled at model construction, for every
+    launch the op can make up to ``max_tokens`` rows (``calls`` warm-up calls)."""
+    return (
+        f"{op}: compiled ahead of serving for T <= {max_tokens} "
+        f"({calls} warm-up calls, {seconds:.1f} s)"
+    )
+
+
+def kernels_warmup_failed_line(op: str, error: str) -> str:
+    """The warning when ``op``'s kernels could not be compiled at model construction
+    (they then compile at first use)."""
+    return f"{op}: could not compile ahead of serving ({error}); it compiles at first use"
 
 
 def cache_key_not_set_line(kind: str) -> str:

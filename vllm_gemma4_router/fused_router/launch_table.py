@@ -283,3 +283,8 @@ def fused_launch_config(
     # Short-circuits: with PDL off (the default) the launch path does no more work.
     pdl = pdl and is_split(config, hidden, num_experts) and pdl_supported(device)
     return config if pdl == config.pdl else config._replace(pdl=pdl)
+
+
+def fused_bucket_bounds() -> tuple[int, ...]:
+    """Upper token bounds of the fused table's rows (the last row, above them, is open)."""
+    return _FUSED_BUCKET_BOUNDS

@@ -369,8 +369,22 @@ def _wrap_model_init(module: ModuleType) -> None:
             logger.info(line)
         logger.info(_fused_router_summary(module, self))
         logger.info(_gate_tier_summary(module, self))
+        _warm_kernels(self)
 
     model_cls.__init__ = __init__
+
+
+def _warm_kernels(model) -> None:
+    """Compile the plugin's Triton kernels for this model before vLLM serves it
+    (``kernel_warmup``), up to vLLM's ``max_num_batched_tokens``."""
+    from vllm.config import get_current_vllm_config
+
+    from vllm_gemma4_router.integration.kernel_warmup import warm_model_kernels
+
+    scheduler = getattr(get_current_vllm_config(), "scheduler_config", None)
+    max_tokens = getattr(scheduler, "max_num_batched_tokens", None)
+    if isinstance(max_tokens, int):
+        warm_model_kernels(model, max_tokens)
 
 
 def _attach_op(owner, module: ModuleType, facts: RoutingFacts) -> None:

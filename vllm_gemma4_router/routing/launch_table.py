@@ -195,3 +195,8 @@ def bucket_launch_config(
     if topk > MAX_REGISTER_PICKS:
         config = replace(config, register_picks=False)
     return config
+
+
+def bucket_bounds() -> tuple[int, ...]:
+    """Upper token bounds of the GPU buckets (the last bucket, above them, is open)."""
+    return _BUCKET_BOUNDS

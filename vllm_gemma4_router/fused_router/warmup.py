@@ -1,0 +1,63 @@
+"""Compile the fused router's kernels before serving, as ``routing.warmup`` does for the
+routing op: once per (table row or GEMM path, specialisation of ``T``) up to a token
+budget, through the op's own launch path, so that no later call of the same shapes
+compiles in the serving hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from vllm_gemma4_router.routing.warmup import warmup_token_counts
+
+
+def warm_fused_router(
+    hidden: int,
+    num_experts: int,
+    topk: int,
+    *,
+    max_tokens: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.bfloat16,
+    scale_dtype: torch.dtype = torch.float32,
+    per_expert_scale_dtype: torch.dtype | None = torch.float32,
+    eps: float = 1e-6,
+    paddings: Sequence[bool] = (False,),
+) -> int:
+    """Run the fused router once per (token bucket or GEMM-path range, specialisation,
+    padding) up to ``max_tokens`` rows: fresh random hidden states ``[T, hidden]`` and
+    gate weight ``[num_experts, hidden]`` of ``dtype``, scale ``[hidden]`` of
+    ``scale_dtype``, per-expert scale ``[num_experts]`` of ``per_expert_scale_dtype`` (or
+    none), outputs laid out as the op lays them out (``handover``). ``paddings``: without
+    (False) and/or with (True) a padding mask. Returns the number of calls; 0 on a device
+    Triton does not compile for (CPU, interpreter)."""
+    from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS, fused_bucket_bounds
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
+
+    if device.type not in ("cuda", "xpu"):
+        return 0
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device)
+
+    weight = (random(num_experts, hidden) * hidden**-0.5).to(dtype)
+    scale = (random(hidden).abs() + 0.5).to(scale_dtype)
+    pes = None
+    if per_expert_scale_dtype is not None:
+        pes = (random(num_experts).abs() + 0.5).to(per_expert_scale_dtype)
+    bounds = (*fused_bucket_bounds(), GEMM_PATH_TOKENS.start - 1, GEMM_PATH_TOKENS.stop - 1)
+    calls = 0
+    for num_tokens in warmup_token_counts(bounds, max_tokens):
+        hidden_states = random(num_tokens, hidden).to(dtype)
+        for padding in paddings:
+            is_padding = None
+            if padding:
+                is_padding = torch.rand(num_tokens, generator=generator, device=device) < 0.25
+            packed = new_packed(num_tokens, num_experts, topk, device)
+            out = unpack(packed, num_tokens, num_experts, topk)
+            fused_router_into(hidden_states, scale, weight, pes, eps, topk, out, is_padding)
+            calls += 1
+    return calls
