@@ -608,6 +608,16 @@ def _link_gate_tier(router) -> None:
     context[name] = gate
 
 
+def _gate_shape(gate) -> tuple[int, int]:
+    """``(K, N)``: the gate's input and output sizes. From its weight when that is [N, K];
+    else (vLLM's CPU linear method prepacks the weight and leaves an empty placeholder)
+    from ``LinearBase``'s ``input_size`` and ``output_size``."""
+    weight = getattr(gate, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[1]), int(weight.shape[0])
+    return int(gate.input_size), int(gate.output_size)
+
+
 def _warm_token_count_tiers(gate) -> None:
     """Compile the gate shape's ``ll_bf16_gemm`` kernels now, at model construction.
 
@@ -618,7 +628,7 @@ def _warm_token_count_tiers(gate) -> None:
     """
     if getattr(gate, "allow_ll_bf16_gemm", False) is not True:
         return
-    num_experts, hidden = (int(n) for n in gate.weight.shape)
+    hidden, num_experts = _gate_shape(gate)
     if (hidden, num_experts) in _warmed_gate_shapes:
         return
     _warmed_gate_shapes.add((hidden, num_experts))
