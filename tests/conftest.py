@@ -46,7 +46,14 @@ def plugin_records(monkeypatch) -> list:
     collector = logging.Handler(logging.DEBUG)
     collector.emit = records.append
     plugin_logger = logging.getLogger(LOGGER_NAME)
-    monkeypatch.setattr(plugin_logger, "level", logging.DEBUG)
+    # setLevel, not a plain attribute: it also clears the loggers' cached isEnabledFor
+    # answers, which an earlier test's logging set-up may have left at "no" for INFO.
+    level, disabled = plugin_logger.level, plugin_logger.disabled
+    plugin_logger.setLevel(logging.DEBUG)
+    plugin_logger.disabled = False
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)
     plugin_logger.addHandler(collector)
     yield records
     plugin_logger.removeHandler(collector)
+    plugin_logger.setLevel(level)
+    plugin_logger.disabled = disabled
