@@ -34,6 +34,7 @@ over the packaged file to ship it.
 from __future__ import annotations
 
 import argparse
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,11 +335,16 @@ def write_results(rows: list[dict], stamp: dict[str, str], out: Path, tag: str) 
     return base
 
 
-def choose_rows(rows: list[dict]) -> tuple[dict[int, dict], dict | None]:
+def choose_rows(
+    rows: list[dict], bounds: Sequence[int] | None = None
+) -> tuple[dict[int, dict], dict | None]:
     """``({bucket: FusedLaunchConfig fields}, GemmPathConfig fields or None)`` from a
-    sweep's rows: per bucket of the fused table, the checked kernel config with the
-    smallest geometric mean of time over the best time across the bucket's T; the
-    GEMM path's config likewise across every T it was timed at (``table_writer.choose``)."""
+    sweep's rows: per bucket of a fused table with token ``bounds`` (default: the
+    packaged table's), the checked kernel config with the smallest geometric mean of
+    time over the best time across the bucket's T; the GEMM path's config likewise
+    across every T it was timed at (``table_writer.choose``)."""
+    if bounds is None:
+        bounds = launch_table.fused_bucket_bounds()
     kernel: dict[int, dict[str, dict[int, float]]] = {}
     gemm: dict[str, dict[int, float]] = {}
     for row in rows:
@@ -348,7 +354,7 @@ def choose_rows(rows: list[dict]) -> tuple[dict[int, dict], dict | None]:
         if row["config_type"] == "GemmPathConfig":
             gemm.setdefault(row["config"], {})[num_tokens] = float(row["us"])
         elif row["config_type"] == "FusedLaunchConfig":
-            bucket = launch_table.fused_bucket(num_tokens)
+            bucket = bisect.bisect_left(bounds, num_tokens)
             kernel.setdefault(bucket, {}).setdefault(row["config"], {})[num_tokens] = float(
                 row["us"]
             )
@@ -369,7 +375,8 @@ def write_table(path: Path, rows: list[dict], stamp: dict[str, str], results: li
         f"the best time; {stamp.get('shape', '')}, {stamp.get('layers_note', '')}."
     )
     sweep_id = table_writer.add_sweep(data, table_writer.sweep_entry(stamp, tag, results, notes))
-    kernel, gemm = choose_rows(rows)
+    # The base file's buckets, which may differ from the packaged table's.
+    kernel, gemm = choose_rows(rows, data["token_bucket_bounds"])
     for bucket, fields in kernel.items():
         row = data["rows"][bucket]
         row.pop("notes", None)

@@ -222,13 +222,28 @@ def _table_rows():
     return rows, split, whole, gemm
 
 
-def test_write_table_writes_the_fused_schema_with_the_runs_provenance(tmp_path):
+def _base_table(path, bounds):
+    """A valid fused table file at ``path`` with token ``bounds``: the packaged file's
+    provenance, GEMM path and last row, its first row repeated below that."""
     import json
 
     from vllm_gemma4_router.fused_router import launch_table
 
+    data = json.loads(launch_table.fused_table_file().read_text())
+    first, last = data["rows"][0], data["rows"][-1]
+    data["token_bucket_bounds"] = list(bounds)
+    data["rows"] = [dict(first, bucket=b) for b in range(len(bounds))]
+    data["rows"].append(dict(last, bucket=len(bounds)))
+    path.write_text(json.dumps(data))
+    return launch_table.load_fused_table(path)
+
+
+def test_write_table_writes_the_fused_schema_with_the_runs_provenance(tmp_path):
+    import json
+
     rows, split, whole, gemm = _table_rows()
-    kernel, gemm_fields = sweep_fused_router.choose_rows(rows)
+    bounds = (16, 64, 256, 1024, 4096)
+    kernel, gemm_fields = sweep_fused_router.choose_rows(rows, bounds)
     assert kernel == {0: split._asdict(), 3: whole._asdict()} and gemm_fields == gemm._asdict()
 
     stamp = {
@@ -242,9 +257,9 @@ def test_write_table_writes_the_fused_schema_with_the_runs_provenance(tmp_path):
         "layers_note": "L=260 weight sets (HBM, 189 MB)",
     }
     path = tmp_path / "fused.json"
+    packaged = _base_table(path, bounds)  # the base the sweep's rows replace
     results = ["benchmarks/results/s.csv", "benchmarks/results/s.md"]
     table = sweep_fused_router.write_table(path, rows, stamp, results, "")
-    packaged = launch_table.load_fused_table(launch_table.fused_table_file())
     assert table.rows[0] == split and table.rows[3] == whole
     assert table.rows[1:3] == packaged.rows[1:3] and table.rows[4:] == packaged.rows[4:]
     assert table.gemm_path_config == gemm and table.gemm_path_tokens == packaged.gemm_path_tokens
@@ -263,3 +278,26 @@ def test_write_table_option():
     args = sweep_fused_router.parse_args(["--write-table", "out/fused.json"])
     assert str(args.write_table) == "out/fused.json"
     assert sweep_fused_router.parse_args([]).write_table is None
+
+
+def test_write_table_buckets_by_the_base_files_bounds(tmp_path):
+    """A base table with other bucket bounds than the packaged one gets each T's best
+    config in its own bucket, not in the packaged table's bucket of that T."""
+    from vllm_gemma4_router.fused_router import launch_table
+
+    rows, split, _, _ = _table_rows()
+    register = launch_table.FusedLaunchConfig(1, 4, 256, 512, 2, 2)
+    rows.insert(0, {**rows[0], "config": sweep_fused_router.config_text(register), "us": 6.0})
+    path = tmp_path / "fused.json"
+    _base_table(path, (1, 32, 64, 256, 1024, 4096))
+    stamp = {
+        "date": "2026-12-06 14:00:00 UTC",
+        "gpu": "Test GPU",
+        "argv": "sweep",
+        "torch": "2.11.0",
+    }
+    table = sweep_fused_router.write_table(path, rows, stamp, ["r.csv"], "split")
+    assert table.bucket_bounds == (1, 32, 64, 256, 1024, 4096)
+    assert table.rows[0] == register  # T = 1: bucket 0 of the base file
+    # T = 16 alone in bucket 1: the config fastest there, not the best over T = 1 and 16
+    assert table.rows[1] == launch_table.FusedLaunchConfig(16, 32, 256, 512, 8, 2) != split

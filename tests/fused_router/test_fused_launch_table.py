@@ -32,17 +32,16 @@ def _raw() -> dict:
 
 def test_the_packaged_table_loads_and_names_its_sweeps():
     table = load_fused_table(fused_table_file())
-    assert table.bucket_bounds == (16, 64, 256, 1024, 4096) and len(table.rows) == 6
+    assert table.bucket_bounds == (1, 4, 8, 16, 64, 256, 1024, 4096) and len(table.rows) == 9
     data = _raw()
     assert data["schema"] == 1 and data["table"] == "fused_router"
     sweeps = {s["id"]: s for s in data["provenance"]["sweeps"]}
     for sweep in sweeps.values():
-        assert set(SWEEP_FIELDS) <= set(sweep) and sweep["device"] == "NVIDIA H200"
-        assert sweep["versions"] == {
-            "driver": "580.159.04",
-            "torch": "2.11.0+cu130",
-            "triton": "3.6.0",
-        }
+        assert set(SWEEP_FIELDS) <= set(sweep)
+        assert sweep["device"] in ("NVIDIA H200", "NVIDIA H100 80GB HBM3")
+        versions = sweep["versions"]
+        assert versions["driver"] == "580.159.04" and versions["triton"] == "3.6.0"
+        assert versions["torch"] == "2.11.0+cu130"
         assert re.match(r"20\d\d-[01]\d-[0-3]\d", sweep["date"])
         for result in sweep["results"]:
             assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
@@ -53,19 +52,24 @@ def test_the_packaged_table_loads_and_names_its_sweeps():
 
 def test_the_loaded_rows_are_the_rows_the_code_held():
     rows = fused_table._FUSED_TABLE
-    assert rows[0] == FusedLaunchConfig(16, 32, 256, 256, 8, 2)
-    assert rows[1] == FusedLaunchConfig(16, 64, 256, 256, 8, 2)
-    assert rows[2] == FusedLaunchConfig(16, 128, 256, 512, 4, 2)
-    assert rows[3] == rows[4] == FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8)
-    assert rows[5] == FusedLaunchConfig(64, 128, 64, 2**31, 4, 3, 8)
+    # T <= 16: the register GEMM, one row per swept T (H100 sweep of 2026-12-06)
+    assert rows[0] == FusedLaunchConfig(1, 4, 256, 512, 2, 2)
+    assert rows[1] == FusedLaunchConfig(4, 4, 512, 1024, 4, 2)
+    assert rows[2] == FusedLaunchConfig(8, 1, 512, 1024, 4, 2)
+    assert rows[3] == FusedLaunchConfig(8, 2, 512, 1024, 4, 2)
+    assert rows[4] == FusedLaunchConfig(16, 64, 256, 256, 8, 2)
+    assert rows[5] == FusedLaunchConfig(16, 128, 256, 512, 4, 2)
+    assert rows[6] == rows[7] == FusedLaunchConfig(32, 128, 64, 2**31, 4, 3, 8)
+    assert rows[8] == FusedLaunchConfig(64, 128, 64, 2**31, 4, 3, 8)
     table = load_fused_table(fused_table_file())
     assert table.gemm_path_tokens == GEMM_PATH_TOKENS and table.gemm_path_config == GEMM_PATH_CONFIG
     assert (GEMM_PATH_TOKENS.start, GEMM_PATH_TOKENS.stop, GEMM_PATH_TOKENS.step) == (257, 8193, 1)
     assert GemmPathConfig(1, 4096, 8, 1, 1, "exact", "in_row") == GEMM_PATH_CONFIG
-    buckets = {1: 0, 16: 0, 17: 1, 64: 1, 65: 2, 256: 2, 1024: 3, 4096: 4, 4097: 5, 2**40: 5}
+    buckets = {1: 0, 2: 1, 4: 1, 5: 2, 8: 2, 9: 3, 16: 3, 17: 4, 64: 4, 65: 5, 256: 5}
+    buckets |= {1024: 6, 4096: 7, 4097: 8, 2**40: 8}
     assert {t: fused_bucket(t) for t in buckets} == buckets
-    assert fused_launch_config(1, 2816, 128) == rows[0]
-    assert fused_launch_config(70000, 2816, 128) == rows[5]._replace(h_slice=2816)
+    assert fused_launch_config(1, 2816, 128) == rows[0]._replace(h_slice=512)
+    assert fused_launch_config(70000, 2816, 128) == rows[8]._replace(h_slice=2816)
 
 
 def test_routing_and_fused_tables_share_no_name():

@@ -29,9 +29,11 @@ def compiled_kernels() -> int:
 
 def test_gpu_no_fused_call_compiles_after_the_warmup(gen):
     assert GEMM_PATH_TOKENS.start <= MAX_TOKENS  # the GEMM path is warmed too
+    # The dtypes router_inputs gives: scale in the hidden states' dtype, fp32 expert scale.
     calls = warm_fused_router(
-        2816, 128, 8, max_tokens=MAX_TOKENS, device=torch.device("cuda"), paddings=(False, True)
-    )
+        2816, 128, 8, max_tokens=MAX_TOKENS, device=torch.device("cuda"),
+        scale_dtype=torch.bfloat16, paddings=(False, True),
+    )  # fmt: skip
     assert calls > 0
     compiled = compiled_kernels()
     counts = [1, 2, 3, 8, 15, 16, 17, 31, 32, 64, 65, 100, 256, 257, 272, 300, 1024, 1025, 1100]
