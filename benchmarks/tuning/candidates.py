@@ -33,6 +33,10 @@ ROUTING_VARIANTS = (
 )
 
 
+#: Register-GEMM candidates hold at most this many products per warp (128 per lane).
+ONE_WARP_MAX_TILE = 4096
+
+
 def candidate_configs(
     num_tokens: int, hidden: int, num_experts: int, topk: int, dtype: torch.dtype
 ) -> list[FusedLaunchConfig]:
@@ -59,8 +63,20 @@ def candidate_configs(
         # as vLLM's ll_bf16 dot-product kernel, whole H or slices of it; unmeasured
         # until a device sweep times it against the tl.dot splits above.
         block_t = min(triton.next_power_of_2(num_tokens), 8)
+        # One warp: the finishing program's routing reductions are then shuffles only,
+        # no shared-memory round between warps; up to 128 products per lane (more spill
+        # on sm_90: ci/offline_compile_fused.py --candidates 1,4).
         for block_e in (1, 2, 4, 8):
-            for block_h, num_warps in ((256, 2), (512, 4), (1024, 4), (1024, 8)):
+            for block_h, num_warps in (
+                (256, 1),
+                (256, 2),
+                (512, 1),
+                (512, 4),
+                (1024, 4),
+                (1024, 8),
+            ):
+                if block_t * block_e * block_h > ONE_WARP_MAX_TILE * num_warps:
+                    continue
                 for h_slice in (2**31, 2 * block_h):
                     seen.append(FusedLaunchConfig(block_t, block_e, block_h, h_slice, num_warps, 2))
     elif num_tokens <= 1024:

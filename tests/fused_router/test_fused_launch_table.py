@@ -52,9 +52,9 @@ def test_the_packaged_table_loads_and_names_its_sweeps():
 
 def test_the_loaded_rows_are_the_rows_the_code_held():
     rows = fused_table._FUSED_TABLE
-    # T <= 16: the register GEMM, one row per swept T (H100 sweep of 2026-12-06)
-    assert rows[0] == FusedLaunchConfig(1, 4, 256, 512, 2, 2)
-    assert rows[1] == FusedLaunchConfig(4, 4, 512, 1024, 4, 2)
+    # T <= 16: the register GEMM, one row per swept T (H100 sweeps of 2026-12-06)
+    assert rows[0] == FusedLaunchConfig(1, 1, 512, 1024, 1, 2)
+    assert rows[1] == FusedLaunchConfig(4, 4, 512, 1024, 4, 2, scale_pick="after")
     assert rows[2] == FusedLaunchConfig(8, 1, 512, 1024, 4, 2)
     assert rows[3] == FusedLaunchConfig(8, 2, 512, 1024, 4, 2)
     assert rows[4] == FusedLaunchConfig(16, 64, 256, 256, 8, 2)
@@ -68,7 +68,7 @@ def test_the_loaded_rows_are_the_rows_the_code_held():
     buckets = {1: 0, 2: 1, 4: 1, 5: 2, 8: 2, 9: 3, 16: 3, 17: 4, 64: 4, 65: 5, 256: 5}
     buckets |= {1024: 6, 4096: 7, 4097: 8, 2**40: 8}
     assert {t: fused_bucket(t) for t in buckets} == buckets
-    assert fused_launch_config(1, 2816, 128) == rows[0]._replace(h_slice=512)
+    assert fused_launch_config(1, 2816, 128) == rows[0]
     assert fused_launch_config(70000, 2816, 128) == rows[8]._replace(h_slice=2816)
 
 
