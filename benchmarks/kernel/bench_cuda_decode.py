@@ -1,0 +1,155 @@
+"""Time the CUDA C++ decode prototype (``benchmarks/kernel/cuda_decode``) against the fused op.
+
+Run on an NVIDIA GPU as ``python -m benchmarks.kernel.bench_cuda_decode``. For each T and
+each ``--warps`` build, layer 0 is checked first (ids exactly the reference routing of
+the prototype's own logits, weights to 1e-5, logits within ``--logit-rtol`` of the row
+max of the fused op's); then each is timed as ``bench_router`` times the fused op: one
+CUDA graph cycling through L layers' router weights, L = 3x the L2 (``cold``: the gate
+weights come from HBM) and L = 8 (``hot``). ``--producer``: a kernel writing the hidden
+states before every call, its time subtracted. Writes
+``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.common.tables import markdown_table
+from benchmarks.common.timing import (
+    bench_rotated,
+    environment_stamp,
+    l2_bytes,
+    producer_of,
+    rotation_sets,
+    write_stamped_csv,
+)
+from benchmarks.kernel.bench_router import (
+    add_router_shape_args,
+    layer_bytes,
+    logit_error,
+    make_layer_sets,
+)
+from benchmarks.kernel.cuda_decode import route_decode
+from vllm_gemma4_router import gemma4_routing_reference
+
+HOT_LAYERS = 8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_router_shape_args(parser)
+    parser.set_defaults(tokens="1,2,4,8,16")
+    parser.add_argument("--warps", default="1,2,4", help="prototype builds, comma-separated")
+    parser.add_argument("--replays", type=int, default=15)
+    parser.add_argument("--logit-rtol", type=float, default=1e-3)
+    parser.add_argument("--producer", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args(argv)
+    args.tokens = [int(t) for t in args.tokens.split(",") if t]
+    args.warps = [int(w) for w in args.warps.split(",") if w]
+    return args
+
+
+def check(out, fused_logits: torch.Tensor, pes: torch.Tensor, topk: int, rtol: float) -> str:
+    """``'ok'`` or why the prototype's ``out`` is wrong for layer 0."""
+    logits, weights, ids = out
+    ref_w, ref_ids = gemma4_routing_reference(logits, topk, pes)
+    if not torch.equal(ids, ref_ids):
+        return "FAIL: ids != reference routing of its logits"
+    if not torch.allclose(weights, ref_w, rtol=1e-5, atol=1e-6):
+        return "FAIL: weights != reference routing of its logits"
+    err = logit_error(logits, fused_logits)
+    return "ok" if err <= rtol else f"FAIL: logits {err:.3g} of row max off the fused op's"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_cuda_decode times CUDA graphs: it needs an NVIDIA GPU")
+    from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
+
+    dtype = getattr(torch, args.dtype)
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    per_layer = layer_bytes(args.hidden, args.experts, dtype.itemsize)
+    cold = rotation_sets(per_layer, l2_bytes())
+    weights, scales, expert_scales = make_layer_sets(
+        cold, args.hidden, args.experts, dtype, device, gen
+    )
+    expert_scales32 = [s.float() for s in expert_scales]
+    params = torch.tensor([args.eps, args.hidden**-0.5], device=device)
+    stamp = environment_stamp()
+    rows = []
+    for num_tokens in args.tokens:
+        h = torch.randn(num_tokens, args.hidden, generator=gen, device=device).to(dtype)
+        out = unpack(new_packed(num_tokens, args.experts, args.topk, device), num_tokens,
+                     args.experts, args.topk)  # fmt: skip
+
+        def fused(layer, h=h, out=out):
+            fused_router_into(h, scales[layer], weights[layer], expert_scales[layer],
+                              args.eps, args.topk, out)  # fmt: skip
+
+        fused(0)
+        fused_logits = out[0].clone()
+        arms = {"fused op": fused}
+        checks = {"fused op": "ok"}
+        for warps in args.warps:
+            mine = tuple(t.clone() for t in out)
+
+            def proto(layer, h=h, mine=mine, warps=warps):
+                route_decode(h, scales[layer], weights[layer], expert_scales32[layer], params,
+                             args.topk, mine, warps=warps)  # fmt: skip
+
+            name = f"cuda, {warps} warp{'s' if warps > 1 else ''}"
+            try:
+                proto(0)
+                torch.cuda.synchronize()
+                checks[name] = check(mine, fused_logits, expert_scales32[0], args.topk,
+                                     args.logit_rtol)  # fmt: skip
+            except (RuntimeError, ValueError, TypeError) as exc:
+                checks[name] = f"FAIL: {type(exc).__name__}: {str(exc)[:120]}"
+            arms[name] = proto
+        produce, preceded = producer_of(h) if args.producer else (None, None)
+        producer_us = {}
+        for label, sets in (("cold", cold), ("hot", HOT_LAYERS)):
+            if produce is not None:
+                producer_us[label] = bench_rotated(
+                    lambda _layer, produce=produce: produce(), sets, args.replays
+                )
+            for name, fn in arms.items():
+                if checks[name] != "ok":
+                    continue
+                timed = preceded(fn) if preceded else fn
+                us = bench_rotated(timed, sets, args.replays) - producer_us.get(label, 0.0)
+                rows.append(dict(T=num_tokens, arm=name, weights=label, layers=sets,
+                                 us=round(us, 3), check=checks[name]))  # fmt: skip
+        rows += [dict(T=num_tokens, arm=n, weights="-", layers=0, us="", check=c)
+                 for n, c in checks.items() if c != "ok"]  # fmt: skip
+        print(f"T={num_tokens}: " + ", ".join(f"{r['arm']} {r['weights']} {r['us']}"
+                                              for r in rows if r["T"] == num_tokens))  # fmt: skip
+    stamp["argv"] = " ".join(["python -m benchmarks.kernel.bench_cuda_decode", *(argv or [])])
+    stamp["producer"] = "hidden-states copy, subtracted" if args.producer else "none"
+    device_name = stamp.get("gpu", "gpu").replace(" ", "_")
+    base = Path(args.out) / "_".join(
+        filter(None, ["bench_cuda_decode", device_name, stamp.get("date", "")[:10], args.tag])
+    )
+    base.parent.mkdir(parents=True, exist_ok=True)
+    write_stamped_csv(f"{base}.csv", stamp, rows)
+    table = markdown_table(
+        ["T", "arm", "weights", "layers", "us", "check"],
+        [[str(r[k]) for k in ("T", "arm", "weights", "layers", "us", "check")] for r in rows],
+    )
+    header = ", ".join(f"{k}={v}" for k, v in stamp.items())
+    Path(f"{base}.md").write_text(
+        f"# CUDA decode prototype vs the fused op\n\n{header}\n\n{table}\n"
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

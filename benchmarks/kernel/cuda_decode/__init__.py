@@ -1,0 +1,101 @@
+"""A CUDA C++ prototype of the fused Gemma 4 router at decode sizes (issue #36).
+
+``router_decode.cu`` holds the kernel (one warp per expert, the gate row in registers,
+the last block routes). It is compiled at run time with NVRTC through torch
+(``torch.cuda._compile_kernel``, so nothing beyond the user's torch is needed) and
+timed against the Triton fused kernel by ``benchmarks/kernel/bench_cuda_decode.py``.
+Not in the serving path: it is there to measure whether CUDA C++ reaches the decode
+floor before the package takes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("router_decode.cu")
+KERNEL_NAME = "gemma4_router_decode"
+#: The macros a build fixes (see router_decode.cu's header).
+MACROS = ("WARPS", "MAX_CHUNKS", "SCALE_BF16", "MAX_K", "E_PER_LANE")
+
+
+def build_macros(
+    warps: int, hidden: int, num_experts: int, topk: int, scale_dtype: torch.dtype
+) -> dict[str, int]:
+    """The kernel's compile-time constants for one problem shape."""
+    if warps not in (1, 2, 4, 8):
+        raise ValueError(f"warps must be 1, 2, 4 or 8, got {warps}")
+    if hidden % 8:
+        raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
+    if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
+        raise ValueError(f"needs 1 <= topk <= min(E, 32) and E <= 256, got {topk}, {num_experts}")
+    if scale_dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"scale must be bfloat16 or float32, got {scale_dtype}")
+    return dict(
+        WARPS=warps,
+        MAX_CHUNKS=math.ceil(hidden / 256),
+        SCALE_BF16=int(scale_dtype == torch.bfloat16),
+        MAX_K=topk,
+        E_PER_LANE=math.ceil(num_experts / 32),
+    )
+
+
+@functools.cache
+def _kernel(macros: tuple[tuple[str, int], ...]):
+    from torch.cuda import _compile_kernel
+
+    options = [f"-D{name}={value}" for name, value in macros]
+    return _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def route_decode(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    params: torch.Tensor,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    warps: int = 1,
+    is_padding: torch.Tensor | None = None,
+) -> None:
+    """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
+    ids [T, K] int32)``.
+
+    ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit column stride and
+    16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32; ``per_expert_scale`` [E]
+    contiguous fp32 or ``None``; ``params`` a 2-element fp32 device tensor ``(eps,
+    H**-0.5)`` (floats are not passed as kernel arguments); ``is_padding`` [T] uint8/bool
+    or ``None``. Launches that share a device's counter must be stream-ordered."""
+    num_tokens, hidden = hidden_states.shape
+    num_experts = gate_weight.shape[0]
+    for name, tensor in (("hidden_states", hidden_states), ("gate_weight", gate_weight)):
+        if tensor.dtype != torch.bfloat16 or tensor.stride(1) != 1 or tensor.stride(0) % 8:
+            raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
+    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype)
+    kernel = _kernel(tuple(macros.items()))
+    device = hidden_states.device
+    counter = _COUNTERS.get(device)
+    if counter is None:
+        counter = _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    logits, weights, ids = out
+    padding = ids if is_padding is None else is_padding.view(torch.uint8)
+    pes = params if per_expert_scale is None else per_expert_scale
+    kernel(
+        grid=(math.ceil(num_experts / warps), 1, 1),
+        block=(32 * warps, 1, 1),
+        args=[
+            hidden_states, hidden_states.stride(0), scale, gate_weight, gate_weight.stride(0),
+            pes, int(per_expert_scale is not None), params,
+            logits, logits.stride(0), weights, weights.stride(0), ids, ids.stride(0),
+            padding, int(is_padding is not None), counter,
+            num_tokens, hidden, num_experts, topk,
+        ],
+    )  # fmt: skip

@@ -1,0 +1,52 @@
+"""The CUDA C++ decode prototype (benchmarks/kernel/cuda_decode) on the CPU: it compiles
+offline for sm_90a with nvcc, every build bench_cuda_decode makes, without spills and
+with its PDL wait; its build constants are checked. It runs on the GPU only
+(tests/benchmarks/test_gpu_cuda_decode.py)."""
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from benchmarks.kernel.cuda_decode import SOURCE, build_macros
+
+NVCC = shutil.which("nvcc")
+
+
+def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
+    assert NVCC, "nvcc (CUDA toolkit) is on this project's CI machines; put it on PATH"
+    defines = [f"-D{name}={value}" for name, value in macros.items()]
+    result = subprocess.run(
+        [NVCC, "-arch=sm_90a", *flags, "-o", str(out), *defines, str(SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("warps", [1, 2, 4])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+def test_each_build_compiles_for_sm90a_without_spills(warps, scale_dtype, tmp_path):
+    macros = build_macros(warps, 2816, 128, 8, scale_dtype)
+    assert macros["MAX_CHUNKS"] == 11 and macros["E_PER_LANE"] == 4
+    log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
+    assert "0 bytes spill stores, 0 bytes spill loads" in log, log
+    assert "0 bytes stack frame" in log, log
+    _nvcc(macros, tmp_path / "k.ptx", "-ptx")
+    ptx = (tmp_path / "k.ptx").read_text()
+    assert ".entry gemma4_router_decode" in ptx
+    assert "griddepcontrol.wait" in ptx  # weights load before it, x after it
+
+
+def test_build_macros_rejects_what_the_kernel_cannot_take():
+    with pytest.raises(ValueError, match="warps"):
+        build_macros(3, 2816, 128, 8, torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_macros(1, 2817, 128, 8, torch.bfloat16)
+    with pytest.raises(ValueError, match="topk"):
+        build_macros(1, 2816, 300, 8, torch.bfloat16)
+    with pytest.raises(TypeError, match="scale"):
+        build_macros(1, 2816, 128, 8, torch.float16)

@@ -1,0 +1,52 @@
+"""GPU: the CUDA C++ decode prototype meets the fused router's contract (logits within
+the fp32 bound of the fp64 chain, routing exactly the reference's of its own logits,
+valid distinct ids), with the padding mask, and leaves its counter ready for the next
+launch."""
+
+import pytest
+import torch
+from fused_oracle import assert_fused_contract, router_inputs
+
+from benchmarks.kernel.cuda_decode import route_decode
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU"),
+]
+EPS = 1e-6
+
+
+def _run(h, s, w, pes, warps, is_padding=None):
+    t, e = h.shape[0], w.shape[0]
+    out = (
+        torch.full((t, e), float("nan"), device="cuda"),
+        torch.full((t, 8), float("nan"), device="cuda"),
+        torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
+    )
+    params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
+    route_decode(h, s, w, pes, params, 8, out, warps=warps, is_padding=is_padding)
+    torch.cuda.synchronize()
+    return out
+
+
+@pytest.mark.parametrize("warps", [1, 2, 4])
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+def test_gpu_prototype_meets_the_contract(warps, num_tokens, scale_dtype, gen):
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    s = s.to(scale_dtype)
+    out = _run(h, s, w, pes, warps)
+    assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+    again = _run(h, s, w, pes, warps)  # the counter was reset: same bits
+    assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
+
+
+def test_gpu_prototype_without_expert_scale_and_with_padding(gen):
+    h, s, w, pes = router_inputs(8, 2816, 128, torch.bfloat16, gen, device="cuda")
+    mask = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool, device="cuda")
+    logits, weights, ids = _run(h, s, w, None, 1, mask)
+    assert bool((ids[mask] == -1).all()) and bool((weights[mask] == 0).all())
+    plain = _run(h, s, w, None, 1)
+    keep = ~mask
+    assert torch.equal(ids[keep], plain[2][keep]) and torch.equal(weights[keep], plain[1][keep])
+    assert_fused_contract(*plain, h, s, w, None, EPS, 8)
