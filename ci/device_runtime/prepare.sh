@@ -20,7 +20,8 @@ VLLM_VERSION=${VLLM_RUNTIME:-0.26.0}
 PYVER=${PYVER:-3.12}
 PYTAG=cp${PYVER/./}
 ROOT=${DEVICE_RUNTIME_DIR:-.cache/device_runtime}
-PIECE_BYTES=${PIECE_BYTES:-55000000}
+# 50 MB: a call carries the piece and the repo's tracked files (12.5 MB on 2026-12-06) within 64 MiB.
+PIECE_BYTES=${PIECE_BYTES:-50000000}
 XZ_PRESET=${XZ_PRESET:--9e} # -9e: smallest (about 11 min here); simulate_locally.sh uses -0
 DL=$ROOT/downloads
 DEPS=$DL/$PYTAG
