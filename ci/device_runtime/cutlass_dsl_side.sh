@@ -69,7 +69,7 @@ usage() {
 # ---------------------------------------------------------------------------
 build() {
   local dl=$ROOT/downloads/$TAG build=$ROOT/build/$TAG tools=$ROOT/tools
-  local piece_bytes=${PIECE_BYTES:-55000000} xz_preset=${XZ_PRESET:--9e}
+  local piece_bytes=${PIECE_BYTES:-50000000} xz_preset=${XZ_PRESET:--9e}
   # Left out of the assembled site (paths relative to it) and why.
   local trim=(
     bin                                      # console scripts (run-iket, tvm-ffi-*) with THIS machine's interpreter path
