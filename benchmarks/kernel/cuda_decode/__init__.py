@@ -77,8 +77,15 @@ def route_decode(
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     for name, tensor in (("hidden_states", hidden_states), ("gate_weight", gate_weight)):
-        if tensor.dtype != torch.bfloat16 or tensor.stride(1) != 1 or tensor.stride(0) % 8:
+        if (
+            tensor.dtype != torch.bfloat16
+            or tensor.stride(1) != 1
+            or tensor.stride(0) % 8
+            or tensor.data_ptr() % 16
+        ):
             raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
+    if not scale.is_contiguous() or scale.data_ptr() % 16:
+        raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
     macros = build_macros(warps, hidden, num_experts, topk, scale.dtype)
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
