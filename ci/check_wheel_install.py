@@ -176,7 +176,7 @@ tables = [launch_table.table_file(p) for p in ("cuda", "hip")] + [fused_table.fu
 for table in tables:
     assert prefix in Path(str(table)).resolve().parents, f"launch table {table} not from the wheel"
 assert launch_table.NUM_BUCKETS == 6 and len(launch_table._HIP_TABLE) == 6
-assert fused_table.GEMM_PATH_TOKENS and len(fused_table._FUSED_TABLE) == 6
+assert fused_table.GEMM_PATH_TOKENS and len(fused_table._FUSED_TABLE) == 9
 from vllm_gemma4_router import gemma4_routing_reference
 
 logits = torch.randn(5, 32)
