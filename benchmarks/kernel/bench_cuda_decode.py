@@ -1,13 +1,13 @@
 """Time the CUDA C++ decode prototype (``benchmarks/kernel/cuda_decode``) against the fused op.
 
 Run on an NVIDIA GPU as ``python -m benchmarks.kernel.bench_cuda_decode``. For each T and
-each ``--warps`` build, layer 0 is checked first (ids exactly the reference routing of
-the prototype's own logits, weights to 1e-5, logits within ``--logit-rtol`` of the row
-max of the fused op's); then each is timed as ``bench_router`` times the fused op: one
-CUDA graph cycling through L layers' router weights, L = 3x the L2 (``cold``: the gate
-weights come from HBM) and L = 8 (``hot``). ``--producer``: a kernel writing the hidden
-states before every call, its time subtracted. Writes
-``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
+each ``--warps`` build, layer 0 is checked first (``sweep_fused_router.check_outputs``:
+ids exactly the reference routing of the prototype's own logits, weights to 1e-5,
+logits within ``--logit-rtol`` of the row max of the fused op's); then each is timed as
+``bench_router`` times the fused op: one CUDA graph cycling through L layers' router
+weights, L = 3x the L2 (``cold``: the gate weights come from HBM) and L = 8 (``hot``).
+``--producer``: a kernel writing the hidden states before every call, its time
+subtracted. Writes ``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from benchmarks.common.timing import (
 from benchmarks.kernel.bench_router import (
     add_router_shape_args,
     layer_bytes,
-    logit_error,
     make_layer_sets,
 )
 from benchmarks.kernel.cuda_decode import route_decode
-from vllm_gemma4_router import gemma4_routing_reference
+from benchmarks.tuning.sweep_fused_router import Problem, check_outputs
 
 HOT_LAYERS = 8
 
@@ -54,18 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check(out, fused_logits: torch.Tensor, pes: torch.Tensor, topk: int, rtol: float) -> str:
-    """``'ok'`` or why the prototype's ``out`` is wrong for layer 0."""
-    logits, weights, ids = out
-    ref_w, ref_ids = gemma4_routing_reference(logits, topk, pes)
-    if not torch.equal(ids, ref_ids):
-        return "FAIL: ids != reference routing of its logits"
-    if not torch.allclose(weights, ref_w, rtol=1e-5, atol=1e-6):
-        return "FAIL: weights != reference routing of its logits"
-    err = logit_error(logits, fused_logits)
-    return "ok" if err <= rtol else f"FAIL: logits {err:.3g} of row max off the fused op's"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -82,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         cold, args.hidden, args.experts, dtype, device, gen
     )
     expert_scales32 = [s.float() for s in expert_scales]
+    problem = Problem(weights, scales, expert_scales, args.eps, args.topk)
     params = torch.tensor([args.eps, args.hidden**-0.5], device=device)
     stamp = environment_stamp()
     rows = []
@@ -109,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 proto(0)
                 torch.cuda.synchronize()
-                checks[name] = check(mine, fused_logits, expert_scales32[0], args.topk,
-                                     args.logit_rtol)  # fmt: skip
+                reason, _ = check_outputs(mine, fused_logits, problem, args.logit_rtol)
+                checks[name] = f"FAIL: {reason}" if reason else "ok"
             except (RuntimeError, ValueError, TypeError) as exc:
                 checks[name] = f"FAIL: {type(exc).__name__}: {str(exc)[:120]}"
             arms[name] = proto

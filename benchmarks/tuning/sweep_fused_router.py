@@ -34,7 +34,6 @@ over the packaged file to ship it.
 from __future__ import annotations
 
 import argparse
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,8 +342,6 @@ def choose_rows(
     packaged table's), the checked kernel config with the smallest geometric mean of
     time over the best time across the bucket's T; the GEMM path's config likewise
     across every T it was timed at (``table_writer.choose``)."""
-    if bounds is None:
-        bounds = launch_table.fused_bucket_bounds()
     kernel: dict[int, dict[str, dict[int, float]]] = {}
     gemm: dict[str, dict[int, float]] = {}
     for row in rows:
@@ -354,7 +351,7 @@ def choose_rows(
         if row["config_type"] == "GemmPathConfig":
             gemm.setdefault(row["config"], {})[num_tokens] = float(row["us"])
         elif row["config_type"] == "FusedLaunchConfig":
-            bucket = bisect.bisect_left(bounds, num_tokens)
+            bucket = launch_table.fused_bucket(num_tokens, bounds)
             kernel.setdefault(bucket, {}).setdefault(row["config"], {})[num_tokens] = float(
                 row["us"]
             )

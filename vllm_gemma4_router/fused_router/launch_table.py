@@ -12,9 +12,11 @@ path), and that path's launch config (``GEMM_PATH_CONFIG``).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import os
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import NamedTuple
 
@@ -231,12 +233,10 @@ _FUSED_BUCKET_BOUNDS, _FUSED_TABLE, GEMM_PATH_TOKENS, GEMM_PATH_CONFIG = load_fu
 #: that path launches.
 
 
-def fused_bucket(num_tokens: int) -> int:
-    """Index of the fused table's row for ``num_tokens``."""
-    for index, bound in enumerate(_FUSED_BUCKET_BOUNDS):
-        if num_tokens <= bound:
-            return index
-    return len(_FUSED_BUCKET_BOUNDS)
+def fused_bucket(num_tokens: int, bounds: Sequence[int] | None = None) -> int:
+    """Index of the fused table's row for ``num_tokens``; ``bounds``: another table's
+    sorted upper token bounds (a sweep's base file) instead of the packaged table's."""
+    return bisect.bisect_left(_FUSED_BUCKET_BOUNDS if bounds is None else bounds, num_tokens)
 
 
 #: Programmatic dependent launch of the table's split rows: "1" on, "0" off, unset

@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 import torch
 
-from vllm_gemma4_router.routing.warmup import warmup_token_counts
+from vllm_gemma4_router.routing.warmup import (
+    COMPILED_DEVICE_TYPES,
+    warmup_masks,
+    warmup_token_counts,
+)
 
 
 def warm_fused_router(
@@ -36,7 +40,7 @@ def warm_fused_router(
     from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS, fused_bucket_bounds
     from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
-    if device.type not in ("cuda", "xpu"):
+    if device.type not in COMPILED_DEVICE_TYPES:
         return 0
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -52,10 +56,7 @@ def warm_fused_router(
     calls = 0
     for num_tokens in warmup_token_counts(bounds, max_tokens):
         hidden_states = random(num_tokens, hidden).to(dtype)
-        for padding in paddings:
-            is_padding = None
-            if padding:
-                is_padding = torch.rand(num_tokens, generator=generator, device=device) < 0.25
+        for is_padding in warmup_masks(num_tokens, paddings, generator):
             packed = new_packed(num_tokens, num_experts, topk, device)
             out = unpack(packed, num_tokens, num_experts, topk)
             fused_router_into(hidden_states, scale, weight, pes, eps, topk, out, is_padding)

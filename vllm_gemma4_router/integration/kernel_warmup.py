@@ -26,11 +26,17 @@ from vllm_gemma4_router.log_contract import (
     kernels_warmup_failed_line,
     logger,
 )
+from vllm_gemma4_router.routing.warmup import COMPILED_DEVICE_TYPES
 
 _TRITON_FORWARDS = ("forward_cuda", "forward_hip", "forward_xpu")
-_GPU_DEVICES = ("cuda", "xpu")
-# (op, shape key) pairs this process has warmed.
+_GPU_DEVICES = COMPILED_DEVICE_TYPES
+# (op, its warm-up's keywords) pairs this process has warmed.
 _warmed: set[tuple] = set()
+
+
+def _keyed(op: str, kwargs: dict) -> tuple[tuple, dict]:
+    """``(key, kwargs)``: a warm-up keyed by its op and every keyword it takes."""
+    return (op, *sorted(kwargs.items())), kwargs
 
 
 def routing_warmups(model: torch.nn.Module, topk: int) -> dict[tuple, dict]:
@@ -48,14 +54,17 @@ def routing_warmups(model: torch.nn.Module, topk: int) -> dict[tuple, dict]:
         if scale.device.type not in _GPU_DEVICES:
             continue
         padding = PADDING_MASK_ATTRIBUTE in owner.__dict__
-        key = ("gemma4_routing", scale.numel(), topk, scale.dtype, scale.device, padding)
-        calls[key] = dict(
-            num_experts=scale.numel(),
-            topk=topk,
-            device=scale.device,
-            scale_dtype=scale.dtype,
-            paddings=(False, True) if padding else (False,),
+        key, kwargs = _keyed(
+            "gemma4_routing",
+            dict(
+                num_experts=scale.numel(),
+                topk=topk,
+                device=scale.device,
+                scale_dtype=scale.dtype,
+                paddings=(False, True) if padding else (False,),
+            ),
         )
+        calls[key] = kwargs
     return calls
 
 
@@ -73,20 +82,21 @@ def fused_warmups(model: torch.nn.Module, padding: bool) -> dict[tuple, dict]:
             continue
         pes = plan.per_expert_scale()
         num_experts, hidden = weight.shape
-        pes_dtype = None if pes is None else pes.dtype
-        key = ("gemma4_fused_router", hidden, num_experts, plan.topk, weight.dtype,
-               scale.dtype, pes_dtype, plan.eps, weight.device, padding)  # fmt: skip
-        calls[key] = dict(
-            hidden=hidden,
-            num_experts=num_experts,
-            topk=plan.topk,
-            device=weight.device,
-            dtype=weight.dtype,
-            scale_dtype=scale.dtype,
-            per_expert_scale_dtype=pes_dtype,
-            eps=plan.eps,
-            paddings=(False, True) if padding else (False,),
+        key, kwargs = _keyed(
+            "gemma4_fused_router",
+            dict(
+                hidden=hidden,
+                num_experts=num_experts,
+                topk=plan.topk,
+                device=weight.device,
+                dtype=weight.dtype,
+                scale_dtype=scale.dtype,
+                per_expert_scale_dtype=None if pes is None else pes.dtype,
+                eps=plan.eps,
+                paddings=(False, True) if padding else (False,),
+            ),
         )
+        calls[key] = kwargs
     return calls
 
 

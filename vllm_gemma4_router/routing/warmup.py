@@ -12,11 +12,13 @@ same shapes, strides and dtypes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
 SPECIALISATION_MULTIPLE = 16
+#: Device types whose kernels Triton compiles (elsewhere the ops run the interpreter or torch).
+COMPILED_DEVICE_TYPES = ("cuda", "xpu")
 
 
 def specialisation_token_counts(first: int, last: int) -> list[int]:
@@ -55,6 +57,19 @@ def warmup_token_counts(bounds: Iterable[int], max_tokens: int) -> list[int]:
     return counts
 
 
+def warmup_masks(
+    num_tokens: int, paddings: Sequence[bool], generator: torch.Generator
+) -> Iterator[torch.Tensor | None]:
+    """Per entry of ``paddings``: ``None`` (no mask) or a fresh random ``[T]`` bool mask on
+    ``generator``'s device (a launch with ``HAS_PADDING``)."""
+    for padding in paddings:
+        yield (
+            torch.rand(num_tokens, generator=generator, device=generator.device) < 0.25
+            if padding
+            else None
+        )
+
+
 def warm_routing(
     num_experts: int,
     topk: int,
@@ -74,7 +89,7 @@ def warm_routing(
     from vllm_gemma4_router.routing.launch_table import bucket_bounds
     from vllm_gemma4_router.routing.launcher import gemma4_routing_triton
 
-    if device.type not in ("cuda", "xpu"):
+    if device.type not in COMPILED_DEVICE_TYPES:
         return 0
     generator = torch.Generator(device=device).manual_seed(0)
     scale = None
@@ -85,10 +100,7 @@ def warm_routing(
         logits = torch.randn((num_tokens, num_experts), generator=generator, device=device).to(
             logit_dtype
         )
-        for padding in paddings:
-            is_padding = None
-            if padding:
-                is_padding = torch.rand(num_tokens, generator=generator, device=device) < 0.25
+        for is_padding in warmup_masks(num_tokens, paddings, generator):
             gemma4_routing_triton(logits, topk, scale, is_padding=is_padding)
             launches += 1
     return launches
