@@ -1,7 +1,8 @@
 """Time the CUDA C++ decode prototype (``benchmarks/kernel/cuda_decode``) against the fused op.
 
 Run on an NVIDIA GPU as ``python -m benchmarks.kernel.bench_cuda_decode``. For each T and
-each ``--warps`` build, layer 0 is checked first (``sweep_fused_router.check_outputs``:
+each ``--builds`` build (warps x experts per block), layer 0 is checked first
+(``sweep_fused_router.check_outputs``:
 ids exactly the reference routing of the prototype's own logits, weights to 1e-5,
 logits within ``--logit-rtol`` of the row max of the fused op's); then each is timed as
 ``bench_router`` times the fused op: one CUDA graph cycling through L layers' router
@@ -13,6 +14,8 @@ subtracted. Writes ``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under 
 from __future__ import annotations
 
 import argparse
+import itertools
+import sys
 from pathlib import Path
 
 import torch
@@ -41,7 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_router_shape_args(parser)
     parser.set_defaults(tokens="1,2,4,8,16")
-    parser.add_argument("--warps", default="1,2,4", help="prototype builds, comma-separated")
+    parser.add_argument(
+        "--builds",
+        default="4x1,8x1,4x2,8x2,8x4",
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated",
+    )
+    parser.add_argument(
+        "--pdl",
+        choices=("off", "on", "both"),
+        default="both",
+        help="launch the prototype with programmatic dependent launch",
+    )
     parser.add_argument("--replays", type=int, default=15)
     parser.add_argument("--logit-rtol", type=float, default=1e-3)
     parser.add_argument("--producer", action="store_true")
@@ -49,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",") if t]
-    args.warps = [int(w) for w in args.warps.split(",") if w]
+    args.builds = [tuple(int(n) for n in b.split("x")) for b in args.builds.split(",") if b]
     return args
 
 
@@ -86,14 +99,16 @@ def main(argv: list[str] | None = None) -> None:
         fused_logits = out[0].clone()
         arms = {"fused op": fused}
         checks = {"fused op": "ok"}
-        for warps in args.warps:
+        pdl_modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+        for (warps, per_block), pdl in itertools.product(args.builds, pdl_modes):
             mine = tuple(t.clone() for t in out)
 
-            def proto(layer, h=h, mine=mine, warps=warps):
+            def proto(layer, h=h, mine=mine, warps=warps, per_block=per_block, pdl=pdl):
                 route_decode(h, scales[layer], weights[layer], expert_scales32[layer], params,
-                             args.topk, mine, warps=warps)  # fmt: skip
+                             args.topk, mine, warps=warps, experts_per_block=per_block,
+                             pdl=pdl)  # fmt: skip
 
-            name = f"cuda, {warps} warp{'s' if warps > 1 else ''}"
+            name = f"cuda, {warps} warps x {per_block} experts{', PDL' if pdl else ''}"
             try:
                 proto(0)
                 torch.cuda.synchronize()
@@ -120,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                  for n, c in checks.items() if c != "ok"]  # fmt: skip
         print(f"T={num_tokens}: " + ", ".join(f"{r['arm']} {r['weights']} {r['us']}"
                                               for r in rows if r["T"] == num_tokens))  # fmt: skip
-    stamp["argv"] = " ".join(["python -m benchmarks.kernel.bench_cuda_decode", *(argv or [])])
+    given = sys.argv[1:] if argv is None else argv
+    stamp["argv"] = " ".join(["python -m benchmarks.kernel.bench_cuda_decode", *given])
     stamp["producer"] = "hidden-states copy, subtracted" if args.producer else "none"
     device_name = stamp.get("gpu", "gpu").replace(" ", "_")
     base = Path(args.out) / "_".join(

@@ -27,11 +27,16 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
     return result.stderr
 
 
-@pytest.mark.parametrize("warps", [1, 2, 4])
+BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4)]  # bench_cuda_decode's default --builds
+
+
+@pytest.mark.parametrize(("warps", "per_block"), BUILDS)
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
-def test_each_build_compiles_for_sm90a_without_spills(warps, scale_dtype, tmp_path):
-    macros = build_macros(warps, 2816, 128, 8, scale_dtype)
-    assert macros["MAX_CHUNKS"] == 11 and macros["E_PER_LANE"] == 4
+def test_each_build_compiles_for_sm90a_without_spills(warps, per_block, scale_dtype, tmp_path):
+    macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block)
+    # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover 16 tokens
+    assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
+    assert macros["RT"] * warps >= macros["TMAX"] == 16 and macros["E_PER_LANE"] == 4
     log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
     assert "0 bytes spill stores, 0 bytes spill loads" in log, log
     assert "0 bytes stack frame" in log, log
@@ -44,6 +49,8 @@ def test_each_build_compiles_for_sm90a_without_spills(warps, scale_dtype, tmp_pa
 def test_build_macros_rejects_what_the_kernel_cannot_take():
     with pytest.raises(ValueError, match="warps"):
         build_macros(3, 2816, 128, 8, torch.bfloat16)
+    with pytest.raises(ValueError, match="experts_per_block"):
+        build_macros(4, 2816, 128, 8, torch.bfloat16, 3)
     with pytest.raises(ValueError, match="multiple of 8"):
         build_macros(1, 2817, 128, 8, torch.bfloat16)
     with pytest.raises(ValueError, match="topk"):

@@ -16,7 +16,7 @@ pytestmark = [
 EPS = 1e-6
 
 
-def _run(h, s, w, pes, warps, is_padding=None):
+def _run(h, s, w, pes, build, is_padding=None, pdl=False):
     t, e = h.shape[0], w.shape[0]
     out = (
         torch.full((t, e), float("nan"), device="cuda"),
@@ -24,29 +24,46 @@ def _run(h, s, w, pes, warps, is_padding=None):
         torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
     )
     params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
-    route_decode(h, s, w, pes, params, 8, out, warps=warps, is_padding=is_padding)
+    warps, per_block = build
+    route_decode(h, s, w, pes, params, 8, out, warps=warps, experts_per_block=per_block,
+                 is_padding=is_padding, pdl=pdl)  # fmt: skip
     torch.cuda.synchronize()
     return out
 
 
-@pytest.mark.parametrize("warps", [1, 2, 4])
-@pytest.mark.parametrize("num_tokens", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("build", [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4)])
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 5, 8, 13, 16])
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
-def test_gpu_prototype_meets_the_contract(warps, num_tokens, scale_dtype, gen):
+def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     s = s.to(scale_dtype)
-    out = _run(h, s, w, pes, warps)
+    out = _run(h, s, w, pes, build)
     assert_fused_contract(*out, h, s, w, pes, EPS, 8)
-    again = _run(h, s, w, pes, warps)  # the counter was reset: same bits
+    again = _run(h, s, w, pes, build)  # the counter was reset: same bits
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
 def test_gpu_prototype_without_expert_scale_and_with_padding(gen):
     h, s, w, pes = router_inputs(8, 2816, 128, torch.bfloat16, gen, device="cuda")
     mask = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool, device="cuda")
-    logits, weights, ids = _run(h, s, w, None, 1, mask)
+    logits, weights, ids = _run(h, s, w, None, (4, 1), mask)
     assert bool((ids[mask] == -1).all()) and bool((weights[mask] == 0).all())
-    plain = _run(h, s, w, None, 1)
+    plain = _run(h, s, w, None, (4, 1))
     keep = ~mask
     assert torch.equal(ids[keep], plain[2][keep]) and torch.equal(weights[keep], plain[1][keep])
     assert_fused_contract(*plain, h, s, w, None, EPS, 8)
+
+
+def test_gpu_prototype_refuses_more_tokens_than_it_holds(gen):
+    h, s, w, pes = router_inputs(17, 2816, 128, torch.bfloat16, gen, device="cuda")
+    with pytest.raises(ValueError, match="hidden_states"):
+        _run(h, s, w, pes, (4, 1))
+
+
+@pytest.mark.parametrize("num_tokens", [1, 16])
+def test_gpu_prototype_with_pdl_gives_the_same_bits(num_tokens, gen):
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    plain = _run(h, s, w, pes, (8, 2))
+    with_pdl = _run(h, s, w, pes, (8, 2), pdl=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_pdl, strict=True))
+    assert_fused_contract(*with_pdl, h, s, w, pes, EPS, 8)

@@ -1,7 +1,8 @@
 """A CUDA C++ prototype of the fused Gemma 4 router at decode sizes (issue #36).
 
-``router_decode.cu`` holds the kernel (one warp per expert, the gate row in registers,
-the last block routes). It is compiled at run time with NVRTC through torch
+``router_decode.cu`` holds the kernel (blocks of NW warps own EPB experts each and split
+H between their threads, gate rows in registers; the last block routes). It is compiled
+at run time with NVRTC through torch
 (``torch.cuda._compile_kernel``, so nothing beyond the user's torch is needed) and
 timed against the Triton fused kernel by ``benchmarks/kernel/bench_cuda_decode.py``.
 Not in the serving path: it is there to measure whether CUDA C++ reaches the decode
@@ -16,18 +17,31 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.kernel.cuda_decode.launch import launch
+
 SOURCE = Path(__file__).with_name("router_decode.cu")
 KERNEL_NAME = "gemma4_router_decode"
 #: The macros a build fixes (see router_decode.cu's header).
-MACROS = ("WARPS", "MAX_CHUNKS", "SCALE_BF16", "MAX_K", "E_PER_LANE")
+MACROS = ("NW", "EPB", "CH", "TMAX", "TG", "RT", "SCALE_BF16", "MAX_K", "E_PER_LANE")
+#: The most tokens one launch takes: every thread keeps partial sums for each.
+MAX_TOKENS = 16
+#: Tokens whose x loads one thread keeps in flight together.
+TOKEN_GROUP = 4
 
 
 def build_macros(
-    warps: int, hidden: int, num_experts: int, topk: int, scale_dtype: torch.dtype
+    warps: int,
+    hidden: int,
+    num_experts: int,
+    topk: int,
+    scale_dtype: torch.dtype,
+    experts_per_block: int = 1,
 ) -> dict[str, int]:
-    """The kernel's compile-time constants for one problem shape."""
+    """The kernel's compile-time constants for one problem shape and build."""
     if warps not in (1, 2, 4, 8):
         raise ValueError(f"warps must be 1, 2, 4 or 8, got {warps}")
+    if experts_per_block not in (1, 2, 4):
+        raise ValueError(f"experts_per_block must be 1, 2 or 4, got {experts_per_block}")
     if hidden % 8:
         raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
     if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
@@ -35,8 +49,12 @@ def build_macros(
     if scale_dtype not in (torch.bfloat16, torch.float32):
         raise TypeError(f"scale must be bfloat16 or float32, got {scale_dtype}")
     return dict(
-        WARPS=warps,
-        MAX_CHUNKS=math.ceil(hidden / 256),
+        NW=warps,
+        EPB=experts_per_block,
+        CH=math.ceil(hidden / 8 / (32 * warps)),
+        TMAX=MAX_TOKENS,
+        TG=TOKEN_GROUP,
+        RT=math.ceil(MAX_TOKENS / warps),
         SCALE_BF16=int(scale_dtype == torch.bfloat16),
         MAX_K=topk,
         E_PER_LANE=math.ceil(num_experts / 32),
@@ -63,19 +81,25 @@ def route_decode(
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
-    warps: int = 1,
+    warps: int = 4,
+    experts_per_block: int = 1,
     is_padding: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
-    ids [T, K] int32)``.
+    ids [T, K] int32)``, T <= ``MAX_TOKENS``.
 
     ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit column stride and
     16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32; ``per_expert_scale`` [E]
     contiguous fp32 or ``None``; ``params`` a 2-element fp32 device tensor ``(eps,
     H**-0.5)`` (floats are not passed as kernel arguments); ``is_padding`` [T] uint8/bool
-    or ``None``. Launches that share a device's counter must be stream-ordered."""
+    or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
+    launch with programmatic dependent launch (the gate rows load while the kernel ahead
+    finishes)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
+    if not 1 <= num_tokens <= MAX_TOKENS:
+        raise ValueError(f"hidden_states must have 1 to {MAX_TOKENS} rows, got {num_tokens}")
     for name, tensor in (("hidden_states", hidden_states), ("gate_weight", gate_weight)):
         if (
             tensor.dtype != torch.bfloat16
@@ -86,7 +110,7 @@ def route_decode(
             raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
     if not scale.is_contiguous() or scale.data_ptr() % 16:
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
-    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype)
+    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype, experts_per_block)
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
     counter = _COUNTERS.get(device)
@@ -95,14 +119,16 @@ def route_decode(
     logits, weights, ids = out
     padding = ids if is_padding is None else is_padding.view(torch.uint8)
     pes = params if per_expert_scale is None else per_expert_scale
-    kernel(
-        grid=(math.ceil(num_experts / warps), 1, 1),
-        block=(32 * warps, 1, 1),
-        args=[
+    launch(
+        kernel,
+        (math.ceil(num_experts / experts_per_block), 1, 1),
+        (32 * warps, 1, 1),
+        [
             hidden_states, hidden_states.stride(0), scale, gate_weight, gate_weight.stride(0),
             pes, int(per_expert_scale is not None), params,
             logits, logits.stride(0), weights, weights.stride(0), ids, ids.stride(0),
             padding, int(is_padding is not None), counter,
             num_tokens, hidden, num_experts, topk,
         ],
+        pdl=pdl,
     )  # fmt: skip

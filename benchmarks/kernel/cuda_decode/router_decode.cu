@@ -1,29 +1,50 @@
-// Gemma 4 router at decode sizes in one CUDA launch (a prototype to time against the
-// Triton fused kernel, issue #36; not in the serving path).
+// Gemma 4 router at decode sizes (T <= TMAX) in one CUDA launch: a prototype to time
+// against the Triton fused kernel (issue #36); not in the serving path.
 //
 // Per token t and expert e, the package's rounding contract:
 //   logits[t, e] = rsqrt(mean_h x[t,h]^2 + eps) * H^-0.5 * sum_h bf16(x[t,h] * scale[h]) * W[e,h]
 // then top-K of softmax(logits[t]) renormalised, times per_expert_scale[id]; equal
 // logits go to the lower id; NaN ranks as -inf; ids are K distinct values in [0, E).
 //
-// One warp per expert (WARPS experts per block): its lanes hold the expert's gate row in
-// registers (16-byte loads, issued before griddepcontrol.wait so that a launch with
-// programmatic dependent launch overlaps them with the kernel ahead), then take each
-// token's dot product and sum of squares in one pass over x. The last block to arrive
-// (an atomic counter, reset by that block) routes the tokens, one warp per token, with
-// warp shuffles only.
+// Layout of the work (the first build, one warp per expert looping over tokens, was
+// latency-bound: ~5 us more per token on an H100, because each token waited on its own
+// loads and its own shuffle reduction):
+// - A block of NW warps owns EPB experts. Its threads split H into 16-byte chunks
+//   (CH chunks each) and hold those chunks of the EPB gate rows and of `scale` in
+//   registers, loaded before griddepcontrol.wait so that a launch with programmatic
+//   dependent launch overlaps them with the kernel ahead.
+// - x is read TG tokens at a time, all loads of a group in flight together. Each
+//   thread keeps partial dot products for every (token, expert) and partial sums of
+//   squares for every token, up to TMAX tokens, in registers.
+// - One reduce-scatter over the warp (31 shuffles for 32 values, instead of 5 per
+//   value) leaves lane l with values VPL*l .. VPL*l+VPL-1; one shared-memory pass sums
+//   the warps.
+// - The last block to arrive (an atomic counter, reset by that block) routes: each warp
+//   takes RT tokens at once, so their shuffle chains overlap.
 //
-// Compile-time: WARPS (experts per block), MAX_CHUNKS (ceil(H / 256): 16-byte chunks per
-// lane), SCALE_BF16 (1: scale is bf16, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)).
-// Layout: x, W bf16 with rows 16-byte aligned and unit column stride; logits [T, E],
+// Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
+// scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)).
+// Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; params = {eps, H^-0.5}.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
 
-#ifndef WARPS
-#define WARPS 1
+#ifndef NW
+#define NW 4
 #endif
-#ifndef MAX_CHUNKS
-#define MAX_CHUNKS 11
+#ifndef EPB
+#define EPB 1
+#endif
+#ifndef CH
+#define CH 3
+#endif
+#ifndef TMAX
+#define TMAX 16
+#endif
+#ifndef TG
+#define TG 4
+#endif
+#ifndef RT
+#define RT 4
 #endif
 #ifndef SCALE_BF16
 #define SCALE_BF16 1
@@ -36,8 +57,12 @@
 #endif
 
 #define FULL_MASK 0xffffffffu
-
 #define NEG_INF __int_as_float(0xff800000)
+// Values each thread reduces: TMAX * EPB dot products, then TMAX sums of squares,
+// padded to a multiple of 32 for the reduce-scatter.
+#define NV (TMAX * (EPB + 1))
+#define VPL ((NV + 31) / 32)
+#define VP (VPL * 32)
 
 __device__ __forceinline__ void bf16x8_to_float(const uint4 v, float f[8]) {
   const unsigned int u[4] = {v.x, v.y, v.z, v.w};
@@ -71,66 +96,102 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-__device__ void route_token(const float* logits_row, int E, int K, const float* pes,
-                            int has_pes, bool padding, float* weights_row, int* ids_row,
-                            int lane) {
-  float v[E_PER_LANE];
-  bool taken[E_PER_LANE];
+// One step of the warp's reduce-scatter: of 2 * HALF values, a lane keeps the half its
+// bit `offset` picks, plus its partner's copy of that half.
+template <int HALF>
+__device__ __forceinline__ void reduce_scatter_step(float* red, int lane, int offset) {
+  const bool upper = lane & offset;
 #pragma unroll
-  for (int j = 0; j < E_PER_LANE; ++j) {
-    const int e = lane + 32 * j;
-    // .cg: the other blocks' stores, made visible by the counter's fences, not stale L1.
-    float l = e < E ? __ldcg(logits_row + e) : NEG_INF;
-    v[j] = l != l ? NEG_INF : l;  // NaN ranks as -inf
-    taken[j] = e >= E;
+  for (int v = 0; v < HALF; ++v) {
+    const float send = upper ? red[v] : red[v + HALF];
+    const float keep = upper ? red[v + HALF] : red[v];
+    red[v] = keep + __shfl_xor_sync(FULL_MASK, send, offset);
   }
-  float picked[MAX_K];
-  int picked_id[MAX_K];
+}
+
+// Routes tokens t0, t0 + stride, ... (RT of them, those < T) with one warp.
+__device__ __forceinline__ void route_tokens(
+    const float* logits, int stride_lt, int t0, int stride, int T, int E, int K,
+    const float* pes, int has_pes, const unsigned char* padding, int has_padding,
+    float* weights, int stride_wt, int* ids, int stride_it, int lane) {
+  float v[RT][E_PER_LANE];
+  unsigned int taken[RT];
 #pragma unroll
-  for (int k = 0; k < MAX_K; ++k) {
-    if (k >= K) break;
-    float bv = NEG_INF;
-    int bi = 0x7fffffff;
+  for (int r = 0; r < RT; ++r) {
+    const int t = t0 + r * stride;
+    taken[r] = 0u;
 #pragma unroll
     for (int j = 0; j < E_PER_LANE; ++j) {
       const int e = lane + 32 * j;
-      if (!taken[j] && better(v[j], e, bv, bi)) {
-        bv = v[j];
-        bi = e;
+      // .cg: the other blocks' stores, made visible by the counter's fences, not stale L1.
+      const float l = (t < T && e < E) ? __ldcg(logits + (long long)t * stride_lt + e) : NEG_INF;
+      v[r][j] = l != l ? NEG_INF : l;  // NaN ranks as -inf
+      if (e >= E) taken[r] |= 1u << j;
+    }
+  }
+  float top[RT], total[RT], mine[RT];
+  int mine_id[RT];
+#pragma unroll
+  for (int k = 0; k < MAX_K; ++k) {
+    if (k >= K) break;
+    float bv[RT];
+    int bi[RT];
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      bv[r] = NEG_INF;
+      bi[r] = 0x7fffffff;
+#pragma unroll
+      for (int j = 0; j < E_PER_LANE; ++j) {
+        const int e = lane + 32 * j;
+        if (!((taken[r] >> j) & 1u) && better(v[r][j], e, bv[r], bi[r])) {
+          bv[r] = v[r][j];
+          bi[r] = e;
+        }
       }
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
-      const float ov = __shfl_xor_sync(FULL_MASK, bv, offset);
-      const int oi = __shfl_xor_sync(FULL_MASK, bi, offset);
-      if (better(ov, oi, bv, bi)) {
-        bv = ov;
-        bi = oi;
+#pragma unroll
+      for (int r = 0; r < RT; ++r) {
+        const float ov = __shfl_xor_sync(FULL_MASK, bv[r], offset);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi[r], offset);
+        if (better(ov, oi, bv[r], bi[r])) {
+          bv[r] = ov;
+          bi[r] = oi;
+        }
       }
     }
 #pragma unroll
-    for (int j = 0; j < E_PER_LANE; ++j) taken[j] |= (lane + 32 * j) == bi;
-    picked[k] = bv;
-    picked_id[k] = bi;
+    for (int r = 0; r < RT; ++r) {
+#pragma unroll
+      for (int j = 0; j < E_PER_LANE; ++j)
+        if (lane + 32 * j == bi[r]) taken[r] |= 1u << j;
+      if (k == 0) {
+        top[r] = bv[r];
+        total[r] = 0.f;
+      }
+      // Renormalised top-K of the softmax: the full softmax's denominator cancels.
+      total[r] += __expf(bv[r] - top[r]);
+      if (lane == k) {
+        mine[r] = bv[r];
+        mine_id[r] = bi[r];
+      }
+    }
   }
-  // Renormalised top-K of the softmax: the full softmax's denominator cancels.
-  const float top = picked[0];
-  float total = 0.f;
 #pragma unroll
-  for (int k = 0; k < MAX_K; ++k)
-    if (k < K) total += __expf(picked[k] - top);
-#pragma unroll
-  for (int k = 0; k < MAX_K; ++k) {
-    if (k < K && lane == k) {
-      float w = __expf(picked[k] - top) / total;
-      if (has_pes) w *= __ldg(pes + picked_id[k]);
-      weights_row[k] = padding ? 0.f : w;
-      ids_row[k] = padding ? -1 : picked_id[k];
+  for (int r = 0; r < RT; ++r) {
+    const int t = t0 + r * stride;
+    if (t < T && lane < K) {
+      const bool pad = has_padding && padding[t] != 0;
+      float w = __expf(mine[r] - top[r]) / total[r];
+      if (has_pes) w *= __ldg(pes + mine_id[r]);
+      weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
+      ids[(long long)t * stride_it + lane] = pad ? -1 : mine_id[r];
     }
   }
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)
+extern "C" __global__ void __launch_bounds__(NW * 32, 1)
 gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      const void* __restrict__ scale, const unsigned short* __restrict__ w,
                      int stride_we, const float* __restrict__ pes, int has_pes,
@@ -138,66 +199,107 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      float* weights, int stride_wt, int* ids, int stride_it,
                      const unsigned char* __restrict__ padding, int has_padding,
                      unsigned int* counter, int T, int H, int E, int K) {
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int e = blockIdx.x * WARPS + warp;
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int e0 = blockIdx.x * EPB;
   const int chunks = H >> 3;
-  const uint4* w_row = reinterpret_cast<const uint4*>(w + (long long)e * stride_we);
 
-  uint4 w_reg[MAX_CHUNKS];
+  float wf[EPB][CH][8];
+  float sf[CH][8];
 #pragma unroll
-  for (int i = 0; i < MAX_CHUNKS; ++i) {
-    const int c = lane + 32 * i;
-    w_reg[i] = (e < E && c < chunks) ? __ldg(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
+  for (int i = 0; i < CH; ++i) {
+    const int c = tid + NW * 32 * i;
+    const bool in_row = c < chunks;
+#pragma unroll
+    for (int j = 0; j < EPB; ++j) {
+      const int e = e0 + j;
+      const uint4 raw = (in_row && e < E)
+          ? __ldg(reinterpret_cast<const uint4*>(w + (long long)e * stride_we) + c)
+          : make_uint4(0u, 0u, 0u, 0u);
+      bf16x8_to_float(raw, wf[j][i]);
+    }
+    if (in_row) {
+      scale8(scale, c, sf[i]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) sf[i][q] = 0.f;
+    }
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  const float eps = params[0];
-  const float inv_sqrt_h = params[1];
-  for (int t = 0; t < T; ++t) {
-    const uint4* x_row = reinterpret_cast<const uint4*>(x + (long long)t * stride_xt);
-    float acc = 0.f, sumsq = 0.f;
+
+  float red[VP];
 #pragma unroll
-    for (int i = 0; i < MAX_CHUNKS; ++i) {
-      const int c = lane + 32 * i;
-      if (c < chunks) {
-        float xf[8], sf[8], wf[8];
-        bf16x8_to_float(__ldg(x_row + c), xf);
-        scale8(scale, c, sf);
-        bf16x8_to_float(w_reg[i], wf);
+  for (int v = 0; v < VP; ++v) red[v] = 0.f;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          sumsq = fmaf(xf[j], xf[j], sumsq);
-          // The GEMM operand rounded once to bf16, as the tensor-core path rounds it.
-          const float operand = round_to_bf16(xf[j] * sf[j]);
-          acc = fmaf(operand, wf[j], acc);
+  for (int g = 0; g < TMAX; g += TG) {
+    if (g < T) {
+      uint4 xr[TG][CH];
+#pragma unroll
+      for (int tt = 0; tt < TG; ++tt) {
+        const int t = g + tt;
+        const uint4* x_row = reinterpret_cast<const uint4*>(x + (long long)t * stride_xt);
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+          const int c = tid + NW * 32 * i;
+          xr[tt][i] = (t < T && c < chunks) ? __ldg(x_row + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+#pragma unroll
+      for (int tt = 0; tt < TG; ++tt) {
+        const int t = g + tt;
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+          float xf[8];
+          bf16x8_to_float(xr[tt][i], xf);
+#pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            red[TMAX * EPB + t] = fmaf(xf[q], xf[q], red[TMAX * EPB + t]);
+            // The GEMM operand rounded once to bf16, as the tensor-core path rounds it.
+            const float operand = round_to_bf16(xf[q] * sf[i][q]);
+#pragma unroll
+            for (int j = 0; j < EPB; ++j)
+              red[t * EPB + j] = fmaf(operand, wf[j][i][q], red[t * EPB + j]);
+          }
         }
       }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      acc += __shfl_xor_sync(FULL_MASK, acc, offset);
-      sumsq += __shfl_xor_sync(FULL_MASK, sumsq, offset);
-    }
-    if (lane == 0 && e < E)
-      logits[(long long)t * stride_lt + e] = acc * rsqrtf(sumsq / H + eps) * inv_sqrt_h;
   }
 
+  // Reduce-scatter over the warp: after the step at `offset`, a lane keeps the half
+  // picked by its bit `offset`; lane l ends with the warp's sums of VPL*l .. VPL*l+VPL-1.
+  reduce_scatter_step<VP / 2>(red, lane, 16);
+  reduce_scatter_step<VP / 4>(red, lane, 8);
+  reduce_scatter_step<VP / 8>(red, lane, 4);
+  reduce_scatter_step<VP / 16>(red, lane, 2);
+  reduce_scatter_step<VP / 32>(red, lane, 1);
+  __shared__ float part[NW][VP];
   __shared__ bool is_last;
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) part[warp][VPL * lane + v] = red[v];
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();  // this block's logits before its arrival
-    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (tid < T * EPB && e0 + tid % EPB < E) {
+    const int t = tid / EPB;
+    float dot = 0.f, sumsq = 0.f;
+#pragma unroll
+    for (int q = 0; q < NW; ++q) {
+      dot += part[q][tid];
+      sumsq += part[q][TMAX * EPB + t];
+    }
+    logits[(long long)t * stride_lt + e0 + tid % EPB] =
+        dot * rsqrtf(sumsq / H + params[0]) * params[1];
+    __threadfence();  // this thread's logits before the block's arrival
   }
+  __syncthreads();
+  if (tid == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
   __syncthreads();
   if (!is_last) return;
   __threadfence();  // every other block's logits after their arrivals
-  for (int t = warp; t < T; t += WARPS) {
-    const bool pad = has_padding && padding[t] != 0;
-    route_token(logits + (long long)t * stride_lt, E, K, pes, has_pes, pad,
-                weights + (long long)t * stride_wt, ids + (long long)t * stride_it, lane);
-  }
+  for (int t0 = warp; t0 < T; t0 += NW * RT)
+    route_tokens(logits, stride_lt, t0, NW, T, E, K, pes, has_pes, padding, has_padding,
+                 weights, stride_wt, ids, stride_it, lane);
   __syncthreads();
-  if (threadIdx.x == 0) *counter = 0u;  // ready for the next stream-ordered launch
+  if (tid == 0) *counter = 0u;  // ready for the next stream-ordered launch
 }

@@ -1,0 +1,78 @@
+"""Launches an NVRTC-built kernel (``torch.cuda._compile_kernel``) through the driver's
+``cuLaunchKernelEx``, so that a launch may carry programmatic dependent launch (PDL):
+the kernel starts while the one ahead on the stream finishes, and waits for it at its
+``griddepcontrol.wait``. torch's own launcher (``cuLaunchKernel``) takes no attributes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+#: ``CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`` (cuda.h).
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+class _Attribute(ctypes.Structure):
+    # CUlaunchAttribute: a 4-byte id, 4 bytes of padding, a 64-byte value union.
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_mem", ctypes.c_uint),
+        ("stream", ctypes.c_void_p),
+        ("attrs", ctypes.POINTER(_Attribute)),
+        ("num_attrs", ctypes.c_uint),
+    ]
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libcuda.so.1")
+    lib.cuLaunchKernelEx.argtypes = [
+        ctypes.POINTER(_Config), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
+    ]  # fmt: skip
+    return lib
+
+
+def launch(
+    kernel,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: list[torch.Tensor | int],
+    *,
+    pdl: bool = False,
+) -> None:
+    """Launch ``kernel`` (a ``torch.cuda._compile_kernel`` result) on the current stream.
+
+    ``args`` are CUDA tensors (passed as pointers) and ints (passed as 32-bit ``int``),
+    in the kernel's parameter order. ``pdl`` sets programmatic stream serialization."""
+    values = []
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            values.append(ctypes.c_void_p(arg.data_ptr()))
+        elif isinstance(arg, int):
+            values.append(ctypes.c_int(arg))
+        else:
+            raise TypeError(f"kernel arguments are tensors or ints, got {type(arg).__name__}")
+    pointers = (ctypes.c_void_p * len(values))(
+        *[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values]
+    )
+    attribute = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    ctypes.memmove(attribute.value, ctypes.byref(ctypes.c_int(1)), ctypes.sizeof(ctypes.c_int))
+    config = _Config(
+        (ctypes.c_uint * 3)(*grid),
+        (ctypes.c_uint * 3)(*block),
+        0,
+        torch.cuda.current_stream().cuda_stream,
+        ctypes.pointer(attribute) if pdl else None,
+        int(pdl),
+    )
+    result = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, pointers, None)
+    if result != 0:
+        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {result}")
