@@ -73,21 +73,58 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4 v, float f[8]) {
   }
 }
 
-// fp32 rounded to the nearest bf16 (ties to even), as fp32; finite inputs.
-__device__ __forceinline__ float round_to_bf16(float f) {
-  unsigned int bits = __float_as_uint(f);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return __uint_as_float(bits & 0xffff0000u);
+// Two fp32 values rounded to bf16 (nearest, ties to even) in one instruction, packed
+// with `lo` in the low half.
+__device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
+  unsigned int d;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  return d;
 }
 
-__device__ __forceinline__ void scale8(const void* scale, int chunk, float s[8]) {
 #if SCALE_BF16
-  bf16x8_to_float(__ldg(reinterpret_cast<const uint4*>(scale) + chunk), s);
+// bf16 x bf16 rounded to bf16: the exact product fits fp32, so this is the fp32 product
+// rounded once, as the contract has it, in one instruction for two values.
+__device__ __forceinline__ unsigned int mul_bf16x2(unsigned int a, unsigned int b) {
+  unsigned int d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+typedef uint4 scale_chunk;  // 8 bf16
+#else
+struct scale_chunk { float v[8]; };
+#endif
+
+__device__ __forceinline__ scale_chunk load_scale(const void* scale, int chunk) {
+#if SCALE_BF16
+  return __ldg(reinterpret_cast<const uint4*>(scale) + chunk);
 #else
   const float4* p = reinterpret_cast<const float4*>(scale) + 2 * chunk;
   const float4 a = __ldg(p), b = __ldg(p + 1);
-  s[0] = a.x; s[1] = a.y; s[2] = a.z; s[3] = a.w;
-  s[4] = b.x; s[5] = b.y; s[6] = b.z; s[7] = b.w;
+  return scale_chunk{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+#endif
+}
+
+__device__ __forceinline__ scale_chunk zero_scale() {
+#if SCALE_BF16
+  return make_uint4(0u, 0u, 0u, 0u);
+#else
+  return scale_chunk{{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}};
+#endif
+}
+
+// The GEMM operands of 8 elements: bf16(x * scale), as packed bf16 pairs.
+__device__ __forceinline__ void operands8(const uint4 x, const scale_chunk& s,
+                                          unsigned int op[4]) {
+  const unsigned int xw[4] = {x.x, x.y, x.z, x.w};
+#if SCALE_BF16
+  const unsigned int sw[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+  for (int p = 0; p < 4; ++p) op[p] = mul_bf16x2(xw[p], sw[p]);
+#else
+#pragma unroll
+  for (int p = 0; p < 4; ++p)
+    op[p] = pack_bf16x2(__uint_as_float(xw[p] << 16) * s.v[2 * p],
+                        __uint_as_float(xw[p] & 0xffff0000u) * s.v[2 * p + 1]);
 #endif
 }
 
@@ -206,7 +243,7 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   const int chunks = H >> 3;
 
   float wf[EPB][CH][8];
-  float sf[CH][8];
+  scale_chunk sc[CH];
 #pragma unroll
   for (int i = 0; i < CH; ++i) {
     const int c = tid + NW * 32 * i;
@@ -219,12 +256,7 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
           : make_uint4(0u, 0u, 0u, 0u);
       bf16x8_to_float(raw, wf[j][i]);
     }
-    if (in_row) {
-      scale8(scale, c, sf[i]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 8; ++q) sf[i][q] = 0.f;
-    }
+    sc[i] = in_row ? load_scale(scale, c) : zero_scale();
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -252,16 +284,18 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
         const int t = g + tt;
 #pragma unroll
         for (int i = 0; i < CH; ++i) {
-          float xf[8];
+          float xf[8], of[8];
+          unsigned int op[4];
           bf16x8_to_float(xr[tt][i], xf);
+          // The GEMM operand rounded once to bf16, as the tensor-core path rounds it.
+          operands8(xr[tt][i], sc[i], op);
+          bf16x8_to_float(make_uint4(op[0], op[1], op[2], op[3]), of);
 #pragma unroll
           for (int q = 0; q < 8; ++q) {
             red[TMAX * EPB + t] = fmaf(xf[q], xf[q], red[TMAX * EPB + t]);
-            // The GEMM operand rounded once to bf16, as the tensor-core path rounds it.
-            const float operand = round_to_bf16(xf[q] * sf[i][q]);
 #pragma unroll
             for (int j = 0; j < EPB; ++j)
-              red[t * EPB + j] = fmaf(operand, wf[j][i][q], red[t * EPB + j]);
+              red[t * EPB + j] = fmaf(of[q], wf[j][i][q], red[t * EPB + j]);
           }
         }
       }
