@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="launch the prototype with programmatic dependent launch",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each build stopped after each stage (router_decode.cu's STAGE), "
+        "unchecked: launch, gate rows, logits, hand-off",
+    )
     parser.add_argument("--replays", type=int, default=15)
     parser.add_argument("--logit-rtol", type=float, default=1e-3)
     parser.add_argument("--producer", action="store_true")
@@ -117,6 +123,15 @@ def main(argv: list[str] | None = None) -> None:
             except (RuntimeError, ValueError, TypeError) as exc:
                 checks[name] = f"FAIL: {type(exc).__name__}: {str(exc)[:120]}"
             arms[name] = proto
+            for stage in range(4) if args.stages and not pdl else ():
+
+                def cut(layer, h=h, mine=mine, warps=warps, per_block=per_block, stage=stage):
+                    route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
+                                 params, args.topk, mine, warps=warps,
+                                 experts_per_block=per_block, stage=stage)  # fmt: skip
+
+                arms[f"{name}, stage {stage}"] = cut
+                checks[f"{name}, stage {stage}"] = "unchecked"
         produce, preceded = producer_of(h) if args.producer else (None, None)
         producer_us = {}
         for label, sets in (("cold", cold), ("hot", HOT_LAYERS)):
@@ -125,14 +140,14 @@ def main(argv: list[str] | None = None) -> None:
                     lambda _layer, produce=produce: produce(), sets, args.replays
                 )
             for name, fn in arms.items():
-                if checks[name] != "ok":
+                if checks[name] not in ("ok", "unchecked"):
                     continue
                 timed = preceded(fn) if preceded else fn
                 us = bench_rotated(timed, sets, args.replays) - producer_us.get(label, 0.0)
                 rows.append(dict(T=num_tokens, arm=name, weights=label, layers=sets,
                                  us=round(us, 3), check=checks[name]))  # fmt: skip
         rows += [dict(T=num_tokens, arm=n, weights="-", layers=0, us="", check=c)
-                 for n, c in checks.items() if c != "ok"]  # fmt: skip
+                 for n, c in checks.items() if c not in ("ok", "unchecked")]  # fmt: skip
         print(f"T={num_tokens}: " + ", ".join(f"{r['arm']} {r['weights']} {r['us']}"
                                               for r in rows if r["T"] == num_tokens))  # fmt: skip
     given = sys.argv[1:] if argv is None else argv

@@ -36,8 +36,13 @@ def build_macros(
     topk: int,
     scale_dtype: torch.dtype,
     experts_per_block: int = 1,
+    stage: int = 4,
 ) -> dict[str, int]:
-    """The kernel's compile-time constants for one problem shape and build."""
+    """The kernel's compile-time constants for one problem shape and build. ``stage`` < 4
+    builds the stage ablation's kernels (router_decode.cu's ``STAGE``), which leave the
+    outputs incomplete."""
+    if stage not in (0, 1, 2, 3, 4):
+        raise ValueError(f"stage must be 0 to 4, got {stage}")
     if warps not in (1, 2, 4, 8):
         raise ValueError(f"warps must be 1, 2, 4 or 8, got {warps}")
     if experts_per_block not in (1, 2, 4):
@@ -58,6 +63,7 @@ def build_macros(
         SCALE_BF16=int(scale_dtype == torch.bfloat16),
         MAX_K=topk,
         E_PER_LANE=math.ceil(num_experts / 32),
+        STAGE=stage,
     )
 
 
@@ -85,6 +91,7 @@ def route_decode(
     experts_per_block: int = 1,
     is_padding: torch.Tensor | None = None,
     pdl: bool = False,
+    stage: int = 4,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
     ids [T, K] int32)``, T <= ``MAX_TOKENS``.
@@ -95,7 +102,7 @@ def route_decode(
     H**-0.5)`` (floats are not passed as kernel arguments); ``is_padding`` [T] uint8/bool
     or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
     launch with programmatic dependent launch (the gate rows load while the kernel ahead
-    finishes)."""
+    finishes). ``stage`` < 4: a stage-ablation build (see :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     if not 1 <= num_tokens <= MAX_TOKENS:
@@ -110,7 +117,7 @@ def route_decode(
             raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
     if not scale.is_contiguous() or scale.data_ptr() % 16:
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
-    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype, experts_per_block)
+    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage)
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
     counter = _COUNTERS.get(device)

@@ -55,6 +55,12 @@
 #ifndef E_PER_LANE
 #define E_PER_LANE 4
 #endif
+// Where the kernel stops, for the stage ablation (outputs incomplete below 4): 0 at once,
+// 1 after the gate rows and the PDL wait, 2 after its logits, 3 after the hand-off
+// (counter, the last block's fence), 4 the whole router.
+#ifndef STAGE
+#define STAGE 4
+#endif
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -236,6 +242,9 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      float* weights, int stride_wt, int* ids, int stride_it,
                      const unsigned char* __restrict__ padding, int has_padding,
                      unsigned int* counter, int T, int H, int E, int K) {
+#if STAGE == 0
+  return;
+#endif
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
@@ -260,6 +269,15 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if STAGE == 1
+  float sink = 0.f;
+#pragma unroll
+  for (int i = 0; i < CH; ++i)
+#pragma unroll
+    for (int j = 0; j < EPB; ++j) sink += wf[j][i][0] + wf[j][i][7];
+  if (sink == 1234.5f) logits[tid] = sink;  // keeps the loads
+  return;
 #endif
 
   float red[VP];
@@ -326,14 +344,19 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
         dot * rsqrtf(sumsq / H + params[0]) * params[1];
     __threadfence();  // this thread's logits before the block's arrival
   }
+#if STAGE == 2
+  return;
+#endif
   __syncthreads();
   if (tid == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
   __syncthreads();
   if (!is_last) return;
   __threadfence();  // every other block's logits after their arrivals
+#if STAGE >= 4
   for (int t0 = warp; t0 < T; t0 += NW * RT)
     route_tokens(logits, stride_lt, t0, NW, T, E, K, pes, has_pes, padding, has_padding,
                  weights, stride_wt, ids, stride_it, lane);
+#endif
   __syncthreads();
   if (tid == 0) *counter = 0u;  // ready for the next stream-ordered launch
 }
