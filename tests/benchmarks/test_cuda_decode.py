@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from benchmarks.kernel.cuda_decode import SOURCE, build_macros
+from benchmarks.kernel.cuda_decode import SOURCE, TOKEN_BUILDS, build_macros
 
 NVCC = shutil.which("nvcc")
 
@@ -31,12 +31,15 @@ BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4)]  # bench_cuda_decode's default
 
 
 @pytest.mark.parametrize(("warps", "per_block"), BUILDS)
+@pytest.mark.parametrize("max_tokens", TOKEN_BUILDS)
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
-def test_each_build_compiles_for_sm90a_without_spills(warps, per_block, scale_dtype, tmp_path):
-    macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block)
-    # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover 16 tokens
+def test_each_build_compiles_for_sm90a_without_spills(
+    warps, per_block, max_tokens, scale_dtype, tmp_path
+):
+    macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens)
+    # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
     assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
-    assert macros["RT"] * warps >= macros["TMAX"] == 16 and macros["E_PER_LANE"] == 4
+    assert macros["RT"] * warps >= macros["TMAX"] == max_tokens and macros["E_PER_LANE"] == 4
     log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
     assert "0 bytes spill stores, 0 bytes spill loads" in log, log
     assert "0 bytes stack frame" in log, log
@@ -51,6 +54,8 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(3, 2816, 128, 8, torch.bfloat16)
     with pytest.raises(ValueError, match="experts_per_block"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, 3)
+    with pytest.raises(ValueError, match="max_tokens"):
+        build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
     with pytest.raises(ValueError, match="multiple of 8"):
         build_macros(1, 2817, 128, 8, torch.bfloat16)
     with pytest.raises(ValueError, match="topk"):

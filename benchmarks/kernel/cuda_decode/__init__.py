@@ -25,6 +25,10 @@ KERNEL_NAME = "gemma4_router_decode"
 MACROS = ("NW", "EPB", "CH", "TMAX", "TG", "RT", "SCALE_BF16", "MAX_K", "E_PER_LANE")
 #: The most tokens one launch takes: every thread keeps partial sums for each.
 MAX_TOKENS = 16
+#: Builds by the most tokens they take (``TMAX``): a launch takes the smallest that
+#: fits, since the unrolled token loop's code grows with it and the kernel's code is
+#: fetched at every launch.
+TOKEN_BUILDS = (4, 8, 16)
 #: Tokens whose x loads one thread keeps in flight together.
 TOKEN_GROUP = 4
 
@@ -37,10 +41,13 @@ def build_macros(
     scale_dtype: torch.dtype,
     experts_per_block: int = 1,
     stage: int = 4,
+    max_tokens: int = MAX_TOKENS,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build. ``stage`` < 4
     builds the stage ablation's kernels (router_decode.cu's ``STAGE``), which leave the
     outputs incomplete."""
+    if max_tokens not in TOKEN_BUILDS:
+        raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
         raise ValueError(f"stage must be 0 to 4, got {stage}")
     if warps not in (1, 2, 4, 8):
@@ -57,9 +64,9 @@ def build_macros(
         NW=warps,
         EPB=experts_per_block,
         CH=math.ceil(hidden / 8 / (32 * warps)),
-        TMAX=MAX_TOKENS,
-        TG=TOKEN_GROUP,
-        RT=math.ceil(MAX_TOKENS / warps),
+        TMAX=max_tokens,
+        TG=min(TOKEN_GROUP, max_tokens),
+        RT=math.ceil(max_tokens / warps),
         SCALE_BF16=int(scale_dtype == torch.bfloat16),
         MAX_K=topk,
         E_PER_LANE=math.ceil(num_experts / 32),
@@ -117,7 +124,10 @@ def route_decode(
             raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
     if not scale.is_contiguous() or scale.data_ptr() % 16:
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
-    macros = build_macros(warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage)
+    max_tokens = next(n for n in TOKEN_BUILDS if n >= num_tokens)
+    macros = build_macros(
+        warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens
+    )
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
     counter = _COUNTERS.get(device)

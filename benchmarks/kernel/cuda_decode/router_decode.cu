@@ -174,9 +174,10 @@ __device__ __forceinline__ void route_tokens(
   }
   float top[RT], total[RT], mine[RT];
   int mine_id[RT];
-#pragma unroll
-  for (int k = 0; k < MAX_K; ++k) {
-    if (k >= K) break;
+  // Not unrolled: the unrolled rounds made the kernel's code ~100 KB, and fetching it
+  // once per launch cost microseconds.
+#pragma unroll 1
+  for (int k = 0; k < K; ++k) {
     float bv[RT];
     int bi[RT];
 #pragma unroll
