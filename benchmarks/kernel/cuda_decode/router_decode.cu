@@ -134,11 +134,6 @@ __device__ __forceinline__ void operands8(const uint4 x, const scale_chunk& s,
 #endif
 }
 
-// The better of two candidates: the higher logit, the lower id on equal logits.
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
-  return v > bv || (v == bv && i < bi);
-}
-
 // One step of the warp's reduce-scatter: of 2 * HALF values, a lane keeps the half its
 // bit `offset` picks, plus its partner's copy of that half.
 template <int HALF>
@@ -152,73 +147,92 @@ __device__ __forceinline__ void reduce_scatter_step(float* red, int lane, int of
   }
 }
 
-// Routes tokens t0, t0 + stride, ... (RT of them, those < T) with one warp.
+// A logit as an unsigned key that orders as the float does (NaN is mapped to -inf
+// before). -0 becomes +0 first, so that equal logits give equal keys.
+__device__ __forceinline__ unsigned int ordered_key(float v) {
+  const unsigned int b = __float_as_uint(v + 0.f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned int k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ unsigned int warp_max(unsigned int x) {
+  unsigned int r;
+  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(x));
+  return r;
+}
+
+__device__ __forceinline__ unsigned int warp_min(unsigned int x) {
+  unsigned int r;
+  asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(x));
+  return r;
+}
+
+// Puts candidates a and b of one token in order: the higher key first, the lower id on
+// equal keys.
+#define ORDER_PAIR(k, c, a, b)                                     \
+  if (k[b] > k[a] || (k[b] == k[a] && c[b] < c[a])) {               \
+    const unsigned int k_ = k[a], c_ = c[a];                        \
+    k[a] = k[b]; c[a] = c[b]; k[b] = k_; c[b] = c_;                 \
+  }
+
+// Routes tokens t0, t0 + stride, ... (RT of them, those < T) with one warp. Each lane
+// sorts its E_PER_LANE candidates; a round takes the warp's best head with two
+// single-instruction reductions (the highest key, then the lowest id holding it) and
+// the winner drops its head. Up to E = 32 * E_PER_LANE; K <= MAX_K.
 __device__ __forceinline__ void route_tokens(
     const float* logits, int stride_lt, int t0, int stride, int T, int E, int K,
     const float* pes, int has_pes, const unsigned char* padding, int has_padding,
     float* weights, int stride_wt, int* ids, int stride_it, int lane) {
-  float v[RT][E_PER_LANE];
-  unsigned int taken[RT];
+  unsigned int key[RT][E_PER_LANE], cid[RT][E_PER_LANE];
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     const int t = t0 + r * stride;
-    taken[r] = 0u;
 #pragma unroll
     for (int j = 0; j < E_PER_LANE; ++j) {
       const int e = lane + 32 * j;
       // .cg: the other blocks' stores, made visible by the counter's fences, not stale L1.
-      const float l = (t < T && e < E) ? __ldcg(logits + (long long)t * stride_lt + e) : NEG_INF;
-      v[r][j] = l != l ? NEG_INF : l;  // NaN ranks as -inf
-      if (e >= E) taken[r] |= 1u << j;
+      const float l = (t < T && e < E) ? __ldcg(logits + (long long)t * stride_lt + e) : 0.f;
+      // Key 0 sorts below every logit (-inf included): experts past E are never taken.
+      key[r][j] = e < E ? ordered_key(l != l ? NEG_INF : l) : 0u;
+      cid[r][j] = e;
     }
+#pragma unroll
+    for (int a = 1; a < E_PER_LANE; ++a)  // insertion sort of a few registers
+#pragma unroll
+      for (int b = a; b > 0; --b) ORDER_PAIR(key[r], cid[r], b - 1, b)
   }
-  float top[RT], total[RT], mine[RT];
-  int mine_id[RT];
-  // Not unrolled: the unrolled rounds made the kernel's code ~100 KB, and fetching it
-  // once per launch cost microseconds.
+  float top[RT], total[RT];
+  unsigned int mine_key[RT], mine_id[RT];
 #pragma unroll 1
   for (int k = 0; k < K; ++k) {
-    float bv[RT];
-    int bi[RT];
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
-      bv[r] = NEG_INF;
-      bi[r] = 0x7fffffff;
+      // The lane's head is its slot 0; the winner shifts its list (no indexed access:
+      // an indexed head put the lists in local memory).
+      const unsigned int best = warp_max(key[r][0]);
+      const unsigned int winner = warp_min(key[r][0] == best ? cid[r][0] : 0xffffffffu);
+      if (cid[r][0] == winner) {
 #pragma unroll
-      for (int j = 0; j < E_PER_LANE; ++j) {
-        const int e = lane + 32 * j;
-        if (!((taken[r] >> j) & 1u) && better(v[r][j], e, bv[r], bi[r])) {
-          bv[r] = v[r][j];
-          bi[r] = e;
+        for (int j = 0; j + 1 < E_PER_LANE; ++j) {
+          key[r][j] = key[r][j + 1];
+          cid[r][j] = cid[r][j + 1];
         }
+        key[r][E_PER_LANE - 1] = 0u;
+        cid[r][E_PER_LANE - 1] = 0xffffffffu;
       }
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        const float ov = __shfl_xor_sync(FULL_MASK, bv[r], offset);
-        const int oi = __shfl_xor_sync(FULL_MASK, bi[r], offset);
-        if (better(ov, oi, bv[r], bi[r])) {
-          bv[r] = ov;
-          bi[r] = oi;
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-#pragma unroll
-      for (int j = 0; j < E_PER_LANE; ++j)
-        if (lane + 32 * j == bi[r]) taken[r] |= 1u << j;
+      const float v = key_value(best);
       if (k == 0) {
-        top[r] = bv[r];
+        top[r] = v;
         total[r] = 0.f;
       }
       // Renormalised top-K of the softmax: the full softmax's denominator cancels.
-      total[r] += __expf(bv[r] - top[r]);
+      total[r] += __expf(v - top[r]);
       if (lane == k) {
-        mine[r] = bv[r];
-        mine_id[r] = bi[r];
+        mine_key[r] = best;
+        mine_id[r] = winner;
       }
     }
   }
@@ -227,10 +241,10 @@ __device__ __forceinline__ void route_tokens(
     const int t = t0 + r * stride;
     if (t < T && lane < K) {
       const bool pad = has_padding && padding[t] != 0;
-      float w = __expf(mine[r] - top[r]) / total[r];
+      float w = __expf(key_value(mine_key[r]) - top[r]) / total[r];
       if (has_pes) w *= __ldg(pes + mine_id[r]);
       weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
-      ids[(long long)t * stride_it + lane] = pad ? -1 : mine_id[r];
+      ids[(long long)t * stride_it + lane] = pad ? -1 : (int)mine_id[r];
     }
   }
 }
