@@ -170,14 +170,12 @@ __device__ __forceinline__ unsigned int warp_min(unsigned int x) {
   return r;
 }
 
-// Puts candidates a and b of one token (key k, id c, expert scale s) in order: the
-// higher key first, the lower id on equal keys.
-#define ORDER_PAIR(k, c, s, a, b)                                  \
+// Puts candidates a and b of one token in order: the higher key first, the lower id on
+// equal keys.
+#define ORDER_PAIR(k, c, a, b)                                     \
   if (k[b] > k[a] || (k[b] == k[a] && c[b] < c[a])) {               \
     const unsigned int k_ = k[a], c_ = c[a];                        \
-    const float s_ = s[a];                                          \
-    k[a] = k[b]; c[a] = c[b]; s[a] = s[b];                          \
-    k[b] = k_; c[b] = c_; s[b] = s_;                                \
+    k[a] = k[b]; c[a] = c[b]; k[b] = k_; c[b] = c_;                 \
   }
 
 // Routes tokens t0, t0 + stride, ... (RT of them, those < T) with one warp. Each lane
@@ -189,9 +187,6 @@ __device__ __forceinline__ void route_tokens(
     const float* pes, int has_pes, const unsigned char* padding, int has_padding,
     float* weights, int stride_wt, int* ids, int stride_it, int lane) {
   unsigned int key[RT][E_PER_LANE], cid[RT][E_PER_LANE];
-  // Each candidate carries its expert scale, loaded with the logits rather than after
-  // the rounds, where its latency would come last.
-  float sc[RT][E_PER_LANE];
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     const int t = t0 + r * stride;
@@ -203,14 +198,13 @@ __device__ __forceinline__ void route_tokens(
       // Key 0 sorts below every logit (-inf included): experts past E are never taken.
       key[r][j] = e < E ? ordered_key(l != l ? NEG_INF : l) : 0u;
       cid[r][j] = e;
-      sc[r][j] = (has_pes && e < E) ? __ldg(pes + e) : 1.f;
     }
 #pragma unroll
     for (int a = 1; a < E_PER_LANE; ++a)  // insertion sort of a few registers
 #pragma unroll
-      for (int b = a; b > 0; --b) ORDER_PAIR(key[r], cid[r], sc[r], b - 1, b)
+      for (int b = a; b > 0; --b) ORDER_PAIR(key[r], cid[r], b - 1, b)
   }
-  float top[RT], total[RT], mine_scale[RT];
+  float top[RT], total[RT];
   unsigned int mine_key[RT], mine_id[RT];
 #pragma unroll 1
   for (int k = 0; k < K; ++k) {
@@ -220,14 +214,11 @@ __device__ __forceinline__ void route_tokens(
       // an indexed head put the lists in local memory).
       const unsigned int best = warp_max(key[r][0]);
       const unsigned int winner = warp_min(key[r][0] == best ? cid[r][0] : 0xffffffffu);
-      // The winner is its lane's head: lane winner % 32 holds its expert scale.
-      const float winner_scale = __shfl_sync(FULL_MASK, sc[r][0], winner & 31u);
       if (cid[r][0] == winner) {
 #pragma unroll
         for (int j = 0; j + 1 < E_PER_LANE; ++j) {
           key[r][j] = key[r][j + 1];
           cid[r][j] = cid[r][j + 1];
-          sc[r][j] = sc[r][j + 1];
         }
         key[r][E_PER_LANE - 1] = 0u;
         cid[r][E_PER_LANE - 1] = 0xffffffffu;
@@ -242,7 +233,6 @@ __device__ __forceinline__ void route_tokens(
       if (lane == k) {
         mine_key[r] = best;
         mine_id[r] = winner;
-        mine_scale[r] = winner_scale;
       }
     }
   }
@@ -251,7 +241,8 @@ __device__ __forceinline__ void route_tokens(
     const int t = t0 + r * stride;
     if (t < T && lane < K) {
       const bool pad = has_padding && padding[t] != 0;
-      const float w = __expf(key_value(mine_key[r]) - top[r]) / total[r] * mine_scale[r];
+      float w = __expf(key_value(mine_key[r]) - top[r]) / total[r];
+      if (has_pes) w *= __ldg(pes + mine_id[r]);
       weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
       ids[(long long)t * stride_it + lane] = pad ? -1 : (int)mine_id[r];
     }
