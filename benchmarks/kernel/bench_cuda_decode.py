@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--builds",
         default="4x1,8x1,4x2,8x2,8x4",
-        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated",
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated (experts per "
+        "block 8: the tensor-core build)",
     )
     parser.add_argument(
         "--pdl",

@@ -27,7 +27,8 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
     return result.stderr
 
 
-BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4)]  # bench_cuda_decode's default --builds
+# bench_cuda_decode's default --builds and the tensor-core builds
+BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8)]
 
 
 @pytest.mark.parametrize(("warps", "per_block"), BUILDS)
@@ -39,6 +40,7 @@ def test_each_build_compiles_for_sm90a_without_spills(
     macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens)
     # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
     assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
+    assert macros["MMA"] == (per_block == 8) and macros["KB"] * 32 * warps == 2816 * macros["MMA"]
     assert macros["RT"] * warps >= macros["TMAX"] == max_tokens and macros["E_PER_LANE"] == 4
     log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
     assert "0 bytes spill stores, 0 bytes spill loads" in log, log
@@ -47,6 +49,7 @@ def test_each_build_compiles_for_sm90a_without_spills(
     ptx = (tmp_path / "k.ptx").read_text()
     assert ".entry gemma4_router_decode" in ptx
     assert "griddepcontrol.wait" in ptx  # weights load before it, x after it
+    assert ("mma.sync.aligned.m16n8k16" in ptx) == (per_block == 8)
 
 
 def test_build_macros_rejects_what_the_kernel_cannot_take():
@@ -54,6 +57,8 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(3, 2816, 128, 8, torch.bfloat16)
     with pytest.raises(ValueError, match="experts_per_block"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, 3)
+    with pytest.raises(ValueError, match="tensor-core"):
+        build_macros(8, 2816 + 8, 128, 8, torch.bfloat16, 8)
     with pytest.raises(ValueError, match="max_tokens"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
     with pytest.raises(ValueError, match="multiple of 8"):

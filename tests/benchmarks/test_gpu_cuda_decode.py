@@ -31,7 +31,7 @@ def _run(h, s, w, pes, build, is_padding=None, pdl=False):
     return out
 
 
-@pytest.mark.parametrize("build", [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4)])
+@pytest.mark.parametrize("build", [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8)])
 @pytest.mark.parametrize("num_tokens", [1, 2, 3, 5, 8, 13, 16])
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
 def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):

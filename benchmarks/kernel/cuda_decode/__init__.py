@@ -31,6 +31,8 @@ MAX_TOKENS = 16
 TOKEN_BUILDS = (4, 8, 16)
 #: Tokens whose x loads one thread keeps in flight together.
 TOKEN_GROUP = 4
+#: ``experts_per_block`` of the tensor-core build (``MMA``): an MMA tile's 8 columns.
+TENSOR_CORE_EXPERTS = 8
 
 
 def build_macros(
@@ -43,17 +45,22 @@ def build_macros(
     stage: int = 4,
     max_tokens: int = MAX_TOKENS,
 ) -> dict[str, int]:
-    """The kernel's compile-time constants for one problem shape and build. ``stage`` < 4
-    builds the stage ablation's kernels (router_decode.cu's ``STAGE``), which leave the
-    outputs incomplete."""
+    """The kernel's compile-time constants for one problem shape and build.
+    ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores;
+    ``TENSOR_CORE_EXPERTS`` (8) on tensor cores (router_decode.cu's ``MMA``), which needs
+    ``hidden`` a multiple of 32 x ``warps``. ``stage`` < 4 builds the stage ablation's
+    kernels (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
         raise ValueError(f"stage must be 0 to 4, got {stage}")
     if warps not in (1, 2, 4, 8):
         raise ValueError(f"warps must be 1, 2, 4 or 8, got {warps}")
-    if experts_per_block not in (1, 2, 4):
-        raise ValueError(f"experts_per_block must be 1, 2 or 4, got {experts_per_block}")
+    if experts_per_block not in (1, 2, 4, TENSOR_CORE_EXPERTS):
+        raise ValueError(f"experts_per_block must be 1, 2, 4 or 8, got {experts_per_block}")
+    tensor_cores = experts_per_block == TENSOR_CORE_EXPERTS
+    if tensor_cores and hidden % (32 * warps):
+        raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
     if hidden % 8:
         raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
     if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
@@ -71,6 +78,8 @@ def build_macros(
         MAX_K=topk,
         E_PER_LANE=math.ceil(num_experts / 32),
         STAGE=stage,
+        MMA=int(tensor_cores),
+        KB=hidden // (32 * warps) if tensor_cores else 0,
     )
 
 

@@ -61,6 +61,15 @@
 #ifndef STAGE
 #define STAGE 4
 #endif
+// MMA 1: the logits on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate):
+// a block owns EPB = 8 experts, its NW warps split H into KB 32-element blocks each
+// (H = 32 * NW * KB), and up to 16 tokens are the MMA's rows.
+#ifndef MMA
+#define MMA 0
+#endif
+#ifndef KB
+#define KB 11
+#endif
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -249,6 +258,28 @@ __device__ __forceinline__ void route_tokens(
   }
 }
 
+#if MMA
+// D = A * B + D for one 16 x 8 x 16 tile: A rows are tokens, B columns experts.
+__device__ __forceinline__ void mma_bf16(float c[4], unsigned int a0, unsigned int a1,
+                                         unsigned int a2, unsigned int a3, unsigned int b0,
+                                         unsigned int b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float sumsq8(const uint4 v) {
+  float f[8];
+  bf16x8_to_float(v, f);
+  float s = 0.f;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) s = fmaf(f[q], f[q], s);
+  return s;
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(NW * 32, 1)
 gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      const void* __restrict__ scale, const unsigned short* __restrict__ w,
@@ -264,6 +295,81 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int e0 = blockIdx.x * EPB;
+#if MMA
+  // The dot product is over h, so any one order of h shared by A and B will do: lane
+  // (g = lane / 4, q = lane % 4) takes the 8 elements 32 b + 8 q .. + 7 of each 32-element
+  // block b, the first 4 as one k-step (the fragments' k = 2q, 2q+1, 2q+8, 2q+9) and the
+  // last 4 as the next; so each operand is one 16-byte load per lane and block.
+  const int g = lane >> 2, q = lane & 3;
+  uint4 wr[KB];
+  scale_chunk sr[KB];
+#pragma unroll
+  for (int b = 0; b < KB; ++b) {
+    const int chunk = (warp * KB + b) * 4 + q;  // 16-byte chunk of the row
+    wr[b] = e0 + g < E
+        ? __ldg(reinterpret_cast<const uint4*>(w + (long long)(e0 + g) * stride_we) + chunk)
+        : make_uint4(0u, 0u, 0u, 0u);
+    sr[b] = load_scale(scale, chunk);
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if STAGE == 1
+  unsigned int sink = 0u;
+#pragma unroll
+  for (int b = 0; b < KB; ++b) sink ^= wr[b].x ^ wr[b].w;
+  if (sink == 0x12345u) logits[tid] = 1.f;  // keeps the loads
+  return;
+#endif
+  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  float ss_lo = 0.f, ss_hi = 0.f;  // sums of squares of tokens g and g + 8
+#pragma unroll
+  for (int b = 0; b < KB; ++b) {
+    const int chunk = (warp * KB + b) * 4 + q;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const uint4 xlo = g < T
+        ? __ldg(reinterpret_cast<const uint4*>(x + (long long)g * stride_xt) + chunk) : zero;
+    const uint4 xhi = g + 8 < T
+        ? __ldg(reinterpret_cast<const uint4*>(x + (long long)(g + 8) * stride_xt) + chunk)
+        : zero;
+    ss_lo += sumsq8(xlo);
+    ss_hi += sumsq8(xhi);
+    unsigned int alo[4], ahi[4];
+    operands8(xlo, sr[b], alo);
+    operands8(xhi, sr[b], ahi);
+    mma_bf16(acc[0], alo[0], ahi[0], alo[1], ahi[1], wr[b].x, wr[b].y);
+    mma_bf16(acc[1], alo[2], ahi[2], alo[3], ahi[3], wr[b].z, wr[b].w);
+  }
+#pragma unroll
+  for (int offset = 1; offset < 4; offset <<= 1) {
+    ss_lo += __shfl_xor_sync(FULL_MASK, ss_lo, offset);
+    ss_hi += __shfl_xor_sync(FULL_MASK, ss_hi, offset);
+  }
+  // acc[.][0..1]: token g, experts 2q, 2q + 1; acc[.][2..3]: token g + 8.
+  __shared__ float part[NW][16][8];
+  __shared__ float part_ss[NW][16];
+  __shared__ bool is_last;
+  part[warp][g][2 * q] = acc[0][0] + acc[1][0];
+  part[warp][g][2 * q + 1] = acc[0][1] + acc[1][1];
+  part[warp][g + 8][2 * q] = acc[0][2] + acc[1][2];
+  part[warp][g + 8][2 * q + 1] = acc[0][3] + acc[1][3];
+  if (q == 0) {
+    part_ss[warp][g] = ss_lo;
+    part_ss[warp][g + 8] = ss_hi;
+  }
+  __syncthreads();
+  if (tid < T * 8 && e0 + (tid & 7) < E) {
+    const int t = tid >> 3, e = tid & 7;
+    float dot = 0.f, sumsq = 0.f;
+#pragma unroll
+    for (int v = 0; v < NW; ++v) {
+      dot += part[v][t][e];
+      sumsq += part_ss[v][t];
+    }
+    logits[(long long)t * stride_lt + e0 + e] = dot * rsqrtf(sumsq / H + params[0]) * params[1];
+    __threadfence();  // this thread's logits before the block's arrival
+  }
+#else
   const int chunks = H >> 3;
 
   float wf[EPB][CH][8];
@@ -359,6 +465,7 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
         dot * rsqrtf(sumsq / H + params[0]) * params[1];
     __threadfence();  // this thread's logits before the block's arrival
   }
+#endif  // MMA
 #if STAGE == 2
   return;
 #endif
