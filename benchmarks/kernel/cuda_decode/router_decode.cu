@@ -6,24 +6,27 @@
 // then top-K of softmax(logits[t]) renormalised, times per_expert_scale[id]; equal
 // logits go to the lower id; NaN ranks as -inf; ids are K distinct values in [0, E).
 //
-// Layout of the work (the first build, one warp per expert looping over tokens, was
-// latency-bound: ~5 us more per token on an H100, because each token waited on its own
-// loads and its own shuffle reduction):
+// Layout of the work (the history and timings of each build:
+// benchmarks/results/cuda_decode_H100_2026-12-06/):
 // - A block of NW warps owns EPB experts. Its threads split H into 16-byte chunks
 //   (CH chunks each) and hold those chunks of the EPB gate rows and of `scale` in
 //   registers, loaded before griddepcontrol.wait so that a launch with programmatic
 //   dependent launch overlaps them with the kernel ahead.
 // - x is read TG tokens at a time, all loads of a group in flight together. Each
 //   thread keeps partial dot products for every (token, expert) and partial sums of
-//   squares for every token, up to TMAX tokens, in registers.
+//   squares for every token, up to TMAX tokens, in registers: no work in series per
+//   token.
 // - One reduce-scatter over the warp (31 shuffles for 32 values, instead of 5 per
 //   value) leaves lane l with values VPL*l .. VPL*l+VPL-1; one shared-memory pass sums
 //   the warps.
+// - MMA 1 replaces the three steps above with tensor cores (see MMA below).
 // - The last block to arrive (an atomic counter, reset by that block) routes: each warp
-//   takes RT tokens at once, so their shuffle chains overlap.
+//   takes RT tokens at once; a round is two redux.sync reductions.
+// - The code stays small (routing rounds not unrolled, TMAX per build): the kernel's
+//   code is fetched at every launch, and 100 KB of it cost microseconds.
 //
 // Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
-// scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)).
+// scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB.
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; params = {eps, H^-0.5}.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
