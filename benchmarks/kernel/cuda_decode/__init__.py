@@ -1,7 +1,8 @@
 """A CUDA C++ prototype of the fused Gemma 4 router at decode sizes (issue #36).
 
 ``router_decode.cu`` holds the kernel (blocks of NW warps own EPB experts each and split
-H between their threads, gate rows in registers; the last block routes). It is compiled
+H between their threads, gate rows in registers; the last block routes; its header
+lists the macros a build fixes, ``build_macros`` computes them). It is compiled
 at run time with NVRTC through torch
 (``torch.cuda._compile_kernel``, so nothing beyond the user's torch is needed) and
 timed against the Triton fused kernel by ``benchmarks/kernel/bench_cuda_decode.py``.
@@ -21,8 +22,6 @@ from benchmarks.kernel.cuda_decode.launch import launch
 
 SOURCE = Path(__file__).with_name("router_decode.cu")
 KERNEL_NAME = "gemma4_router_decode"
-#: The macros a build fixes (see router_decode.cu's header).
-MACROS = ("NW", "EPB", "CH", "TMAX", "TG", "RT", "SCALE_BF16", "MAX_K", "E_PER_LANE")
 #: The most tokens one launch takes: every thread keeps partial sums for each.
 MAX_TOKENS = 16
 #: Builds by the most tokens they take (``TMAX``): a launch takes the smallest that
