@@ -67,3 +67,16 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(1, 2816, 300, 8, torch.bfloat16)
     with pytest.raises(TypeError, match="scale"):
         build_macros(1, 2816, 128, 8, torch.float16)
+
+
+def test_the_launch_structs_match_cuda_h():
+    """cuLaunchKernelEx reads the config through these ctypes mirrors of cuda.h's
+    CUlaunchConfig and CUlaunchAttribute (x86-64: 56 and 72 bytes)."""
+    import ctypes
+
+    from benchmarks.kernel.cuda_decode.launch import _Attribute, _Config
+
+    assert ctypes.sizeof(_Attribute) == 72 and _Attribute.value.offset == 8
+    assert ctypes.sizeof(_Config) == 56
+    assert (_Config.shared_mem.offset, _Config.stream.offset) == (24, 32)
+    assert (_Config.attrs.offset, _Config.num_attrs.offset) == (40, 48)
