@@ -110,12 +110,17 @@ def main(argv: list[str] | None = None) -> None:
         for (warps, per_block), pdl in itertools.product(args.builds, pdl_modes):
             mine = tuple(t.clone() for t in out)
 
-            def proto(layer, h=h, mine=mine, warps=warps, per_block=per_block, pdl=pdl):
-                route_decode(h, scales[layer], weights[layer], expert_scales32[layer], params,
-                             args.topk, mine, warps=warps, experts_per_block=per_block,
-                             pdl=pdl)  # fmt: skip
+            def build_arm(stage, h=h, mine=mine, warps=warps, per_block=per_block, pdl=pdl):
+                def arm(layer):
+                    route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
+                                 params, args.topk, mine, warps=warps,
+                                 experts_per_block=per_block, pdl=pdl,
+                                 stage=stage)  # fmt: skip
+
+                return arm
 
             name = f"cuda, {warps} warps x {per_block} experts{', PDL' if pdl else ''}"
+            proto = arms[name] = build_arm(4)
             try:
                 proto(0)
                 torch.cuda.synchronize()
@@ -123,15 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 checks[name] = f"FAIL: {reason}" if reason else "ok"
             except (RuntimeError, ValueError, TypeError) as exc:
                 checks[name] = f"FAIL: {type(exc).__name__}: {str(exc)[:120]}"
-            arms[name] = proto
             for stage in range(4) if args.stages and not pdl else ():
-
-                def cut(layer, h=h, mine=mine, warps=warps, per_block=per_block, stage=stage):
-                    route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
-                                 params, args.topk, mine, warps=warps,
-                                 experts_per_block=per_block, stage=stage)  # fmt: skip
-
-                arms[f"{name}, stage {stage}"] = cut
+                arms[f"{name}, stage {stage}"] = build_arm(stage)
                 checks[f"{name}, stage {stage}"] = "unchecked"
         produce, preceded = producer_of(h) if args.producer else (None, None)
         producer_us = {}

@@ -63,14 +63,16 @@ def launch(
     pointers = (ctypes.c_void_p * len(values))(
         *[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values]
     )
-    attribute = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
-    ctypes.memmove(attribute.value, ctypes.byref(ctypes.c_int(1)), ctypes.sizeof(ctypes.c_int))
+    attribute = None
+    if pdl:
+        attribute = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+        attribute.value = (1).to_bytes(4, "little")  # the int "allowed", 1
     config = _Config(
         (ctypes.c_uint * 3)(*grid),
         (ctypes.c_uint * 3)(*block),
         0,
         torch.cuda.current_stream().cuda_stream,
-        ctypes.pointer(attribute) if pdl else None,
+        ctypes.pointer(attribute) if attribute is not None else None,
         int(pdl),
     )
     result = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, pointers, None)
