@@ -40,6 +40,13 @@ from benchmarks.tuning.sweep_fused_router import Problem, check_outputs
 HOT_LAYERS = 8
 
 
+def parse_build(text: str) -> tuple[int, int, bool]:
+    """``"8x8c"`` -> (warps 8, experts per block 8, cluster True)."""
+    cluster = text.endswith("c")
+    warps, per_block = (int(n) for n in text.removesuffix("c").split("x"))
+    return warps, per_block, cluster
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_router_shape_args(parser)
@@ -47,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--builds",
         default="4x1,8x1,4x2,8x2,8x4",
-        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated (experts per "
-        "block 8: the tensor-core build)",
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated; experts per "
+        "block 8 or 16: tensor cores; a trailing c: the grid as one cluster, DSMEM hand-off",
     )
     parser.add_argument(
         "--pdl",
@@ -69,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",") if t]
-    args.builds = [tuple(int(n) for n in b.split("x")) for b in args.builds.split(",") if b]
+    args.builds = [parse_build(b) for b in args.builds.split(",") if b]
     return args
 
 
@@ -107,19 +114,20 @@ def main(argv: list[str] | None = None) -> None:
         arms = {"fused op": fused}
         checks = {"fused op": "ok"}
         pdl_modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-        for (warps, per_block), pdl in itertools.product(args.builds, pdl_modes):
+        for (warps, per_block, cluster), pdl in itertools.product(args.builds, pdl_modes):
             mine = tuple(t.clone() for t in out)
 
-            def build_arm(stage, h=h, mine=mine, warps=warps, per_block=per_block, pdl=pdl):
+            def build_arm(stage, h=h, mine=mine, build=(warps, per_block, cluster), pdl=pdl):
                 def arm(layer):
                     route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
-                                 params, args.topk, mine, warps=warps,
-                                 experts_per_block=per_block, pdl=pdl,
-                                 stage=stage)  # fmt: skip
+                                 params, args.topk, mine, warps=build[0],
+                                 experts_per_block=build[1], pdl=pdl, stage=stage,
+                                 cluster=build[2])  # fmt: skip
 
                 return arm
 
-            name = f"cuda, {warps} warps x {per_block} experts{', PDL' if pdl else ''}"
+            name = (f"cuda, {warps} warps x {per_block} experts"
+                    f"{', cluster' if cluster else ''}{', PDL' if pdl else ''}")  # fmt: skip
             proto = arms[name] = build_arm(4)
             try:
                 proto(0)

@@ -27,20 +27,27 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
     return result.stderr
 
 
-# bench_cuda_decode's default --builds and the tensor-core builds
-BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8)]
+# bench_cuda_decode's default --builds, the tensor-core builds, and those with the
+# cluster hand-off (a third element True)
+BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
+          (4, 8, True), (8, 16, True)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("warps", "per_block"), BUILDS)
+@pytest.mark.parametrize(
+    "build", BUILDS, ids=lambda b: "x".join(map(str, b[:2])) + "c" * (len(b) > 2)
+)
 @pytest.mark.parametrize("max_tokens", TOKEN_BUILDS)
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
-def test_each_build_compiles_for_sm90a_without_spills(
-    warps, per_block, max_tokens, scale_dtype, tmp_path
-):
-    macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens)
+def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_dtype, tmp_path):
+    warps, per_block, cluster = (*build, False)[:3]
+    macros = build_macros(
+        warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens, cluster=cluster
+    )
     # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
     assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
-    assert macros["MMA"] == (per_block == 8) and macros["KB"] * 32 * warps == 2816 * macros["MMA"]
+    tensor_cores = per_block >= 8
+    assert macros["MMA"] == tensor_cores and macros["KB"] * 32 * warps == 2816 * tensor_cores
+    assert macros["CS"] == (128 // per_block if cluster else 1)
     assert macros["RT"] * warps >= macros["TMAX"] == max_tokens and macros["E_PER_LANE"] == 4
     log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
     assert "0 bytes spill stores, 0 bytes spill loads" in log, log
@@ -49,7 +56,11 @@ def test_each_build_compiles_for_sm90a_without_spills(
     ptx = (tmp_path / "k.ptx").read_text()
     assert ".entry gemma4_router_decode" in ptx
     assert "griddepcontrol.wait" in ptx  # weights load before it, x after it
-    assert ("mma.sync.aligned.m16n8k16" in ptx) == (per_block == 8)
+    assert ("mma.sync.aligned.m16n8k16" in ptx) == tensor_cores
+    # the cluster builds: one cluster of CS blocks, a barrier, DSMEM reads; the others a counter
+    assert (f".reqnctapercluster {macros['CS']}, 1, 1" in ptx) == cluster
+    assert ("ld.shared::cluster.f32" in ptx) == ("barrier.cluster.wait" in ptx) == cluster
+    assert ("atom.global.add" in ptx) != cluster
 
 
 def test_build_macros_rejects_what_the_kernel_cannot_take():
@@ -59,6 +70,10 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(4, 2816, 128, 8, torch.bfloat16, 3)
     with pytest.raises(ValueError, match="tensor-core"):
         build_macros(8, 2816 + 8, 128, 8, torch.bfloat16, 8)
+    with pytest.raises(ValueError, match="cluster"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 4, cluster=True)  # 32 blocks
+    with pytest.raises(ValueError, match="cluster"):
+        build_macros(8, 2816, 256, 8, torch.bfloat16, 8, cluster=True)
     with pytest.raises(ValueError, match="max_tokens"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -24,14 +24,18 @@ def _run(h, s, w, pes, build, is_padding=None, pdl=False):
         torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
     )
     params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
-    warps, per_block = build
+    warps, per_block, cluster = (*build, False)[:3]
     route_decode(h, s, w, pes, params, 8, out, warps=warps, experts_per_block=per_block,
-                 is_padding=is_padding, pdl=pdl)  # fmt: skip
+                 is_padding=is_padding, pdl=pdl, cluster=cluster)  # fmt: skip
     torch.cuda.synchronize()
     return out
 
 
-@pytest.mark.parametrize("build", [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8)])
+BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
+          (4, 8, True), (8, 16, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("num_tokens", [1, 2, 3, 5, 8, 13, 16])
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
 def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
@@ -43,12 +47,13 @@ def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
-def test_gpu_prototype_without_expert_scale_and_with_padding(gen):
+@pytest.mark.parametrize("build", [(4, 1), (8, 8, True)])
+def test_gpu_prototype_without_expert_scale_and_with_padding(build, gen):
     h, s, w, pes = router_inputs(8, 2816, 128, torch.bfloat16, gen, device="cuda")
     mask = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool, device="cuda")
-    logits, weights, ids = _run(h, s, w, None, (4, 1), mask)
+    logits, weights, ids = _run(h, s, w, None, build, mask)
     assert bool((ids[mask] == -1).all()) and bool((weights[mask] == 0).all())
-    plain = _run(h, s, w, None, (4, 1))
+    plain = _run(h, s, w, None, build)
     keep = ~mask
     assert torch.equal(ids[keep], plain[2][keep]) and torch.equal(weights[keep], plain[1][keep])
     assert_fused_contract(*plain, h, s, w, None, EPS, 8)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernel.cuda_decode.launch import launch
+from benchmarks.kernel.cuda_decode.launch import allow_large_clusters, launch
 
 SOURCE = Path(__file__).with_name("router_decode.cu")
 KERNEL_NAME = "gemma4_router_decode"
@@ -30,8 +30,11 @@ MAX_TOKENS = 16
 TOKEN_BUILDS = (4, 8, 16)
 #: Tokens whose x loads one thread keeps in flight together.
 TOKEN_GROUP = 4
-#: ``experts_per_block`` of the tensor-core build (``MMA``): an MMA tile's 8 columns.
-TENSOR_CORE_EXPERTS = 8
+#: ``experts_per_block`` of the tensor-core builds (``MMA``): one or two MMA tiles of 8
+#: columns per warp.
+TENSOR_CORE_EXPERTS = (8, 16)
+#: The largest thread-block cluster sm_90 takes (above 8 it is "non-portable").
+MAX_CLUSTER = 16
 
 
 def build_macros(
@@ -43,21 +46,30 @@ def build_macros(
     experts_per_block: int = 1,
     stage: int = 4,
     max_tokens: int = MAX_TOKENS,
+    cluster: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
-    ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores;
-    ``TENSOR_CORE_EXPERTS`` (8) on tensor cores (router_decode.cu's ``MMA``), which needs
-    ``hidden`` a multiple of 32 x ``warps``. ``stage`` < 4 builds the stage ablation's
-    kernels (``STAGE``), which leave the outputs incomplete."""
+    ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
+    (``TENSOR_CORE_EXPERTS``) on tensor cores (router_decode.cu's ``MMA``), which needs
+    ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
+    ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
+    over in DSMEM (``CLUSTER``). ``stage`` < 4 builds the stage ablation's kernels
+    (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
         raise ValueError(f"stage must be 0 to 4, got {stage}")
     if warps not in (1, 2, 4, 8):
         raise ValueError(f"warps must be 1, 2, 4 or 8, got {warps}")
-    if experts_per_block not in (1, 2, 4, TENSOR_CORE_EXPERTS):
-        raise ValueError(f"experts_per_block must be 1, 2, 4 or 8, got {experts_per_block}")
-    tensor_cores = experts_per_block == TENSOR_CORE_EXPERTS
+    if experts_per_block not in (1, 2, 4, *TENSOR_CORE_EXPERTS):
+        raise ValueError(f"experts_per_block must be 1, 2, 4, 8 or 16, got {experts_per_block}")
+    tensor_cores = experts_per_block in TENSOR_CORE_EXPERTS
+    blocks = math.ceil(num_experts / experts_per_block)
+    if cluster and not (tensor_cores and blocks <= MAX_CLUSTER):
+        raise ValueError(
+            f"cluster needs the tensor-core build and at most {MAX_CLUSTER} blocks, got "
+            f"experts_per_block {experts_per_block} ({blocks} blocks)"
+        )
     if tensor_cores and hidden % (32 * warps):
         raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
     if hidden % 8:
@@ -79,6 +91,9 @@ def build_macros(
         STAGE=stage,
         MMA=int(tensor_cores),
         KB=hidden // (32 * warps) if tensor_cores else 0,
+        NT=experts_per_block // 8 if tensor_cores else 1,
+        CLUSTER=int(cluster),
+        CS=blocks if cluster else 1,
     )
 
 
@@ -87,7 +102,10 @@ def _kernel(macros: tuple[tuple[str, int], ...]):
     from torch.cuda import _compile_kernel
 
     options = [f"-D{name}={value}" for name, value in macros]
-    return _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
+    kernel = _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
+    if dict(macros)["CS"] > 8:
+        allow_large_clusters(kernel)
+    return kernel
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -107,6 +125,7 @@ def route_decode(
     is_padding: torch.Tensor | None = None,
     pdl: bool = False,
     stage: int = 4,
+    cluster: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
     ids [T, K] int32)``, T <= ``MAX_TOKENS``.
@@ -117,7 +136,8 @@ def route_decode(
     H**-0.5)`` (floats are not passed as kernel arguments); ``is_padding`` [T] uint8/bool
     or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
     launch with programmatic dependent launch (the gate rows load while the kernel ahead
-    finishes). ``stage`` < 4: a stage-ablation build (see :func:`build_macros`)."""
+    finishes). ``stage`` < 4: a stage-ablation build, ``cluster`` the DSMEM hand-off (see
+    :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     if not 1 <= num_tokens <= MAX_TOKENS:
@@ -134,8 +154,9 @@ def route_decode(
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
     max_tokens = next(n for n in TOKEN_BUILDS if n >= num_tokens)
     macros = build_macros(
-        warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens
-    )
+        warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens,
+        cluster,
+    )  # fmt: skip
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
     counter = _COUNTERS.get(device)

@@ -13,6 +13,8 @@ import torch
 
 #: ``CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`` (cuda.h).
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6
+#: ``CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED`` (cuda.h).
+_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
 
 class _Attribute(ctypes.Structure):
@@ -37,7 +39,22 @@ def _driver() -> ctypes.CDLL:
     lib.cuLaunchKernelEx.argtypes = [
         ctypes.POINTER(_Config), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
     ]  # fmt: skip
+    lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return lib
+
+
+def _check(result: int, call: str) -> None:
+    if result != 0:
+        raise RuntimeError(f"{call} failed with CUresult {result}")
+
+
+def allow_large_clusters(kernel) -> None:
+    """Let ``kernel`` launch with ``__cluster_dims__`` above 8 blocks ("non-portable"
+    sizes, up to 16 on sm_90), which the driver refuses otherwise."""
+    _check(
+        _driver().cuFuncSetAttribute(kernel.func, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+        "cuFuncSetAttribute",
+    )
 
 
 def launch(
@@ -75,6 +92,7 @@ def launch(
         ctypes.pointer(attribute) if attribute is not None else None,
         int(pdl),
     )
-    result = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, pointers, None)
-    if result != 0:
-        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {result}")
+    _check(
+        _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, pointers, None),
+        "cuLaunchKernelEx",
+    )

@@ -73,6 +73,20 @@
 #ifndef KB
 #define KB 11
 #endif
+// NT: with MMA, the 8-expert tiles each warp takes (EPB = 8 NT).
+#ifndef NT
+#define NT 1
+#endif
+// CLUSTER 1 (with MMA): the grid is one thread-block cluster (E / EPB blocks, at most
+// 16); the blocks keep their logits in shared memory and the routing warps read them
+// over DSMEM after a cluster barrier: no counter, no fence, no L2 round trip, and the
+// tokens are routed by all blocks at once (block r, warp w: tokens r + CS w, ...).
+#ifndef CLUSTER
+#define CLUSTER 0
+#endif
+#ifndef CS
+#define CS 16
+#endif
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -190,38 +204,38 @@ __device__ __forceinline__ unsigned int warp_min(unsigned int x) {
     k[a] = k[b]; c[a] = c[b]; k[b] = k_; c[b] = c_;                 \
   }
 
-// Routes tokens t0, t0 + stride, ... (RT of them, those < T) with one warp. Each lane
-// sorts its E_PER_LANE candidates; a round takes the warp's best head with two
-// single-instruction reductions (the highest key, then the lowest id holding it) and
-// the winner drops its head. Up to E = 32 * E_PER_LANE; K <= MAX_K.
-__device__ __forceinline__ void route_tokens(
-    const float* logits, int stride_lt, int t0, int stride, int T, int E, int K,
+// A candidate's key: key 0 sorts below every logit (-inf included), so experts past E
+// are never taken.
+__device__ __forceinline__ unsigned int candidate_key(float l, int e, int E) {
+  return e < E ? ordered_key(l != l ? NEG_INF : l) : 0u;
+}
+
+// Routes tokens t0, t0 + stride, ... (R of them, those < T) with one warp, lane l
+// holding the keys of experts l, l + 32, ... Each lane sorts its E_PER_LANE candidates;
+// a round takes the warp's best head with two single-instruction reductions (the
+// highest key, then the lowest id holding it) and the winner drops its head. Up to
+// E = 32 * E_PER_LANE; K <= MAX_K.
+template <int R>
+__device__ __forceinline__ void route_keys(
+    unsigned int (&key)[R][E_PER_LANE], int t0, int stride, int T, int K,
     const float* pes, int has_pes, const unsigned char* padding, int has_padding,
     float* weights, int stride_wt, int* ids, int stride_it, int lane) {
-  unsigned int key[RT][E_PER_LANE], cid[RT][E_PER_LANE];
+  unsigned int cid[R][E_PER_LANE];
 #pragma unroll
-  for (int r = 0; r < RT; ++r) {
-    const int t = t0 + r * stride;
+  for (int r = 0; r < R; ++r) {
 #pragma unroll
-    for (int j = 0; j < E_PER_LANE; ++j) {
-      const int e = lane + 32 * j;
-      // .cg: the other blocks' stores, made visible by the counter's fences, not stale L1.
-      const float l = (t < T && e < E) ? __ldcg(logits + (long long)t * stride_lt + e) : 0.f;
-      // Key 0 sorts below every logit (-inf included): experts past E are never taken.
-      key[r][j] = e < E ? ordered_key(l != l ? NEG_INF : l) : 0u;
-      cid[r][j] = e;
-    }
+    for (int j = 0; j < E_PER_LANE; ++j) cid[r][j] = lane + 32 * j;
 #pragma unroll
     for (int a = 1; a < E_PER_LANE; ++a)  // insertion sort of a few registers
 #pragma unroll
       for (int b = a; b > 0; --b) ORDER_PAIR(key[r], cid[r], b - 1, b)
   }
-  float top[RT], total[RT];
-  unsigned int mine_key[RT], mine_id[RT];
+  float top[R], total[R];
+  unsigned int mine_key[R], mine_id[R];
 #pragma unroll 1
   for (int k = 0; k < K; ++k) {
 #pragma unroll
-    for (int r = 0; r < RT; ++r) {
+    for (int r = 0; r < R; ++r) {
       // The lane's head is its slot 0; the winner shifts its list (no indexed access:
       // an indexed head put the lists in local memory).
       const unsigned int best = warp_max(key[r][0]);
@@ -249,7 +263,7 @@ __device__ __forceinline__ void route_tokens(
     }
   }
 #pragma unroll
-  for (int r = 0; r < RT; ++r) {
+  for (int r = 0; r < R; ++r) {
     const int t = t0 + r * stride;
     if (t < T && lane < K) {
       const bool pad = has_padding && padding[t] != 0;
@@ -259,6 +273,28 @@ __device__ __forceinline__ void route_tokens(
       ids[(long long)t * stride_it + lane] = pad ? -1 : (int)mine_id[r];
     }
   }
+}
+
+// route_keys on the logits in global memory, written by other blocks before the
+// counter's fences.
+__device__ __forceinline__ void route_tokens(
+    const float* logits, int stride_lt, int t0, int stride, int T, int E, int K,
+    const float* pes, int has_pes, const unsigned char* padding, int has_padding,
+    float* weights, int stride_wt, int* ids, int stride_it, int lane) {
+  unsigned int key[RT][E_PER_LANE];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    const int t = t0 + r * stride;
+#pragma unroll
+    for (int j = 0; j < E_PER_LANE; ++j) {
+      const int e = lane + 32 * j;
+      // .cg: the other blocks' stores, made visible by the counter's fences, not stale L1.
+      const float l = (t < T && e < E) ? __ldcg(logits + (long long)t * stride_lt + e) : 0.f;
+      key[r][j] = candidate_key(l, e, E);
+    }
+  }
+  route_keys<RT>(key, t0, stride, T, K, pes, has_pes, padding, has_padding, weights,
+                 stride_wt, ids, stride_it, lane);
 }
 
 #if MMA
@@ -273,6 +309,28 @@ __device__ __forceinline__ void mma_bf16(float c[4], unsigned int a0, unsigned i
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+#if CLUSTER
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\t"
+               "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ unsigned int shared_address(const void* p) {
+  unsigned int a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
+// A float at shared address `addr` of the cluster's block `rank`.
+__device__ __forceinline__ float load_cluster(unsigned int addr, unsigned int rank) {
+  unsigned int remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+#endif
+
 __device__ __forceinline__ float sumsq8(const uint4 v) {
   float f[8];
   bf16x8_to_float(v, f);
@@ -283,7 +341,13 @@ __device__ __forceinline__ float sumsq8(const uint4 v) {
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(NW * 32, 1)
+#if CLUSTER
+#define CLUSTER_DIMS __cluster_dims__(CS, 1, 1)
+#else
+#define CLUSTER_DIMS
+#endif
+
+extern "C" __global__ void __launch_bounds__(NW * 32, 1) CLUSTER_DIMS
 gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      const void* __restrict__ scale, const unsigned short* __restrict__ w,
                      int stride_we, const float* __restrict__ pes, int has_pes,
@@ -304,14 +368,18 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   // block b, the first 4 as one k-step (the fragments' k = 2q, 2q+1, 2q+8, 2q+9) and the
   // last 4 as the next; so each operand is one 16-byte load per lane and block.
   const int g = lane >> 2, q = lane & 3;
-  uint4 wr[KB];
+  uint4 wr[NT][KB];
   scale_chunk sr[KB];
 #pragma unroll
   for (int b = 0; b < KB; ++b) {
     const int chunk = (warp * KB + b) * 4 + q;  // 16-byte chunk of the row
-    wr[b] = e0 + g < E
-        ? __ldg(reinterpret_cast<const uint4*>(w + (long long)(e0 + g) * stride_we) + chunk)
-        : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int e = e0 + 8 * n + g;
+      wr[n][b] = e < E
+          ? __ldg(reinterpret_cast<const uint4*>(w + (long long)e * stride_we) + chunk)
+          : make_uint4(0u, 0u, 0u, 0u);
+    }
     sr[b] = load_scale(scale, chunk);
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -320,11 +388,20 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #if STAGE == 1
   unsigned int sink = 0u;
 #pragma unroll
-  for (int b = 0; b < KB; ++b) sink ^= wr[b].x ^ wr[b].w;
+  for (int b = 0; b < KB; ++b)
+#pragma unroll
+    for (int n = 0; n < NT; ++n) sink ^= wr[n][b].x ^ wr[n][b].w;
   if (sink == 0x12345u) logits[tid] = 1.f;  // keeps the loads
   return;
 #endif
-  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  // acc[n][0..1]: token g, experts 8n + 2q, +1; acc[n][2..3]: token g + 8. The two
+  // k-steps of a block go to two accumulators, so that MMAs in a row do not wait on
+  // each other.
+  float acc[NT][2][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[n][i / 4][i % 4] = 0.f;
   float ss_lo = 0.f, ss_hi = 0.f;  // sums of squares of tokens g and g + 8
 #pragma unroll
   for (int b = 0; b < KB; ++b) {
@@ -340,37 +417,53 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
     unsigned int alo[4], ahi[4];
     operands8(xlo, sr[b], alo);
     operands8(xhi, sr[b], ahi);
-    mma_bf16(acc[0], alo[0], ahi[0], alo[1], ahi[1], wr[b].x, wr[b].y);
-    mma_bf16(acc[1], alo[2], ahi[2], alo[3], ahi[3], wr[b].z, wr[b].w);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      mma_bf16(acc[n][0], alo[0], ahi[0], alo[1], ahi[1], wr[n][b].x, wr[n][b].y);
+      mma_bf16(acc[n][1], alo[2], ahi[2], alo[3], ahi[3], wr[n][b].z, wr[n][b].w);
+    }
   }
 #pragma unroll
   for (int offset = 1; offset < 4; offset <<= 1) {
     ss_lo += __shfl_xor_sync(FULL_MASK, ss_lo, offset);
     ss_hi += __shfl_xor_sync(FULL_MASK, ss_hi, offset);
   }
-  // acc[.][0..1]: token g, experts 2q, 2q + 1; acc[.][2..3]: token g + 8.
-  __shared__ float part[NW][16][8];
+  __shared__ float part[NW][16][EPB];
   __shared__ float part_ss[NW][16];
+#if !CLUSTER
   __shared__ bool is_last;
-  part[warp][g][2 * q] = acc[0][0] + acc[1][0];
-  part[warp][g][2 * q + 1] = acc[0][1] + acc[1][1];
-  part[warp][g + 8][2 * q] = acc[0][2] + acc[1][2];
-  part[warp][g + 8][2 * q + 1] = acc[0][3] + acc[1][3];
+#endif
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    part[warp][g][8 * n + 2 * q] = acc[n][0][0] + acc[n][1][0];
+    part[warp][g][8 * n + 2 * q + 1] = acc[n][0][1] + acc[n][1][1];
+    part[warp][g + 8][8 * n + 2 * q] = acc[n][0][2] + acc[n][1][2];
+    part[warp][g + 8][8 * n + 2 * q + 1] = acc[n][0][3] + acc[n][1][3];
+  }
   if (q == 0) {
     part_ss[warp][g] = ss_lo;
     part_ss[warp][g + 8] = ss_hi;
   }
   __syncthreads();
-  if (tid < T * 8 && e0 + (tid & 7) < E) {
-    const int t = tid >> 3, e = tid & 7;
+#if CLUSTER
+  __shared__ float block_logits[TMAX][EPB];  // read by the routing warps over DSMEM
+#endif
+  for (int i = tid; i < T * EPB; i += NW * 32) {
+    const int t = i / EPB, e = i % EPB;
+    if (e0 + e >= E) continue;
     float dot = 0.f, sumsq = 0.f;
 #pragma unroll
     for (int v = 0; v < NW; ++v) {
       dot += part[v][t][e];
       sumsq += part_ss[v][t];
     }
-    logits[(long long)t * stride_lt + e0 + e] = dot * rsqrtf(sumsq / H + params[0]) * params[1];
+    const float l = dot * rsqrtf(sumsq / H + params[0]) * params[1];
+    logits[(long long)t * stride_lt + e0 + e] = l;
+#if CLUSTER
+    block_logits[t][e] = l;
+#else
     __threadfence();  // this thread's logits before the block's arrival
+#endif
   }
 #else
   const int chunks = H >> 3;
@@ -472,6 +565,26 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #if STAGE == 2
   return;
 #endif
+#if CLUSTER
+  cluster_sync();
+#if STAGE >= 4
+  // Token t's logit of expert e lies in block e / EPB, at block_logits[t][e % EPB].
+  const unsigned int base = shared_address(&block_logits[0][0]);
+  for (int t = blockIdx.x + CS * warp; t < T; t += CS * NW) {
+    unsigned int key[1][E_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < E_PER_LANE; ++j) {
+      const int e = lane + 32 * j;
+      const float l = e < E
+          ? load_cluster(base + 4u * (t * EPB + e % EPB), (unsigned int)(e / EPB)) : 0.f;
+      key[0][j] = candidate_key(l, e, E);
+    }
+    route_keys<1>(key, t, 0, T, K, pes, has_pes, padding, has_padding, weights, stride_wt,
+                  ids, stride_it, lane);
+  }
+#endif
+  cluster_sync();  // no block leaves while others may still read its logits
+#else
   __syncthreads();
   if (tid == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
   __syncthreads();
@@ -484,4 +597,5 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #endif
   __syncthreads();
   if (tid == 0) *counter = 0u;  // ready for the next stream-ordered launch
+#endif  // CLUSTER
 }
