@@ -28,21 +28,23 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
 
 
 # bench_cuda_decode's default --builds, the tensor-core builds, and those with the
-# cluster hand-off (a third element True)
+# cluster hand-off (a third element True) and routing by ranks (a fourth)
 BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
-          (4, 8, True), (8, 16, True)]  # fmt: skip
+          (4, 8, True), (8, 16, True), (8, 8, True, True), (4, 8, True, True),
+          (8, 16, True, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "build", BUILDS, ids=lambda b: "x".join(map(str, b[:2])) + "c" * (len(b) > 2)
+    "build", BUILDS, ids=lambda b: "x".join(map(str, b[:2])) + "cr"[: len(b) - 2]
 )
 @pytest.mark.parametrize("max_tokens", TOKEN_BUILDS)
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
 def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_dtype, tmp_path):
-    warps, per_block, cluster = (*build, False)[:3]
+    warps, per_block, cluster, rank = (*build, False, False)[:4]
     macros = build_macros(
-        warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens, cluster=cluster
-    )
+        warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens, cluster=cluster,
+        rank=rank,
+    )  # fmt: skip
     # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
     assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
     tensor_cores = per_block >= 8
@@ -61,6 +63,7 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert (f".reqnctapercluster {macros['CS']}, 1, 1" in ptx) == cluster
     assert ("ld.shared::cluster.f32" in ptx) == ("barrier.cluster.wait" in ptx) == cluster
     assert ("atom.global.add" in ptx) != cluster
+    assert macros["RANK"] == rank
 
 
 def test_build_macros_rejects_what_the_kernel_cannot_take():
@@ -74,6 +77,10 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(8, 2816, 128, 8, torch.bfloat16, 4, cluster=True)  # 32 blocks
     with pytest.raises(ValueError, match="cluster"):
         build_macros(8, 2816, 256, 8, torch.bfloat16, 8, cluster=True)
+    with pytest.raises(ValueError, match="rank"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, rank=True)  # not a cluster build
+    with pytest.raises(ValueError, match="rank"):
+        build_macros(2, 2816, 128, 8, torch.bfloat16, 8, cluster=True, rank=True)
     with pytest.raises(ValueError, match="max_tokens"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
     with pytest.raises(ValueError, match="multiple of 8"):

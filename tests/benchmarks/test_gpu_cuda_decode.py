@@ -24,15 +24,16 @@ def _run(h, s, w, pes, build, is_padding=None, pdl=False):
         torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
     )
     params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
-    warps, per_block, cluster = (*build, False)[:3]
+    warps, per_block, cluster, rank = (*build, False, False)[:4]
     route_decode(h, s, w, pes, params, 8, out, warps=warps, experts_per_block=per_block,
-                 is_padding=is_padding, pdl=pdl, cluster=cluster)  # fmt: skip
+                 is_padding=is_padding, pdl=pdl, cluster=cluster, rank=rank)  # fmt: skip
     torch.cuda.synchronize()
     return out
 
 
 BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
-          (4, 8, True), (8, 16, True)]  # fmt: skip
+          (4, 8, True), (8, 16, True), (8, 8, True, True), (4, 8, True, True),
+          (8, 16, True, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -47,7 +48,7 @@ def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
-@pytest.mark.parametrize("build", [(4, 1), (8, 8, True)])
+@pytest.mark.parametrize("build", [(4, 1), (8, 8, True), (8, 16, True, True)])
 def test_gpu_prototype_without_expert_scale_and_with_padding(build, gen):
     h, s, w, pes = router_inputs(8, 2816, 128, torch.bfloat16, gen, device="cuda")
     mask = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool, device="cuda")

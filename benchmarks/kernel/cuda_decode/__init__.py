@@ -47,14 +47,16 @@ def build_macros(
     stage: int = 4,
     max_tokens: int = MAX_TOKENS,
     cluster: bool = False,
+    rank: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
     (``TENSOR_CORE_EXPERTS``) on tensor cores (router_decode.cu's ``MMA``), which needs
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
-    over in DSMEM (``CLUSTER``). ``stage`` < 4 builds the stage ablation's kernels
-    (``STAGE``), which leave the outputs incomplete."""
+    over in DSMEM (``CLUSTER``); ``rank`` (cluster builds only) routes a token with one
+    thread per candidate counting those ahead of it (``RANK``). ``stage`` < 4 builds the
+    stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
@@ -72,6 +74,12 @@ def build_macros(
         )
     if tensor_cores and hidden % (32 * warps):
         raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
+    candidates = 32 * math.ceil(num_experts / 32)
+    if rank and not (cluster and (32 * warps) % candidates == 0):
+        raise ValueError(
+            f"rank needs a cluster build whose {32 * warps} threads take whole tokens of "
+            f"{candidates} candidates"
+        )
     if hidden % 8:
         raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
     if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
@@ -94,6 +102,7 @@ def build_macros(
         NT=experts_per_block // 8 if tensor_cores else 1,
         CLUSTER=int(cluster),
         CS=blocks if cluster else 1,
+        RANK=int(rank),
     )
 
 
@@ -126,6 +135,7 @@ def route_decode(
     pdl: bool = False,
     stage: int = 4,
     cluster: bool = False,
+    rank: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
     ids [T, K] int32)``, T <= ``MAX_TOKENS``.
@@ -136,8 +146,8 @@ def route_decode(
     H**-0.5)`` (floats are not passed as kernel arguments); ``is_padding`` [T] uint8/bool
     or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
     launch with programmatic dependent launch (the gate rows load while the kernel ahead
-    finishes). ``stage`` < 4: a stage-ablation build, ``cluster`` the DSMEM hand-off (see
-    :func:`build_macros`)."""
+    finishes). ``stage`` < 4: a stage-ablation build, ``cluster`` the DSMEM hand-off,
+    ``rank`` its routing by ranks (see :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     if not 1 <= num_tokens <= MAX_TOKENS:
@@ -155,7 +165,7 @@ def route_decode(
     max_tokens = next(n for n in TOKEN_BUILDS if n >= num_tokens)
     macros = build_macros(
         warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens,
-        cluster,
+        cluster, rank,
     )  # fmt: skip
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device
