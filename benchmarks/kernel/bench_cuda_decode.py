@@ -34,19 +34,10 @@ from benchmarks.kernel.bench_router import (
     layer_bytes,
     make_layer_sets,
 )
-from benchmarks.kernel.cuda_decode import route_decode
+from benchmarks.kernel.cuda_decode import parse_build, route_decode
 from benchmarks.tuning.sweep_fused_router import Problem, check_outputs
 
 HOT_LAYERS = 8
-
-
-def parse_build(text: str) -> tuple[int, int, bool, bool]:
-    """``"8x8c"`` -> (warps 8, experts per block 8, cluster True, rank False); ``"8x8cr"``:
-    the cluster build routing by ranks."""
-    rank = text.endswith("cr")
-    cluster = rank or text.endswith("c")
-    warps, per_block = (int(n) for n in text.removesuffix("r").removesuffix("c").split("x"))
-    return warps, per_block, cluster, rank
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--builds",
         default="4x1,8x1,4x2,8x2,8x4",
-        help="prototype builds as WARPSxEXPERTS_PER_BLOCK, comma-separated; experts per "
-        "block 8 or 16: tensor cores; a trailing c: the grid as one cluster, DSMEM hand-off; "
-        "cr: that and routing by ranks",
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][r][p], comma-separated; "
+        "experts per block 8 or 16: tensor cores; c: the grid as one cluster, DSMEM "
+        "hand-off; r: routing by ranks; p: expert scales in shared memory",
     )
     parser.add_argument(
         "--pdl",
@@ -117,21 +108,22 @@ def main(argv: list[str] | None = None) -> None:
         arms = {"fused op": fused}
         checks = {"fused op": "ok"}
         pdl_modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-        for (warps, per_block, cluster, rank), pdl in itertools.product(args.builds, pdl_modes):
+        for (warps, per_block, flags), pdl in itertools.product(args.builds, pdl_modes):
             mine = tuple(t.clone() for t in out)
 
-            def build_arm(stage, h=h, mine=mine, build=(warps, per_block, cluster, rank), pdl=pdl):
+            def build_arm(stage, h=h, mine=mine, build=(warps, per_block, flags), pdl=pdl):
                 def arm(layer):
                     route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
                                  params, args.topk, mine, warps=build[0],
                                  experts_per_block=build[1], pdl=pdl, stage=stage,
-                                 cluster=build[2], rank=build[3])  # fmt: skip
+                                 **build[2])  # fmt: skip
 
                 return arm
 
-            name = (f"cuda, {warps} warps x {per_block} experts"
-                    f"{', cluster' if cluster else ''}{', ranks' if rank else ''}"
-                    f"{', PDL' if pdl else ''}")  # fmt: skip
+            named = [label for label, on in (("cluster", flags["cluster"]),
+                     ("ranks", flags["rank"]), ("pes in smem", flags["pes_shared"]),
+                     ("PDL", pdl)) if on]  # fmt: skip
+            name = ", ".join([f"cuda, {warps} warps x {per_block} experts", *named])
             proto = arms[name] = build_arm(4)
             try:
                 proto(0)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from benchmarks.kernel.cuda_decode import SOURCE, TOKEN_BUILDS, build_macros
+from benchmarks.kernel.cuda_decode import SOURCE, TOKEN_BUILDS, build_macros, parse_build
 
 NVCC = shutil.which("nvcc")
 
@@ -29,22 +29,18 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
 
 # bench_cuda_decode's default --builds, the tensor-core builds, and those with the
 # cluster hand-off (a third element True) and routing by ranks (a fourth)
-BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
-          (4, 8, True), (8, 16, True), (8, 8, True, True), (4, 8, True, True),
-          (8, 16, True, True)]  # fmt: skip
+BUILDS = ["4x1", "8x1", "4x2", "8x2", "8x4", "4x8", "8x8", "8x16", "8x8c", "4x8c", "8x16c",
+          "8x8cr", "4x8cr", "8x16cr", "8x1p", "8x8cp"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "build", BUILDS, ids=lambda b: "x".join(map(str, b[:2])) + "cr"[: len(b) - 2]
-)
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("max_tokens", TOKEN_BUILDS)
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
 def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_dtype, tmp_path):
-    warps, per_block, cluster, rank = (*build, False, False)[:4]
-    macros = build_macros(
-        warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens, cluster=cluster,
-        rank=rank,
-    )  # fmt: skip
+    warps, per_block, flags = parse_build(build)
+    cluster, rank = flags["cluster"], flags["rank"]
+    macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens,
+                          **flags)  # fmt: skip
     # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
     assert macros["CH"] * 32 * warps >= 352 > (macros["CH"] - 1) * 32 * warps
     tensor_cores = per_block >= 8
@@ -63,7 +59,7 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert (f".reqnctapercluster {macros['CS']}, 1, 1" in ptx) == cluster
     assert ("ld.shared::cluster.f32" in ptx) == ("barrier.cluster.wait" in ptx) == cluster
     assert ("atom.global.add" in ptx) != cluster
-    assert macros["RANK"] == rank
+    assert macros["RANK"] == rank and macros["PES_SMEM"] == flags["pes_shared"]
 
 
 def test_build_macros_rejects_what_the_kernel_cannot_take():
@@ -89,6 +85,13 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(1, 2816, 300, 8, torch.bfloat16)
     with pytest.raises(TypeError, match="scale"):
         build_macros(1, 2816, 128, 8, torch.float16)
+
+
+def test_parse_build_names_each_flag_and_refuses_the_rest():
+    assert parse_build("8x1") == (8, 1, dict(cluster=False, rank=False, pes_shared=False))
+    assert parse_build("4x16crp") == (4, 16, dict(cluster=True, rank=True, pes_shared=True))
+    with pytest.raises(ValueError, match="WARPS"):
+        parse_build("8x8q")
 
 
 def test_the_launch_structs_match_cuda_h():

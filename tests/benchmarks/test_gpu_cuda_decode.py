@@ -7,7 +7,7 @@ import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
 
-from benchmarks.kernel.cuda_decode import route_decode
+from benchmarks.kernel.cuda_decode import parse_build, route_decode
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,16 +24,15 @@ def _run(h, s, w, pes, build, is_padding=None, pdl=False):
         torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
     )
     params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
-    warps, per_block, cluster, rank = (*build, False, False)[:4]
+    warps, per_block, flags = parse_build(build)
     route_decode(h, s, w, pes, params, 8, out, warps=warps, experts_per_block=per_block,
-                 is_padding=is_padding, pdl=pdl, cluster=cluster, rank=rank)  # fmt: skip
+                 is_padding=is_padding, pdl=pdl, **flags)  # fmt: skip
     torch.cuda.synchronize()
     return out
 
 
-BUILDS = [(4, 1), (8, 1), (4, 2), (8, 2), (8, 4), (4, 8), (8, 8), (8, 16), (8, 8, True),
-          (4, 8, True), (8, 16, True), (8, 8, True, True), (4, 8, True, True),
-          (8, 16, True, True)]  # fmt: skip
+BUILDS = ["4x1", "8x1", "4x2", "8x2", "8x4", "4x8", "8x8", "8x16", "8x8c", "4x8c", "8x16c",
+          "8x8cr", "4x8cr", "8x16cr", "8x1p", "8x8cp"]  # fmt: skip
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -48,7 +47,7 @@ def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
-@pytest.mark.parametrize("build", [(4, 1), (8, 8, True), (8, 16, True, True)])
+@pytest.mark.parametrize("build", ["4x1", "8x8c", "8x16cr", "8x1p", "8x8cp"])
 def test_gpu_prototype_without_expert_scale_and_with_padding(build, gen):
     h, s, w, pes = router_inputs(8, 2816, 128, torch.bfloat16, gen, device="cuda")
     mask = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool, device="cuda")
@@ -63,13 +62,13 @@ def test_gpu_prototype_without_expert_scale_and_with_padding(build, gen):
 def test_gpu_prototype_refuses_more_tokens_than_it_holds(gen):
     h, s, w, pes = router_inputs(17, 2816, 128, torch.bfloat16, gen, device="cuda")
     with pytest.raises(ValueError, match="hidden_states"):
-        _run(h, s, w, pes, (4, 1))
+        _run(h, s, w, pes, "4x1")
 
 
 @pytest.mark.parametrize("num_tokens", [1, 16])
 def test_gpu_prototype_with_pdl_gives_the_same_bits(num_tokens, gen):
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
-    plain = _run(h, s, w, pes, (8, 2))
-    with_pdl = _run(h, s, w, pes, (8, 2), pdl=True)
+    plain = _run(h, s, w, pes, "8x2")
+    with_pdl = _run(h, s, w, pes, "8x2", pdl=True)
     assert all(torch.equal(a, b) for a, b in zip(plain, with_pdl, strict=True))
     assert_fused_contract(*with_pdl, h, s, w, pes, EPS, 8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ def build_macros(
     max_tokens: int = MAX_TOKENS,
     cluster: bool = False,
     rank: bool = False,
+    pes_shared: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
@@ -55,8 +57,9 @@ def build_macros(
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
     over in DSMEM (``CLUSTER``); ``rank`` (cluster builds only) routes a token with one
-    thread per candidate counting those ahead of it (``RANK``). ``stage`` < 4 builds the
-    stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
+    thread per candidate counting those ahead of it (``RANK``). ``pes_shared``: the expert
+    scales are staged in shared memory with the gate rows (``PES_SMEM``). ``stage`` < 4
+    builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
@@ -103,7 +106,20 @@ def build_macros(
         CLUSTER=int(cluster),
         CS=blocks if cluster else 1,
         RANK=int(rank),
+        PES_SMEM=int(pes_shared),
     )
+
+
+def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
+    """A build as bench_cuda_decode's ``--builds`` name it: ``WARPSxEXPERTS_PER_BLOCK``
+    then flags, ``c`` cluster, ``r`` rank, ``p`` pes_shared (see :func:`build_macros`):
+    ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "rank": False, "pes_shared": True})``."""
+    match = re.fullmatch(r"(\d+)x(\d+)([crp]*)", text)
+    if match is None:
+        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][r][p], got {text!r}")
+    flags = match.group(3)
+    named = {"cluster": "c" in flags, "rank": "r" in flags, "pes_shared": "p" in flags}
+    return int(match.group(1)), int(match.group(2)), named
 
 
 @functools.cache
@@ -136,6 +152,7 @@ def route_decode(
     stage: int = 4,
     cluster: bool = False,
     rank: bool = False,
+    pes_shared: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
     ids [T, K] int32)``, T <= ``MAX_TOKENS``.
@@ -147,7 +164,8 @@ def route_decode(
     or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
     launch with programmatic dependent launch (the gate rows load while the kernel ahead
     finishes). ``stage`` < 4: a stage-ablation build, ``cluster`` the DSMEM hand-off,
-    ``rank`` its routing by ranks (see :func:`build_macros`)."""
+    ``rank`` its routing by ranks, ``pes_shared`` the expert scales staged in shared
+    memory (see :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     if not 1 <= num_tokens <= MAX_TOKENS:
@@ -165,7 +183,7 @@ def route_decode(
     max_tokens = next(n for n in TOKEN_BUILDS if n >= num_tokens)
     macros = build_macros(
         warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens,
-        cluster, rank,
+        cluster, rank, pes_shared,
     )  # fmt: skip
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device

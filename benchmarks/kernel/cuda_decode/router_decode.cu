@@ -26,7 +26,8 @@
 //   code is fetched at every launch, and 100 KB of it cost microseconds.
 //
 // Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
-// scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB.
+// scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB, NT, CLUSTER,
+// CS, RANK, PES_SMEM.
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; params = {eps, H^-0.5}.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
@@ -92,6 +93,17 @@
 // of K dependent rounds); NW * 32 must be a multiple of 32 E_PER_LANE.
 #ifndef RANK
 #define RANK 0
+#endif
+// PES_SMEM 1: per_expert_scale is copied to shared memory with the gate rows, before the
+// PDL wait, so that the routing's lookup by the chosen id is not a global load at the
+// end of the dependent chain.
+#ifndef PES_SMEM
+#define PES_SMEM 0
+#endif
+#if PES_SMEM
+#define LOAD_PES(p, i) ((p)[i])
+#else
+#define LOAD_PES(p, i) __ldg((p) + (i))
 #endif
 
 #define FULL_MASK 0xffffffffu
@@ -274,7 +286,7 @@ __device__ __forceinline__ void route_keys(
     if (t < T && lane < K) {
       const bool pad = has_padding && padding[t] != 0;
       float w = __expf(key_value(mine_key[r]) - top[r]) / total[r];
-      if (has_pes) w *= __ldg(pes + mine_id[r]);
+      if (has_pes) w *= LOAD_PES(pes, mine_id[r]);
       weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
       ids[(long long)t * stride_it + lane] = pad ? -1 : (int)mine_id[r];
     }
@@ -391,7 +403,7 @@ __device__ __forceinline__ void route_ranked(
         const unsigned int id = top_id[sub][lane];
         const bool pad = has_padding && padding[t] != 0;
         float w = p / total;
-        if (has_pes) w *= __ldg(pes + id);
+        if (has_pes) w *= LOAD_PES(pes, id);
         weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
         ids[(long long)t * stride_it + lane] = pad ? -1 : (int)id;
       }
@@ -432,6 +444,14 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int e0 = blockIdx.x * EPB;
+#if PES_SMEM
+  __shared__ float pes_shared[32 * E_PER_LANE];
+  if (has_pes)
+    for (int i = tid; i < E; i += NW * 32) pes_shared[i] = __ldg(pes + i);
+  const float* pes_route = pes_shared;  // read after the block's barriers below
+#else
+  const float* pes_route = pes;
+#endif
 #if MMA
   // The dot product is over h, so any one order of h shared by A and B will do: lane
   // (g = lane / 4, q = lane % 4) takes the 8 elements 32 b + 8 q .. + 7 of each 32-element
@@ -641,8 +661,8 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   // Token t's logit of expert e lies in block e / EPB, at block_logits[t][e % EPB].
   const unsigned int base = shared_address(&block_logits[0][0]);
 #if RANK
-  route_ranked(base, T, E, K, pes, has_pes, padding, has_padding, weights, stride_wt, ids,
-               stride_it, tid);
+  route_ranked(base, T, E, K, pes_route, has_pes, padding, has_padding, weights, stride_wt,
+               ids, stride_it, tid);
 #else
   for (int t = blockIdx.x + CS * warp; t < T; t += CS * NW) {
     unsigned int key[1][E_PER_LANE];
@@ -653,8 +673,8 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
           ? load_cluster(base + 4u * (t * EPB + e % EPB), (unsigned int)(e / EPB)) : 0.f;
       key[0][j] = candidate_key(l, e, E);
     }
-    route_keys<1>(key, t, 0, T, K, pes, has_pes, padding, has_padding, weights, stride_wt,
-                  ids, stride_it, lane);
+    route_keys<1>(key, t, 0, T, K, pes_route, has_pes, padding, has_padding, weights,
+                  stride_wt, ids, stride_it, lane);
   }
 #endif  // RANK
 #endif
@@ -667,8 +687,8 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   __threadfence();  // every other block's logits after their arrivals
 #if STAGE >= 4
   for (int t0 = warp; t0 < T; t0 += NW * RT)
-    route_tokens(logits, stride_lt, t0, NW, T, E, K, pes, has_pes, padding, has_padding,
-                 weights, stride_wt, ids, stride_it, lane);
+    route_tokens(logits, stride_lt, t0, NW, T, E, K, pes_route, has_pes, padding,
+                 has_padding, weights, stride_wt, ids, stride_it, lane);
 #endif
   __syncthreads();
   if (tid == 0) *counter = 0u;  // ready for the next stream-ordered launch
