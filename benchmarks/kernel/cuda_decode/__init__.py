@@ -1,8 +1,9 @@
 """A CUDA C++ prototype of the fused Gemma 4 router at decode sizes (issue #36).
 
 ``router_decode.cu`` holds the kernel (blocks of NW warps own EPB experts each and split
-H between their threads, gate rows in registers; the last block routes; its header
-lists the macros a build fixes, ``build_macros`` computes them). It is compiled
+H between their threads, gate rows in registers; the last block routes, or in the
+cluster builds every block routes its own tokens; its header lists the macros a build
+fixes, ``build_macros`` computes them, ``parse_build`` names them). It is compiled
 at run time with NVRTC through torch
 (``torch.cuda._compile_kernel``, so nothing beyond the user's torch is needed) and
 timed against the Triton fused kernel by ``benchmarks/kernel/bench_cuda_decode.py``.
