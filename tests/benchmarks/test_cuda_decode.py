@@ -9,7 +9,15 @@ import subprocess
 import pytest
 import torch
 
-from benchmarks.kernel.cuda_decode import SOURCE, TOKEN_BUILDS, build_macros, parse_build
+from benchmarks.kernel.cuda_decode import (
+    MAX_TOKENS,
+    SOURCE,
+    TOKEN_BUILDS,
+    build_macros,
+    parse_build,
+    takes,
+    token_build,
+)
 
 NVCC = shutil.which("nvcc")
 
@@ -27,15 +35,32 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
     return result.stderr
 
 
-# bench_cuda_decode's default --builds, the tensor-core builds, and those with the
-# cluster hand-off (a third element True) and routing by ranks (a fourth)
+# bench_cuda_decode's default --builds, the tensor-core builds (8 or 16 experts per block),
+# with the cluster hand-off (c), routing by ranks (r), expert scales in shared memory (p)
 BUILDS = ["4x1", "8x1", "4x2", "8x2", "8x4", "4x8", "8x8", "8x16", "8x8c", "4x8c", "8x16c",
           "8x8cr", "4x8cr", "8x16cr", "8x1p", "8x8cp"]  # fmt: skip
 
 
-@pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("max_tokens", TOKEN_BUILDS)
-@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+# each build with each token build it takes: above MAX_TOKENS, tensor-core builds only;
+# above 32, those whose gate rows and scales leave room for the accumulators
+BUILD_TOKENS = [
+    (build, max_tokens, scale_dtype)
+    for build in BUILDS
+    for max_tokens in TOKEN_BUILDS
+    for scale_dtype in (torch.bfloat16, torch.float32)
+    if takes(build, max_tokens, scale_dtype)
+]
+
+
+def test_the_builds_that_take_64_tokens():
+    takes_64 = {(b, str(d)[6:]) for b, t, d in BUILD_TOKENS if t == 64}
+    assert {("8x8c", "bfloat16"), ("8x8c", "float32"), ("8x16c", "bfloat16")} <= takes_64
+    assert not {b for b, _ in takes_64} & {"4x8", "4x8c", "4x8cr", "8x1"}
+    assert ("8x16c", "float32") not in takes_64
+    assert all(t <= MAX_TOKENS or parse_build(b)[1] >= 8 for b, t, _ in BUILD_TOKENS)
+
+
+@pytest.mark.parametrize(("build", "max_tokens", "scale_dtype"), BUILD_TOKENS)
 def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_dtype, tmp_path):
     warps, per_block, flags = parse_build(build)
     cluster, rank = flags["cluster"], flags["rank"]
@@ -79,12 +104,22 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(2, 2816, 128, 8, torch.bfloat16, 8, cluster=True, rank=True)
     with pytest.raises(ValueError, match="max_tokens"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
+    with pytest.raises(ValueError, match="tensor-core"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 1, max_tokens=32)
+    with pytest.raises(ValueError, match="registers"):
+        build_macros(4, 2816, 128, 8, torch.bfloat16, 8, max_tokens=64)
     with pytest.raises(ValueError, match="multiple of 8"):
         build_macros(1, 2817, 128, 8, torch.bfloat16)
     with pytest.raises(ValueError, match="topk"):
         build_macros(1, 2816, 300, 8, torch.bfloat16)
     with pytest.raises(TypeError, match="scale"):
         build_macros(1, 2816, 128, 8, torch.float16)
+
+
+def test_a_launch_takes_the_smallest_token_build_that_fits():
+    assert [token_build(t) for t in (1, 4, 5, 16, 17, 33, 64)] == [4, 4, 8, 16, 32, 64, 64]
+    with pytest.raises(ValueError, match="at most 64"):
+        token_build(65)
 
 
 def test_parse_build_names_each_flag_and_refuses_the_rest():

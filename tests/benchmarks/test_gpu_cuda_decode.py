@@ -7,7 +7,7 @@ import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
 
-from benchmarks.kernel.cuda_decode import parse_build, route_decode
+from benchmarks.kernel.cuda_decode import parse_build, route_decode, takes
 
 pytestmark = [
     pytest.mark.gpu,
@@ -35,9 +35,17 @@ BUILDS = ["4x1", "8x1", "4x2", "8x2", "8x4", "4x8", "8x8", "8x16", "8x8c", "4x8c
           "8x8cr", "4x8cr", "8x16cr", "8x1p", "8x8cp"]  # fmt: skip
 
 
-@pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("num_tokens", [1, 2, 3, 5, 8, 13, 16])
-@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+# T = 1-16 for every build; up to 64 (two to four MMA row tiles) where the build takes it
+BUILD_TOKENS = [
+    (build, t, dtype)
+    for build in BUILDS
+    for t in (1, 2, 3, 5, 8, 13, 16, 17, 40, 64)
+    for dtype in (torch.bfloat16, torch.float32)
+    if takes(build, t, dtype)
+]
+
+
+@pytest.mark.parametrize(("build", "num_tokens", "scale_dtype"), BUILD_TOKENS)
 def test_gpu_prototype_meets_the_contract(build, num_tokens, scale_dtype, gen):
     h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
     s = s.to(scale_dtype)
@@ -63,6 +71,9 @@ def test_gpu_prototype_refuses_more_tokens_than_it_holds(gen):
     h, s, w, pes = router_inputs(17, 2816, 128, torch.bfloat16, gen, device="cuda")
     with pytest.raises(ValueError, match="hidden_states"):
         _run(h, s, w, pes, "4x1")
+    h, s, w, pes = router_inputs(65, 2816, 128, torch.bfloat16, gen, device="cuda")
+    with pytest.raises(ValueError, match="hidden_states"):
+        _run(h, s, w, pes, "8x8c")
 
 
 @pytest.mark.parametrize("num_tokens", [1, 16])

@@ -24,12 +24,18 @@ from benchmarks.kernel.cuda_decode.launch import allow_large_clusters, launch
 
 SOURCE = Path(__file__).with_name("router_decode.cu")
 KERNEL_NAME = "gemma4_router_decode"
-#: The most tokens one launch takes: every thread keeps partial sums for each.
+#: The most tokens one launch of a CUDA-core build takes: every thread keeps partial
+#: sums for each.
 MAX_TOKENS = 16
+#: The most tokens one launch of a tensor-core build takes: four MMA row tiles.
+MAX_TOKENS_MMA = 64
+#: Registers per lane a tensor-core build may spend on gate rows and scales and still
+#: take more than two row tiles (32 tokens) without spilling (ptxas, sm_90a).
+MMA_HELD_REGISTERS_FOR_64 = 132
 #: Builds by the most tokens they take (``TMAX``): a launch takes the smallest that
 #: fits, since the unrolled token loop's code grows with it and the kernel's code is
-#: fetched at every launch.
-TOKEN_BUILDS = (4, 8, 16)
+#: fetched at every launch. Above ``MAX_TOKENS``: tensor-core builds only.
+TOKEN_BUILDS = (4, 8, 16, 32, 64)
 #: Tokens whose x loads one thread keeps in flight together.
 TOKEN_GROUP = 4
 #: ``experts_per_block`` of the tensor-core builds (``MMA``): one or two MMA tiles of 8
@@ -76,8 +82,22 @@ def build_macros(
             f"cluster needs the tensor-core build and at most {MAX_CLUSTER} blocks, got "
             f"experts_per_block {experts_per_block} ({blocks} blocks)"
         )
+    if max_tokens > MAX_TOKENS and not tensor_cores:
+        raise ValueError(
+            f"max_tokens above {MAX_TOKENS} needs a tensor-core build, got {max_tokens}"
+        )
     if tensor_cores and hidden % (32 * warps):
         raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
+    if tensor_cores and max_tokens > 32:
+        # 16-byte chunks per lane: KB of each gate row tile, KB of the scale (two if fp32)
+        blocks_k = hidden // (32 * warps)
+        held = 4 * blocks_k * (experts_per_block // 8 + (1 if scale_dtype == torch.bfloat16 else 2))
+        if held > MMA_HELD_REGISTERS_FOR_64:
+            raise ValueError(
+                f"max_tokens {max_tokens} needs <= {MMA_HELD_REGISTERS_FOR_64} registers of "
+                f"gate rows and scales per lane, this build holds {held}: more warps or "
+                "fewer experts per block"
+            )
     candidates = 32 * math.ceil(num_experts / 32)
     if rank and not (cluster and (32 * warps) % candidates == 0):
         raise ValueError(
@@ -123,6 +143,33 @@ def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
     return int(match.group(1)), int(match.group(2)), named
 
 
+def token_build(num_tokens: int) -> int:
+    """The smallest of ``TOKEN_BUILDS`` that holds ``num_tokens`` (ValueError if none)."""
+    for max_tokens in TOKEN_BUILDS:
+        if num_tokens <= max_tokens:
+            return max_tokens
+    raise ValueError(f"at most {TOKEN_BUILDS[-1]} tokens a launch, got {num_tokens}")
+
+
+def takes(
+    build: str,
+    num_tokens: int,
+    scale_dtype: torch.dtype,
+    hidden: int = 2816,
+    num_experts: int = 128,
+    topk: int = 8,
+) -> bool:
+    """Whether ``build`` (a :func:`parse_build` name) routes ``num_tokens`` tokens of this
+    shape: :func:`build_macros` accepts its token build."""
+    warps, per_block, flags = parse_build(build)
+    try:
+        build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
+                     max_tokens=token_build(num_tokens), **flags)  # fmt: skip
+    except ValueError:
+        return False
+    return True
+
+
 @functools.cache
 def _kernel(macros: tuple[tuple[str, int], ...]):
     from torch.cuda import _compile_kernel
@@ -156,7 +203,7 @@ def route_decode(
     pes_shared: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
-    ids [T, K] int32)``, T <= ``MAX_TOKENS``.
+    ids [T, K] int32)``, T <= ``MAX_TOKENS`` (``MAX_TOKENS_MMA`` for tensor-core builds).
 
     ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit column stride and
     16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32; ``per_expert_scale`` [E]
@@ -169,8 +216,11 @@ def route_decode(
     memory (see :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
-    if not 1 <= num_tokens <= MAX_TOKENS:
-        raise ValueError(f"hidden_states must have 1 to {MAX_TOKENS} rows, got {num_tokens}")
+    most = MAX_TOKENS_MMA if experts_per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
+    if not 1 <= num_tokens <= most:
+        raise ValueError(
+            f"hidden_states must have 1 to {most} rows for this build, got {num_tokens}"
+        )
     for name, tensor in (("hidden_states", hidden_states), ("gate_weight", gate_weight)):
         if (
             tensor.dtype != torch.bfloat16
@@ -181,7 +231,7 @@ def route_decode(
             raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
     if not scale.is_contiguous() or scale.data_ptr() % 16:
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
-    max_tokens = next(n for n in TOKEN_BUILDS if n >= num_tokens)
+    max_tokens = token_build(num_tokens)
     macros = build_macros(
         warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens,
         cluster, rank, pes_shared,

@@ -66,14 +66,19 @@
 #define STAGE 4
 #endif
 // MMA 1: the logits on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate):
-// a block owns EPB = 8 experts, its NW warps split H into KB 32-element blocks each
-// (H = 32 * NW * KB), and up to 16 tokens are the MMA's rows.
+// a block owns EPB = 8 NT experts, its NW warps split H into KB 32-element blocks each
+// (H = 32 * NW * KB), and the tokens are the MMA's rows, 16 per row tile (MT tiles).
 #ifndef MMA
 #define MMA 0
 #endif
 #ifndef KB
 #define KB 11
 #endif
+// MMA row tiles of 16 tokens (TMAX up to 64 in the tensor-core builds).
+#define MT ((TMAX + 15) / 16)
+// Row tiles taken at once (MT divides by it): two, or one where the registers of the
+// wider builds (two expert tiles, an fp32 scale) cannot hold two tiles' accumulators.
+#define MP (MT < 2 ? 1 : (MT > 2 && (NT > 1 || !SCALE_BF16)) ? 1 : 2)
 // NT: with MMA, the 8-expert tiles each warp takes (EPB = 8 NT).
 #ifndef NT
 #define NT 1
@@ -484,55 +489,76 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   if (sink == 0x12345u) logits[tid] = 1.f;  // keeps the loads
   return;
 #endif
-  // acc[n][0..1]: token g, experts 8n + 2q, +1; acc[n][2..3]: token g + 8. The two
-  // k-steps of a block go to two accumulators, so that MMAs in a row do not wait on
-  // each other.
-  float acc[NT][2][4];
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[n][i / 4][i % 4] = 0.f;
-  float ss_lo = 0.f, ss_hi = 0.f;  // sums of squares of tokens g and g + 8
-#pragma unroll
-  for (int b = 0; b < KB; ++b) {
-    const int chunk = (warp * KB + b) * 4 + q;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    const uint4 xlo = g < T
-        ? __ldg(reinterpret_cast<const uint4*>(x + (long long)g * stride_xt) + chunk) : zero;
-    const uint4 xhi = g + 8 < T
-        ? __ldg(reinterpret_cast<const uint4*>(x + (long long)(g + 8) * stride_xt) + chunk)
-        : zero;
-    ss_lo += sumsq8(xlo);
-    ss_hi += sumsq8(xhi);
-    unsigned int alo[4], ahi[4];
-    operands8(xlo, sr[b], alo);
-    operands8(xhi, sr[b], ahi);
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      mma_bf16(acc[n][0], alo[0], ahi[0], alo[1], ahi[1], wr[n][b].x, wr[n][b].y);
-      mma_bf16(acc[n][1], alo[2], ahi[2], alo[3], ahi[3], wr[n][b].z, wr[n][b].w);
-    }
-  }
-#pragma unroll
-  for (int offset = 1; offset < 4; offset <<= 1) {
-    ss_lo += __shfl_xor_sync(FULL_MASK, ss_lo, offset);
-    ss_hi += __shfl_xor_sync(FULL_MASK, ss_hi, offset);
-  }
-  __shared__ float part[NW][16][EPB];
-  __shared__ float part_ss[NW][16];
+  __shared__ float part[NW][16 * MT][EPB];
+  __shared__ float part_ss[NW][16 * MT];
 #if !CLUSTER
   __shared__ bool is_last;
 #endif
+  // Row tiles MP at a time (a loop not unrolled where it has more than one pass): the
+  // gate rows and scales stay in registers across them, and the accumulators of MP
+  // tiles at most are live (all four tiles of a 64-token build at once spilled).
+#if MT > MP
+#pragma unroll 1
+#endif
+  for (int m0 = 0; m0 < MT && (MT == MP || 16 * m0 < T); m0 += MP) {
+    // acc[m][n][.][0..1]: token 16 (m0 + m) + g, experts 8 n + 2 q, +1; [2..3]: that
+    // token + 8. The two k-steps of a block go to two accumulators, so that MMAs in a
+    // row do not wait on each other.
+    float acc[MP][NT][2][4];
+    float ss[MP][2];  // sums of squares of the lane's two tokens in each tile
 #pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    part[warp][g][8 * n + 2 * q] = acc[n][0][0] + acc[n][1][0];
-    part[warp][g][8 * n + 2 * q + 1] = acc[n][0][1] + acc[n][1][1];
-    part[warp][g + 8][8 * n + 2 * q] = acc[n][0][2] + acc[n][1][2];
-    part[warp][g + 8][8 * n + 2 * q + 1] = acc[n][0][3] + acc[n][1][3];
-  }
-  if (q == 0) {
-    part_ss[warp][g] = ss_lo;
-    part_ss[warp][g + 8] = ss_hi;
+    for (int m = 0; m < MP; ++m) {
+      ss[m][0] = ss[m][1] = 0.f;
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[m][n][i / 4][i % 4] = 0.f;
+    }
+#pragma unroll
+    for (int b = 0; b < KB; ++b) {
+      const int chunk = (warp * KB + b) * 4 + q;
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+      for (int m = 0; m < MP; ++m) {
+        const int lo = 16 * (m0 + m) + g, hi = lo + 8;
+        const uint4 xlo = lo < T
+            ? __ldg(reinterpret_cast<const uint4*>(x + (long long)lo * stride_xt) + chunk)
+            : zero;
+        const uint4 xhi = hi < T
+            ? __ldg(reinterpret_cast<const uint4*>(x + (long long)hi * stride_xt) + chunk)
+            : zero;
+        ss[m][0] += sumsq8(xlo);
+        ss[m][1] += sumsq8(xhi);
+        unsigned int alo[4], ahi[4];
+        operands8(xlo, sr[b], alo);
+        operands8(xhi, sr[b], ahi);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          mma_bf16(acc[m][n][0], alo[0], ahi[0], alo[1], ahi[1], wr[n][b].x, wr[n][b].y);
+          mma_bf16(acc[m][n][1], alo[2], ahi[2], alo[3], ahi[3], wr[n][b].z, wr[n][b].w);
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MP; ++m) {
+#pragma unroll
+      for (int offset = 1; offset < 4; offset <<= 1) {
+        ss[m][0] += __shfl_xor_sync(FULL_MASK, ss[m][0], offset);
+        ss[m][1] += __shfl_xor_sync(FULL_MASK, ss[m][1], offset);
+      }
+      const int lo = 16 * (m0 + m) + g, hi = lo + 8;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        part[warp][lo][8 * n + 2 * q] = acc[m][n][0][0] + acc[m][n][1][0];
+        part[warp][lo][8 * n + 2 * q + 1] = acc[m][n][0][1] + acc[m][n][1][1];
+        part[warp][hi][8 * n + 2 * q] = acc[m][n][0][2] + acc[m][n][1][2];
+        part[warp][hi][8 * n + 2 * q + 1] = acc[m][n][0][3] + acc[m][n][1][3];
+      }
+      if (q == 0) {
+        part_ss[warp][lo] = ss[m][0];
+        part_ss[warp][hi] = ss[m][1];
+      }
+    }
   }
   __syncthreads();
 #if CLUSTER
