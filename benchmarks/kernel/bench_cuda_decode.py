@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--builds",
         default="4x1,8x1,4x2,8x2,8x4",
-        help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][r][p], comma-separated; "
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][p], comma-separated; "
         "experts per block 8 or 16: tensor cores; c: the grid as one cluster, DSMEM "
-        "hand-off; r: routing by ranks; p: expert scales in shared memory",
+        "hand-off; p: expert scales in shared memory",
     )
     parser.add_argument(
         "--pdl",
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 return arm
 
             named = [label for label, on in (("cluster", flags["cluster"]),
-                     ("ranks", flags["rank"]), ("pes in smem", flags["pes_shared"]),
+                     ("pes in smem", flags["pes_shared"]),
                      ("PDL", pdl)) if on]  # fmt: skip
             name = ", ".join([f"cuda, {warps} warps x {per_block} experts", *named])
             proto = arms[name] = build_arm(4)

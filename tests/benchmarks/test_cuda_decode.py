@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks.kernel.cuda_decode import (
+    BUILDS,
     MAX_TOKENS,
     SOURCE,
     TOKEN_BUILDS,
@@ -35,12 +36,6 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
     return result.stderr
 
 
-# bench_cuda_decode's default --builds, the tensor-core builds (8 or 16 experts per block),
-# with the cluster hand-off (c), routing by ranks (r), expert scales in shared memory (p)
-BUILDS = ["4x1", "8x1", "4x2", "8x2", "8x4", "4x8", "8x8", "8x16", "8x8c", "4x8c", "8x16c",
-          "8x8cr", "4x8cr", "8x16cr", "8x1p", "8x8cp"]  # fmt: skip
-
-
 # each build with each token build it takes: above MAX_TOKENS, tensor-core builds only;
 # above 32, those whose gate rows and scales leave room for the accumulators
 BUILD_TOKENS = [
@@ -55,7 +50,7 @@ BUILD_TOKENS = [
 def test_the_builds_that_take_64_tokens():
     takes_64 = {(b, str(d)[6:]) for b, t, d in BUILD_TOKENS if t == 64}
     assert {("8x8c", "bfloat16"), ("8x8c", "float32"), ("8x16c", "bfloat16")} <= takes_64
-    assert not {b for b, _ in takes_64} & {"4x8", "4x8c", "4x8cr", "8x1"}
+    assert not {b for b, _ in takes_64} & {"4x8", "4x8c", "8x1"}
     assert ("8x16c", "float32") not in takes_64
     assert all(t <= MAX_TOKENS or parse_build(b)[1] >= 8 for b, t, _ in BUILD_TOKENS)
 
@@ -63,7 +58,7 @@ def test_the_builds_that_take_64_tokens():
 @pytest.mark.parametrize(("build", "max_tokens", "scale_dtype"), BUILD_TOKENS)
 def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_dtype, tmp_path):
     warps, per_block, flags = parse_build(build)
-    cluster, rank = flags["cluster"], flags["rank"]
+    cluster = flags["cluster"]
     macros = build_macros(warps, 2816, 128, 8, scale_dtype, per_block, max_tokens=max_tokens,
                           **flags)  # fmt: skip
     # every thread's chunks cover H's 352 16-byte chunks; the routing warps cover the tokens
@@ -84,7 +79,7 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert (f".reqnctapercluster {macros['CS']}, 1, 1" in ptx) == cluster
     assert ("ld.shared::cluster.f32" in ptx) == ("barrier.cluster.wait" in ptx) == cluster
     assert ("atom.global.add" in ptx) != cluster
-    assert macros["RANK"] == rank and macros["PES_SMEM"] == flags["pes_shared"]
+    assert macros["PES_SMEM"] == flags["pes_shared"]
 
 
 def test_build_macros_rejects_what_the_kernel_cannot_take():
@@ -98,10 +93,6 @@ def test_build_macros_rejects_what_the_kernel_cannot_take():
         build_macros(8, 2816, 128, 8, torch.bfloat16, 4, cluster=True)  # 32 blocks
     with pytest.raises(ValueError, match="cluster"):
         build_macros(8, 2816, 256, 8, torch.bfloat16, 8, cluster=True)
-    with pytest.raises(ValueError, match="rank"):
-        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, rank=True)  # not a cluster build
-    with pytest.raises(ValueError, match="rank"):
-        build_macros(2, 2816, 128, 8, torch.bfloat16, 8, cluster=True, rank=True)
     with pytest.raises(ValueError, match="max_tokens"):
         build_macros(4, 2816, 128, 8, torch.bfloat16, max_tokens=5)
     with pytest.raises(ValueError, match="tensor-core"):
@@ -123,10 +114,11 @@ def test_a_launch_takes_the_smallest_token_build_that_fits():
 
 
 def test_parse_build_names_each_flag_and_refuses_the_rest():
-    assert parse_build("8x1") == (8, 1, dict(cluster=False, rank=False, pes_shared=False))
-    assert parse_build("4x16crp") == (4, 16, dict(cluster=True, rank=True, pes_shared=True))
-    with pytest.raises(ValueError, match="WARPS"):
-        parse_build("8x8q")
+    assert parse_build("8x1") == (8, 1, dict(cluster=False, pes_shared=False))
+    assert parse_build("4x16cp") == (4, 16, dict(cluster=True, pes_shared=True))
+    for bad in ("8x8q", "8x8pc", "8x8cr"):
+        with pytest.raises(ValueError, match="WARPS"):
+            parse_build(bad)
 
 
 def test_the_launch_structs_match_cuda_h():

@@ -43,6 +43,11 @@ TOKEN_GROUP = 4
 TENSOR_CORE_EXPERTS = (8, 16)
 #: The largest thread-block cluster sm_90 takes (above 8 it is "non-portable").
 MAX_CLUSTER = 16
+#: Every build the prototype has, by :func:`parse_build` name: the CUDA-core builds
+#: (1-4 experts per block), the tensor-core ones (8 or 16), with the cluster hand-off
+#: (``c``) and the expert scales in shared memory (``p``). The tests compile and run each.
+BUILDS = ("4x1", "8x1", "4x2", "8x2", "8x4", "8x1p", "4x8", "8x8", "8x16", "8x8c", "4x8c",
+          "8x16c", "8x8cp")  # fmt: skip
 
 
 def build_macros(
@@ -55,7 +60,6 @@ def build_macros(
     stage: int = 4,
     max_tokens: int = MAX_TOKENS,
     cluster: bool = False,
-    rank: bool = False,
     pes_shared: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
@@ -63,8 +67,7 @@ def build_macros(
     (``TENSOR_CORE_EXPERTS``) on tensor cores (router_decode.cu's ``MMA``), which needs
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
-    over in DSMEM (``CLUSTER``); ``rank`` (cluster builds only) routes a token with one
-    thread per candidate counting those ahead of it (``RANK``). ``pes_shared``: the expert
+    over in DSMEM (``CLUSTER``). ``pes_shared``: the expert
     scales are staged in shared memory with the gate rows (``PES_SMEM``). ``stage`` < 4
     builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
@@ -88,9 +91,10 @@ def build_macros(
         )
     if tensor_cores and hidden % (32 * warps):
         raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
+    # the tensor-core builds' 32-element blocks of h per warp
+    blocks_k = hidden // (32 * warps) if tensor_cores else 0
     if tensor_cores and max_tokens > 32:
         # 16-byte chunks per lane: KB of each gate row tile, KB of the scale (two if fp32)
-        blocks_k = hidden // (32 * warps)
         held = 4 * blocks_k * (experts_per_block // 8 + (1 if scale_dtype == torch.bfloat16 else 2))
         if held > MMA_HELD_REGISTERS_FOR_64:
             raise ValueError(
@@ -98,12 +102,6 @@ def build_macros(
                 f"gate rows and scales per lane, this build holds {held}: more warps or "
                 "fewer experts per block"
             )
-    candidates = 32 * math.ceil(num_experts / 32)
-    if rank and not (cluster and (32 * warps) % candidates == 0):
-        raise ValueError(
-            f"rank needs a cluster build whose {32 * warps} threads take whole tokens of "
-            f"{candidates} candidates"
-        )
     if hidden % 8:
         raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
     if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
@@ -122,24 +120,22 @@ def build_macros(
         E_PER_LANE=math.ceil(num_experts / 32),
         STAGE=stage,
         MMA=int(tensor_cores),
-        KB=hidden // (32 * warps) if tensor_cores else 0,
+        KB=blocks_k,
         NT=experts_per_block // 8 if tensor_cores else 1,
         CLUSTER=int(cluster),
         CS=blocks if cluster else 1,
-        RANK=int(rank),
         PES_SMEM=int(pes_shared),
     )
 
 
 def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
     """A build as bench_cuda_decode's ``--builds`` name it: ``WARPSxEXPERTS_PER_BLOCK``
-    then flags, ``c`` cluster, ``r`` rank, ``p`` pes_shared (see :func:`build_macros`):
-    ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "rank": False, "pes_shared": True})``."""
-    match = re.fullmatch(r"(\d+)x(\d+)([crp]*)", text)
+    then flags, ``c`` cluster, ``p`` pes_shared (see :func:`build_macros`):
+    ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "pes_shared": True})``."""
+    match = re.fullmatch(r"(\d+)x(\d+)(c?)(p?)", text)
     if match is None:
-        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][r][p], got {text!r}")
-    flags = match.group(3)
-    named = {"cluster": "c" in flags, "rank": "r" in flags, "pes_shared": "p" in flags}
+        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][p], got {text!r}")
+    named = {"cluster": bool(match.group(3)), "pes_shared": bool(match.group(4))}
     return int(match.group(1)), int(match.group(2)), named
 
 
@@ -199,7 +195,6 @@ def route_decode(
     pdl: bool = False,
     stage: int = 4,
     cluster: bool = False,
-    rank: bool = False,
     pes_shared: bool = False,
 ) -> None:
     """One launch of the prototype into ``out = (logits [T, E] fp32, weights [T, K] fp32,
@@ -212,8 +207,7 @@ def route_decode(
     or ``None``. Launches that share a device's counter must be stream-ordered. ``pdl``:
     launch with programmatic dependent launch (the gate rows load while the kernel ahead
     finishes). ``stage`` < 4: a stage-ablation build, ``cluster`` the DSMEM hand-off,
-    ``rank`` its routing by ranks, ``pes_shared`` the expert scales staged in shared
-    memory (see :func:`build_macros`)."""
+    ``pes_shared`` the expert scales staged in shared memory (see :func:`build_macros`)."""
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
     most = MAX_TOKENS_MMA if experts_per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
@@ -234,7 +228,7 @@ def route_decode(
     max_tokens = token_build(num_tokens)
     macros = build_macros(
         warps, hidden, num_experts, topk, scale.dtype, experts_per_block, stage, max_tokens,
-        cluster, rank, pes_shared,
+        cluster, pes_shared,
     )  # fmt: skip
     kernel = _kernel(tuple(macros.items()))
     device = hidden_states.device

@@ -27,7 +27,7 @@
 //
 // Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
 // scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB, NT, CLUSTER,
-// CS, RANK, PES_SMEM.
+// CS, PES_SMEM.
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; params = {eps, H^-0.5}.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
@@ -92,12 +92,6 @@
 #endif
 #ifndef CS
 #define CS 16
-#endif
-// RANK 1 (with CLUSTER): a block routes a token with 32 E_PER_LANE threads, one per
-// candidate, each counting the candidates ahead of its own (ranks in parallel instead
-// of K dependent rounds); NW * 32 must be a multiple of 32 E_PER_LANE.
-#ifndef RANK
-#define RANK 0
 #endif
 // PES_SMEM 1: per_expert_scale is copied to shared memory with the gate rows, before the
 // PDL wait, so that the routing's lookup by the chosen id is not a global load at the
@@ -354,69 +348,6 @@ __device__ __forceinline__ float load_cluster(unsigned int addr, unsigned int ra
 }
 #endif
 
-#if RANK
-#define EP (32 * E_PER_LANE)   // candidates of a token, padded
-#define TP (NW * 32 / EP)      // tokens a block ranks at once
-// Routes this block's tokens (blockIdx.x + CS i) from the cluster's logits, `base` the
-// shared address of block_logits in every block: thread (sub, e) takes candidate e of
-// the sub-th token of a pass, its rank is the number of candidates with a higher key or
-// an equal key and a lower id, and ranks below K fill the token's sorted top-K.
-__device__ __forceinline__ void route_ranked(
-    unsigned int base, int T, int E, int K, const float* pes, int has_pes,
-    const unsigned char* padding, int has_padding, float* weights, int stride_wt, int* ids,
-    int stride_it, int tid) {
-  __shared__ __align__(16) unsigned int rank_key[TP][EP];
-  __shared__ unsigned int top_key[TP][MAX_K], top_id[TP][MAX_K];
-  const int sub = tid / EP, e = tid % EP, lane = tid & 31;
-  for (int t0 = blockIdx.x; t0 < T; t0 += CS * TP) {
-    const int t = t0 + CS * sub;
-    const bool live = sub < TP && t < T;
-    unsigned int k = 0u;
-    if (live) {
-      const float l = e < E
-          ? load_cluster(base + 4u * (t * EPB + e % EPB), (unsigned int)(e / EPB)) : 0.f;
-      k = candidate_key(l, e, E);
-      rank_key[sub][e] = k;
-    }
-    __syncthreads();
-    if (live && e < E) {
-      int ahead = 0;
-#pragma unroll 8
-      for (int j = 0; j < EP; j += 4) {
-        const uint4 v = *reinterpret_cast<const uint4*>(&rank_key[sub][j]);
-        ahead += (v.x > k) | ((v.x == k) & (j < e));
-        ahead += (v.y > k) | ((v.y == k) & (j + 1 < e));
-        ahead += (v.z > k) | ((v.z == k) & (j + 2 < e));
-        ahead += (v.w > k) | ((v.w == k) & (j + 3 < e));
-      }
-      if (ahead < K) {
-        top_key[sub][ahead] = k;
-        top_id[sub][ahead] = e;
-      }
-    }
-    __syncthreads();
-    if (live && e < 32) {  // the sub-group's first warp, lane e: slot e of the top-K
-      const float top = key_value(top_key[sub][0]);
-      const float v = lane < K ? key_value(top_key[sub][lane]) : 0.f;
-      // Renormalised top-K of the softmax: the full softmax's denominator cancels.
-      const float p = lane < K ? __expf(v - top) : 0.f;
-      float total = p;
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1)
-        total += __shfl_xor_sync(FULL_MASK, total, offset);
-      if (lane < K) {
-        const unsigned int id = top_id[sub][lane];
-        const bool pad = has_padding && padding[t] != 0;
-        float w = p / total;
-        if (has_pes) w *= LOAD_PES(pes, id);
-        weights[(long long)t * stride_wt + lane] = pad ? 0.f : w;
-        ids[(long long)t * stride_it + lane] = pad ? -1 : (int)id;
-      }
-    }
-    __syncthreads();  // the arrays are reused by the next pass
-  }
-}
-#endif  // RANK
 
 __device__ __forceinline__ float sumsq8(const uint4 v) {
   float f[8];
@@ -686,10 +617,6 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #if STAGE >= 4
   // Token t's logit of expert e lies in block e / EPB, at block_logits[t][e % EPB].
   const unsigned int base = shared_address(&block_logits[0][0]);
-#if RANK
-  route_ranked(base, T, E, K, pes_route, has_pes, padding, has_padding, weights, stride_wt,
-               ids, stride_it, tid);
-#else
   for (int t = blockIdx.x + CS * warp; t < T; t += CS * NW) {
     unsigned int key[1][E_PER_LANE];
 #pragma unroll
@@ -702,7 +629,6 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
     route_keys<1>(key, t, 0, T, K, pes_route, has_pes, padding, has_padding, weights,
                   stride_wt, ids, stride_it, lane);
   }
-#endif  // RANK
 #endif
   cluster_sync();  // no block leaves while others may still read its logits
 #else
