@@ -6,6 +6,7 @@ launch."""
 import pytest
 import torch
 from fused_oracle import assert_fused_contract, router_inputs
+from oracle import assert_ids_valid
 
 from benchmarks.kernel.cuda_decode import BUILDS, parse_build, route_decode, takes
 
@@ -79,3 +80,37 @@ def test_gpu_prototype_with_pdl_gives_the_same_bits(num_tokens, gen):
     with_pdl = _run(h, s, w, pes, "8x2", pdl=True)
     assert all(torch.equal(a, b) for a, b in zip(plain, with_pdl, strict=True))
     assert_fused_contract(*with_pdl, h, s, w, pes, EPS, 8)
+
+
+@pytest.mark.parametrize(
+    ("build", "num_tokens"), [("8x1", 5), ("8x8c", 5), ("8x8c", 40), ("8x8cp", 40)]
+)
+def test_gpu_prototype_non_finite_rows_give_valid_ids(build, num_tokens, gen):
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    h[0, 3] = float("nan")
+    h[1] = float("inf")
+    h[2, :7] = float("-inf")
+    _, weights, ids = _run(h, s, w, pes, build)
+    assert_ids_valid(ids, 128)
+    finite = slice(3, num_tokens)
+    assert bool(torch.isfinite(weights[finite]).all())
+
+
+@pytest.mark.parametrize(("build", "num_tokens"), [("8x1", 3), ("8x8c", 16), ("8x8cp", 33)])
+def test_gpu_prototype_ties_go_to_the_lower_id(build, num_tokens, gen):
+    # Experts 3, 40 and 97 share one gate row (and 64, 65 another): equal logits, bit for
+    # bit, whichever block or MMA column computes them.
+    h, s, w, pes = router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen, device="cuda")
+    w[40] = w[3]
+    w[97] = w[3]
+    w[65] = w[64]
+    w[3] *= 4  # likely in every token's top 8
+    w[40], w[97] = w[3], w[3]
+    out = _run(h, s, w, pes, build)
+    logits, _, ids = out
+    assert torch.equal(logits[:, 3], logits[:, 40]) and torch.equal(logits[:, 3], logits[:, 97])
+    assert_fused_contract(*out, h, s, w, pes, EPS, 8)
+    chosen = ids.long()
+    for a, b in ((3, 40), (40, 97)):
+        # where the higher id of a tie is chosen, so is the lower one
+        assert bool(((chosen == b).any(1) <= (chosen == a).any(1)).all())
