@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     expert_scales32 = [s.float() for s in expert_scales]
     problem = Problem(weights, scales, expert_scales, args.eps, args.topk)
-    params = torch.tensor([args.eps, args.hidden**-0.5], device=device)
     stamp = environment_stamp()
     rows = []
     for num_tokens in args.tokens:
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             def build_arm(stage, h=h, mine=mine, build=(warps, per_block, flags), pdl=pdl):
                 def arm(layer):
                     route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
-                                 params, args.topk, mine, warps=build[0],
+                                 args.eps, args.topk, mine, warps=build[0],
                                  experts_per_block=build[1], pdl=pdl, stage=stage,
                                  **build[2])  # fmt: skip
 

@@ -126,7 +126,7 @@ def test_the_launch_structs_match_cuda_h():
     CUlaunchConfig and CUlaunchAttribute (x86-64: 56 and 72 bytes)."""
     import ctypes
 
-    from benchmarks.kernel.cuda_decode.launch import _Attribute, _Config
+    from vllm_gemma4_router.fused_router.cuda_decode.driver import _Attribute, _Config
 
     assert ctypes.sizeof(_Attribute) == 72 and _Attribute.value.offset == 8
     assert ctypes.sizeof(_Config) == 56

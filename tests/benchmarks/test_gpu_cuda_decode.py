@@ -24,9 +24,8 @@ def _run(h, s, w, pes, build, is_padding=None, pdl=False):
         torch.full((t, 8), float("nan"), device="cuda"),
         torch.full((t, 8), 7, dtype=torch.int32, device="cuda"),
     )
-    params = torch.tensor([EPS, h.shape[1] ** -0.5], device="cuda")
     warps, per_block, flags = parse_build(build)
-    route_decode(h, s, w, pes, params, 8, out, warps=warps, experts_per_block=per_block,
+    route_decode(h, s, w, pes, EPS, 8, out, warps=warps, experts_per_block=per_block,
                  is_padding=is_padding, pdl=pdl, **flags)  # fmt: skip
     torch.cuda.synchronize()
     return out

@@ -2,6 +2,8 @@
 ``cuLaunchKernelEx``, so that a launch may carry programmatic dependent launch (PDL):
 the kernel starts while the one ahead on the stream finishes, and waits for it at its
 ``griddepcontrol.wait``. torch's own launcher (``cuLaunchKernel``) takes no attributes.
+A launch is an asynchronous driver call on torch's current stream: CUDA graphs capture
+it, and nothing in it waits for the device.
 """
 
 from __future__ import annotations
@@ -61,22 +63,27 @@ def launch(
     kernel,
     grid: tuple[int, int, int],
     block: tuple[int, int, int],
-    args: list[torch.Tensor | int],
+    args: list[torch.Tensor | int | float],
     *,
     pdl: bool = False,
 ) -> None:
     """Launch ``kernel`` (a ``torch.cuda._compile_kernel`` result) on the current stream.
 
-    ``args`` are CUDA tensors (passed as pointers) and ints (passed as 32-bit ``int``),
-    in the kernel's parameter order. ``pdl`` sets programmatic stream serialization."""
+    ``args`` are CUDA tensors (passed as pointers), ints (passed as 32-bit ``int``) and
+    floats (passed as ``float``), in the kernel's parameter order. ``pdl`` sets
+    programmatic stream serialization."""
     values = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
             values.append(ctypes.c_void_p(arg.data_ptr()))
-        elif isinstance(arg, int):
+        elif isinstance(arg, bool | int):
             values.append(ctypes.c_int(arg))
+        elif isinstance(arg, float):
+            values.append(ctypes.c_float(arg))
         else:
-            raise TypeError(f"kernel arguments are tensors or ints, got {type(arg).__name__}")
+            raise TypeError(
+                f"kernel arguments are tensors, ints or floats, got {type(arg).__name__}"
+            )
     pointers = (ctypes.c_void_p * len(values))(
         *[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values]
     )

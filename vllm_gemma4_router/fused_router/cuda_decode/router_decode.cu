@@ -1,5 +1,5 @@
-// Gemma 4 router at decode sizes (T <= TMAX) in one CUDA launch: a prototype to time
-// against the Triton fused kernel (issue #36); not in the serving path.
+// Gemma 4 router at decode sizes (T <= TMAX) in one CUDA launch: the fused router's
+// CUDA C++ decode path (fused_router.cuda_decode), built at run time with NVRTC.
 //
 // Per token t and expert e, the package's rounding contract:
 //   logits[t, e] = rsqrt(mean_h x[t,h]^2 + eps) * H^-0.5 * sum_h bf16(x[t,h] * scale[h]) * W[e,h]
@@ -29,7 +29,7 @@
 // scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB, NT, CLUSTER,
 // CS, PES_SMEM.
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
-// weights [T, K] fp32 and ids [T, K] int32, row strides given; params = {eps, H^-0.5}.
+// weights [T, K] fp32 and ids [T, K] int32, row strides given; eps and inv_root_h = H^-0.5 by value.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
 
 #ifndef NW
@@ -369,7 +369,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, 1) CLUSTER_DIMS
 gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      const void* __restrict__ scale, const unsigned short* __restrict__ w,
                      int stride_we, const float* __restrict__ pes, int has_pes,
-                     const float* __restrict__ params, float* logits, int stride_lt,
+                     float eps, float inv_root_h, float* logits, int stride_lt,
                      float* weights, int stride_wt, int* ids, int stride_it,
                      const unsigned char* __restrict__ padding, int has_padding,
                      unsigned int* counter, int T, int H, int E, int K) {
@@ -504,7 +504,7 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
       dot += part[v][t][e];
       sumsq += part_ss[v][t];
     }
-    const float l = dot * rsqrtf(sumsq / H + params[0]) * params[1];
+    const float l = dot * rsqrtf(sumsq / H + eps) * inv_root_h;
     logits[(long long)t * stride_lt + e0 + e] = l;
 #if CLUSTER
     block_logits[t][e] = l;
@@ -605,7 +605,7 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
       sumsq += part[q][TMAX * EPB + t];
     }
     logits[(long long)t * stride_lt + e0 + tid % EPB] =
-        dot * rsqrtf(sumsq / H + params[0]) * params[1];
+        dot * rsqrtf(sumsq / H + eps) * inv_root_h;
     __threadfence();  // this thread's logits before the block's arrival
   }
 #endif  // MMA

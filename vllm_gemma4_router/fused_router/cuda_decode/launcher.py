@@ -1,0 +1,181 @@
+"""The CUDA C++ decode path on the host: which calls it takes, its build (NVRTC through
+torch, once per build and shape, cached), and the launch.
+
+Only torch is needed: ``torch.cuda._compile_kernel`` runs NVRTC from the CUDA runtime
+torch ships with, and the launch goes through the driver (``driver``). Where anything of
+that is missing or fails (an older torch, no NVRTC, a compile error, a device without
+thread-block clusters), :func:`decode_kernel` says so in one log line per build and
+returns ``None``, and the caller runs the Triton kernel instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import torch
+
+from vllm_gemma4_router.fused_router.cuda_decode.builds import (
+    KERNEL_NAME,
+    MAX_CLUSTER,
+    SOURCE,
+    build_macros,
+    parse_build,
+    token_build,
+)
+from vllm_gemma4_router.fused_router.cuda_decode.driver import allow_large_clusters, launch
+
+logger = logging.getLogger(__name__)
+
+#: The least compute capability the decode builds run on: thread-block clusters,
+#: distributed shared memory and ``griddepcontrol`` came with sm_90.
+MIN_CAPABILITY = (9, 0)
+
+
+@functools.cache
+def device_runs_decode_path(device: torch.device) -> bool:
+    """Whether ``device`` is an NVIDIA GPU of sm_90 or later (a host query, cached)."""
+    return (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
+    )
+
+
+def decode_path_takes(
+    build: str,
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    topk: int,
+) -> bool:
+    """Whether ``build`` (a :func:`~.builds.parse_build` name) can route this call: an
+    sm_90+ device; ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit
+    column stride and 16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32, 16-byte
+    aligned; ``per_expert_scale`` [E] contiguous fp32 or ``None``; and a token build of
+    ``build`` that holds T rows of this shape. Host-side checks only: no device sync."""
+    if not device_runs_decode_path(hidden_states.device):
+        return False
+    for tensor in (hidden_states, gate_weight):
+        if (
+            tensor.dtype != torch.bfloat16
+            or tensor.stride(1) != 1
+            or tensor.stride(0) % 8
+            or tensor.data_ptr() % 16
+        ):
+            return False
+    if scale.dtype not in (torch.bfloat16, torch.float32):
+        return False
+    if not scale.is_contiguous() or scale.data_ptr() % 16:
+        return False
+    if per_expert_scale is not None and (
+        per_expert_scale.dtype != torch.float32 or not per_expert_scale.is_contiguous()
+    ):
+        return False
+    return (
+        _macros(build, hidden_states.shape[0], *gate_weight.shape[::-1], topk, scale.dtype)
+        is not None
+    )
+
+
+@functools.cache
+def _macros(
+    build: str, num_tokens: int, hidden: int, num_experts: int, topk: int, scale_dtype: torch.dtype
+) -> tuple[tuple[str, int], ...] | None:
+    warps, per_block, flags = parse_build(build)
+    try:
+        macros = build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
+                              max_tokens=token_build(num_tokens), **flags)  # fmt: skip
+    except (ValueError, TypeError):
+        return None
+    return tuple(macros.items())
+
+
+@functools.cache
+def decode_kernel(macros: tuple[tuple[str, int], ...]):
+    """The kernel of one build (``build_macros`` items), compiled with NVRTC for the current
+    device; ``None``, logged once, where it cannot be built or loaded."""
+    options = [f"-D{name}={value}" for name, value in macros]
+    try:
+        from torch.cuda import _compile_kernel
+
+        kernel = _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
+        if dict(macros)["CS"] > MAX_CLUSTER // 2:
+            allow_large_clusters(kernel)
+    except Exception as exc:  # noqa: BLE001 -- any failure means: use the Triton kernel
+        logger.warning(
+            "vllm_gemma4_router: the fused router's CUDA decode build %s is unavailable "
+            "(%s: %s); the Triton kernel routes these calls",
+            dict(macros), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+        )  # fmt: skip
+        return None
+    return kernel
+
+
+def launch_decode(
+    build: str,
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    is_padding: torch.Tensor | None = None,
+    *,
+    pdl: bool = False,
+    stage: int = 4,
+) -> bool:
+    """Route with ``build`` into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids [T, K]
+    int32)``, the fused router's contract (equal logits to the lower id, rows sorted by
+    weight, K distinct ids in [0, E) for any input bits; ``is_padding`` [T] bool/uint8
+    rows get ids -1 and weights 0). Returns ``False``, launching nothing, where
+    :func:`decode_path_takes` refuses the call or the build is unavailable.
+
+    The cluster builds (``c``) keep no state between launches; the others share one
+    counter per device, so their launches must be stream-ordered. ``pdl``: launch with
+    programmatic dependent launch; ``stage`` < 4 stops after a stage (benchmarks' stage
+    ablation: incomplete outputs)."""
+    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
+        return False
+    num_tokens, hidden = hidden_states.shape
+    num_experts = gate_weight.shape[0]
+    macros = _macros(build, num_tokens, hidden, num_experts, topk, scale.dtype)
+    if stage != 4:
+        macros = tuple((k, stage if k == "STAGE" else v) for k, v in macros)
+    kernel = decode_kernel(macros)
+    if kernel is None:
+        return False
+    experts_per_block = dict(macros)["EPB"]
+    logits, weights, ids = out
+    padding = ids if is_padding is None else is_padding.view(torch.uint8)
+    pes = weights if per_expert_scale is None else per_expert_scale
+    # the cluster builds never touch the counter: no allocation on their path
+    counter = ids if dict(macros)["CLUSTER"] else _counter(hidden_states.device)
+    launch(
+        kernel,
+        (math.ceil(num_experts / experts_per_block), 1, 1),
+        (32 * dict(macros)["NW"], 1, 1),
+        [
+            hidden_states, hidden_states.stride(0), scale, gate_weight, gate_weight.stride(0),
+            pes, int(per_expert_scale is not None), float(eps), float(hidden**-0.5),
+            logits, logits.stride(0), weights, weights.stride(0), ids, ids.stride(0),
+            padding, int(is_padding is not None), counter,
+            num_tokens, hidden, num_experts, topk,
+        ],
+        pdl=pdl,
+    )  # fmt: skip
+    return True
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    # The counter builds' last-block election; zeroed once, every launch leaves it at zero.
+    counter = _COUNTERS.get(device)
+    if counter is None:
+        counter = _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
