@@ -74,10 +74,13 @@ def changelog_release() -> tuple[str, str]:
 
 
 def _shipped(name: str) -> bool:
-    """Whether a package path goes into the dists: a module, or a launch table."""
+    """Whether a package path goes into the dists: a module, a launch table, or the CUDA
+    source the decode path builds at run time."""
     parts = name.split("/")
-    return name.endswith(".py") or (
-        name.endswith(".json") and len(parts) > 2 and parts[-2] == "tables"
+    return (
+        name.endswith(".py")
+        or (name.endswith(".json") and len(parts) > 2 and parts[-2] == "tables")
+        or name == f"{PACKAGE}/fused_router/cuda_decode/router_decode.cu"
     )
 
 

@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from vllm_gemma4_router.fused_router import launch_table as fused_table
+from vllm_gemma4_router.fused_router.cuda_decode.builds import TENSOR_CORE_EXPERTS, parse_build
 from vllm_gemma4_router.fused_router.launch_table import (
     GEMM_PATH_CONFIG,
     GEMM_PATH_TOKENS,
@@ -47,6 +48,7 @@ def test_the_packaged_table_loads_and_names_its_sweeps():
             assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
     named = [r["provenance"] for r in data["rows"]]
     named += [data["gemm_path"][k] for k in ("provenance", "tokens_provenance")]
+    named += [data["cuda_decode"]["provenance"]]
     assert set(named) | {data["pdl"]["provenance"]} == set(sweeps)
 
 
@@ -118,6 +120,22 @@ BROKEN = {
         lambda d: d["gemm_path"]["config"].update(finish_warps=3)
     ),
     "no pdl record": _broken(lambda d: d.pop("pdl")),
+    "no cuda_decode record": _broken(lambda d: d.pop("cuda_decode")),
+    "a cuda_decode build not named as builds are": _broken(
+        lambda d: d["cuda_decode"].update(build="8x8q")
+    ),
+    "cuda_decode tokens past 64": _broken(
+        lambda d: d["cuda_decode"].update(tokens={"first": 17, "last": 65})
+    ),
+    "cuda_decode tokens backwards": _broken(
+        lambda d: d["cuda_decode"].update(tokens={"first": 9, "last": 4})
+    ),
+    "cuda_decode tokens inside the gemm path's": _broken(
+        lambda d: (
+            d["cuda_decode"].update(tokens={"first": 1, "last": 64}),
+            d["gemm_path"].update(tokens={"first": 64, "last": 8192}),
+        )  # fmt: skip
+    ),
     "an unknown provenance": _broken(lambda d: d["gemm_path"].update(provenance="nowhere")),
     "a sweep without versions": _broken(lambda d: d["provenance"]["sweeps"][0].update(versions={})),
 }
@@ -138,3 +156,15 @@ def test_a_missing_table_fails_at_load_naming_the_file(tmp_path):
 
 def test_an_unchanged_copy_loads_the_same_table(tmp_path):
     assert load_fused_table(_write(tmp_path, _raw())) == load_fused_table(fused_table_file())
+
+
+def test_the_cuda_decode_record_loads_as_a_token_range_and_a_build(tmp_path):
+    packaged = load_fused_table(fused_table_file()).decode_path
+    assert packaged == fused_table.DECODE_PATH
+    assert parse_build(packaged.build)[1] in TENSOR_CORE_EXPERTS
+    data = _raw()
+    data["cuda_decode"].update(tokens={"first": 17, "last": 64}, build="8x16c")
+    decode = load_fused_table(_write(tmp_path, data)).decode_path
+    assert decode.tokens == range(17, 65) and decode.build == "8x16c"
+    data["cuda_decode"].update(tokens={"first": 5, "last": 4})
+    assert not load_fused_table(_write(tmp_path, data)).decode_path.tokens

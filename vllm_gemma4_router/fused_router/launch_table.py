@@ -164,26 +164,64 @@ def _check_gemm_path_config(config: GemmPathConfig) -> None:
     routing_constexprs(config.finish_select, config.finish_scale_pick)
 
 
+class DecodePath(NamedTuple):
+    """The CUDA C++ decode path's share of the table: the token counts it routes on
+    sm_90+ NVIDIA GPUs (empty: none) and the build that routes them (a
+    ``cuda_decode.builds.parse_build`` name)."""
+
+    tokens: range
+    build: str
+
+
 class FusedTable(NamedTuple):
-    """A checked fused table file: bucket bounds, one row per bucket, the GEMM path."""
+    """A checked fused table file: bucket bounds, one row per bucket, the GEMM path, the
+    CUDA decode path."""
 
     bucket_bounds: tuple[int, ...]
     rows: tuple[FusedLaunchConfig, ...]
     gemm_path_tokens: range
     gemm_path_config: GemmPathConfig
+    decode_path: DecodePath
 
 
 _GEMM_PATH_FIELDS = {"tokens": dict, "tokens_provenance": str, "config": dict, "provenance": str}
+_DECODE_PATH_FIELDS = {"tokens": dict, "build": str, "provenance": str}
+
+
+def _decode_path(name: str, data: dict, ids: set[str], gemm_tokens: range) -> DecodePath:
+    from vllm_gemma4_router.fused_router.cuda_decode.builds import (
+        MAX_TOKENS_MMA,
+        parse_build,
+    )
+
+    decode = check_fields(name, "cuda_decode", data["cuda_decode"], _DECODE_PATH_FIELDS,
+                          {"notes": str})  # fmt: skip
+    check_provenance(name, "cuda_decode", decode["provenance"], ids)
+    try:
+        parse_build(decode["build"])
+    except ValueError as exc:
+        fail(name, "cuda_decode.build", str(exc))
+    tokens = check_fields(name, "cuda_decode.tokens", decode["tokens"], {"first": int, "last": int})
+    first, last = tokens["first"], tokens["last"]
+    # first = last + 1: an empty range, the path off
+    if not (1 <= first <= last + 1 and last <= MAX_TOKENS_MMA):
+        expected = f"1 <= first <= last + 1 and last <= {MAX_TOKENS_MMA}"
+        fail(name, "cuda_decode.tokens", f"expected {expected}, got {tokens}")
+    routed = range(first, last + 1)
+    if routed and gemm_tokens and routed.stop > gemm_tokens.start:
+        fail(name, "cuda_decode.tokens", "must lie below gemm_path.tokens")
+    return DecodePath(routed, decode["build"])
 
 
 def load_fused_table(source: Source) -> FusedTable:
     """The fused table in the file ``source``; raises ``LaunchTableError`` (a ``ValueError``)
     naming the file if it is missing or breaks its schema: one complete, valid row per
     bucket in order, ``gemm_path`` with ``tokens`` ``{"first", "last"}`` (inclusive)
-    and a valid config, ``pdl`` (why no row sets it), every ``provenance`` naming one
-    of the file's sweeps."""
+    and a valid config, ``cuda_decode`` with ``tokens`` (inclusive; first = last + 1 for
+    none; at most 64 and below the GEMM path's) and a build name, ``pdl`` (why no row
+    sets it), every ``provenance`` naming one of the file's sweeps."""
     name = str(source)
-    more = {"gemm_path": dict, "pdl": dict}
+    more = {"gemm_path": dict, "pdl": dict, "cuda_decode": dict}
     data = read_table(source, "fused_router", {"bucket": int, "config": dict}, more)
     bounds = tuple(data["token_bucket_bounds"])
     rows = []
@@ -216,7 +254,9 @@ def load_fused_table(source: Source) -> FusedTable:
         _check_gemm_path_config(config)
     except ValueError as exc:
         fail(name, "gemm_path.config", str(exc))
-    return FusedTable(bounds, tuple(rows), range(tokens["first"], tokens["last"] + 1), config)
+    gemm_tokens = range(tokens["first"], tokens["last"] + 1)
+    decode = _decode_path(name, data, ids, gemm_tokens)
+    return FusedTable(bounds, tuple(rows), gemm_tokens, config, decode)
 
 
 def fused_table_file() -> Source:
@@ -225,12 +265,13 @@ def fused_table_file() -> Source:
 
 
 # Read once, here: lookups are tuple indexing, no file I/O on a call.
-_FUSED_BUCKET_BOUNDS, _FUSED_TABLE, GEMM_PATH_TOKENS, GEMM_PATH_CONFIG = load_fused_table(
-    fused_table_file()
+_FUSED_BUCKET_BOUNDS, _FUSED_TABLE, GEMM_PATH_TOKENS, GEMM_PATH_CONFIG, DECODE_PATH = (
+    load_fused_table(fused_table_file())
 )
 #: ``GEMM_PATH_TOKENS``: token counts where the fused op computes its contract with
 #: cuBLAS plus the routing kernel instead of this kernel; ``GEMM_PATH_CONFIG``: what
-#: that path launches.
+#: that path launches. ``DECODE_PATH``: the token counts the CUDA C++ decode build
+#: routes on sm_90+ (the Triton kernel where it cannot), and that build.
 
 
 def fused_bucket(num_tokens: int, bounds: Sequence[int] | None = None) -> int:

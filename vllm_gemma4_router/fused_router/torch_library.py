@@ -5,7 +5,9 @@ traces model code that calls it without a graph break. On the CPU it runs the
 torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
 of ``fused_router.launcher``, or, for the token counts where that kernel is slower
 (``GEMM_PATH_TOKENS``), the same contract through a Triton prologue, cuBLAS and
-the kernel's epilogue. Either way it returns the packed buffer of
+the kernel's epilogue, or, for the decode token counts ``DECODE_PATH`` names, on sm_90+
+NVIDIA GPUs, the CUDA C++ build of ``fused_router.cuda_decode`` (the Triton kernel
+wherever that build cannot run). Either way it returns the packed buffer of
 ``handover`` and records it for one claim.
 
 The op takes no padding mask (a traced argument would be frozen into the
@@ -56,11 +58,20 @@ def fused_router_into(
         for target, value in zip(out, ref, strict=True):
             target.copy_(value)
         return
-    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS, fused_launch_config
+    from vllm_gemma4_router.fused_router.launch_table import (
+        DECODE_PATH,
+        GEMM_PATH_TOKENS,
+        fused_launch_config,
+    )
     from vllm_gemma4_router.fused_router.launcher import launch_with_config
 
     num_tokens, hidden = hidden_states.shape
     args = (hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
+    if num_tokens in DECODE_PATH.tokens:
+        from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
+
+        if launch_decode(DECODE_PATH.build, *args, is_padding=is_padding):
+            return
     if num_tokens in GEMM_PATH_TOKENS:
         from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
 

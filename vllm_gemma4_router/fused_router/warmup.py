@@ -1,7 +1,7 @@
 """Compile the fused router's kernels before serving, as ``routing.warmup`` does for the
-routing op: once per (table row or GEMM path, specialisation of ``T``) up to a token
-budget, through the op's own launch path, so that no later call of the same shapes
-compiles in the serving hot path."""
+routing op: once per (table row, GEMM path or CUDA decode token build, specialisation of
+``T``) up to a token budget, through the op's own launch path, so that no later call of
+the same shapes compiles in the serving hot path."""
 
 from __future__ import annotations
 
@@ -36,8 +36,13 @@ def warm_fused_router(
     none), outputs laid out as the op lays them out (``handover``). ``paddings``: without
     (False) and/or with (True) a padding mask. Returns the number of calls; 0 on a device
     Triton does not compile for (CPU, interpreter)."""
+    from vllm_gemma4_router.fused_router.cuda_decode.builds import TOKEN_BUILDS
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.launch_table import GEMM_PATH_TOKENS, fused_bucket_bounds
+    from vllm_gemma4_router.fused_router.launch_table import (
+        DECODE_PATH,
+        GEMM_PATH_TOKENS,
+        fused_bucket_bounds,
+    )
     from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     if device.type not in COMPILED_DEVICE_TYPES:
@@ -53,6 +58,10 @@ def warm_fused_router(
     if per_expert_scale_dtype is not None:
         pes = (random(num_experts).abs() + 0.5).to(per_expert_scale_dtype)
     bounds = (*fused_bucket_bounds(), GEMM_PATH_TOKENS.start - 1, GEMM_PATH_TOKENS.stop - 1)
+    if DECODE_PATH.tokens:  # the CUDA decode path compiles one kernel per token build
+        decode = DECODE_PATH.tokens
+        bounds += (decode.start - 1, decode.stop - 1,
+                   *(t for t in TOKEN_BUILDS if t in decode))  # fmt: skip
     calls = 0
     for num_tokens in warmup_token_counts(bounds, max_tokens):
         hidden_states = random(num_tokens, hidden).to(dtype)

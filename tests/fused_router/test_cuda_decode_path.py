@@ -1,0 +1,82 @@
+"""The fused router's CUDA C++ decode path on the CPU: which calls it refuses (each falls
+back to the Triton kernel), the one log line when its build fails, the driver's argument
+packing, and the op's dispatch to it. It compiles offline in
+tests/benchmarks/test_cuda_decode.py and runs in tests/fused_router/test_gpu_cuda_decode_path.py."""
+
+import logging
+
+import pytest
+import torch
+from fused_oracle import router_inputs
+
+from vllm_gemma4_router.fused_router.cuda_decode import launcher
+from vllm_gemma4_router.fused_router.cuda_decode.builds import build_macros
+from vllm_gemma4_router.fused_router.cuda_decode.driver import launch
+from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+
+EPS = 1e-6
+
+
+def _inputs(num_tokens, gen):
+    return router_inputs(num_tokens, 2816, 128, torch.bfloat16, gen)
+
+
+def _shifted(t):
+    # the same values two bytes further on: rows no longer 16-byte aligned
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype)[1:]
+    return flat.view(t.shape).copy_(t)
+
+
+def test_no_call_on_a_cpu_tensor_takes_the_decode_path(gen):
+    h, s, w, pes = _inputs(16, gen)
+    assert not launcher.device_runs_decode_path(h.device)
+    assert not launcher.decode_path_takes("8x8c", h, s, w, pes, 8)
+    out = unpack(new_packed(16, 128, 8, h.device), 16, 128, 8)
+    assert launcher.launch_decode("8x8c", h, s, w, pes, EPS, 8, out) is False
+
+
+def test_the_checks_refuse_what_the_kernel_cannot_read(monkeypatch, gen):
+    # As if on an sm_90 GPU: only the layout, dtypes and token builds decide.
+    monkeypatch.setattr(launcher, "device_runs_decode_path", lambda device: True)
+    h, s, w, pes = _inputs(64, gen)
+    assert launcher.decode_path_takes("8x8c", h, s, w, pes, 8)
+    assert launcher.decode_path_takes("8x8c", h, s, w, None, 8)
+    assert launcher.decode_path_takes("8x8c", h, s.float(), w, pes, 8)
+    refused = {
+        "65 tokens": ("8x8c", torch.cat([h, h[:1]]), s, w, pes),
+        "a CUDA-core build at 17": ("8x1", h[:17], s, w, pes),
+        "64 tokens on a build without room": ("8x16c", h, s.float(), w, pes),
+        "fp16 hidden states": ("8x8c", h.half(), s, w, pes),
+        "a strided gate": ("8x8c", h, s, w.t().contiguous().t(), pes),
+        "rows off 16-byte alignment": ("8x8c", _shifted(h), s, w, pes),
+        "a bf16 expert scale": ("8x8c", h, s, w, pes.bfloat16()),
+        "an fp16 scale": ("8x8c", h, s.half(), w, pes),
+        "a hidden size the warps do not split": ("8x8c", h[:, :2808], s[:2808], w[:, :2808], pes),
+    }
+    for what, (build, *args) in refused.items():
+        assert not launcher.decode_path_takes(build, *args, 8), what
+
+
+def test_a_build_that_fails_to_compile_is_logged_once_and_falls_back(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("nvrtc: error: no such option\nmore detail")
+
+    monkeypatch.setattr(torch.cuda, "_compile_kernel", broken)
+    macros = tuple(build_macros(8, 2816, 128, 8, torch.float32, 8, max_tokens=32,
+                                cluster=True).items())  # fmt: skip
+    launcher.decode_kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=launcher.__name__):
+            assert launcher.decode_kernel(macros) is None
+            assert launcher.decode_kernel(macros) is None
+    finally:
+        launcher.decode_kernel.cache_clear()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "unavailable (RuntimeError: nvrtc: error: no such option)" in lines[0]
+    assert "the Triton kernel routes these calls" in lines[0]
+
+
+def test_the_driver_packs_tensors_ints_and_floats_only():
+    with pytest.raises(TypeError, match="tensors, ints or floats, got str"):
+        launch(None, (1, 1, 1), (32, 1, 1), [1, 2.5, "x"])

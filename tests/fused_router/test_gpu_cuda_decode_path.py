@@ -1,0 +1,123 @@
+"""GPU: the fused router op through its CUDA C++ decode path (``launch_table.DECODE_PATH``
+set to T = 1-64 here, whatever the packaged table says): the contract against the fp64
+chain, the path really taken, the fallback to the Triton kernel where the build cannot
+read the inputs, the warm-up compiling every token build before a capture, and CUDA-graph
+replays of a rewritten padding mask."""
+
+import pytest
+import torch
+from fused_oracle import assert_fused_contract, router_inputs
+
+from vllm_gemma4_router.fused_router import (
+    handover,
+    launch_table,
+    torch_library,  # noqa: F401 (registers the op)
+)
+from vllm_gemma4_router.fused_router.cuda_decode import launcher
+from vllm_gemma4_router.fused_router.cuda_decode.builds import TOKEN_BUILDS
+from vllm_gemma4_router.fused_router.warmup import warm_fused_router
+from vllm_gemma4_router.routing.padding import set_padding_source
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.version.hip is not None,
+        reason="needs an NVIDIA GPU",
+    ),
+]
+EPS = 1e-6
+HIDDEN, EXPERTS, TOPK = 2816, 128, 8
+
+
+@pytest.fixture(autouse=True)
+def _decode_path_everywhere(monkeypatch, fresh_padding_state):
+    if not launcher.device_runs_decode_path(torch.device("cuda")):
+        pytest.skip("the decode path needs sm_90+")
+    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), "8x8c"))
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """The builds the op launched, in call order (False where the path declined)."""
+    seen = []
+    real = launcher.launch_decode
+
+    def spy(build, *args, **kwargs):
+        seen.append(real(build, *args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(launcher, "launch_decode", spy)
+    return seen
+
+
+def _op(h, s, w, pes):
+    packed = torch.ops.vllm_gemma4_router.fused_router(h, s, w, pes, EPS, TOPK)
+    return handover.unpack(packed, h.shape[0], EXPERTS, TOPK)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 5, 16, 17, 33, 48, 64])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+def test_gpu_op_on_the_decode_path_meets_the_contract(num_tokens, scale_dtype, taken, gen):
+    h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
+    s = s.to(scale_dtype)
+    out = _op(h, s, w, pes)
+    torch.cuda.synchronize()
+    assert taken == [True]
+    assert_fused_contract(*out, h, s, w, pes, EPS, TOPK)
+    again = _op(h, s, w, pes)
+    assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
+
+
+def test_gpu_op_falls_back_where_the_build_cannot_read_the_inputs(taken, gen):
+    h, s, w, pes = router_inputs(24, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
+    out = _op(h, s, w, pes.bfloat16())  # the build reads fp32 expert scales only
+    torch.cuda.synchronize()
+    assert taken == [False]
+    assert_fused_contract(*out, h, s, w, pes.bfloat16(), EPS, TOPK)
+
+
+def test_gpu_warmup_builds_every_token_build_before_a_capture(gen):
+    launcher.decode_kernel.cache_clear()
+    calls = warm_fused_router(HIDDEN, EXPERTS, TOPK, max_tokens=64, device=torch.device("cuda"),
+                              paddings=(False, True))  # fmt: skip
+    assert calls > 0
+    built = {dict(macros)["TMAX"] for macros in _cached_builds()}
+    assert built >= set(TOKEN_BUILDS)
+
+
+def _cached_builds():
+    # functools.cache keeps no key list: ask for each token build's macros again and
+    # see that nothing compiles (cache hits only).
+    before = launcher.decode_kernel.cache_info()
+    found = []
+    for t in TOKEN_BUILDS:
+        macros = launcher._macros("8x8c", t, HIDDEN, EXPERTS, TOPK, torch.float32)
+        assert launcher.decode_kernel(macros) is not None
+        found.append(macros)
+    assert launcher.decode_kernel.cache_info().misses == before.misses
+    return found
+
+
+@pytest.mark.parametrize("num_tokens", [3, 40])
+def test_gpu_op_graph_on_the_decode_path_replays_a_rewritten_mask(num_tokens, taken, gen):
+    h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
+    plain = tuple(t.clone() for t in _op(h, s, w, pes))
+    buffer = torch.ones(64, dtype=torch.bool, device="cuda")
+    set_padding_source(lambda t: buffer[:t])
+    _op(h, s, w, pes)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        packed = _op(h, s, w, pes)
+    assert all(taken), taken
+    mixed = torch.rand(num_tokens, generator=gen) < 0.5
+    mixed[0], mixed[-1] = False, True
+    for mask in (mixed, ~mixed, torch.zeros(num_tokens, dtype=torch.bool)):
+        buffer[:num_tokens].copy_(mask)
+        graph.replay()
+        torch.cuda.synchronize()
+        logits, weights, ids = packed
+        pad = mask.cuda()
+        assert torch.equal(logits, plain[0])
+        assert torch.equal(ids[~pad], plain[2][~pad]) and torch.equal(weights[~pad], plain[1][~pad])
+        assert bool((ids[pad] == -1).all()) and bool((weights[pad] == 0).all())
