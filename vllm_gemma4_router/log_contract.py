@@ -211,6 +211,15 @@ def kernels_warmup_failed_line(op: str, error: str) -> str:
     return f"{op}: could not compile ahead of serving ({error}); it compiles at first use"
 
 
+def decode_build_unavailable_line(build: str, error: str) -> str:
+    """The warning when the fused router's CUDA decode ``build`` (its macros) cannot be
+    built or loaded; the Triton kernel routes the calls it would have taken."""
+    return (
+        f"{_FUSED_PREFIX}the CUDA decode build {build} is unavailable ({error}); "
+        "the Triton kernel routes these calls"
+    )
+
+
 def cache_key_not_set_line(kind: str) -> str:
     """The warning when vLLM's ``additional_config`` is a ``kind``, not a dict, so the
     plugin's state cannot enter vLLM's compile-cache key."""

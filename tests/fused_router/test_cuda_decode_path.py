@@ -13,6 +13,7 @@ from vllm_gemma4_router.fused_router.cuda_decode import launcher
 from vllm_gemma4_router.fused_router.cuda_decode.builds import build_macros
 from vllm_gemma4_router.fused_router.cuda_decode.driver import launch
 from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+from vllm_gemma4_router.log_contract import LOGGER_NAME, decode_build_unavailable_line
 
 EPS = 1e-6
 
@@ -66,15 +67,17 @@ def test_a_build_that_fails_to_compile_is_logged_once_and_falls_back(monkeypatch
                                 cluster=True).items())  # fmt: skip
     launcher.decode_kernel.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger=launcher.__name__):
+        with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
             assert launcher.decode_kernel(macros) is None
             assert launcher.decode_kernel(macros) is None
     finally:
         launcher.decode_kernel.cache_clear()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
-    assert "unavailable (RuntimeError: nvrtc: error: no such option)" in lines[0]
-    assert "the Triton kernel routes these calls" in lines[0]
+    assert lines[0] == decode_build_unavailable_line(
+        str(dict(macros)), "RuntimeError: nvrtc: error: no such option"
+    )
+    assert lines[0].startswith("gemma4_fused_router: the CUDA decode build {'NW': 8")
 
 
 def test_the_driver_packs_tensors_ints_and_floats_only():

@@ -11,7 +11,6 @@ returns ``None``, and the caller runs the Triton kernel instead.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 
 import torch
@@ -25,8 +24,7 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     token_build,
 )
 from vllm_gemma4_router.fused_router.cuda_decode.driver import allow_large_clusters, launch
-
-logger = logging.getLogger(__name__)
+from vllm_gemma4_router.log_contract import decode_build_unavailable_line, logger
 
 #: The least compute capability the decode builds run on: thread-block clusters,
 #: distributed shared memory and ``griddepcontrol`` came with sm_90.
@@ -105,11 +103,10 @@ def decode_kernel(macros: tuple[tuple[str, int], ...]):
         if dict(macros)["CS"] > MAX_CLUSTER // 2:
             allow_large_clusters(kernel)
     except Exception as exc:  # noqa: BLE001 -- any failure means: use the Triton kernel
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         logger.warning(
-            "vllm_gemma4_router: the fused router's CUDA decode build %s is unavailable "
-            "(%s: %s); the Triton kernel routes these calls",
-            dict(macros), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-        )  # fmt: skip
+            decode_build_unavailable_line(str(dict(macros)), f"{type(exc).__name__}: {first_line}")
+        )
         return None
     return kernel
 
