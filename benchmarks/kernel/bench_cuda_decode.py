@@ -1,11 +1,13 @@
-"""Time the CUDA C++ decode prototype (``benchmarks/kernel/cuda_decode``) against the fused op.
+"""Time the fused router's CUDA C++ decode builds (``fused_router.cuda_decode``, driven by
+``benchmarks/kernel/cuda_decode``) against its Triton fused kernel (the table's launch for
+that T, called directly: the op itself routes some T through a CUDA build).
 
 Run on an NVIDIA GPU as ``python -m benchmarks.kernel.bench_cuda_decode``. For each T and
 each ``--builds`` build (warps x experts per block), layer 0 is checked first
 (``sweep_fused_router.check_outputs``:
 ids exactly the reference routing of the prototype's own logits, weights to 1e-5,
-logits within ``--logit-rtol`` of the row max of the fused op's); then each is timed as
-``bench_router`` times the fused op: one CUDA graph cycling through L layers' router
+logits within ``--logit-rtol`` of the row max of the Triton kernel's); then each is timed
+as ``bench_router`` times the fused op: one CUDA graph cycling through L layers' router
 weights, L = 3x the L2 (``cold``: the gate weights come from HBM) and L = 8 (``hot``).
 ``--producer``: a kernel writing the hidden states before every call, its time
 subtracted. Writes ``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_cuda_decode times CUDA graphs: it needs an NVIDIA GPU")
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
+    from vllm_gemma4_router.fused_router.launch_table import fused_launch_config
+    from vllm_gemma4_router.fused_router.launcher import launch_with_config
 
     dtype = getattr(torch, args.dtype)
     device = torch.device("cuda")
@@ -98,14 +101,17 @@ def main(argv: list[str] | None = None) -> None:
         out = unpack(new_packed(num_tokens, args.experts, args.topk, device), num_tokens,
                      args.experts, args.topk)  # fmt: skip
 
-        def fused(layer, h=h, out=out):
-            fused_router_into(h, scales[layer], weights[layer], expert_scales[layer],
-                              args.eps, args.topk, out)  # fmt: skip
+        # the Triton kernel itself: the op routes some of these T through the CUDA build
+        config = fused_launch_config(num_tokens, args.hidden, args.experts, device)
+
+        def fused(layer, h=h, out=out, config=config):
+            launch_with_config(config, h, scales[layer], weights[layer], expert_scales[layer],
+                               args.eps, args.topk, out)  # fmt: skip
 
         fused(0)
         fused_logits = out[0].clone()
-        arms = {"fused op": fused}
-        checks = {"fused op": "ok"}
+        arms = {"triton fused kernel": fused}
+        checks = {"triton fused kernel": "ok"}
         pdl_modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
         for (warps, per_block, flags), pdl in itertools.product(args.builds, pdl_modes):
             mine = tuple(t.clone() for t in out)
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = ", ".join(f"{k}={v}" for k, v in stamp.items())
     Path(f"{base}.md").write_text(
-        f"# CUDA decode prototype vs the fused op\n\n{header}\n\n{table}\n"
+        f"# CUDA decode builds vs the Triton fused kernel\n\n{header}\n\n{table}\n"
     )
     print(table)
 

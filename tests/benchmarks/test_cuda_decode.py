@@ -82,6 +82,26 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert macros["PES_SMEM"] == flags["pes_shared"]
 
 
+@pytest.mark.parametrize("max_tokens", [16, 32])
+def test_the_p_builds_read_bf16_expert_scales_through_shared_memory(max_tokens, tmp_path):
+    # vLLM loads per_expert_scale in the model's dtype: bf16
+    macros = build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=max_tokens,
+                          cluster=True, pes_shared=True, pes_dtype=torch.bfloat16)  # fmt: skip
+    assert macros["PES_BF16"] == 1 and macros["PES_SMEM"] == 1
+    log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
+    assert "0 bytes spill stores, 0 bytes spill loads" in log, log
+    _nvcc(macros, tmp_path / "k.ptx", "-ptx")
+    ptx = (tmp_path / "k.ptx").read_text()
+    assert "ld.global.nc.u16" in ptx and "st.shared.f32" in ptx
+    fp32 = dict(macros, PES_BF16=0)
+    _nvcc(fp32, tmp_path / "f.ptx", "-ptx")
+    assert "ld.global.nc.u16" not in (tmp_path / "f.ptx").read_text()
+    with pytest.raises(ValueError, match="pes_shared"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, cluster=True, pes_dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="per_expert_scale"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, pes_shared=True, pes_dtype=torch.half)
+
+
 def test_build_macros_rejects_what_the_kernel_cannot_take():
     with pytest.raises(ValueError, match="warps"):
         build_macros(3, 2816, 128, 8, torch.bfloat16)

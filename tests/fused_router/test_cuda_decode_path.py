@@ -43,6 +43,8 @@ def test_the_checks_refuse_what_the_kernel_cannot_read(monkeypatch, gen):
     assert launcher.decode_path_takes("8x8c", h, s, w, pes, 8)
     assert launcher.decode_path_takes("8x8c", h, s, w, None, 8)
     assert launcher.decode_path_takes("8x8c", h, s.float(), w, pes, 8)
+    # bf16 expert scales, as vLLM loads them: the p builds widen them in shared memory
+    assert launcher.decode_path_takes("8x8cp", h[:32], s, w, pes.bfloat16(), 8)
     refused = {
         "65 tokens": ("8x8c", torch.cat([h, h[:1]]), s, w, pes),
         "a CUDA-core build at 17": ("8x1", h[:17], s, w, pes),
@@ -50,7 +52,8 @@ def test_the_checks_refuse_what_the_kernel_cannot_read(monkeypatch, gen):
         "fp16 hidden states": ("8x8c", h.half(), s, w, pes),
         "a strided gate": ("8x8c", h, s, w.t().contiguous().t(), pes),
         "rows off 16-byte alignment": ("8x8c", _shifted(h), s, w, pes),
-        "a bf16 expert scale": ("8x8c", h, s, w, pes.bfloat16()),
+        "a bf16 expert scale outside shared memory": ("8x8c", h, s, w, pes.bfloat16()),
+        "an fp16 expert scale": ("8x8cp", h, s, w, pes.half()),
         "an fp16 scale": ("8x8c", h, s.half(), w, pes),
         "a hidden size the warps do not split": ("8x8c", h[:, :2808], s[:2808], w[:, :2808], pes),
     }

@@ -26,6 +26,7 @@ pytestmark = [
     ),
 ]
 EPS = 1e-6
+PACKAGED = launch_table.DECODE_PATH
 HIDDEN, EXPERTS, TOPK = 2816, 128, 8
 
 
@@ -33,7 +34,8 @@ HIDDEN, EXPERTS, TOPK = 2816, 128, 8
 def _decode_path_everywhere(monkeypatch, fresh_padding_state):
     if not launcher.device_runs_decode_path(torch.device("cuda")):
         pytest.skip("the decode path needs sm_90+")
-    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), "8x8c"))
+    build = PACKAGED.build
+    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), build))
 
 
 @pytest.fixture
@@ -55,11 +57,18 @@ def _op(h, s, w, pes):
     return handover.unpack(packed, h.shape[0], EXPERTS, TOPK)
 
 
-@pytest.mark.parametrize("num_tokens", [1, 5, 16, 17, 33, 48, 64])
-@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
-def test_gpu_op_on_the_decode_path_meets_the_contract(num_tokens, scale_dtype, taken, gen):
+@pytest.mark.parametrize("num_tokens", [1, 5, 16, 17, 32, 33, 48, 64])
+@pytest.mark.parametrize(
+    ("scale_dtype", "pes_dtype"),
+    [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32), (torch.bfloat16, None)],
+)
+def test_gpu_op_on_the_decode_path_meets_the_contract(
+    num_tokens, scale_dtype, pes_dtype, taken, gen
+):
+    # bf16 scales: as vLLM loads them; fp32: as the warm-up's defaults
     h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
     s = s.to(scale_dtype)
+    pes = None if pes_dtype is None else pes.to(pes_dtype)
     out = _op(h, s, w, pes)
     torch.cuda.synchronize()
     assert taken == [True]
@@ -68,9 +77,10 @@ def test_gpu_op_on_the_decode_path_meets_the_contract(num_tokens, scale_dtype, t
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
 
 
-def test_gpu_op_falls_back_where_the_build_cannot_read_the_inputs(taken, gen):
+def test_gpu_op_falls_back_where_the_build_cannot_read_the_inputs(monkeypatch, taken, gen):
+    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), "8x8c"))
     h, s, w, pes = router_inputs(24, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
-    out = _op(h, s, w, pes.bfloat16())  # the build reads fp32 expert scales only
+    out = _op(h, s, w, pes.bfloat16())  # 8x8c reads fp32 expert scales only
     torch.cuda.synchronize()
     assert taken == [False]
     assert_fused_contract(*out, h, s, w, pes.bfloat16(), EPS, TOPK)
@@ -91,7 +101,7 @@ def _cached_builds():
     before = launcher.decode_kernel.cache_info()
     found = []
     for t in TOKEN_BUILDS:
-        macros = launcher._macros("8x8c", t, HIDDEN, EXPERTS, TOPK, torch.float32)
+        macros = launcher._macros(PACKAGED.build, t, HIDDEN, EXPERTS, TOPK, torch.float32)
         assert launcher.decode_kernel(macros) is not None
         found.append(macros)
     assert launcher.decode_kernel.cache_info().misses == before.misses

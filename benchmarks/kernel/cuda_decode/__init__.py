@@ -88,7 +88,8 @@ def route_decode(
         raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
     # build_macros' own refusals, with their messages
     build_macros(warps, hidden, gate_weight.shape[0], topk, scale.dtype, experts_per_block,
-                 stage, token_build(num_tokens), cluster, pes_shared)  # fmt: skip
+                 stage, token_build(num_tokens), cluster, pes_shared,
+                 torch.float32 if per_expert_scale is None else per_expert_scale.dtype)  # fmt: skip
     build = build_name(warps, experts_per_block, cluster, pes_shared)
     if not launch_decode(build, hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
                          out, is_padding, pdl=pdl, stage=stage):  # fmt: skip

@@ -50,6 +50,7 @@ def build_macros(
     max_tokens: int = MAX_TOKENS,
     cluster: bool = False,
     pes_shared: bool = False,
+    pes_dtype: torch.dtype = torch.float32,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
@@ -57,7 +58,8 @@ def build_macros(
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
     over in DSMEM (``CLUSTER``). ``pes_shared``: the expert
-    scales are staged in shared memory with the gate rows (``PES_SMEM``). ``stage`` < 4
+    scales are staged in shared memory with the gate rows (``PES_SMEM``); ``pes_dtype``
+    the expert scales' dtype, fp32 or (with ``pes_shared``) bf16 (``PES_BF16``). ``stage`` < 4
     builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
@@ -95,6 +97,10 @@ def build_macros(
         raise ValueError(f"hidden must be a multiple of 8 (16-byte rows), got {hidden}")
     if not 1 <= topk <= min(num_experts, 32) or num_experts > 256:
         raise ValueError(f"needs 1 <= topk <= min(E, 32) and E <= 256, got {topk}, {num_experts}")
+    if pes_dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"per_expert_scale must be float32 or bfloat16, got {pes_dtype}")
+    if pes_dtype == torch.bfloat16 and not pes_shared:
+        raise ValueError("a bf16 per_expert_scale needs pes_shared (a build named ...p)")
     if scale_dtype not in (torch.bfloat16, torch.float32):
         raise TypeError(f"scale must be bfloat16 or float32, got {scale_dtype}")
     return dict(
@@ -114,6 +120,7 @@ def build_macros(
         CLUSTER=int(cluster),
         CS=blocks if cluster else 1,
         PES_SMEM=int(pes_shared),
+        PES_BF16=int(pes_dtype == torch.bfloat16),
     )
 
 
@@ -143,13 +150,15 @@ def takes(
     hidden: int = 2816,
     num_experts: int = 128,
     topk: int = 8,
+    pes_dtype: torch.dtype = torch.float32,
 ) -> bool:
     """Whether ``build`` (a :func:`parse_build` name) routes ``num_tokens`` tokens of this
-    shape: :func:`build_macros` accepts its token build."""
+    shape and dtypes: :func:`build_macros` accepts its token build."""
     warps, per_block, flags = parse_build(build)
     try:
         build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
-                     max_tokens=token_build(num_tokens), **flags)  # fmt: skip
-    except ValueError:
+                     max_tokens=token_build(num_tokens), pes_dtype=pes_dtype,
+                     **flags)  # fmt: skip
+    except (ValueError, TypeError):
         return False
     return True

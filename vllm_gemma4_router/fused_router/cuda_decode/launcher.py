@@ -52,7 +52,8 @@ def decode_path_takes(
     """Whether ``build`` (a :func:`~.builds.parse_build` name) can route this call: an
     sm_90+ device; ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit
     column stride and 16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32, 16-byte
-    aligned; ``per_expert_scale`` [E] contiguous fp32 or ``None``; and a token build of
+    aligned; ``per_expert_scale`` [E] contiguous fp32 (bf16 too for the ``p`` builds) or
+    ``None``; and a token build of
     ``build`` that holds T rows of this shape. Host-side checks only: no device sync."""
     if not device_runs_decode_path(hidden_states.device):
         return False
@@ -68,24 +69,31 @@ def decode_path_takes(
         return False
     if not scale.is_contiguous() or scale.data_ptr() % 16:
         return False
-    if per_expert_scale is not None and (
-        per_expert_scale.dtype != torch.float32 or not per_expert_scale.is_contiguous()
-    ):
+    if per_expert_scale is not None and not per_expert_scale.is_contiguous():
         return False
-    return (
-        _macros(build, hidden_states.shape[0], *gate_weight.shape[::-1], topk, scale.dtype)
-        is not None
-    )
+    shape = (hidden_states.shape[0], *gate_weight.shape[::-1], topk)
+    return _macros(build, *shape, scale.dtype, _pes_dtype(per_expert_scale)) is not None
+
+
+def _pes_dtype(per_expert_scale: torch.Tensor | None) -> torch.dtype:
+    return torch.float32 if per_expert_scale is None else per_expert_scale.dtype
 
 
 @functools.cache
 def _macros(
-    build: str, num_tokens: int, hidden: int, num_experts: int, topk: int, scale_dtype: torch.dtype
+    build: str,
+    num_tokens: int,
+    hidden: int,
+    num_experts: int,
+    topk: int,
+    scale_dtype: torch.dtype,
+    pes_dtype: torch.dtype = torch.float32,
 ) -> tuple[tuple[str, int], ...] | None:
     warps, per_block, flags = parse_build(build)
     try:
         macros = build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
-                              max_tokens=token_build(num_tokens), **flags)  # fmt: skip
+                              max_tokens=token_build(num_tokens), pes_dtype=pes_dtype,
+                              **flags)  # fmt: skip
     except (ValueError, TypeError):
         return None
     return tuple(macros.items())
@@ -139,7 +147,8 @@ def launch_decode(
         return False
     num_tokens, hidden = hidden_states.shape
     num_experts = gate_weight.shape[0]
-    macros = _macros(build, num_tokens, hidden, num_experts, topk, scale.dtype)
+    macros = _macros(build, num_tokens, hidden, num_experts, topk, scale.dtype,
+                     _pes_dtype(per_expert_scale))  # fmt: skip
     if stage != 4:
         macros = tuple((k, stage if k == "STAGE" else v) for k, v in macros)
     kernel = decode_kernel(macros)

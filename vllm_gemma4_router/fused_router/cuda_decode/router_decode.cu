@@ -27,7 +27,7 @@
 //
 // Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
 // scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB, NT, CLUSTER,
-// CS, PES_SMEM.
+// CS, PES_SMEM, PES_BF16.
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; eps and inv_root_h = H^-0.5 by value.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
@@ -98,6 +98,14 @@
 // end of the dependent chain.
 #ifndef PES_SMEM
 #define PES_SMEM 0
+#endif
+// PES_BF16 1 (with PES_SMEM): per_expert_scale is bf16, as vLLM loads it; the copy to
+// shared memory widens it to fp32 (exact).
+#ifndef PES_BF16
+#define PES_BF16 0
+#endif
+#if PES_BF16 && !PES_SMEM
+#error "a bf16 per_expert_scale is read through shared memory (PES_SMEM 1)"
 #endif
 #if PES_SMEM
 #define LOAD_PES(p, i) ((p)[i])
@@ -368,7 +376,7 @@ __device__ __forceinline__ float sumsq8(const uint4 v) {
 extern "C" __global__ void __launch_bounds__(NW * 32, 1) CLUSTER_DIMS
 gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
                      const void* __restrict__ scale, const unsigned short* __restrict__ w,
-                     int stride_we, const float* __restrict__ pes, int has_pes,
+                     int stride_we, const void* __restrict__ pes, int has_pes,
                      float eps, float inv_root_h, float* logits, int stride_lt,
                      float* weights, int stride_wt, int* ids, int stride_it,
                      const unsigned char* __restrict__ padding, int has_padding,
@@ -383,10 +391,16 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #if PES_SMEM
   __shared__ float pes_shared[32 * E_PER_LANE];
   if (has_pes)
-    for (int i = tid; i < E; i += NW * 32) pes_shared[i] = __ldg(pes + i);
+    for (int i = tid; i < E; i += NW * 32)
+#if PES_BF16
+      pes_shared[i] = __uint_as_float(
+          static_cast<unsigned int>(__ldg(static_cast<const unsigned short*>(pes) + i)) << 16);
+#else
+      pes_shared[i] = __ldg(static_cast<const float*>(pes) + i);
+#endif
   const float* pes_route = pes_shared;  // read after the block's barriers below
 #else
-  const float* pes_route = pes;
+  const float* pes_route = static_cast<const float*>(pes);
 #endif
 #if MMA
   // The dot product is over h, so any one order of h shared by A and B will do: lane
