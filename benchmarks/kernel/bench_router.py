@@ -572,14 +572,17 @@ def _empty_launcher() -> Callable[[], object]:
 
 
 def load_fused() -> tuple[Callable, Callable, Callable]:
-    """What our fused router op runs (``FUSED_IMPL``: the kernel, or its GEMM path where
-    the op takes that path), its GEMM path alone, and the op's split launch with
-    programmatic dependent launch (``None`` where the op launches no split row),
+    """What our fused router op runs (``FUSED_IMPL``: the kernel, its GEMM path or its
+    CUDA decode build, where the op takes those), its GEMM path alone, and the op's split
+    launch with programmatic dependent launch (``None`` where the op launches no split
+    Triton row),
     each as ``fn(h, s, w, pes, eps, topk) -> (logits, weights, ids)``; no
     fallback: a missing op fails the run."""
+    from vllm_gemma4_router.fused_router.cuda_decode.launcher import device_runs_decode_path
     from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
     from vllm_gemma4_router.fused_router.launch_table import (
+        DECODE_PATH,
         GEMM_PATH_TOKENS,
         fused_launch_config,
         is_split,
@@ -613,6 +616,9 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     def fused_pdl(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
         if pdl_twin(*hidden_states.shape, gate_weight.shape[0]) is None:
             return None
+        on_decode_path = hidden_states.shape[0] in DECODE_PATH.tokens
+        if on_decode_path and device_runs_decode_path(hidden_states.device):
+            return None  # the op launches the CUDA build there: no Triton twin to compare
         return run_pdl_twin(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
 
     return into_new_buffer(fused_router_into), into_new_buffer(route_by_gemm), fused_pdl
