@@ -102,7 +102,7 @@ def _cached_builds():
     found = []
     for t in TOKEN_BUILDS:
         macros = launcher._macros(PACKAGED.build, t, HIDDEN, EXPERTS, TOPK, torch.float32)
-        assert launcher.decode_kernel(macros) is not None
+        assert launcher.decode_kernel(macros, torch.cuda.current_device()) is not None
         found.append(macros)
     assert launcher.decode_kernel.cache_info().misses == before.misses
     return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -100,14 +101,17 @@ def _macros(
 
 
 @functools.cache
-def decode_kernel(macros: tuple[tuple[str, int], ...]):
-    """The kernel of one build (``build_macros`` items), compiled with NVRTC for the current
-    device; ``None``, logged once, where it cannot be built or loaded."""
+def decode_kernel(macros: tuple[tuple[str, int], ...], device_index: int | None = None):
+    """The kernel of one build (``build_macros`` items), compiled with NVRTC and loaded on
+    CUDA device ``device_index`` (the current one if ``None``: a loaded kernel belongs to
+    one device's context); ``None``, logged once, where it cannot be built or loaded."""
     options = [f"-D{name}={value}" for name, value in macros]
     try:
         from torch.cuda import _compile_kernel
 
-        kernel = _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
+        on_device = nullcontext() if device_index is None else torch.cuda.device(device_index)
+        with on_device:
+            kernel = _compile_kernel(SOURCE.read_text(), KERNEL_NAME, nvcc_options=options)
         if dict(macros)["CS"] > MAX_CLUSTER // 2:
             allow_large_clusters(kernel)
     except Exception as exc:  # noqa: BLE001 -- any failure means: use the Triton kernel
@@ -151,7 +155,7 @@ def launch_decode(
                      _pes_dtype(per_expert_scale))  # fmt: skip
     if stage != 4:
         macros = tuple((k, stage if k == "STAGE" else v) for k, v in macros)
-    kernel = decode_kernel(macros)
+    kernel = decode_kernel(macros, hidden_states.device.index)
     if kernel is None:
         return False
     experts_per_block = dict(macros)["EPB"]
