@@ -12,6 +12,9 @@
 #                                      # the result files apart), ~4 min
 #   bash ci/gpu_fused_bench.sh stages  # bench_fused_stages: the split launch cut after
 #                                      # each stage, HBM and L2 weights, ~2 min
+#   bash ci/gpu_fused_bench.sh decode  # the CUDA decode path (NVIDIA sm_90+): its GPU
+#                                      # tests, memcheck over the op on it, and its
+#                                      # builds timed against the Triton kernel, ~3 min
 #
 # On an H200 (2026-12-01) the test file took ~400 s, the three bench_router runs
 # ~90 s each: together they do not fit one 10-minute call. Results and logs go to
@@ -19,7 +22,7 @@
 # short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: $0 tests|bench|sweep|stages}
+PART=${1:?usage: $0 tests|bench|sweep|stages|decode}
 OUT_DIR=${OUT:-gpu-fused}
 LOGS=$OUT_DIR/fused_$PART
 mkdir -p "$LOGS"
@@ -79,8 +82,28 @@ case $PART in
       grep -E "^\| " "$LOGS/$name.txt" | tail -6
     done
     ;;
+  decode)
+    # 245 tests took ~40 s on an H200 (2026-12-06); memcheck runs the op's decode-path
+    # tests that cover a CUDA graph, the padding mask and both expert-scale dtypes.
+    timeout 200 "$PYTHON" -m pytest -v -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
+      tests/benchmarks/test_gpu_cuda_decode.py > "$LOGS/decode_pytest.log" 2>&1
+    suite=$?
+    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
+      "$PYTHON" -m pytest -q -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
+      -k "graph or falls_back or (contract and bf16_scales)" > "$LOGS/memcheck.log" 2>&1
+    memcheck=$?
+    timeout 120 "$PYTHON" -m benchmarks.kernel.bench_cuda_decode --producer --pdl off \
+      --builds "${DECODE_BUILDS:-8x1p,8x8cp}" --tokens "${DECODE_TOKENS:-1,2,4,8,16,17,32,33}" \
+      --tag decode --out "$LOGS" > "$LOGS/bench_cuda_decode.txt" 2>&1 || status=1
+    echo "== decode GPU tests (exit $suite): $(tail -1 "$LOGS/decode_pytest.log")"
+    grep -E "FAILED|ERROR" "$LOGS/decode_pytest.log" | head -5
+    echo "== memcheck (exit $memcheck): $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -1)"
+    echo "== bench_cuda_decode"
+    grep -E "^T=" "$LOGS/bench_cuda_decode.txt" | cut -c1-400
+    ((suite || memcheck)) && status=1
+    ;;
   *)
-    echo "usage: $0 tests|bench|sweep|stages" >&2
+    echo "usage: $0 tests|bench|sweep|stages|decode" >&2
     exit 2
     ;;
 esac

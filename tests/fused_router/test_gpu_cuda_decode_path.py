@@ -61,6 +61,7 @@ def _op(h, s, w, pes):
 @pytest.mark.parametrize(
     ("scale_dtype", "pes_dtype"),
     [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32), (torch.bfloat16, None)],
+    ids=["bf16_scales", "fp32_scales", "no_expert_scale"],
 )
 def test_gpu_op_on_the_decode_path_meets_the_contract(
     num_tokens, scale_dtype, pes_dtype, taken, gen
