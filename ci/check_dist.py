@@ -80,7 +80,7 @@ def _shipped(name: str) -> bool:
     return (
         name.endswith(".py")
         or (name.endswith(".json") and len(parts) > 2 and parts[-2] == "tables")
-        or name == f"{PACKAGE}/fused_router/cuda_decode/router_decode.cu"
+        or name.endswith(".cu")
     )
 
 

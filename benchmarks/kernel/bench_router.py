@@ -578,7 +578,7 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     Triton row),
     each as ``fn(h, s, w, pes, eps, topk) -> (logits, weights, ids)``; no
     fallback: a missing op fails the run."""
-    from vllm_gemma4_router.fused_router.cuda_decode.launcher import device_runs_decode_path
+    from vllm_gemma4_router.fused_router.cuda_decode.launcher import decode_path_takes
     from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
     from vllm_gemma4_router.fused_router.launch_table import (
@@ -616,9 +616,11 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
     def fused_pdl(hidden_states, scale, gate_weight, per_expert_scale, eps, topk):
         if pdl_twin(*hidden_states.shape, gate_weight.shape[0]) is None:
             return None
-        on_decode_path = hidden_states.shape[0] in DECODE_PATH.tokens
-        if on_decode_path and device_runs_decode_path(hidden_states.device):
-            return None  # the op launches the CUDA build there: no Triton twin to compare
+        # the op's own test: there it launches the CUDA build, which has no Triton twin
+        if hidden_states.shape[0] in DECODE_PATH.tokens and decode_path_takes(
+            DECODE_PATH.build, hidden_states, scale, gate_weight, per_expert_scale, topk
+        ):
+            return None
         return run_pdl_twin(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
 
     return into_new_buffer(fused_router_into), into_new_buffer(route_by_gemm), fused_pdl

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 import triton
 
+from vllm_gemma4_router.fused_router.cuda_decode.builds import MAX_TOKENS_MMA, parse_build
 from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
 from vllm_gemma4_router.routing.table_files import (
     Source,
@@ -189,11 +190,6 @@ _DECODE_PATH_FIELDS = {"tokens": dict, "build": str, "provenance": str}
 
 
 def _decode_path(name: str, data: dict, ids: set[str], gemm_tokens: range) -> DecodePath:
-    from vllm_gemma4_router.fused_router.cuda_decode.builds import (
-        MAX_TOKENS_MMA,
-        parse_build,
-    )
-
     decode = check_fields(name, "cuda_decode", data["cuda_decode"], _DECODE_PATH_FIELDS,
                           {"notes": str})  # fmt: skip
     check_provenance(name, "cuda_decode", decode["provenance"], ids)

@@ -25,7 +25,10 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     takes,
     token_build,
 )
-from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
+from vllm_gemma4_router.fused_router.cuda_decode.launcher import (
+    decode_path_takes,
+    launch_decode,
+)
 
 __all__ = [
     "BUILDS", "MAX_TOKENS", "MAX_TOKENS_MMA", "MMA_HELD_REGISTERS_FOR_64", "SOURCE",
@@ -76,21 +79,16 @@ def route_decode(
         raise ValueError(
             f"hidden_states must have 1 to {most} rows for this build, got {num_tokens}"
         )
-    for name, tensor in (("hidden_states", hidden_states), ("gate_weight", gate_weight)):
-        if (
-            tensor.dtype != torch.bfloat16
-            or tensor.stride(1) != 1
-            or tensor.stride(0) % 8
-            or tensor.data_ptr() % 16
-        ):
-            raise ValueError(f"{name} must be bf16 with unit column stride and 16-byte rows")
-    if not scale.is_contiguous() or scale.data_ptr() % 16:
-        raise ValueError("scale must be contiguous and 16-byte aligned (16-byte loads)")
     # build_macros' own refusals, with their messages
     build_macros(warps, hidden, gate_weight.shape[0], topk, scale.dtype, experts_per_block,
                  stage, token_build(num_tokens), cluster, pes_shared,
                  torch.float32 if per_expert_scale is None else per_expert_scale.dtype)  # fmt: skip
     build = build_name(warps, experts_per_block, cluster, pes_shared)
+    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
+        raise ValueError(
+            "hidden_states, scale, gate_weight or per_expert_scale: not a layout or dtype "
+            "the decode path takes (launcher.decode_path_takes)"
+        )
     if not launch_decode(build, hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
                          out, is_padding, pdl=pdl, stage=stage):  # fmt: skip
         raise RuntimeError(f"build {build} did not launch: see the log")

@@ -25,21 +25,15 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     token_build,
 )
 from vllm_gemma4_router.fused_router.cuda_decode.driver import allow_large_clusters, launch
+from vllm_gemma4_router.fused_router.launch_table import pdl_supported
 from vllm_gemma4_router.log_contract import decode_build_unavailable_line, logger
 
-#: The least compute capability the decode builds run on: thread-block clusters,
-#: distributed shared memory and ``griddepcontrol`` came with sm_90.
-MIN_CAPABILITY = (9, 0)
 
-
-@functools.cache
 def device_runs_decode_path(device: torch.device) -> bool:
-    """Whether ``device`` is an NVIDIA GPU of sm_90 or later (a host query, cached)."""
-    return (
-        device.type == "cuda"
-        and torch.version.hip is None
-        and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
-    )
+    """Whether ``device`` is an NVIDIA GPU of sm_90 or later: thread-block clusters,
+    distributed shared memory and ``griddepcontrol`` came with sm_90, as PDL did (the
+    launch table's cached ``pdl_supported``)."""
+    return pdl_supported(device)
 
 
 def decode_path_takes(
@@ -158,16 +152,16 @@ def launch_decode(
     kernel = decode_kernel(macros, hidden_states.device.index)
     if kernel is None:
         return False
-    experts_per_block = dict(macros)["EPB"]
+    constants = dict(macros)
     logits, weights, ids = out
     padding = ids if is_padding is None else is_padding.view(torch.uint8)
     pes = weights if per_expert_scale is None else per_expert_scale
     # the cluster builds never touch the counter: no allocation on their path
-    counter = ids if dict(macros)["CLUSTER"] else _counter(hidden_states.device)
+    counter = ids if constants["CLUSTER"] else _counter(hidden_states.device)
     launch(
         kernel,
-        (math.ceil(num_experts / experts_per_block), 1, 1),
-        (32 * dict(macros)["NW"], 1, 1),
+        (math.ceil(num_experts / constants["EPB"]), 1, 1),
+        (32 * constants["NW"], 1, 1),
         [
             hidden_states, hidden_states.stride(0), scale, gate_weight, gate_weight.stride(0),
             pes, int(per_expert_scale is not None), float(eps), float(hidden**-0.5),
