@@ -88,7 +88,7 @@ case $PART in
     timeout 200 "$PYTHON" -m pytest -v -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
       tests/benchmarks/test_gpu_cuda_decode.py > "$LOGS/decode_pytest.log" 2>&1
     suite=$?
-    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
+    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
       -k "graph or falls_back or (contract and bf16_scales)" > "$LOGS/memcheck.log" 2>&1
     memcheck=$?

@@ -617,8 +617,9 @@ def load_fused() -> tuple[Callable, Callable, Callable]:
         if pdl_twin(*hidden_states.shape, gate_weight.shape[0]) is None:
             return None
         # the op's own test: there it launches the CUDA build, which has no Triton twin
-        if hidden_states.shape[0] in DECODE_PATH.tokens and decode_path_takes(
-            DECODE_PATH.build, hidden_states, scale, gate_weight, per_expert_scale, topk
+        build = DECODE_PATH.build_for(hidden_states.shape[0])
+        if build is not None and decode_path_takes(
+            build, hidden_states, scale, gate_weight, per_expert_scale, topk
         ):
             return None
         return run_pdl_twin(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)

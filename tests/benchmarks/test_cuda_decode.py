@@ -82,11 +82,14 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert macros["PES_SMEM"] == flags["pes_shared"]
 
 
-@pytest.mark.parametrize("max_tokens", [16, 32])
-def test_the_p_builds_read_bf16_expert_scales_through_shared_memory(max_tokens, tmp_path):
-    # vLLM loads per_expert_scale in the model's dtype: bf16
-    macros = build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=max_tokens,
-                          cluster=True, pes_shared=True, pes_dtype=torch.bfloat16)  # fmt: skip
+@pytest.mark.parametrize(
+    ("build", "max_tokens"), [("8x8cp", 16), ("8x8cp", 32), ("8x1p", 4), ("8x1p", 16)]
+)
+def test_the_p_builds_read_bf16_expert_scales_through_shared_memory(build, max_tokens, tmp_path):
+    # vLLM loads per_expert_scale in the model's dtype: bf16; both packaged builds
+    warps, per_block, flags = parse_build(build)
+    macros = build_macros(warps, 2816, 128, 8, torch.bfloat16, per_block, max_tokens=max_tokens,
+                          pes_dtype=torch.bfloat16, **flags)  # fmt: skip
     assert macros["PES_BF16"] == 1 and macros["PES_SMEM"] == 1
     log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
     assert "0 bytes spill stores, 0 bytes spill loads" in log, log

@@ -122,17 +122,31 @@ BROKEN = {
     "no pdl record": _broken(lambda d: d.pop("pdl")),
     "no cuda_decode record": _broken(lambda d: d.pop("cuda_decode")),
     "a cuda_decode build not named as builds are": _broken(
-        lambda d: d["cuda_decode"].update(build="8x8q")
+        lambda d: d["cuda_decode"]["builds"][0].update(build="8x8q")
     ),
-    "cuda_decode tokens past 64": _broken(
-        lambda d: d["cuda_decode"].update(tokens={"first": 17, "last": 65})
+    "a cuda_decode build's tokens past 64": _broken(
+        lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 5, "last": 65})
+    ),
+    "a cuda_decode CUDA-core build past its 16 tokens": _broken(
+        lambda d: d["cuda_decode"].update(
+            builds=[{"tokens": {"first": 1, "last": 17}, "build": "8x1p"}]
+        )
     ),
     "cuda_decode tokens backwards": _broken(
-        lambda d: d["cuda_decode"].update(tokens={"first": 9, "last": 4})
+        lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 9, "last": 4})
+    ),
+    "cuda_decode ranges with a gap": _broken(
+        lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 6, "last": 32})
+    ),
+    "cuda_decode ranges overlapping": _broken(
+        lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 4, "last": 32})
+    ),
+    "a cuda_decode build without tokens": _broken(
+        lambda d: d["cuda_decode"]["builds"][0].pop("tokens")
     ),
     "cuda_decode tokens inside the gemm path's": _broken(
         lambda d: (
-            d["cuda_decode"].update(tokens={"first": 1, "last": 64}),
+            d["cuda_decode"]["builds"][-1].update(tokens={"first": 5, "last": 64}),
             d["gemm_path"].update(tokens={"first": 64, "last": 8192}),
         )  # fmt: skip
     ),
@@ -158,13 +172,24 @@ def test_an_unchanged_copy_loads_the_same_table(tmp_path):
     assert load_fused_table(_write(tmp_path, _raw())) == load_fused_table(fused_table_file())
 
 
-def test_the_cuda_decode_record_loads_as_a_token_range_and_a_build(tmp_path):
+def test_the_cuda_decode_record_loads_as_token_ranges_and_their_builds(tmp_path):
     packaged = load_fused_table(fused_table_file()).decode_path
     assert packaged == fused_table.DECODE_PATH
-    assert parse_build(packaged.build)[1] in TENSOR_CORE_EXPERTS
+    # the packaged table: the CUDA-core build at the smallest T, a tensor-core one above
+    assert [parse_build(build)[1] in TENSOR_CORE_EXPERTS for _, build in packaged.builds] == [
+        False,
+        True,
+    ]
     data = _raw()
-    data["cuda_decode"].update(tokens={"first": 17, "last": 64}, build="8x16c")
+    data["cuda_decode"]["builds"] = [
+        {"tokens": {"first": 2, "last": 3}, "build": "8x1"},
+        {"tokens": {"first": 4, "last": 64}, "build": "8x16c"},
+    ]
     decode = load_fused_table(_write(tmp_path, data)).decode_path
-    assert decode.tokens == range(17, 65) and decode.build == "8x16c"
-    data["cuda_decode"].update(tokens={"first": 5, "last": 4})
-    assert not load_fused_table(_write(tmp_path, data)).decode_path.tokens
+    assert decode.tokens == range(2, 65)
+    assert [decode.build_for(t) for t in (1, 2, 3, 4, 64, 65)] == [
+        None, "8x1", "8x1", "8x16c", "8x16c", None,
+    ]  # fmt: skip
+    data["cuda_decode"]["builds"] = []
+    off = load_fused_table(_write(tmp_path, data)).decode_path
+    assert not off.tokens and off.build_for(1) is None

@@ -1,5 +1,6 @@
 """GPU: the fused router op through its CUDA C++ decode path (``launch_table.DECODE_PATH``
-set to T = 1-64 here, whatever the packaged table says): the contract against the fp64
+set here, for each build the packaged table names, to every T that build holds): the
+contract against the fp64
 chain, the path really taken, the fallback to the Triton kernel where the build cannot
 read the inputs, the warm-up compiling every token build before a capture, and CUDA-graph
 replays of a rewritten padding mask."""
@@ -14,7 +15,13 @@ from vllm_gemma4_router.fused_router import (
     torch_library,  # noqa: F401 (registers the op)
 )
 from vllm_gemma4_router.fused_router.cuda_decode import launcher
-from vllm_gemma4_router.fused_router.cuda_decode.builds import TOKEN_BUILDS
+from vllm_gemma4_router.fused_router.cuda_decode.builds import (
+    MAX_TOKENS,
+    MAX_TOKENS_MMA,
+    TENSOR_CORE_EXPERTS,
+    TOKEN_BUILDS,
+    parse_build,
+)
 from vllm_gemma4_router.fused_router.warmup import warm_fused_router
 from vllm_gemma4_router.routing.padding import set_padding_source
 
@@ -26,16 +33,25 @@ pytestmark = [
     ),
 ]
 EPS = 1e-6
-PACKAGED = launch_table.DECODE_PATH
 HIDDEN, EXPERTS, TOPK = 2816, 128, 8
+PACKAGED_BUILDS = sorted({build for _, build in launch_table.DECODE_PATH.builds})
 
 
-@pytest.fixture(autouse=True)
-def _decode_path_everywhere(monkeypatch, fresh_padding_state):
+def _most_tokens(build: str) -> int:
+    return MAX_TOKENS_MMA if parse_build(build)[1] in TENSOR_CORE_EXPERTS else MAX_TOKENS
+
+
+def _path(build: str) -> launch_table.DecodePath:
+    return launch_table.DecodePath(((range(1, _most_tokens(build) + 1), build),))
+
+
+@pytest.fixture(autouse=True, params=PACKAGED_BUILDS)
+def build(request, monkeypatch, fresh_padding_state):
+    """Each packaged build, routing every T it holds."""
     if not launcher.device_runs_decode_path(torch.device("cuda")):
         pytest.skip("the decode path needs sm_90+")
-    build = PACKAGED.build
-    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), build))
+    monkeypatch.setattr(launch_table, "DECODE_PATH", _path(request.param))
+    return request.param
 
 
 @pytest.fixture
@@ -64,8 +80,9 @@ def _op(h, s, w, pes):
     ids=["bf16_scales", "fp32_scales", "no_expert_scale"],
 )
 def test_gpu_op_on_the_decode_path_meets_the_contract(
-    num_tokens, scale_dtype, pes_dtype, taken, gen
+    num_tokens, scale_dtype, pes_dtype, build, taken, gen
 ):
+    num_tokens = min(num_tokens, _most_tokens(build))  # a CUDA-core build holds 16
     # bf16 scales: as vLLM loads them; fp32: as the warm-up's defaults
     h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
     s = s.to(scale_dtype)
@@ -79,7 +96,7 @@ def test_gpu_op_on_the_decode_path_meets_the_contract(
 
 
 def test_gpu_op_falls_back_where_the_build_cannot_read_the_inputs(monkeypatch, taken, gen):
-    monkeypatch.setattr(launch_table, "DECODE_PATH", launch_table.DecodePath(range(1, 65), "8x8c"))
+    monkeypatch.setattr(launch_table, "DECODE_PATH", _path("8x8c"))
     h, s, w, pes = router_inputs(24, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
     out = _op(h, s, w, pes.bfloat16())  # 8x8c reads fp32 expert scales only
     torch.cuda.synchronize()
@@ -87,22 +104,23 @@ def test_gpu_op_falls_back_where_the_build_cannot_read_the_inputs(monkeypatch, t
     assert_fused_contract(*out, h, s, w, pes.bfloat16(), EPS, TOPK)
 
 
-def test_gpu_warmup_builds_every_token_build_before_a_capture(gen):
+def test_gpu_warmup_builds_every_token_build_before_a_capture(build, gen):
     launcher.decode_kernel.cache_clear()
     calls = warm_fused_router(HIDDEN, EXPERTS, TOPK, max_tokens=64, device=torch.device("cuda"),
                               paddings=(False, True))  # fmt: skip
     assert calls > 0
-    built = {dict(macros)["TMAX"] for macros in _cached_builds()}
-    assert built >= set(TOKEN_BUILDS)
+    held = {t for t in TOKEN_BUILDS if t <= _most_tokens(build)}
+    built = {dict(macros)["TMAX"] for macros in _cached_builds(build, held)}
+    assert built == held
 
 
-def _cached_builds():
+def _cached_builds(build, token_builds):
     # functools.cache keeps no key list: ask for each token build's macros again and
     # see that nothing compiles (cache hits only).
     before = launcher.decode_kernel.cache_info()
     found = []
-    for t in TOKEN_BUILDS:
-        macros = launcher._macros(PACKAGED.build, t, HIDDEN, EXPERTS, TOPK, torch.float32)
+    for t in sorted(token_builds):
+        macros = launcher._macros(build, t, HIDDEN, EXPERTS, TOPK, torch.float32)
         assert launcher.decode_kernel(macros, torch.cuda.current_device()) is not None
         found.append(macros)
     assert launcher.decode_kernel.cache_info().misses == before.misses
@@ -110,7 +128,8 @@ def _cached_builds():
 
 
 @pytest.mark.parametrize("num_tokens", [3, 40])
-def test_gpu_op_graph_on_the_decode_path_replays_a_rewritten_mask(num_tokens, taken, gen):
+def test_gpu_op_graph_on_the_decode_path_replays_a_rewritten_mask(num_tokens, build, taken, gen):
+    num_tokens = min(num_tokens, _most_tokens(build) - 1)
     h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
     plain = tuple(t.clone() for t in _op(h, s, w, pes))
     buffer = torch.ones(64, dtype=torch.bool, device="cuda")

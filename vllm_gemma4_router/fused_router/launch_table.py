@@ -23,7 +23,12 @@ from typing import NamedTuple
 import torch
 import triton
 
-from vllm_gemma4_router.fused_router.cuda_decode.builds import MAX_TOKENS_MMA, parse_build
+from vllm_gemma4_router.fused_router.cuda_decode.builds import (
+    MAX_TOKENS,
+    MAX_TOKENS_MMA,
+    TENSOR_CORE_EXPERTS,
+    parse_build,
+)
 from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
 from vllm_gemma4_router.routing.table_files import (
     Source,
@@ -166,12 +171,26 @@ def _check_gemm_path_config(config: GemmPathConfig) -> None:
 
 
 class DecodePath(NamedTuple):
-    """The CUDA C++ decode path's share of the table: the token counts it routes on
-    sm_90+ NVIDIA GPUs (empty: none) and the build that routes them (a
-    ``cuda_decode.builds.parse_build`` name)."""
+    """The CUDA C++ decode path's share of the table: which build (a
+    ``cuda_decode.builds.parse_build`` name) routes which token counts on sm_90+ NVIDIA
+    GPUs, as ``(tokens, build)`` pairs in ascending, disjoint token ranges (none: the
+    path is off)."""
 
-    tokens: range
-    build: str
+    builds: tuple[tuple[range, str], ...]
+
+    @property
+    def tokens(self) -> range:
+        """Every token count some build routes (the ranges join without gaps)."""
+        if not self.builds:
+            return range(0)
+        return range(self.builds[0][0].start, self.builds[-1][0].stop)
+
+    def build_for(self, num_tokens: int) -> str | None:
+        """The build that routes ``num_tokens`` rows, or ``None``."""
+        for tokens, build in self.builds:
+            if num_tokens in tokens:
+                return build
+        return None
 
 
 class FusedTable(NamedTuple):
@@ -186,35 +205,48 @@ class FusedTable(NamedTuple):
 
 
 _GEMM_PATH_FIELDS = {"tokens": dict, "tokens_provenance": str, "config": dict, "provenance": str}
-_DECODE_PATH_FIELDS = {"tokens": dict, "build": str, "provenance": str}
+_DECODE_PATH_FIELDS = {"builds": list, "provenance": str}
+_DECODE_BUILD_FIELDS = {"tokens": dict, "build": str}
 
 
 def _decode_path(name: str, data: dict, ids: set[str], gemm_tokens: range) -> DecodePath:
     decode = check_fields(name, "cuda_decode", data["cuda_decode"], _DECODE_PATH_FIELDS,
                           {"notes": str})  # fmt: skip
     check_provenance(name, "cuda_decode", decode["provenance"], ids)
-    try:
-        parse_build(decode["build"])
-    except ValueError as exc:
-        fail(name, "cuda_decode.build", str(exc))
-    tokens = check_fields(name, "cuda_decode.tokens", decode["tokens"], {"first": int, "last": int})
-    first, last = tokens["first"], tokens["last"]
-    # first = last + 1: an empty range, the path off
-    if not (1 <= first <= last + 1 and last <= MAX_TOKENS_MMA):
-        expected = f"1 <= first <= last + 1 and last <= {MAX_TOKENS_MMA}"
-        fail(name, "cuda_decode.tokens", f"expected {expected}, got {tokens}")
-    routed = range(first, last + 1)
-    if routed and gemm_tokens and routed.stop > gemm_tokens.start:
-        fail(name, "cuda_decode.tokens", "must lie below gemm_path.tokens")
-    return DecodePath(routed, decode["build"])
+    builds = []
+    for index, entry in enumerate(decode["builds"]):
+        where = f"cuda_decode.builds[{index}]"
+        entry = check_fields(name, where, entry, _DECODE_BUILD_FIELDS)
+        try:
+            per_block = parse_build(entry["build"])[1]
+        except ValueError as exc:
+            fail(name, f"{where}.build", str(exc))
+        tokens = check_fields(name, f"{where}.tokens", entry["tokens"], {"first": int, "last": int})
+        first, last = tokens["first"], tokens["last"]
+        start = builds[-1][0].stop if builds else 1
+        if not (start <= first <= last <= MAX_TOKENS_MMA) or (builds and first != start):
+            expected = (f"first = {start} (where the last range stopped)" if builds
+                        else "1 <= first") + f" <= last <= {MAX_TOKENS_MMA}"  # fmt: skip
+            fail(name, f"{where}.tokens", f"expected {expected}, got {tokens}")
+        # a build holds the most tokens of its kind: CUDA-core builds 16, tensor-core 64
+        most = MAX_TOKENS_MMA if per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
+        if last > most:
+            fail(name, f"{where}.tokens", f"build {entry['build']} takes at most {most} tokens")
+        builds.append((range(first, last + 1), entry["build"]))
+    path = DecodePath(tuple(builds))
+    if path.tokens and gemm_tokens and path.tokens.stop > gemm_tokens.start:
+        fail(name, "cuda_decode.builds", "must lie below gemm_path.tokens")
+    return path
 
 
 def load_fused_table(source: Source) -> FusedTable:
     """The fused table in the file ``source``; raises ``LaunchTableError`` (a ``ValueError``)
     naming the file if it is missing or breaks its schema: one complete, valid row per
     bucket in order, ``gemm_path`` with ``tokens`` ``{"first", "last"}`` (inclusive)
-    and a valid config, ``cuda_decode`` with ``tokens`` (inclusive; first = last + 1 for
-    none; at most 64 and below the GEMM path's) and a build name, ``pdl`` (why no row
+    and a valid config, ``cuda_decode`` with ``builds``, a list (empty: the path off) of
+    token ranges (``{"first", "last"}``, inclusive, the first from 1, each starting where
+    the one before stopped, within what the build holds and below the GEMM path's) and
+    the build that routes each, ``pdl`` (why no row
     sets it), every ``provenance`` naming one of the file's sweeps."""
     name = str(source)
     more = {"gemm_path": dict, "pdl": dict, "cuda_decode": dict}
@@ -266,8 +298,8 @@ _FUSED_BUCKET_BOUNDS, _FUSED_TABLE, GEMM_PATH_TOKENS, GEMM_PATH_CONFIG, DECODE_P
 )
 #: ``GEMM_PATH_TOKENS``: token counts where the fused op computes its contract with
 #: cuBLAS plus the routing kernel instead of this kernel; ``GEMM_PATH_CONFIG``: what
-#: that path launches. ``DECODE_PATH``: the token counts the CUDA C++ decode build
-#: routes on sm_90+ (the Triton kernel where it cannot), and that build.
+#: that path launches. ``DECODE_PATH``: the token counts the CUDA C++ decode builds
+#: route on sm_90+ (the Triton kernel where they cannot), and which build takes which.
 
 
 def fused_bucket(num_tokens: int, bounds: Sequence[int] | None = None) -> int:

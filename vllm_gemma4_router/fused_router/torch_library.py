@@ -6,8 +6,8 @@ torch chain (:func:`gemma4_fused_router_reference`); on GPUs the Triton kernel
 of ``fused_router.launcher``, or, for the token counts where that kernel is slower
 (``GEMM_PATH_TOKENS``), the same contract through a Triton prologue, cuBLAS and
 the kernel's epilogue, or, for the decode token counts ``DECODE_PATH`` names, on sm_90+
-NVIDIA GPUs, the CUDA C++ build of ``fused_router.cuda_decode`` (the Triton kernel
-wherever that build cannot run). Either way it returns the packed buffer of
+NVIDIA GPUs, the CUDA C++ build of ``fused_router.cuda_decode`` it names for that count
+(the Triton kernel wherever that build cannot run). Either way it returns the packed buffer of
 ``handover`` and records it for one claim.
 
 The op takes no padding mask (a traced argument would be frozen into the
@@ -67,10 +67,11 @@ def fused_router_into(
 
     num_tokens, hidden = hidden_states.shape
     args = (hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out)
-    if num_tokens in DECODE_PATH.tokens:
+    decode_build = DECODE_PATH.build_for(num_tokens)
+    if decode_build is not None:
         from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
 
-        if launch_decode(DECODE_PATH.build, *args, is_padding=is_padding):
+        if launch_decode(decode_build, *args, is_padding=is_padding):
             return
     if num_tokens in GEMM_PATH_TOKENS:
         from vllm_gemma4_router.fused_router.gemm_path import route_by_gemm

@@ -58,8 +58,8 @@ def warm_fused_router(
     if per_expert_scale_dtype is not None:
         pes = (random(num_experts).abs() + 0.5).to(per_expert_scale_dtype)
     bounds = (*fused_bucket_bounds(), GEMM_PATH_TOKENS.start - 1, GEMM_PATH_TOKENS.stop - 1)
-    if DECODE_PATH.tokens:  # the CUDA decode path compiles one kernel per token build
-        decode = DECODE_PATH.tokens
+    # the CUDA decode path compiles one kernel per build and token build
+    for decode, _ in DECODE_PATH.builds:
         bounds += (decode.start - 1, decode.stop - 1,
                    *(t for t in TOKEN_BUILDS if t in decode))  # fmt: skip
     calls = 0
