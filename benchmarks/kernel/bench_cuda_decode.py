@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--builds",
         default="4x1,8x1,4x2,8x2,8x4",
-        help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][p], comma-separated; "
+        help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][p][t], comma-separated; "
         "experts per block 8 or 16: tensor cores; c: the grid as one cluster, DSMEM "
         "hand-off; p: expert scales in shared memory",
     )
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
             named = [label for label, on in (("cluster", flags["cluster"]),
                      ("pes in smem", flags["pes_shared"]),
+                     ("token tiles", flags["token_tiles"]),
                      ("PDL", pdl)) if on]  # fmt: skip
             name = ", ".join([f"cuda, {warps} warps x {per_block} experts", *named])
             proto = arms[name] = build_arm(4)

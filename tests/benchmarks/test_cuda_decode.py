@@ -15,6 +15,7 @@ from benchmarks.kernel.cuda_decode import (
     SOURCE,
     TOKEN_BUILDS,
     build_macros,
+    launch_shape,
     parse_build,
     takes,
     token_build,
@@ -37,13 +38,15 @@ def _nvcc(macros: dict[str, int], out, *flags: str) -> str:
 
 
 # each build with each token build it takes: above MAX_TOKENS, tensor-core builds only;
-# above 32, those whose gate rows and scales leave room for the accumulators
+# above 32, those whose gate rows and scales leave room for the accumulators; a
+# token-tiled build only up to its tile
 BUILD_TOKENS = [
     (build, max_tokens, scale_dtype)
     for build in BUILDS
     for max_tokens in TOKEN_BUILDS
     for scale_dtype in (torch.bfloat16, torch.float32)
     if takes(build, max_tokens, scale_dtype)
+    and launch_shape(max_tokens, parse_build(build)[2]["token_tiles"])[0] == max_tokens
 ]
 
 
@@ -80,6 +83,8 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert ("ld.shared::cluster.f32" in ptx) == ("barrier.cluster.wait" in ptx) == cluster
     assert ("atom.global.add" in ptx) != cluster
     assert macros["PES_SMEM"] == flags["pes_shared"]
+    # a token-tiled build finds its tile by the cluster's y index; the others never read it
+    assert ("%ctaid.y" in ptx) == flags["token_tiles"] == bool(macros["TOKEN_TILES"])
 
 
 @pytest.mark.parametrize(
@@ -134,12 +139,25 @@ def test_a_launch_takes_the_smallest_token_build_that_fits():
     assert [token_build(t) for t in (1, 4, 5, 16, 17, 33, 64)] == [4, 4, 8, 16, 32, 64, 64]
     with pytest.raises(ValueError, match="at most 64"):
         token_build(65)
+    assert [launch_shape(t) for t in (5, 33)] == [(8, 1), (64, 1)]
+    # a token-tiled build: the tile's token build, one cluster per tile
+    tiled = [launch_shape(t, token_tiles=True) for t in (1, 17, 32, 33, 64)]
+    assert tiled == [(4, 1), (32, 1), (32, 1), (32, 2), (32, 2)]
+    with pytest.raises(ValueError, match="at most 64"):
+        launch_shape(65, token_tiles=True)
+    with pytest.raises(ValueError, match="token_tiles"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=64, cluster=True,
+                     token_tiles=True)  # fmt: skip
+    with pytest.raises(ValueError, match="token_tiles"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=32, token_tiles=True)
 
 
 def test_parse_build_names_each_flag_and_refuses_the_rest():
-    assert parse_build("8x1") == (8, 1, dict(cluster=False, pes_shared=False))
-    assert parse_build("4x16cp") == (4, 16, dict(cluster=True, pes_shared=True))
-    for bad in ("8x8q", "8x8pc", "8x8cr"):
+    off = dict(cluster=False, pes_shared=False, token_tiles=False)
+    assert parse_build("8x1") == (8, 1, off)
+    assert parse_build("4x16cp") == (4, 16, dict(off, cluster=True, pes_shared=True))
+    assert parse_build("8x8cpt") == (8, 8, dict(cluster=True, pes_shared=True, token_tiles=True))
+    for bad in ("8x8q", "8x8pc", "8x8cr", "8x8tc"):
         with pytest.raises(ValueError, match="WARPS"):
             parse_build(bad)
 

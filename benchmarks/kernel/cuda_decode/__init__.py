@@ -20,7 +20,9 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     SOURCE,
     TENSOR_CORE_EXPERTS,
     TOKEN_BUILDS,
+    TOKEN_TILE,
     build_macros,
+    launch_shape,
     parse_build,
     takes,
     token_build,
@@ -32,21 +34,22 @@ from vllm_gemma4_router.fused_router.cuda_decode.launcher import (
 
 __all__ = [
     "BUILDS", "MAX_TOKENS", "MAX_TOKENS_MMA", "MMA_HELD_REGISTERS_FOR_64", "SOURCE",
-    "TENSOR_CORE_EXPERTS", "TOKEN_BUILDS", "build_macros", "build_name", "parse_build",
-    "route_decode", "takes", "token_build",
+    "TENSOR_CORE_EXPERTS", "TOKEN_BUILDS", "TOKEN_TILE", "build_macros", "build_name",
+    "launch_shape", "parse_build", "route_decode", "takes", "token_build",
 ]  # fmt: skip
 
 #: Every build the prototype has, by :func:`parse_build` name: the CUDA-core builds
 #: (1-4 experts per block), the tensor-core ones (8 or 16), with the cluster hand-off
-#: (``c``) and the expert scales in shared memory (``p``). The tests compile and run each.
+#: (``c``), the expert scales in shared memory (``p``) and a cluster per token tile
+#: (``t``). The tests compile and run each.
 BUILDS = ("4x1", "8x1", "4x2", "8x2", "8x4", "8x1p", "4x8", "8x8", "8x16", "8x8c", "4x8c",
-          "8x16c", "8x8cp")  # fmt: skip
+          "8x16c", "8x8cp", "8x8cpt")  # fmt: skip
 
 
 def build_name(warps: int, experts_per_block: int, cluster: bool = False,
-               pes_shared: bool = False) -> str:  # fmt: skip
+               pes_shared: bool = False, token_tiles: bool = False) -> str:  # fmt: skip
     """The :func:`parse_build` name of a build given as its parts."""
-    return f"{warps}x{experts_per_block}{'c' * cluster}{'p' * pes_shared}"
+    return f"{warps}x{experts_per_block}{'c' * cluster}{'p' * pes_shared}{'t' * token_tiles}"
 
 
 def route_decode(
@@ -65,12 +68,14 @@ def route_decode(
     stage: int = 4,
     cluster: bool = False,
     pes_shared: bool = False,
+    token_tiles: bool = False,
 ) -> None:
     """One launch of a build into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids
     [T, K] int32)``, T <= ``MAX_TOKENS`` (``MAX_TOKENS_MMA`` for tensor-core builds);
     the inputs as ``launcher.decode_path_takes`` asks. ``pdl``: programmatic dependent
     launch; ``stage`` < 4 a stage-ablation build, ``cluster`` the DSMEM hand-off,
-    ``pes_shared`` the expert scales staged in shared memory (see :func:`build_macros`).
+    ``pes_shared`` the expert scales staged in shared memory, ``token_tiles`` a cluster
+    per token tile (see :func:`build_macros`).
     Raises ``ValueError`` where the package's launcher would not take the call (naming
     the argument it can name) and ``RuntimeError`` where the build is unavailable."""
     num_tokens, hidden = hidden_states.shape
@@ -81,9 +86,10 @@ def route_decode(
         )
     # build_macros' own refusals, with their messages
     build_macros(warps, hidden, gate_weight.shape[0], topk, scale.dtype, experts_per_block,
-                 stage, token_build(num_tokens), cluster, pes_shared,
-                 torch.float32 if per_expert_scale is None else per_expert_scale.dtype)  # fmt: skip
-    build = build_name(warps, experts_per_block, cluster, pes_shared)
+                 stage, launch_shape(num_tokens, token_tiles)[0], cluster, pes_shared,
+                 torch.float32 if per_expert_scale is None else per_expert_scale.dtype,
+                 token_tiles)  # fmt: skip
+    build = build_name(warps, experts_per_block, cluster, pes_shared, token_tiles)
     if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
         raise ValueError(
             "hidden_states, scale, gate_weight or per_expert_scale: not a layout or dtype "

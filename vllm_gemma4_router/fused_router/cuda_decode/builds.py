@@ -4,8 +4,9 @@
 A build is ``WARPSxEXPERTS_PER_BLOCK`` plus flags (:func:`parse_build`): blocks of
 ``WARPS`` warps own ``EXPERTS_PER_BLOCK`` experts each; 8 or 16 experts take the logits
 on tensor cores; ``c`` makes the grid one thread-block cluster that hands the logits
-over in distributed shared memory, ``p`` stages the expert scales in shared memory.
-A launch takes the smallest token build (``TOKEN_BUILDS``) that holds its rows.
+over in distributed shared memory, ``p`` stages the expert scales in shared memory,
+``t`` (with ``c``) gives every ``TOKEN_TILE`` tokens a cluster of their own. A launch
+takes the smallest token build (``TOKEN_BUILDS``) that holds its rows (:func:`launch_shape`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ TOKEN_GROUP = 4
 TENSOR_CORE_EXPERTS = (8, 16)
 #: The largest thread-block cluster sm_90 takes (above 8 it is "non-portable").
 MAX_CLUSTER = 16
+#: Tokens per cluster of a token-tiled build (``t``): the largest token build that
+#: takes its row tiles in one unrolled pass (two tiles at once).
+TOKEN_TILE = 32
 
 
 def build_macros(
@@ -51,13 +55,16 @@ def build_macros(
     cluster: bool = False,
     pes_shared: bool = False,
     pes_dtype: torch.dtype = torch.float32,
+    token_tiles: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
     (``TENSOR_CORE_EXPERTS``) on tensor cores (router_decode.cu's ``MMA``), which needs
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
-    over in DSMEM (``CLUSTER``). ``pes_shared``: the expert
+    over in DSMEM (``CLUSTER``); ``token_tiles`` (with ``cluster``): ``max_tokens`` <=
+    ``TOKEN_TILE`` is the tile, and a launch runs one cluster per tile of its tokens
+    (``TOKEN_TILES``; the gate rows are read once per cluster). ``pes_shared``: the expert
     scales are staged in shared memory with the gate rows (``PES_SMEM``); ``pes_dtype``
     the expert scales' dtype, fp32 or (with ``pes_shared``) bf16 (``PES_BF16``). ``stage`` < 4
     builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
@@ -75,6 +82,11 @@ def build_macros(
         raise ValueError(
             f"cluster needs the tensor-core build and at most {MAX_CLUSTER} blocks, got "
             f"experts_per_block {experts_per_block} ({blocks} blocks)"
+        )
+    if token_tiles and not (cluster and max_tokens <= TOKEN_TILE):
+        raise ValueError(
+            f"token_tiles needs the cluster build and max_tokens <= {TOKEN_TILE}, got "
+            f"cluster {cluster}, max_tokens {max_tokens}"
         )
     if max_tokens > MAX_TOKENS and not tensor_cores:
         raise ValueError(
@@ -121,17 +133,20 @@ def build_macros(
         CS=blocks if cluster else 1,
         PES_SMEM=int(pes_shared),
         PES_BF16=int(pes_dtype == torch.bfloat16),
+        TOKEN_TILES=int(token_tiles),
     )
 
 
 def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
     """A build as bench_cuda_decode's ``--builds`` name it: ``WARPSxEXPERTS_PER_BLOCK``
-    then flags, ``c`` cluster, ``p`` pes_shared (see :func:`build_macros`):
-    ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "pes_shared": True})``."""
-    match = re.fullmatch(r"(\d+)x(\d+)(c?)(p?)", text)
+    then flags, ``c`` cluster, ``p`` pes_shared, ``t`` token_tiles (see
+    :func:`build_macros`): ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "pes_shared": True,
+    "token_tiles": False})``."""
+    match = re.fullmatch(r"(\d+)x(\d+)(c?)(p?)(t?)", text)
     if match is None:
-        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][p], got {text!r}")
-    named = {"cluster": bool(match.group(3)), "pes_shared": bool(match.group(4))}
+        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][p][t], got {text!r}")
+    named = {"cluster": bool(match.group(3)), "pes_shared": bool(match.group(4)),
+             "token_tiles": bool(match.group(5))}  # fmt: skip
     return int(match.group(1)), int(match.group(2)), named
 
 
@@ -141,6 +156,18 @@ def token_build(num_tokens: int) -> int:
         if num_tokens <= max_tokens:
             return max_tokens
     raise ValueError(f"at most {TOKEN_BUILDS[-1]} tokens a launch, got {num_tokens}")
+
+
+def launch_shape(num_tokens: int, token_tiles: bool = False) -> tuple[int, int]:
+    """``(token build, clusters along the tokens)`` of a launch of ``num_tokens`` rows: the
+    smallest token build that holds them, one cluster; or, for a token-tiled build,
+    the smallest that holds ``min(num_tokens, TOKEN_TILE)`` and one cluster per tile
+    (ValueError above ``TOKEN_BUILDS[-1]`` rows either way)."""
+    max_tokens = token_build(num_tokens)
+    if not token_tiles:
+        return max_tokens, 1
+    tile = token_build(min(num_tokens, TOKEN_TILE))
+    return tile, math.ceil(num_tokens / tile)
 
 
 def takes(
@@ -157,8 +184,8 @@ def takes(
     warps, per_block, flags = parse_build(build)
     try:
         build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
-                     max_tokens=token_build(num_tokens), pes_dtype=pes_dtype,
-                     **flags)  # fmt: skip
+                     max_tokens=launch_shape(num_tokens, flags["token_tiles"])[0],
+                     pes_dtype=pes_dtype, **flags)  # fmt: skip
     except (ValueError, TypeError):
         return False
     return True

@@ -21,8 +21,8 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     MAX_CLUSTER,
     SOURCE,
     build_macros,
+    launch_shape,
     parse_build,
-    token_build,
 )
 from vllm_gemma4_router.fused_router.cuda_decode.driver import allow_large_clusters, launch
 from vllm_gemma4_router.fused_router.launch_table import pdl_supported
@@ -87,8 +87,8 @@ def _macros(
     warps, per_block, flags = parse_build(build)
     try:
         macros = build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
-                              max_tokens=token_build(num_tokens), pes_dtype=pes_dtype,
-                              **flags)  # fmt: skip
+                              max_tokens=launch_shape(num_tokens, flags["token_tiles"])[0],
+                              pes_dtype=pes_dtype, **flags)  # fmt: skip
     except (ValueError, TypeError):
         return None
     return tuple(macros.items())
@@ -158,9 +158,11 @@ def launch_decode(
     pes = weights if per_expert_scale is None else per_expert_scale
     # the cluster builds never touch the counter: no allocation on their path
     counter = ids if constants["CLUSTER"] else _counter(hidden_states.device)
+    # a token-tiled build: one cluster per TMAX rows, along y
+    tiles = math.ceil(num_tokens / constants["TMAX"]) if constants["TOKEN_TILES"] else 1
     launch(
         kernel,
-        (math.ceil(num_experts / constants["EPB"]), 1, 1),
+        (math.ceil(num_experts / constants["EPB"]), tiles, 1),
         (32 * constants["NW"], 1, 1),
         [
             hidden_states, hidden_states.stride(0), scale, gate_weight, gate_weight.stride(0),

@@ -104,6 +104,16 @@
 #ifndef PES_BF16
 #define PES_BF16 0
 #endif
+// TOKEN_TILES 1 (with CLUSTER): the grid has one cluster per TMAX tokens along y, each
+// routing its own tile as a one-cluster launch would: T = 33-64 then take the 32-token
+// code in one unrolled pass per cluster instead of the 64-token build's row tiles in
+// series, at the price of every cluster reading the gate rows.
+#ifndef TOKEN_TILES
+#define TOKEN_TILES 0
+#endif
+#if TOKEN_TILES && !CLUSTER
+#error "token tiles are clusters of their own (CLUSTER 1)"
+#endif
 #if PES_BF16 && !PES_SMEM
 #error "a bf16 per_expert_scale is read through shared memory (PES_SMEM 1)"
 #endif
@@ -388,6 +398,17 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int e0 = blockIdx.x * EPB;
+#if TOKEN_TILES
+  {
+    const int first = blockIdx.y * TMAX;  // this cluster's tokens: first .. first + T - 1
+    x += (long long)first * stride_xt;
+    logits += (long long)first * stride_lt;
+    weights += (long long)first * stride_wt;
+    ids += (long long)first * stride_it;
+    if (has_padding) padding += first;
+    T = min(T - first, TMAX);
+  }
+#endif
 #if PES_SMEM
   __shared__ float pes_shared[32 * E_PER_LANE];
   if (has_pes)
