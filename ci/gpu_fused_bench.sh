@@ -92,7 +92,7 @@ case $PART in
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
       -k "graph or falls_back or (contract and bf16_scales)" > "$LOGS/memcheck.log" 2>&1
     memcheck=$?
-    timeout 120 "$PYTHON" -m benchmarks.kernel.bench_cuda_decode --producer --pdl off \
+    timeout "${DECODE_TIMEOUT:-120}" "$PYTHON" -m benchmarks.kernel.bench_cuda_decode --producer --pdl off \
       --builds "${DECODE_BUILDS:-8x1p,8x8cp}" --tokens "${DECODE_TOKENS:-1,2,4,8,16,17,32,33}" \
       --tag decode --out "$LOGS" > "$LOGS/bench_cuda_decode.txt" 2>&1 || status=1
     echo "== decode GPU tests (exit $suite): $(tail -1 "$LOGS/decode_pytest.log")"
