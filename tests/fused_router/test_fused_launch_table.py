@@ -48,7 +48,7 @@ def test_the_packaged_table_loads_and_names_its_sweeps():
             assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
     named = [r["provenance"] for r in data["rows"]]
     named += [data["gemm_path"][k] for k in ("provenance", "tokens_provenance")]
-    named += [data["cuda_decode"]["provenance"]]
+    named += [b["provenance"] for b in data["cuda_decode"]["builds"]]
     assert set(named) | {data["pdl"]["provenance"]} == set(sweeps)
 
 
@@ -128,9 +128,7 @@ BROKEN = {
         lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 5, "last": 65})
     ),
     "a cuda_decode CUDA-core build past its 16 tokens": _broken(
-        lambda d: d["cuda_decode"].update(
-            builds=[{"tokens": {"first": 1, "last": 17}, "build": "8x1p"}]
-        )
+        lambda d: d["cuda_decode"]["builds"][0].update(tokens={"first": 1, "last": 17})
     ),
     "cuda_decode tokens backwards": _broken(
         lambda d: d["cuda_decode"]["builds"][-1].update(tokens={"first": 9, "last": 4})
@@ -143,6 +141,9 @@ BROKEN = {
     ),
     "a cuda_decode build without tokens": _broken(
         lambda d: d["cuda_decode"]["builds"][0].pop("tokens")
+    ),
+    "a cuda_decode build of an unknown sweep": _broken(
+        lambda d: d["cuda_decode"]["builds"][0].update(provenance="nowhere")
     ),
     "cuda_decode tokens inside the gemm path's": _broken(
         lambda d: (
@@ -179,11 +180,14 @@ def test_the_cuda_decode_record_loads_as_token_ranges_and_their_builds(tmp_path)
     assert [parse_build(build)[1] in TENSOR_CORE_EXPERTS for _, build in packaged.builds] == [
         False,
         True,
+        True,
     ]
+    # above 32 tokens only a token-tiled build: one cluster per 32
+    assert parse_build(packaged.build_for(64))[2]["token_tiles"]
     data = _raw()
     data["cuda_decode"]["builds"] = [
-        {"tokens": {"first": 2, "last": 3}, "build": "8x1"},
-        {"tokens": {"first": 4, "last": 64}, "build": "8x16c"},
+        {"tokens": {"first": 2, "last": 3}, "build": "8x1", "provenance": "h200_decode"},
+        {"tokens": {"first": 4, "last": 64}, "build": "8x16c", "provenance": "h200_decode"},
     ]
     decode = load_fused_table(_write(tmp_path, data)).decode_path
     assert decode.tokens == range(2, 65)

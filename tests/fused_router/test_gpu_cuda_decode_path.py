@@ -20,6 +20,7 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     MAX_TOKENS_MMA,
     TENSOR_CORE_EXPERTS,
     TOKEN_BUILDS,
+    launch_shape,
     parse_build,
 )
 from vllm_gemma4_router.fused_router.warmup import warm_fused_router
@@ -109,7 +110,9 @@ def test_gpu_warmup_builds_every_token_build_before_a_capture(build, gen):
     calls = warm_fused_router(HIDDEN, EXPERTS, TOPK, max_tokens=64, device=torch.device("cuda"),
                               paddings=(False, True))  # fmt: skip
     assert calls > 0
-    held = {t for t in TOKEN_BUILDS if t <= _most_tokens(build)}
+    # the token builds a launch of this build uses (a token-tiled one: up to its tile)
+    tiles = parse_build(build)[2]["token_tiles"]
+    held = {launch_shape(t, tiles)[0] for t in TOKEN_BUILDS if t <= _most_tokens(build)}
     built = {dict(macros)["TMAX"] for macros in _cached_builds(build, held)}
     assert built == held
 

@@ -205,18 +205,17 @@ class FusedTable(NamedTuple):
 
 
 _GEMM_PATH_FIELDS = {"tokens": dict, "tokens_provenance": str, "config": dict, "provenance": str}
-_DECODE_PATH_FIELDS = {"builds": list, "provenance": str}
-_DECODE_BUILD_FIELDS = {"tokens": dict, "build": str}
+_DECODE_BUILD_FIELDS = {"tokens": dict, "build": str, "provenance": str}
 
 
 def _decode_path(name: str, data: dict, ids: set[str], gemm_tokens: range) -> DecodePath:
-    decode = check_fields(name, "cuda_decode", data["cuda_decode"], _DECODE_PATH_FIELDS,
+    decode = check_fields(name, "cuda_decode", data["cuda_decode"], {"builds": list},
                           {"notes": str})  # fmt: skip
-    check_provenance(name, "cuda_decode", decode["provenance"], ids)
     builds = []
     for index, entry in enumerate(decode["builds"]):
         where = f"cuda_decode.builds[{index}]"
         entry = check_fields(name, where, entry, _DECODE_BUILD_FIELDS)
+        check_provenance(name, f"{where}.provenance", entry["provenance"], ids)
         try:
             per_block = parse_build(entry["build"])[1]
         except ValueError as exc:
@@ -245,8 +244,8 @@ def load_fused_table(source: Source) -> FusedTable:
     bucket in order, ``gemm_path`` with ``tokens`` ``{"first", "last"}`` (inclusive)
     and a valid config, ``cuda_decode`` with ``builds``, a list (empty: the path off) of
     token ranges (``{"first", "last"}``, inclusive, the first from 1, each starting where
-    the one before stopped, within what the build holds and below the GEMM path's) and
-    the build that routes each, ``pdl`` (why no row
+    the one before stopped, within what the build holds and below the GEMM path's), the
+    build that routes each and the sweep that chose it, ``pdl`` (why no row
     sets it), every ``provenance`` naming one of the file's sweeps."""
     name = str(source)
     more = {"gemm_path": dict, "pdl": dict, "cuda_decode": dict}
