@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
             named = [label for label, on in (("cluster", flags["cluster"]),
                      ("pes in smem", flags["pes_shared"]),
-                     ("token tiles", flags["token_tiles"]),
+                     (f"tiles of {flags['token_tiles']} tokens", flags["token_tiles"]),
                      ("PDL", pdl)) if on]  # fmt: skip
             name = ", ".join([f"cuda, {warps} warps x {per_block} experts", *named])
             proto = arms[name] = build_arm(4)

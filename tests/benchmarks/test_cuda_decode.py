@@ -84,7 +84,7 @@ def test_each_build_compiles_for_sm90a_without_spills(build, max_tokens, scale_d
     assert ("atom.global.add" in ptx) != cluster
     assert macros["PES_SMEM"] == flags["pes_shared"]
     # a token-tiled build finds its tile by the cluster's y index; the others never read it
-    assert ("%ctaid.y" in ptx) == flags["token_tiles"] == bool(macros["TOKEN_TILES"])
+    assert ("%ctaid.y" in ptx) == bool(flags["token_tiles"]) == bool(macros["TOKEN_TILES"])
 
 
 @pytest.mark.parametrize(
@@ -141,22 +141,26 @@ def test_a_launch_takes_the_smallest_token_build_that_fits():
         token_build(65)
     assert [launch_shape(t) for t in (5, 33)] == [(8, 1), (64, 1)]
     # a token-tiled build: the tile's token build, one cluster per tile
-    tiled = [launch_shape(t, token_tiles=True) for t in (1, 17, 32, 33, 64)]
+    tiled = [launch_shape(t, token_tiles=32) for t in (1, 17, 32, 33, 64)]
     assert tiled == [(4, 1), (32, 1), (32, 1), (32, 2), (32, 2)]
+    tiled = [launch_shape(t, token_tiles=16) for t in (5, 16, 17, 33, 64)]
+    assert tiled == [(8, 1), (16, 1), (16, 2), (16, 3), (16, 4)]
     with pytest.raises(ValueError, match="at most 64"):
-        launch_shape(65, token_tiles=True)
-    with pytest.raises(ValueError, match="token_tiles"):
-        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=64, cluster=True,
-                     token_tiles=True)  # fmt: skip
-    with pytest.raises(ValueError, match="token_tiles"):
-        build_macros(8, 2816, 128, 8, torch.bfloat16, 8, max_tokens=32, token_tiles=True)
+        launch_shape(65, token_tiles=32)
+    for bad in (dict(max_tokens=64, cluster=True, token_tiles=32),  # past the tile
+                dict(max_tokens=32, token_tiles=32),  # no cluster
+                dict(max_tokens=16, cluster=True, token_tiles=12),  # not a token build
+                dict(max_tokens=32, cluster=True, token_tiles=16)):  # fmt: skip
+        with pytest.raises(ValueError, match="token_tiles"):
+            build_macros(8, 2816, 128, 8, torch.bfloat16, 8, **bad)
 
 
 def test_parse_build_names_each_flag_and_refuses_the_rest():
-    off = dict(cluster=False, pes_shared=False, token_tiles=False)
+    off = dict(cluster=False, pes_shared=False, token_tiles=0)
     assert parse_build("8x1") == (8, 1, off)
     assert parse_build("4x16cp") == (4, 16, dict(off, cluster=True, pes_shared=True))
-    assert parse_build("8x8cpt") == (8, 8, dict(cluster=True, pes_shared=True, token_tiles=True))
+    assert parse_build("8x8cpt") == (8, 8, dict(cluster=True, pes_shared=True, token_tiles=32))
+    assert parse_build("8x8ct16")[2] == dict(cluster=True, pes_shared=False, token_tiles=16)
     for bad in ("8x8q", "8x8pc", "8x8cr", "8x8tc"):
         with pytest.raises(ValueError, match="WARPS"):
             parse_build(bad)

@@ -43,13 +43,14 @@ __all__ = [
 #: (``c``), the expert scales in shared memory (``p``) and a cluster per token tile
 #: (``t``). The tests compile and run each.
 BUILDS = ("4x1", "8x1", "4x2", "8x2", "8x4", "8x1p", "4x8", "8x8", "8x16", "8x8c", "4x8c",
-          "8x16c", "8x8cp", "8x8cpt")  # fmt: skip
+          "8x16c", "8x8cp", "8x8cpt", "8x8cpt16")  # fmt: skip
 
 
 def build_name(warps: int, experts_per_block: int, cluster: bool = False,
-               pes_shared: bool = False, token_tiles: bool = False) -> str:  # fmt: skip
+               pes_shared: bool = False, token_tiles: int = 0) -> str:  # fmt: skip
     """The :func:`parse_build` name of a build given as its parts."""
-    return f"{warps}x{experts_per_block}{'c' * cluster}{'p' * pes_shared}{'t' * token_tiles}"
+    tiles = "" if not token_tiles else "t" if token_tiles == TOKEN_TILE else f"t{token_tiles}"
+    return f"{warps}x{experts_per_block}{'c' * cluster}{'p' * pes_shared}{tiles}"
 
 
 def route_decode(
@@ -68,14 +69,14 @@ def route_decode(
     stage: int = 4,
     cluster: bool = False,
     pes_shared: bool = False,
-    token_tiles: bool = False,
+    token_tiles: int = 0,
 ) -> None:
     """One launch of a build into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids
     [T, K] int32)``, T <= ``MAX_TOKENS`` (``MAX_TOKENS_MMA`` for tensor-core builds);
     the inputs as ``launcher.decode_path_takes`` asks. ``pdl``: programmatic dependent
     launch; ``stage`` < 4 a stage-ablation build, ``cluster`` the DSMEM hand-off,
     ``pes_shared`` the expert scales staged in shared memory, ``token_tiles`` a cluster
-    per token tile (see :func:`build_macros`).
+    per that many tokens (see :func:`build_macros`).
     Raises ``ValueError`` where the package's launcher would not take the call (naming
     the argument it can name) and ``RuntimeError`` where the build is unavailable."""
     num_tokens, hidden = hidden_states.shape

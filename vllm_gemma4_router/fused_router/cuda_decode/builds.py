@@ -5,7 +5,8 @@ A build is ``WARPSxEXPERTS_PER_BLOCK`` plus flags (:func:`parse_build`): blocks 
 ``WARPS`` warps own ``EXPERTS_PER_BLOCK`` experts each; 8 or 16 experts take the logits
 on tensor cores; ``c`` makes the grid one thread-block cluster that hands the logits
 over in distributed shared memory, ``p`` stages the expert scales in shared memory,
-``t`` (with ``c``) gives every ``TOKEN_TILE`` tokens a cluster of their own. A launch
+``t`` (with ``c``) gives every ``TOKEN_TILE`` tokens (``tN``: every N) a cluster of
+their own. A launch
 takes the smallest token build (``TOKEN_BUILDS``) that holds its rows (:func:`launch_shape`).
 """
 
@@ -38,8 +39,8 @@ TOKEN_GROUP = 4
 TENSOR_CORE_EXPERTS = (8, 16)
 #: The largest thread-block cluster sm_90 takes (above 8 it is "non-portable").
 MAX_CLUSTER = 16
-#: Tokens per cluster of a token-tiled build (``t``): the largest token build that
-#: takes its row tiles in one unrolled pass (two tiles at once).
+#: Tokens per cluster of a token-tiled build named ``t``: the largest token build that
+#: takes its row tiles in one unrolled pass (two tiles at once). ``tN`` names another.
 TOKEN_TILE = 32
 
 
@@ -55,16 +56,17 @@ def build_macros(
     cluster: bool = False,
     pes_shared: bool = False,
     pes_dtype: torch.dtype = torch.float32,
-    token_tiles: bool = False,
+    token_tiles: int = 0,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
     (``TENSOR_CORE_EXPERTS``) on tensor cores (router_decode.cu's ``MMA``), which needs
     ``hidden`` a multiple of 32 x ``warps``. ``cluster`` (tensor cores only): the grid of
     ``num_experts / experts_per_block`` <= 16 blocks is one cluster and hands the logits
-    over in DSMEM (``CLUSTER``); ``token_tiles`` (with ``cluster``): ``max_tokens`` <=
-    ``TOKEN_TILE`` is the tile, and a launch runs one cluster per tile of its tokens
-    (``TOKEN_TILES``; the gate rows are read once per cluster). ``pes_shared``: the expert
+    over in DSMEM (``CLUSTER``); ``token_tiles`` (with ``cluster``; 0: none): the most
+    tokens one cluster takes (a token build up to ``TOKEN_TILE``), ``max_tokens`` <= it
+    is the tile, and a launch runs one cluster per tile of its tokens (``TOKEN_TILES``;
+    the gate rows are read once per cluster). ``pes_shared``: the expert
     scales are staged in shared memory with the gate rows (``PES_SMEM``); ``pes_dtype``
     the expert scales' dtype, fp32 or (with ``pes_shared``) bf16 (``PES_BF16``). ``stage`` < 4
     builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
@@ -83,10 +85,11 @@ def build_macros(
             f"cluster needs the tensor-core build and at most {MAX_CLUSTER} blocks, got "
             f"experts_per_block {experts_per_block} ({blocks} blocks)"
         )
-    if token_tiles and not (cluster and max_tokens <= TOKEN_TILE):
+    tiles = tuple(t for t in TOKEN_BUILDS if t <= TOKEN_TILE)
+    if token_tiles and not (cluster and token_tiles in tiles and max_tokens <= token_tiles):
         raise ValueError(
-            f"token_tiles needs the cluster build and max_tokens <= {TOKEN_TILE}, got "
-            f"cluster {cluster}, max_tokens {max_tokens}"
+            f"token_tiles needs the cluster build, a tile in {tiles} and max_tokens <= "
+            f"the tile, got cluster {cluster}, tile {token_tiles}, max_tokens {max_tokens}"
         )
     if max_tokens > MAX_TOKENS and not tensor_cores:
         raise ValueError(
@@ -139,14 +142,15 @@ def build_macros(
 
 def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
     """A build as bench_cuda_decode's ``--builds`` name it: ``WARPSxEXPERTS_PER_BLOCK``
-    then flags, ``c`` cluster, ``p`` pes_shared, ``t`` token_tiles (see
-    :func:`build_macros`): ``"8x8cp"`` -> ``(8, 8, {"cluster": True, "pes_shared": True,
-    "token_tiles": False})``."""
-    match = re.fullmatch(r"(\d+)x(\d+)(c?)(p?)(t?)", text)
+    then flags, ``c`` cluster, ``p`` pes_shared, ``t[N]`` token_tiles (N tokens per
+    cluster, ``TOKEN_TILE`` without N; 0 without ``t``; see :func:`build_macros`):
+    ``"8x8cpt16"`` -> ``(8, 8, {"cluster": True, "pes_shared": True, "token_tiles": 16})``."""
+    match = re.fullmatch(r"(\d+)x(\d+)(c?)(p?)(t(\d*))?", text)
     if match is None:
-        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][p][t], got {text!r}")
+        raise ValueError(f"a build is WARPSxEXPERTS_PER_BLOCK[c][p][t[N]], got {text!r}")
+    tile = 0 if match.group(5) is None else int(match.group(6) or TOKEN_TILE)
     named = {"cluster": bool(match.group(3)), "pes_shared": bool(match.group(4)),
-             "token_tiles": bool(match.group(5))}  # fmt: skip
+             "token_tiles": tile}  # fmt: skip
     return int(match.group(1)), int(match.group(2)), named
 
 
@@ -158,15 +162,15 @@ def token_build(num_tokens: int) -> int:
     raise ValueError(f"at most {TOKEN_BUILDS[-1]} tokens a launch, got {num_tokens}")
 
 
-def launch_shape(num_tokens: int, token_tiles: bool = False) -> tuple[int, int]:
+def launch_shape(num_tokens: int, token_tiles: int = 0) -> tuple[int, int]:
     """``(token build, clusters along the tokens)`` of a launch of ``num_tokens`` rows: the
-    smallest token build that holds them, one cluster; or, for a token-tiled build,
-    the smallest that holds ``min(num_tokens, TOKEN_TILE)`` and one cluster per tile
-    (ValueError above ``TOKEN_BUILDS[-1]`` rows either way)."""
+    smallest token build that holds them, one cluster; or, for a build with tiles of
+    ``token_tiles`` tokens, the smallest that holds ``min(num_tokens, token_tiles)`` and
+    one cluster per tile (ValueError above ``TOKEN_BUILDS[-1]`` rows either way)."""
     max_tokens = token_build(num_tokens)
     if not token_tiles:
         return max_tokens, 1
-    tile = token_build(min(num_tokens, TOKEN_TILE))
+    tile = token_build(min(num_tokens, token_tiles))
     return tile, math.ceil(num_tokens / tile)
 
 
