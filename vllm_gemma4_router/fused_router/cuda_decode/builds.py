@@ -6,8 +6,8 @@ A build is ``WARPSxEXPERTS_PER_BLOCK`` plus flags (:func:`parse_build`): blocks 
 on tensor cores; ``c`` makes the grid one thread-block cluster that hands the logits
 over in distributed shared memory, ``p`` stages the expert scales in shared memory,
 ``t`` (with ``c``) gives every ``TOKEN_TILE`` tokens (``tN``: every N) a cluster of
-their own. A launch
-takes the smallest token build (``TOKEN_BUILDS``) that holds its rows (:func:`launch_shape`).
+their own. A launch takes the smallest token build (``TOKEN_BUILDS``) that holds its
+rows, or its tile's (:func:`launch_shape`).
 """
 
 from __future__ import annotations
@@ -136,11 +136,11 @@ def build_macros(
         CS=blocks if cluster else 1,
         PES_SMEM=int(pes_shared),
         PES_BF16=int(pes_dtype == torch.bfloat16),
-        TOKEN_TILES=int(token_tiles),
+        TOKEN_TILES=int(bool(token_tiles)),  # the tile is TMAX: one kernel per token build
     )
 
 
-def parse_build(text: str) -> tuple[int, int, dict[str, bool]]:
+def parse_build(text: str) -> tuple[int, int, dict[str, bool | int]]:
     """A build as bench_cuda_decode's ``--builds`` name it: ``WARPSxEXPERTS_PER_BLOCK``
     then flags, ``c`` cluster, ``p`` pes_shared, ``t[N]`` token_tiles (N tokens per
     cluster, ``TOKEN_TILE`` without N; 0 without ``t``; see :func:`build_macros`):
