@@ -86,3 +86,33 @@ def test_a_build_that_fails_to_compile_is_logged_once_and_falls_back(monkeypatch
 def test_the_driver_packs_tensors_ints_and_floats_only():
     with pytest.raises(TypeError, match="tensors, ints or floats, got str"):
         launch(None, (1, 1, 1), (32, 1, 1), [1, 2.5, "x"])
+
+
+@pytest.mark.parametrize(
+    ("build", "num_tokens", "tmax", "grid"),
+    [
+        ("8x8cp", 40, 64, (16, 1, 1)),  # one cluster, the 64-token build
+        ("8x8cpt", 17, 32, (16, 1, 1)),  # one tile
+        ("8x8cpt", 40, 32, (16, 2, 1)),  # a cluster per 32 tokens along y
+        ("8x8cpt16", 64, 16, (16, 4, 1)),
+        ("8x1p", 3, 4, (128, 1, 1)),
+    ],
+)
+def test_a_launch_takes_its_token_build_and_a_cluster_per_tile(
+    monkeypatch, build, num_tokens, tmax, grid, gen
+):
+    # As if on an sm_90 GPU; the NVRTC build and the driver stubbed, the launch recorded.
+    monkeypatch.setattr(launcher, "device_runs_decode_path", lambda device: True)
+    built, launched = [], []
+
+    def kernel(macros, device_index=None):
+        built.append(dict(macros))
+        return object()
+
+    monkeypatch.setattr(launcher, "decode_kernel", kernel)
+    monkeypatch.setattr(launcher, "launch", lambda k, g, b, args, pdl: launched.append(g))
+    h, s, w, pes = _inputs(num_tokens, gen)
+    out = unpack(new_packed(num_tokens, 128, 8, h.device), num_tokens, 128, 8)
+    assert launcher.launch_decode(build, h, s, w, pes.bfloat16(), EPS, 8, out)
+    assert [m["TMAX"] for m in built] == [tmax]
+    assert launched == [grid]
