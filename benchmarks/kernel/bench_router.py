@@ -31,7 +31,9 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   router's norm as one more consumer of the residual; their difference is what the
   router's norm adds in a compiled layer (Inductor fuses it with the rest), and
   ``serving_equiv = (tail_router - tail) + gate GEMM as GateLinear dispatches it
-  (gemm_ll at T <= 16 where eligible, else gemm) + routing vLLM``.
+  (gemm_ll at T <= 16 where eligible, else gemm) + routing vLLM``, and
+  ``plugin_equiv``, the same with our routing: the plugin's own chain (``gemma4_gate_tier``
+  + ``gemma4_routing``), the best chain the fused router must beat (issue #36).
 
 ``--cache both``: each T with the L2-resident rotation (``--hot-layers``, 30 sets)
 and the cold one (``auto``), the issue's T list by default. ``--anchors-only``:
@@ -135,7 +137,8 @@ HEADERS.update(
 LL_LOGIT_RTOL = 1e-3
 SERVING_FORMULA = (
     "serving-equivalent = (tail + router norm - tail) + gate GEMM (the tier GateLinear "
-    "dispatches: ll_bf16 where T <= 16 and it is eligible, else cuBLAS) + routing vLLM"
+    "dispatches: ll_bf16 where T <= 16 and it is eligible, else cuBLAS) + routing vLLM; "
+    "plugin-equivalent = the same with our routing (the plugin's own chain)"
 )
 FUSED_IMPL = "vllm_gemma4_router.fused_router.torch_library.fused_router_into (what the op runs)"
 
@@ -554,9 +557,12 @@ def measure_point(
             tier = us["gemm_ll"] if router.ll_eligible(num_tokens) else us["gemm"]
             marginal = us["tail_router"] - us["tail"]
             serving = marginal + tier + us["route_vllm"]
+            plugin = marginal + tier + us["route_ours"]
             row["norm_marginal_us"] = round(marginal, 3)
             row["serving_equiv_us"] = round(serving, 3)
             row["serving_over_fused"] = round(serving / us["fused"], 3)
+            row["plugin_equiv_us"] = round(plugin, 3)
+            row["plugin_over_fused"] = round(plugin / us["fused"], 3)
         rows.append({**row, **check})
     return rows
 
@@ -863,8 +869,11 @@ def serving_table_lines(rows: list[dict], layers: int) -> list[str]:
         "gate GEMM (tier)",
         "routing vLLM",
         "serving-equivalent",
+        "routing ours",
+        "plugin-equivalent",
         "fused",
         "serving-equiv / fused",
+        "plugin-equiv / fused",
     ]
     cells = []
     for r in mine:
@@ -880,11 +889,14 @@ def serving_table_lines(rows: list[dict], layers: int) -> list[str]:
                 _fmt(gemm),
                 _fmt(r["route_vllm_us"]),
                 _fmt(r["serving_equiv_us"]),
+                _fmt(r.get("route_ours_us", float("nan"))),
+                _fmt(r.get("plugin_equiv_us", float("nan"))),
                 _fmt(r["fused_us"]),
                 _ratio(r["serving_equiv_us"], r["fused_us"]),
+                _ratio(r.get("plugin_equiv_us", float("nan")), r["fused_us"]),
             ]
         )
-    align = ["right"] * 4 + ["left"] + ["right"] * 5
+    align = ["right"] * 4 + ["left"] + ["right"] * 8
     return [SERVING_FORMULA + ".", "", *markdown_table(head, cells, align).splitlines()]
 
 
@@ -931,6 +943,7 @@ SHORT_COLUMNS = (
     ("chain_vllm_us", "chain cuBLAS"),
     ("chain_ll_us", "chain ll"),
     ("serving_equiv_us", "serving-eq"),
+    ("plugin_equiv_us", "plugin-eq"),
     ("fused_us", "fused"),
 )
 

@@ -158,6 +158,10 @@ def test_serving_equivalent_is_marginal_norm_plus_dispatched_gemm_plus_routing(n
     assert row["serving_equiv_us"] == pytest.approx(marginal + gemm + row["route_vllm_us"])
     ratio = row["serving_equiv_us"] / row["fused_us"]
     assert row["serving_over_fused"] == pytest.approx(ratio, abs=1e-3)
+    # the plugin's own chain: the same tier, our routing
+    assert row["plugin_equiv_us"] == pytest.approx(marginal + gemm + row["route_ours_us"])
+    ratio = row["plugin_equiv_us"] / row["fused_us"]
+    assert row["plugin_over_fused"] == pytest.approx(ratio, abs=1e-3)
 
 
 def test_producer_is_not_ahead_of_the_tail_and_anchors_only_times_three_pieces():
@@ -236,6 +240,8 @@ def _rows_with_extras():
                     norm_marginal_us=0.25,
                     serving_equiv_us=0.25 + (1.0 if ll else 2.0) + 2.0,
                     serving_over_fused=(3.25 if ll else 4.25) / 2.0,
+                    plugin_equiv_us=0.25 + (1.0 if ll else 2.0) + 2.0,
+                    plugin_over_fused=(3.25 if ll else 4.25) / 2.0,
                     check="ok",
                     logit_err=0.001,
                     ids_vs_chain=1.0,
@@ -271,31 +277,14 @@ def test_report_has_ll_columns_the_serving_table_and_its_formula(tmp_path):
     # main table: the ll columns and chain ll / fused; T=64 has '-' there
     assert ["8", *["2.00"] * 10, "1.00", "4.00", "1.00x", "1.00x", "2.00x", "ok"] in cells
     assert ["64", *["2.00"] * 10, "-", "-", "1.00x", "1.00x", "-", "ok"] in cells
-    # serving table: tail, tail + norm, marginal, tier, its GEMM, routing, serving, fused
-    assert [
-        "8",
-        "3.00",
-        "3.25",
-        "0.25",
-        "ll_bf16",
-        "1.00",
-        "2.00",
-        "3.25",
-        "2.00",
-        "1.62x",
-    ] in cells
-    assert [
-        "64",
-        "3.00",
-        "3.25",
-        "0.25",
-        "cuBLAS",
-        "2.00",
-        "2.00",
-        "4.25",
-        "2.00",
-        "2.12x",
-    ] in cells
+    # serving table: tail, tail + norm, marginal, tier, its GEMM, routing vLLM, serving,
+    # routing ours, plugin, fused, the two ratios
+    assert ["8", "3.00", "3.25", "0.25", "ll_bf16", "1.00", "2.00", "3.25", "2.00", "3.25"] + [
+        "2.00", "1.62x", "1.62x",
+    ] in cells  # fmt: skip
+    assert ["64", "3.00", "3.25", "0.25", "cuBLAS", "2.00", "2.00", "4.25", "2.00", "4.25"] + [
+        "2.00", "2.12x", "2.12x",
+    ] in cells  # fmt: skip
     summary = "\n".join(bench_router.summary_lines(rows, None))
     assert bench_router.SERVING_FORMULA in summary
 
@@ -305,9 +294,10 @@ def test_report_has_ll_columns_the_serving_table_and_its_formula(tmp_path):
     short = bench_router.short_table_lines(back)
     assert row_cells(short[0]) == [
         "T", "L", "weights", "cuBLAS", "ll_bf16", "chain cuBLAS", "chain ll", "serving-eq",
-        "fused", "check",
+        "plugin-eq", "fused", "check",
     ]  # fmt: skip
     assert row_cells(short[2]) == ["8", "217", "HBM", "2.00", "1.00", "2.00", "4.00", "3.25"] + [
+        "3.25",
         "2.00",
         "ok",
     ]
