@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="4x1,8x1,4x2,8x2,8x4",
         help="prototype builds as WARPSxEXPERTS_PER_BLOCK[c][p][t], comma-separated; "
         "experts per block 8 or 16: tensor cores; c: the grid as one cluster, DSMEM "
-        "hand-off; p: expert scales in shared memory",
+        "hand-off; p: expert scales in shared memory; t[N]: with c, one cluster per N "
+        "tokens (t: 32)",
     )
     parser.add_argument(
         "--pdl",

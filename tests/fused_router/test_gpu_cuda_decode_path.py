@@ -16,11 +16,9 @@ from vllm_gemma4_router.fused_router import (
 )
 from vllm_gemma4_router.fused_router.cuda_decode import launcher
 from vllm_gemma4_router.fused_router.cuda_decode.builds import (
-    MAX_TOKENS,
-    MAX_TOKENS_MMA,
-    TENSOR_CORE_EXPERTS,
     TOKEN_BUILDS,
     launch_shape,
+    most_tokens,
     parse_build,
 )
 from vllm_gemma4_router.fused_router.warmup import warm_fused_router
@@ -39,7 +37,7 @@ PACKAGED_BUILDS = sorted({build for _, build in launch_table.DECODE_PATH.builds}
 
 
 def _most_tokens(build: str) -> int:
-    return MAX_TOKENS_MMA if parse_build(build)[1] in TENSOR_CORE_EXPERTS else MAX_TOKENS
+    return most_tokens(parse_build(build)[1])
 
 
 def _path(build: str) -> launch_table.DecodePath:

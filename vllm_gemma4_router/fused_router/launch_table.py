@@ -24,9 +24,8 @@ import torch
 import triton
 
 from vllm_gemma4_router.fused_router.cuda_decode.builds import (
-    MAX_TOKENS,
     MAX_TOKENS_MMA,
-    TENSOR_CORE_EXPERTS,
+    most_tokens,
     parse_build,
 )
 from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
@@ -227,8 +226,7 @@ def _decode_path(name: str, data: dict, ids: set[str], gemm_tokens: range) -> De
             expected = (f"first = {start} (where the last range stopped)" if builds
                         else "1 <= first") + f" <= last <= {MAX_TOKENS_MMA}"  # fmt: skip
             fail(name, f"{where}.tokens", f"expected {expected}, got {tokens}")
-        # a build holds the most tokens of its kind: CUDA-core builds 16, tensor-core 64
-        most = MAX_TOKENS_MMA if per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
+        most = most_tokens(per_block)
         if last > most:
             fail(name, f"{where}.tokens", f"build {entry['build']} takes at most {most} tokens")
         builds.append((range(first, last + 1), entry["build"]))

@@ -23,6 +23,7 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     TOKEN_TILE,
     build_macros,
     launch_shape,
+    most_tokens,
     parse_build,
     takes,
     token_build,
@@ -80,7 +81,7 @@ def route_decode(
     Raises ``ValueError`` where the package's launcher would not take the call (naming
     the argument it can name) and ``RuntimeError`` where the build is unavailable."""
     num_tokens, hidden = hidden_states.shape
-    most = MAX_TOKENS_MMA if experts_per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
+    most = most_tokens(experts_per_block)
     if not 1 <= num_tokens <= most:
         raise ValueError(
             f"hidden_states must have 1 to {most} rows for this build, got {num_tokens}"

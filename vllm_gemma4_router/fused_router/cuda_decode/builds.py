@@ -154,6 +154,12 @@ def parse_build(text: str) -> tuple[int, int, dict[str, bool | int]]:
     return int(match.group(1)), int(match.group(2)), named
 
 
+def most_tokens(experts_per_block: int) -> int:
+    """The most tokens one launch of a build with ``experts_per_block`` takes:
+    ``MAX_TOKENS_MMA`` for the tensor-core builds, ``MAX_TOKENS`` for the CUDA-core ones."""
+    return MAX_TOKENS_MMA if experts_per_block in TENSOR_CORE_EXPERTS else MAX_TOKENS
+
+
 def token_build(num_tokens: int) -> int:
     """The smallest of ``TOKEN_BUILDS`` that holds ``num_tokens`` (ValueError if none)."""
     for max_tokens in TOKEN_BUILDS:
