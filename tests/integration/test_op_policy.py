@@ -29,6 +29,7 @@ from vllm_gemma4_router.integration.op_policy import (
     OpPolicyError,
     PolicyRow,
     fused_router_on,
+    fused_router_own_tokens,
     load_policy,
     platform_family,
     policy_file,
@@ -65,7 +66,9 @@ def test_the_packaged_policy_loads_and_names_its_evidence():
         assert re.match(r"20\d\d-[01]\d-[0-3]\d", sweep["date"]) and sweep["versions"]["vllm"]
         for result in sweep["results"]:
             assert result.startswith("benchmarks/results/") and (REPO / result).is_file(), result
-    assert {r["provenance"] for r in data["rows"] if "provenance" in r} == set(sweeps)
+    named = {r[key] for r in data["rows"] for key in ("provenance", "own_kernel_tokens_provenance")
+             if key in r}  # fmt: skip
+    assert named == set(sweeps)
     assert {r.evidence for r in rows} == {None, EVIDENCE_0_26, SERVE_0_24}
 
 
@@ -171,6 +174,15 @@ def test_the_default_comes_from_the_table_and_an_explicit_choice_wins(monkeypatc
     assert fused_router_on(True, "cuda-sm90", "0.40.0") is True  # "+" wins
 
 
+def test_the_packaged_table_splits_only_where_measured():
+    # vLLM 0.26.0 on Hopper: the one-launch kernels where the micro-benchmark put them
+    # ahead of the plugin's chain (T = 17-64, T >= 16384); the gate's tier elsewhere.
+    assert fused_router_own_tokens("cuda-sm90", "0.26.0") == ((17, 64), (16384, None))
+    for platform, release in [("cuda-sm90", "0.24.0"), ("cpu", "0.32.0"), ("rocm", "0.26.0")]:
+        assert fused_router_own_tokens(platform, release) is None  # own kernels everywhere
+    assert fused_router_own_tokens("cuda-sm90", "0.99.0") is None  # no row
+
+
 # --- the file's schema -------------------------------------------------------------
 
 
@@ -206,6 +218,30 @@ BROKEN = {
     "a row twice": _broken(lambda d: d["rows"].append(d["rows"][0])),
     "a sweep without results": _broken(lambda d: d["provenance"]["sweeps"][0].update(results=[])),
     "a sweep without a date": _broken(lambda d: d["provenance"]["sweeps"][1].pop("date")),
+    "own-kernel tokens where not measured": _broken(
+        _row(0, own_kernel_tokens=[{"first": 1, "last": 4}])
+    ),
+    "own-kernel tokens from 0": _broken(_row(3, own_kernel_tokens=[{"first": 0, "last": 4}])),
+    "own-kernel tokens backwards": _broken(_row(3, own_kernel_tokens=[{"first": 8, "last": 4}])),
+    "own-kernel tokens overlapping": _broken(
+        _row(3, own_kernel_tokens=[{"first": 17, "last": 64}, {"first": 64, "last": 80}])
+    ),
+    "own-kernel tokens after an unbounded range": _broken(
+        _row(3, own_kernel_tokens=[{"first": 17, "last": None}, {"first": 100, "last": 200}])
+    ),
+    "own-kernel tokens with a string bound": _broken(
+        _row(3, own_kernel_tokens=[{"first": 1, "last": "4"}])
+    ),
+    "own-kernel tokens not a list": _broken(_row(3, own_kernel_tokens={"first": 1})),
+    "own-kernel tokens without their sweep": _broken(
+        lambda d: d["rows"][3].pop("own_kernel_tokens_provenance")
+    ),
+    "a sweep for own-kernel tokens not given": _broken(
+        _row(4, own_kernel_tokens_provenance="h200_serve_ab_vllm_0.24.0")
+    ),
+    "an unknown sweep for own-kernel tokens": _broken(
+        _row(3, own_kernel_tokens_provenance="nowhere")
+    ),
 }
 
 

@@ -36,6 +36,13 @@ or its sibling ``Gemma4MoE``) returns the logits view of the fused router op's
 packed buffer, and that owner's routing function claims the routing in it
 instead of routing again (``fused_router.handover``). Anything unsupported (a quantized or
 biased gate, other dtypes, non-2-D input, no owner) runs vLLM's own forward.
+
+Where the fused-router policy row of this platform and release names the token counts
+the one-launch kernels win (``own_kernel_tokens``), the router computes the gate's
+operand in traced code with vLLM's own lines (checked against the release's
+``Gemma4Router.forward`` before use, ``ROUTER_OPERAND_SOURCE``) and calls
+``fused_or_gate``'s op, which runs the fused router at those counts and vLLM's gate
+(its own tier) at the others, the routing following as usual.
 """
 
 from __future__ import annotations
@@ -435,6 +442,9 @@ class _FusedPlan:
     topk: int
     per_expert_scale: Callable[[], torch.Tensor] = field(repr=False)
     loaded_gate_weight: torch.Tensor = field(repr=False)
+    #: The gate's name in the static forward context where the router hands the GEMM
+    #: to it outside its own kernels' token counts (``fused_or_gate``); else ``None``.
+    gate_name: str | None = None
 
 
 def _unquantized_gate(proj) -> bool:
@@ -491,9 +501,86 @@ def _link_fused_router(layer, router, config) -> None:
         and _unquantized_gate(proj)
     ):
         return
-    plan = _FusedPlan(eps, topk, lambda: owner.per_expert_scale, proj.weight)
+    plan = _FusedPlan(
+        eps, topk, lambda: owner.per_expert_scale, proj.weight, _register_split_gate(router)
+    )
     router.__dict__[FUSED_PLAN_ATTRIBUTE] = plan
     owner.__dict__[FUSED_FEEDS_ATTRIBUTE] = True
+
+
+def _register_split_gate(router) -> str | None:
+    """Register ``router.proj`` for ``fused_or_gate`` where this platform and release's
+    policy splits the token counts, the release's router computes its operand as the
+    plugin knows (``ROUTER_OPERAND_SOURCE``) and the gate is vLLM's fp32-out gate;
+    its name, or ``None`` (the fused router's own kernels at every count)."""
+    import vllm
+    from vllm.config import get_current_vllm_config
+
+    from vllm_gemma4_router.integration.custom_ops import running_platform_family
+    from vllm_gemma4_router.integration.fused_or_gate import register_gate
+    from vllm_gemma4_router.integration.op_policy import fused_router_own_tokens
+
+    gate = router.proj
+    own_tokens = fused_router_own_tokens(running_platform_family(), vllm.__version__)
+    if (
+        own_tokens is None
+        or not getattr(type(router), OPERAND_KNOWN_ATTRIBUTE, False)
+        or getattr(gate, "out_dtype", None) != torch.float32
+        or not isinstance(getattr(gate, "prefix", None), str)
+    ):
+        return None
+    context = get_current_vllm_config().compilation_config.static_forward_context
+    name = register_gate(gate, context, own_tokens)
+    _warm_token_count_tiers(gate)
+    return name
+
+
+#: vLLM's ``Gemma4Router.forward`` (every release 0.19.0 - 0.34.0): the gate's operand
+#: is the three lines before ``self.proj``. The split router repeats them; a release
+#: whose forward differs keeps the fused router's own kernels at every count.
+ROUTER_OPERAND_SOURCE = """
+def forward(self, x):
+    x = self.norm(x)
+    x = x * self.root_size.to(x.dtype)
+    x = x * self.scale.to(x.dtype)
+    router_logits, _ = self.proj(x)
+    return router_logits
+"""
+# On Gemma4Router (the class): True when its forward is ROUTER_OPERAND_SOURCE.
+OPERAND_KNOWN_ATTRIBUTE = "_gemma4_operand_known"
+
+
+def _body_dump(function: ast.FunctionDef) -> list[str]:
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return [ast.dump(statement) for statement in body]
+
+
+def router_operand_known(forward: Callable) -> bool:
+    """Whether ``forward`` (a release's ``Gemma4Router.forward``) computes its gate's
+    operand and logits exactly as ``ROUTER_OPERAND_SOURCE`` (statement by statement)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    found = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    expected = ast.parse(ROUTER_OPERAND_SOURCE).body[0]
+    return len(found) == 1 and _body_dump(found[0]) == _body_dump(expected)
+
+
+def _split_logits(router, plan: _FusedPlan, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The logits of ``fused_or_gate``'s op: the operand computed as vLLM's forward does
+    (``ROUTER_OPERAND_SOURCE``), in traced code, so Inductor fuses it as in vLLM's graph."""
+    from vllm_gemma4_router.integration.fused_or_gate import fused_router_or_gate
+
+    x_gate = router.norm(x)
+    x_gate = x_gate * router.root_size.to(x_gate.dtype)
+    x_gate = x_gate * router.scale.to(x_gate.dtype)
+    return fused_router_or_gate(
+        x, x_gate, router.scale, weight, plan.per_expert_scale(), plan.eps, plan.topk,
+        plan.gate_name,
+    )  # fmt: skip
 
 
 def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | None:
@@ -512,6 +599,8 @@ def _fused_logits(router, plan: _FusedPlan, x: torch.Tensor) -> torch.Tensor | N
         or weight.shape[1] != x.shape[1]
     ):
         return None
+    if plan.gate_name is not None:
+        return _split_logits(router, plan, x, weight)
     packed = router.gemma4_fused_router(
         x, router.scale, weight, plan.per_expert_scale(), plan.eps, plan.topk
     )
@@ -539,6 +628,7 @@ def _install_fused_router(module: ModuleType) -> None:
         return original_forward(self, x)
 
     router_cls.forward = forward
+    setattr(router_cls, OPERAND_KNOWN_ATTRIBUTE, router_operand_known(original_forward))
     for cls in list(vars(module).values()):
         init = getattr(cls, "__init__", None) if isinstance(cls, type) else None
         code = getattr(inspect.unwrap(init), "__code__", None) if callable(init) else None

@@ -17,6 +17,12 @@ The decision (:func:`fused_router_on`, :func:`gate_tier_on`):
   (``log_contract.fused_router_loses_line``);
 * neither: the row's ``default_on``; a platform or release no row covers: off.
 
+Where the fused router is on, a fused-router row may also say at which token counts
+its own one-launch kernels run (``own_kernel_tokens``, :func:`fused_router_own_tokens`):
+at every other count the router hands the GEMM to vLLM's gate, whose own tier (a
+vendor kernel) was measured faster there, and the routing follows as in the
+plugin's default chain. A row without it keeps the one-launch kernels at every count.
+
 ``default_on`` is true only where the verdict is ``gains`` (the loader refuses
 anything else): an op stays off until a release is measured to gain.
 
@@ -67,6 +73,9 @@ class PolicyRow(NamedTuple):
     default_on: bool
     #: The provenance sweep's first result file (``None`` where not measured).
     evidence: str | None
+    #: Fused router only: the token counts its own kernels take, as inclusive
+    #: ``(first, last)`` ranges (``last`` ``None``: no bound); ``None``: every count.
+    own_kernel_tokens: tuple[tuple[int, int | None], ...] | None = None
 
 
 def release(version: str) -> Release | None:
@@ -85,9 +94,32 @@ def platform_family(platform: str, capability: tuple[int, int] | None = None) ->
     return "cuda-sm90" if hopper else "cuda-other"
 
 
-def _row(name: str, where: str, value: Any, ids: set[str]) -> PolicyRow:
+def _token_ranges(name: str, where: str, value: Any) -> tuple[tuple[int, int | None], ...]:
+    """``own_kernel_tokens``: inclusive ranges ``{"first": int, "last": int or null}``,
+    ascending, apart, from 1 up; only the last may be unbounded (``null``)."""
+    if not isinstance(value, list):
+        fail(name, where, f"expected a list of token ranges, got {value!r}")
+    ranges: list[tuple[int, int | None]] = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        span = check_fields(name, at, item, {"first": int}, {"last": object})
+        first, last = span["first"], span.get("last")
+        if last is not None and type(last) is not int:
+            fail(name, f"{at}.last", f"expected an int or null, got {last!r}")
+        if first < 1 or (last is not None and last < first):
+            fail(name, at, f"expected 1 <= first <= last, got {span}")
+        if ranges and (ranges[-1][1] is None or first <= ranges[-1][1]):
+            fail(name, at, f"ranges must ascend without overlapping, got {span} after {ranges[-1]}")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def _row(name: str, where: str, value: Any, ids: set[str], table: str) -> PolicyRow:
     required = {"platform": str, "vllm": dict, "verdict": str, "default_on": bool}
-    row = check_fields(name, where, value, required, {"provenance": str, "notes": str})
+    optional = {"provenance": str, "notes": str}
+    if table == FUSED_ROUTER_TABLE:
+        optional.update(own_kernel_tokens=list, own_kernel_tokens_provenance=str)
+    row = check_fields(name, where, value, required, optional)
     if row["platform"] not in PLATFORM_FAMILIES:
         fail(name, f"{where}.platform", f"expected one of {PLATFORM_FAMILIES}")
     if row["verdict"] not in VERDICTS:
@@ -105,7 +137,16 @@ def _row(name: str, where: str, value: Any, ids: set[str]) -> PolicyRow:
     first, last = release(span["first"]), release(span["last"])
     if first > last:
         fail(name, f"{where}.vllm", f"first must not come after last, got {span}")
-    return PolicyRow(row["platform"], first, last, row["verdict"], row["default_on"], None)
+    own = row.get("own_kernel_tokens")
+    if own is not None:
+        if not measured:
+            fail(name, f"{where}.own_kernel_tokens", "only a measured row splits the token counts")
+        own = _token_ranges(name, f"{where}.own_kernel_tokens", own)
+    if (own is None) == ("own_kernel_tokens_provenance" in row):
+        fail(name, where, "own_kernel_tokens name their sweep (own_kernel_tokens_provenance)")
+    if own is not None:
+        check_provenance(name, where, row["own_kernel_tokens_provenance"], ids)
+    return PolicyRow(row["platform"], first, last, row["verdict"], row["default_on"], None, own)
 
 
 def load_policy(source: Source, table: str = FUSED_ROUTER_TABLE) -> tuple[PolicyRow, ...]:
@@ -124,7 +165,7 @@ def load_policy(source: Source, table: str = FUSED_ROUTER_TABLE) -> tuple[Policy
         results = {s["id"]: s["results"][0] for s in data["provenance"]["sweeps"]}
         rows = []
         for index, value in enumerate(data["rows"]):
-            row = _row(name, f"rows[{index}]", value, ids)
+            row = _row(name, f"rows[{index}]", value, ids, table)
             rows.append(row._replace(evidence=results.get(value.get("provenance"))))
         for a in rows:
             for b in rows:
@@ -180,6 +221,17 @@ def fused_router_on(explicit: bool | None, platform: str, vllm_version: str) -> 
         _loses_warned = True
         logger.warning(fused_router_loses_line(platform, vllm_version, row.evidence or ""))
     return explicit
+
+
+def fused_router_own_tokens(
+    platform: str, vllm_version: str
+) -> tuple[tuple[int, int | None], ...] | None:
+    """The token counts at which the fused router runs its own one-launch kernels on
+    ``platform`` (a family) with ``vllm_version``, as inclusive ``(first, last)`` ranges
+    (``last`` ``None``: unbounded); at every other count it hands the GEMM to vLLM's gate.
+    ``None``: its own kernels at every count (no row, or a row that does not split)."""
+    row = policy_row(platform, vllm_version)
+    return None if row is None else row.own_kernel_tokens
 
 
 def gate_tier_on(explicit: bool | None, platform: str, vllm_version: str) -> bool:
