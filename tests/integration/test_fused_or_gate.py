@@ -134,9 +134,7 @@ def test_a_compiled_split_router_chooses_per_call(split_policy, real_router, gen
             logits = compiled(x)
             own = handover.claim_routing(logits, TOPK) is not None
             assert own is takes_own_kernel(num_tokens, OWN_TOKENS), num_tokens
-            torch.testing.assert_close(
-                logits, _vllms_forward(router, x), rtol=1e-5, atol=1e-5
-            )
+            torch.testing.assert_close(logits, _vllms_forward(router, x), rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_split_row_the_router_keeps_its_own_kernels_at_every_count(real_router):

@@ -178,8 +178,8 @@ def test_the_packaged_table_splits_only_where_measured():
     # vLLM 0.26.0 on Hopper: the one-launch kernels where the micro-benchmark put them
     # ahead of the plugin's chain (T = 17-64, T >= 16384); the gate's tier elsewhere.
     assert fused_router_own_tokens("cuda-sm90", "0.26.0") == ((17, 64), (16384, None))
-    for platform, release in [("cuda-sm90", "0.24.0"), ("cpu", "0.32.0"), ("rocm", "0.26.0")]:
-        assert fused_router_own_tokens(platform, release) is None  # own kernels everywhere
+    for platform, version in [("cuda-sm90", "0.24.0"), ("cpu", "0.32.0"), ("rocm", "0.26.0")]:
+        assert fused_router_own_tokens(platform, version) is None  # own kernels everywhere
     assert fused_router_own_tokens("cuda-sm90", "0.99.0") is None  # no row
 
 
