@@ -153,7 +153,7 @@ def test_real_decoder_layer_routes_through_the_fused_router(
 ):
     r, _ = _run(SCRIPT, _release_env(source))
     assert (r["vllm"], r["layout"], r["compiled_ops"]) == (release, layout, compiled_ops), family
-    assert r["plan"] == {"on": "_FusedPlan(eps=1e-06, topk=4)", "off": "None"}
+    assert r["plan"] == {"on": "_FusedPlan(eps=1e-06, topk=4, gate_name=None)", "off": "None"}
     assert r["feeds"] == [True, False]
     # Option on: the fused op, not vLLM's norm/GEMM chain; its logits pending.
     assert r["router_on_calls"] == _calls(fused=1) and r["pending_after_router"] == 1
