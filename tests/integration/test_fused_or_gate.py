@@ -52,6 +52,10 @@ def split_policy(monkeypatch):
 @pytest.fixture
 def real_router(gen, monkeypatch):
     """vLLM 0.32's Gemma4Router, fused (``+gemma4_fused_router``) and linked; its config."""
+    return _real_router(gen, monkeypatch, tier=True)
+
+
+def _real_router(gen, monkeypatch, *, tier: bool):
     import vllm.model_executor.layers.linear as linear
     import vllm.model_executor.parameter as parameter
 
@@ -78,6 +82,11 @@ def real_router(gen, monkeypatch):
         router.scale.copy_(torch.rand(router.scale.shape, generator=gen) + 0.5)
         router.per_expert_scale.copy_(torch.rand(EXPERTS, generator=gen) + 0.5)
     gate = router.proj.weight.detach().clone()  # vLLM's CPU post-load may empty proj.weight
+    # The split was measured with the gate's low-latency tier: a gate without one (as on
+    # the CPU) keeps the fused router's own kernels. Eligible here; the tier itself only
+    # takes bf16 input, so the CPU's fp32 calls still run vLLM's linear method.
+    router.proj.allow_ll_bf16_gemm = tier
+    monkeypatch.setattr(gemma4_layouts, "_warm_token_count_tiers", lambda gate: None)
     with set_current_vllm_config(vllm_config):
         gemma4_layouts._link_fused_router(router, router, config)
         router.proj.quant_method.process_weights_after_loading(router.proj)
@@ -141,6 +150,13 @@ def test_without_a_split_row_the_router_keeps_its_own_kernels_at_every_count(rea
     router, _, vllm_config = real_router
     plan = getattr(router, gemma4_layouts.FUSED_PLAN_ATTRIBUTE)
     assert plan.gate_name is None  # the packaged CPU row does not split
+    registered = vllm_config.compilation_config.static_forward_context
+    assert not any(name.endswith(REGISTERED_NAME_SUFFIX) for name in registered)
+
+
+def test_a_gate_without_its_low_latency_tier_keeps_the_own_kernels(split_policy, gen, monkeypatch):
+    router, _, vllm_config = _real_router(gen, monkeypatch, tier=False)
+    assert getattr(router, gemma4_layouts.FUSED_PLAN_ATTRIBUTE).gate_name is None
     registered = vllm_config.compilation_config.static_forward_context
     assert not any(name.endswith(REGISTERED_NAME_SUFFIX) for name in registered)
 

@@ -511,8 +511,10 @@ def _link_fused_router(layer, router, config) -> None:
 def _register_split_gate(router) -> str | None:
     """Register ``router.proj`` for ``fused_or_gate`` where this platform and release's
     policy splits the token counts, the release's router computes its operand as the
-    plugin knows (``ROUTER_OPERAND_SOURCE``) and the gate is vLLM's fp32-out gate;
-    its name, or ``None`` (the fused router's own kernels at every count)."""
+    plugin knows (``ROUTER_OPERAND_SOURCE``) and the gate is vLLM's fp32-out gate with
+    the token-count tier the split was measured with (``gate_has_token_count_tier``:
+    without it the gate is cuBLAS at every count, and the split's small counts would
+    lose); its name, or ``None`` (the fused router's own kernels at every count)."""
     import vllm
     from vllm.config import get_current_vllm_config
 
@@ -525,8 +527,8 @@ def _register_split_gate(router) -> str | None:
     if (
         own_tokens is None
         or not getattr(type(router), OPERAND_KNOWN_ATTRIBUTE, False)
-        or getattr(gate, "out_dtype", None) != torch.float32
         or not isinstance(getattr(gate, "prefix", None), str)
+        or not gate_has_token_count_tier(gate)
     ):
         return None
     context = get_current_vllm_config().compilation_config.static_forward_context
