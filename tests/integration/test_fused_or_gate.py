@@ -109,12 +109,14 @@ def test_the_split_router_takes_its_own_kernels_only_at_the_measured_counts(
     assert context[plan.gate_name] is router.proj  # vLLM's gate itself, unchanged
     assert type(router.proj).__name__ == "GateLinear"
     eps = router.norm.variance_epsilon
+    counts_before = dict(handover.claim_counts)
     for num_tokens in (1, 2, 3, 5, 8, 9, 17):
         x = torch.randn(num_tokens, HIDDEN, generator=gen)
         with torch.no_grad(), set_forward_context(None, vllm_config):
             logits = router(x)
             vllm_logits = _vllms_forward(router, x)
-        claimed = handover.claim_routing(logits, TOPK)
+        # What the layer's routing function asks first.
+        claimed = handover.claim_fused_routing(logits, TOPK, router.per_expert_scale)
         if takes_own_kernel(num_tokens, OWN_TOKENS):
             # The fused op (the CPU's torch chain), its routing pending for the claim.
             want, want_weights, want_ids = gemma4_fused_router_reference(
@@ -131,7 +133,10 @@ def test_the_split_router_takes_its_own_kernels_only_at_the_measured_counts(
             # nothing to claim, so the routing function routes them.
             assert torch.equal(logits, vllm_logits), num_tokens
             assert claimed is None
-    assert handover._PRODUCED == {}
+    assert handover._PRODUCED == {} and handover._UNROUTED == {}
+    counts = {k: handover.claim_counts[k] - counts_before.get(k, 0) for k in handover.claim_counts}
+    # The gate's logits are routed by the routing function, as expected: not a miss.
+    assert (counts.get("claimed"), counts.get("unrouted"), counts.get("missed", 0)) == (4, 3, 0)
 
 
 def test_a_compiled_split_router_chooses_per_call(split_policy, real_router, gen):

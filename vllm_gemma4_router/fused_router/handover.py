@@ -46,6 +46,10 @@ from vllm_gemma4_router.routing.reference import gemma4_routing_reference
 # buffers nobody claims (a caller that only wants logits) cannot pile up.
 _PRODUCED: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
 _MAX_PENDING = 512
+# Logits a fused router handed on without routing (the split router at the gate's
+# token counts): data pointer -> (T, E). Their routing function routes them, as
+# expected, so a failed claim of them is not logged as a miss. Bounded likewise.
+_UNROUTED: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
 
 def packed_numel(num_tokens: int, num_experts: int, topk: int) -> int:
@@ -83,6 +87,24 @@ def record_produced(packed: torch.Tensor, num_tokens: int, num_experts: int, top
         _PRODUCED.popitem(last=False)
 
 
+def record_unrouted(logits: torch.Tensor) -> None:
+    """Note that ``logits`` [T, E] (a fused router's output at a count where it handed the
+    GEMM to vLLM's gate) carry no routing: the routing function routes them, and the
+    failed claim is expected, not a miss."""
+    _UNROUTED[logits.data_ptr()] = tuple(logits.shape)
+    _UNROUTED.move_to_end(logits.data_ptr())
+    while len(_UNROUTED) > _MAX_PENDING:
+        _UNROUTED.popitem(last=False)
+
+
+def _expected_unrouted(gating_output: torch.Tensor) -> bool:
+    """Whether ``gating_output`` was recorded by :func:`record_unrouted` (taken once)."""
+    if _UNROUTED.get(gating_output.data_ptr()) != tuple(gating_output.shape):
+        return False
+    del _UNROUTED[gating_output.data_ptr()]
+    return True
+
+
 def claim_routing(
     gating_output: torch.Tensor, topk: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -114,17 +136,22 @@ def claim_routing(
 def forget_all() -> None:
     """Drop every pending hand-over (tests; a fresh engine)."""
     _PRODUCED.clear()
+    _UNROUTED.clear()
 
 
 CLAIMED_ROUTING_OP_QUALNAME = "vllm_gemma4_router::claimed_routing"
 
-#: ``claimed`` / ``missed`` claims in this process (tests and diagnostics).
+#: ``claimed`` / ``missed`` claims in this process, and ``unrouted``: logits a split
+#: router handed on without routing, routed by the caller (tests and diagnostics).
 claim_counts: Counter[str] = Counter()
 # (claimed or missed, compiled) pairs already logged in this process.
 _logged: set[tuple[str, bool]] = set()
 
 
 def _note(claimed: bool, gating_output: torch.Tensor, topk: int, compiled: bool) -> None:
+    if not claimed and _expected_unrouted(gating_output):
+        claim_counts["unrouted"] += 1
+        return
     key = "claimed" if claimed else "missed"
     claim_counts[key] += 1
     if (key, compiled) in _logged:

@@ -30,7 +30,7 @@ import torch
 
 from vllm_gemma4_router.fused_router import torch_library as fused_library
 from vllm_gemma4_router.fused_router.checks import check_fused_router_inputs
-from vllm_gemma4_router.fused_router.handover import logits_view
+from vllm_gemma4_router.fused_router.handover import logits_view, record_unrouted
 
 FUSED_OR_GATE_OP_QUALNAME = "vllm_gemma4_router::fused_router_or_gate"
 
@@ -108,6 +108,7 @@ def _fused_router_or_gate(
             f"gate {layer_name!r} returned {output.dtype} {tuple(output.shape)}; "
             f"expected float32 ({num_tokens}, {num_experts})"
         )
+    record_unrouted(output)
     return output
 
 
