@@ -159,6 +159,26 @@ def fused_router_line(fused: int, routers: int, enabled: bool, asked: bool = Fal
     return f"{_FUSED_PREFIX}{fused} of {routers} {noun} fused ({_decided(enabled, asked)})"
 
 
+def fused_router_split_line(
+    split: int, routers: int, own_tokens: tuple[tuple[int, int | None], ...]
+) -> str:
+    """The adapter's line after a model build where ``split`` of ``routers`` fused routers
+    run their own kernels only at ``own_tokens`` (inclusive ranges, ``None``: unbounded)
+    and hand the GEMM to vLLM's gate at every other token count."""
+    if not 0 < split <= routers or not own_tokens:
+        raise ValueError(f"need 0 < split <= routers and ranges, got {split}, {routers}")
+    spans = ", ".join(
+        f"{first}+" if last is None else f"{first}" if first == last else f"{first}-{last}"
+        for first, last in own_tokens
+    )
+    noun = "router" if routers == 1 else "routers"
+    verb = "runs its" if split == 1 else "run their"
+    return (
+        f"{_FUSED_PREFIX}{split} of {routers} fused {noun} {verb} own kernels at "
+        f"T = {spans} and vLLM's gate (its own tier) at other token counts"
+    )
+
+
 def fused_router_loses_line(platform: str, vllm_version: str, evidence: str) -> str:
     """The warning when ``+gemma4_fused_router`` is set on a ``platform`` family and vLLM
     release where the fused-router policy measured it slower (``evidence``: its result file)."""

@@ -108,6 +108,13 @@ def test_the_split_router_takes_its_own_kernels_only_at_the_measured_counts(
     context = vllm_config.compilation_config.static_forward_context
     assert context[plan.gate_name] is router.proj  # vLLM's gate itself, unchanged
     assert type(router.proj).__name__ == "GateLinear"
+    from vllm.model_executor.models import gemma4
+
+    model = torch.nn.ModuleList([router])
+    assert gemma4_layouts._fused_router_split_summary(gemma4, model) == (
+        "gemma4_fused_router: 1 of 1 fused router runs its own kernels at T = 2-3, 9+ "
+        "and vLLM's gate (its own tier) at other token counts"
+    )
     eps = router.norm.variance_epsilon
     counts_before = dict(handover.claim_counts)
     for num_tokens in (1, 2, 3, 5, 8, 9, 17):
@@ -155,6 +162,9 @@ def test_without_a_split_row_the_router_keeps_its_own_kernels_at_every_count(rea
     router, _, vllm_config = real_router
     plan = getattr(router, gemma4_layouts.FUSED_PLAN_ATTRIBUTE)
     assert plan.gate_name is None  # the packaged CPU row does not split
+    from vllm.model_executor.models import gemma4
+
+    assert gemma4_layouts._fused_router_split_summary(gemma4, torch.nn.ModuleList([router])) is None
     registered = vllm_config.compilation_config.static_forward_context
     assert not any(name.endswith(REGISTERED_NAME_SUFFIX) for name in registered)
 

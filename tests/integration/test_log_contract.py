@@ -199,3 +199,18 @@ def test_fused_router_lines_round_trip(rng):
     assert old.fused_routers == [FusedRouters(None, 2, 30, True, None)]
     with pytest.raises(ValueError):
         fused_router_line(3, 2, True)
+
+
+def test_the_split_line_names_the_own_kernel_counts():
+    from vllm_gemma4_router.log_contract import fused_router_split_line
+
+    line = fused_router_split_line(30, 30, ((17, 64), (128, 128), (16384, None)))
+    assert line == (
+        "gemma4_fused_router: 30 of 30 fused routers run their own kernels at "
+        "T = 17-64, 128, 16384+ and vLLM's gate (its own tier) at other token counts"
+    )
+    parsed = parse_log("(EngineCore pid=7) INFO " + line)
+    assert parsed.lines and parsed.fused_routers == []  # not a fused-router summary
+    for split, routers, ranges in ((0, 30, ((1, 2),)), (31, 30, ((1, 2),)), (1, 1, ())):
+        with pytest.raises(ValueError):
+            fused_router_split_line(split, routers, ranges)

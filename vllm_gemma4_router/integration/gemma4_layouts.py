@@ -63,6 +63,7 @@ import torch
 from vllm_gemma4_router.integration.compile_cache_key import key_compile_cache
 from vllm_gemma4_router.log_contract import (
     fused_router_line,
+    fused_router_split_line,
     gate_tier_line,
     gate_tier_warmup_failed_line,
     install_line,
@@ -375,6 +376,9 @@ def _wrap_model_init(module: ModuleType) -> None:
         for line in dispatch_summary(ops):
             logger.info(line)
         logger.info(_fused_router_summary(module, self))
+        split = _fused_router_split_summary(module, self)
+        if split is not None:
+            logger.info(split)
         logger.info(_gate_tier_summary(module, self))
         _warm_kernels(self)
 
@@ -761,6 +765,20 @@ def _fused_router_summary(module: ModuleType, model) -> str:
     return fused_router_line(
         fused, len(routers), Gemma4FusedRouter.enabled(), Gemma4FusedRouter.asked()
     )
+
+
+def _fused_router_split_summary(module: ModuleType, model) -> str | None:
+    """The split line (``fused_router_split_line``) where some routers split, else None."""
+    from vllm_gemma4_router.integration.fused_or_gate import OWN_TOKENS_ATTRIBUTE
+
+    router_cls = getattr(module, "Gemma4Router", None)
+    routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
+    fused = [getattr(r, FUSED_PLAN_ATTRIBUTE, None) for r in routers]
+    split = [r for r, plan in zip(routers, fused, strict=True) if plan and plan.gate_name]
+    if not split:
+        return None
+    own_tokens = getattr(split[0].proj, OWN_TOKENS_ATTRIBUTE)
+    return fused_router_split_line(len(split), sum(p is not None for p in fused), own_tokens)
 
 
 def _is_router_method_layout(module: ModuleType) -> bool:
