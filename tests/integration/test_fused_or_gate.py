@@ -199,6 +199,10 @@ def test_the_op_refuses_what_it_cannot_take(split_policy, real_router, gen):
     with set_forward_context(None, vllm_config):
         with pytest.raises(ValueError, match="x_gate must match hidden_states"):
             fused_router_or_gate(x, x[:, :4], *args, plan.gate_name)
+        with pytest.raises(ValueError, match="x_gate must match hidden_states"):
+            torch.ops.vllm_gemma4_router.fused_router_or_gate(
+                x, x.double(), *args, plan.gate_name
+            )  # the op itself checks too, for callers of torch.ops
         with pytest.raises(KeyError, match="nowhere"):
             fused_router_or_gate(x, x, *args, "nowhere")
     context = vllm_config.compilation_config.static_forward_context

@@ -74,6 +74,16 @@ def registered_gate(layer_name: str) -> torch.nn.Module:
     return gate
 
 
+def _check_x_gate(hidden_states: torch.Tensor, x_gate: torch.Tensor) -> None:
+    if not isinstance(x_gate, torch.Tensor):
+        raise TypeError(f"x_gate must be a tensor, got {type(x_gate).__name__}")
+    if x_gate.shape != hidden_states.shape or x_gate.dtype != hidden_states.dtype:
+        raise ValueError(
+            f"x_gate must match hidden_states: {tuple(x_gate.shape)} {x_gate.dtype} against "
+            f"{tuple(hidden_states.shape)} {hidden_states.dtype}"
+        )
+
+
 def _gate_logits(gate: torch.nn.Module, x_gate: torch.Tensor, layer_name: str) -> torch.Tensor:
     # The gate's own class forward: vLLM's tier branches run here, with this call's T.
     output, bias = type(gate).forward(gate, x_gate)
@@ -96,6 +106,7 @@ def _fused_router_or_gate(
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
+    _check_x_gate(hidden_states, x_gate)
     gate = registered_gate(layer_name)
     if takes_own_kernel(num_tokens, getattr(gate, OWN_TOKENS_ATTRIBUTE)):
         packed = fused_library.fused_router_packed(
@@ -142,11 +153,7 @@ def fused_router_or_gate(
     Defined next to the op's schema on purpose: Dynamo inlines this function while
     vLLM traces the model, so this file is in vLLM's compile-cache key.
     """
-    if x_gate.shape != hidden_states.shape or x_gate.dtype != hidden_states.dtype:
-        raise ValueError(
-            f"x_gate must match hidden_states: {tuple(x_gate.shape)} {x_gate.dtype} against "
-            f"{tuple(hidden_states.shape)} {hidden_states.dtype}"
-        )
+    _check_x_gate(hidden_states, x_gate)
     return torch.ops.vllm_gemma4_router.fused_router_or_gate(
         hidden_states, x_gate, scale, gate_weight, per_expert_scale, eps, topk, layer_name
     )
