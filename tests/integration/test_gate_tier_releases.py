@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import vllm
 
-from vllm_gemma4_router.integration.gemma4_layouts import TOKEN_COUNT_TIER_FLAGS
+from vllm_gemma4_router.integration.gemma4_layouts import (
+    TOKEN_COUNT_TIER_FLAGS,
+    operand_function_known,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_SOURCES = Path(os.environ.get("GEMMA4_ROUTER_VLLM_SOURCES", REPO / ".cache" / "vllm-src"))
@@ -81,3 +84,20 @@ def test_gemma4s_gate_never_takes_the_dsv3_tier(release):
         if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "DSV3_SUPPORTED_HIDDEN_SIZES"
     )
     assert GEMMA4_26B_HIDDEN not in sizes
+
+
+def _router_forward(package: Path) -> ast.FunctionDef:
+    tree = ast.parse((package / "model_executor" / "models" / "gemma4.py").read_text())
+    router = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Gemma4Router"
+    )
+    return next(f for f in router.body if isinstance(f, ast.FunctionDef) and f.name == "forward")
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_each_releases_router_computes_the_operand_the_split_router_repeats(release):
+    # The split fused router computes the gate's operand with ROUTER_OPERAND_SOURCE's
+    # lines; a release whose Gemma4Router.forward differs would keep the one-launch
+    # kernels at every count (checked at install), and this test would say so first.
+    package, _ = RELEASES[release]
+    assert operand_function_known(_router_forward(package))

@@ -31,6 +31,7 @@ import torch
 from vllm_gemma4_router.fused_router import torch_library as fused_library
 from vllm_gemma4_router.fused_router.checks import check_fused_router_inputs
 from vllm_gemma4_router.fused_router.handover import logits_view, record_unrouted
+from vllm_gemma4_router.integration.gate_tier import checked_gate_output
 
 FUSED_OR_GATE_OP_QUALNAME = "vllm_gemma4_router::fused_router_or_gate"
 
@@ -84,14 +85,6 @@ def _check_x_gate(hidden_states: torch.Tensor, x_gate: torch.Tensor) -> None:
         )
 
 
-def _gate_logits(gate: torch.nn.Module, x_gate: torch.Tensor, layer_name: str) -> torch.Tensor:
-    # The gate's own class forward: vLLM's tier branches run here, with this call's T.
-    output, bias = type(gate).forward(gate, x_gate)
-    if bias is not None:
-        raise ValueError(f"gate {layer_name!r}: a gate with a bias cannot use the op")
-    return output
-
-
 @torch.library.custom_op(FUSED_OR_GATE_OP_QUALNAME, mutates_args=())
 def _fused_router_or_gate(
     hidden_states: torch.Tensor,
@@ -113,12 +106,9 @@ def _fused_router_or_gate(
             hidden_states, scale, gate_weight, per_expert_scale, eps, topk
         )
         return logits_view(packed, num_tokens, num_experts)
-    output = _gate_logits(gate, x_gate.contiguous(), layer_name)
-    if output.dtype != torch.float32 or tuple(output.shape) != (num_tokens, num_experts):
-        raise ValueError(
-            f"gate {layer_name!r} returned {output.dtype} {tuple(output.shape)}; "
-            f"expected float32 ({num_tokens}, {num_experts})"
-        )
+    # The gate's own class forward: vLLM's tier branches run here, with this call's T.
+    output, bias = type(gate).forward(gate, x_gate.contiguous())
+    checked_gate_output(output, bias, layer_name, num_tokens, num_experts)
     record_unrouted(output)
     return output
 
@@ -130,6 +120,7 @@ def _fused_router_or_gate_fake(
     num_tokens, _, num_experts = check_fused_router_inputs(
         hidden_states, scale, gate_weight, per_expert_scale, eps, topk
     )
+    _check_x_gate(hidden_states, x_gate)  # while tracing, as the op does per call
     return hidden_states.new_empty((num_tokens, num_experts), dtype=torch.float32)
 
 
@@ -153,7 +144,6 @@ def fused_router_or_gate(
     Defined next to the op's schema on purpose: Dynamo inlines this function while
     vLLM traces the model, so this file is in vLLM's compile-cache key.
     """
-    _check_x_gate(hidden_states, x_gate)
     return torch.ops.vllm_gemma4_router.fused_router_or_gate(
         hidden_states, x_gate, scale, gate_weight, per_expert_scale, eps, topk, layer_name
     )

@@ -47,9 +47,22 @@ class RunTimeTierGate:
         """The gate class's own forward, as vLLM wrote it: its tier branches run here,
         eagerly, with this call's token count."""
         output, bias = self.tier_base.forward(self, x)
-        if bias is not None:
-            raise ValueError(f"gate {self.gate_tier_name!r}: a gate with a bias cannot use the op")
-        return output
+        return checked_gate_output(output, bias, self.gate_tier_name, x.shape[0], self.output_size)
+
+
+def checked_gate_output(
+    output: torch.Tensor, bias: object, layer_name: str, num_tokens: int, out_features: int
+) -> torch.Tensor:
+    """``output``, a gate forward's logits, if they are what Gemma 4's router needs: no
+    bias, float32 ``[num_tokens, out_features]``; else a ``ValueError`` naming the gate."""
+    if bias is not None:
+        raise ValueError(f"gate {layer_name!r}: a gate with a bias cannot use the op")
+    if output.dtype != torch.float32 or tuple(output.shape) != (num_tokens, out_features):
+        raise ValueError(
+            f"gate {layer_name!r} returned {output.dtype} {tuple(output.shape)}; "
+            f"expected float32 ({num_tokens}, {out_features})"
+        )
+    return output
 
 
 @functools.cache
@@ -72,13 +85,9 @@ def registered_gate(layer_name: str) -> RunTimeTierGate:
 
 @torch.library.custom_op(GATE_TIER_OP_QUALNAME, mutates_args=())
 def _gate_tier(x: torch.Tensor, layer_name: str, out_features: int) -> torch.Tensor:
-    output = registered_gate(layer_name).tier_forward(x)
-    if output.dtype != torch.float32 or tuple(output.shape) != (x.shape[0], out_features):
-        raise ValueError(
-            f"gate {layer_name!r} returned {output.dtype} {tuple(output.shape)}; "
-            f"expected float32 ({x.shape[0]}, {out_features})"
-        )
-    return output
+    return checked_gate_output(
+        registered_gate(layer_name).tier_forward(x), None, layer_name, x.shape[0], out_features
+    )
 
 
 @_gate_tier.register_fake

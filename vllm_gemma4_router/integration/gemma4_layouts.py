@@ -571,8 +571,13 @@ def router_operand_known(forward: Callable) -> bool:
     except (OSError, TypeError, SyntaxError):
         return False
     found = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    return len(found) == 1 and operand_function_known(found[0])
+
+
+def operand_function_known(function: ast.FunctionDef) -> bool:
+    """Whether the parsed ``function`` has ``ROUTER_OPERAND_SOURCE``'s statements."""
     expected = ast.parse(ROUTER_OPERAND_SOURCE).body[0]
-    return len(found) == 1 and _body_dump(found[0]) == _body_dump(expected)
+    return _body_dump(function) == _body_dump(expected)
 
 
 def _split_logits(router, plan: _FusedPlan, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -743,12 +748,7 @@ def _gate_tier_summary(module: ModuleType, model) -> str:
     from vllm_gemma4_router.integration.custom_ops import Gemma4GateTier
     from vllm_gemma4_router.integration.gate_tier import RunTimeTierGate
 
-    router_cls = getattr(module, "Gemma4Router", None)
-    gates = [
-        getattr(m, "proj", None)
-        for m in model.modules()
-        if router_cls is not None and isinstance(m, router_cls)
-    ]
+    gates = [getattr(m, "proj", None) for m in _routers(module, model)]
     tiered = sum(isinstance(g, RunTimeTierGate) for g in gates)
     eligible = tiered + sum(g is not None and gate_has_token_count_tier(g) for g in gates)
     return gate_tier_line(
@@ -756,11 +756,16 @@ def _gate_tier_summary(module: ModuleType, model) -> str:
     )
 
 
+def _routers(module: ModuleType, model) -> list:
+    """The ``Gemma4Router`` modules (of ``module``'s class) in ``model``."""
+    router_cls = getattr(module, "Gemma4Router", None)
+    return [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
+
+
 def _fused_router_summary(module: ModuleType, model) -> str:
     from vllm_gemma4_router.integration.custom_ops import Gemma4FusedRouter
 
-    router_cls = getattr(module, "Gemma4Router", None)
-    routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
+    routers = _routers(module, model)
     fused = sum(getattr(r, FUSED_PLAN_ATTRIBUTE, None) is not None for r in routers)
     return fused_router_line(
         fused, len(routers), Gemma4FusedRouter.enabled(), Gemma4FusedRouter.asked()
@@ -771,8 +776,7 @@ def _fused_router_split_summary(module: ModuleType, model) -> str | None:
     """The split line (``fused_router_split_line``) where some routers split, else None."""
     from vllm_gemma4_router.integration.fused_or_gate import OWN_TOKENS_ATTRIBUTE
 
-    router_cls = getattr(module, "Gemma4Router", None)
-    routers = [m for m in model.modules() if router_cls is not None and isinstance(m, router_cls)]
+    routers = _routers(module, model)
     fused = [getattr(r, FUSED_PLAN_ATTRIBUTE, None) for r in routers]
     split = [r for r, plan in zip(routers, fused, strict=True) if plan and plan.gate_name]
     if not split:
