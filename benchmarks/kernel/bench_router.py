@@ -33,7 +33,12 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   ``serving_equiv = (tail_router - tail) + gate GEMM as GateLinear dispatches it
   (gemm_ll at T <= 16 where eligible, else gemm) + routing vLLM``, and
   ``plugin_equiv``, the same with our routing: the plugin's own chain (``gemma4_gate_tier``
-  + ``gemma4_routing``), the best chain the fused router must beat (issue #36).
+  + ``gemma4_routing``), the best chain the fused router must beat (issue #36);
+* ``split_equiv``: the plugin's split fused router (``fused_router_or_gate``) as the
+  fused-router policy row of the installed vLLM on this GPU sends each T: at the row's
+  ``own_kernel_tokens``, the router norm's marginal cost (vLLM's operand lines still run
+  in the compiled layer, unused there) + ``fused``; at every other T, ``plugin_equiv``
+  (the gate's own tier, then our routing). Left out where no row splits.
 
 ``--cache both``: each T with the L2-resident rotation (``--hot-layers``, 30 sets)
 and the cold one (``auto``), the issue's T list by default. ``--anchors-only``:
@@ -91,6 +96,7 @@ from benchmarks.common.timing import (
     rotation_sets,
     write_stamped_csv,
 )
+from vllm_gemma4_router.integration.fused_or_gate import takes_own_kernel
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 #: Issue #34 item 3's T list: the default of ``--cache``.
@@ -138,7 +144,9 @@ LL_LOGIT_RTOL = 1e-3
 SERVING_FORMULA = (
     "serving-equivalent = (tail + router norm - tail) + gate GEMM (the tier GateLinear "
     "dispatches: ll_bf16 where T <= 16 and it is eligible, else cuBLAS) + routing vLLM; "
-    "plugin-equivalent = the same with our routing (the plugin's own chain)"
+    "plugin-equivalent = the same with our routing (the plugin's own chain); "
+    "split = (tail + router norm - tail) + fused at the fused-router policy row's own "
+    "token counts, else plugin-equivalent"
 )
 FUSED_IMPL = "vllm_gemma4_router.fused_router.torch_library.fused_router_into (what the op runs)"
 
@@ -307,6 +315,8 @@ class Router:
     tail: Callable | None = None
     tail_router: Callable | None = None
     tail_weights: tuple[torch.Tensor, ...] = ()  # post_attn, pre_ff, pre_ff_2 norm weights
+    #: the split fused router's own token counts (policy row); None: no row splits
+    own_tokens: tuple[tuple[int, int | None], ...] | None = None
 
     def ll_eligible(self, num_tokens: int) -> bool:
         """Whether GateLinear would dispatch ``ll_bf16_gemm`` at ``num_tokens``."""
@@ -563,6 +573,12 @@ def measure_point(
             row["serving_over_fused"] = round(serving / us["fused"], 3)
             row["plugin_equiv_us"] = round(plugin, 3)
             row["plugin_over_fused"] = round(plugin / us["fused"], 3)
+            if router.own_tokens is not None:
+                own = takes_own_kernel(num_tokens, router.own_tokens)
+                split = marginal + us["fused"] if own else plugin
+                row["split_branch"] = "own kernel" if own else "gate tier"
+                row["split_equiv_us"] = round(split, 3)
+                row["plugin_over_split"] = round(plugin / split, 3)
         rows.append({**row, **check})
     return rows
 
@@ -693,7 +709,30 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
     )
     if tail is not None:
         labels["impl_tail"] = tail_label
+        router.own_tokens, labels["split_policy"] = split_policy(device)
     return router, labels, counts
+
+
+def split_policy(device) -> tuple[tuple[tuple[int, int | None], ...] | None, str]:
+    """The split fused router's own token counts under the installed vLLM on ``device``
+    (its fused-router policy row), and a stamp entry naming the row's release and counts."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vllm_gemma4_router.integration.op_policy import (
+        fused_router_own_tokens,
+        platform_family,
+    )
+
+    try:
+        vllm_version = version("vllm")
+    except PackageNotFoundError:
+        return None, "no split column: vLLM is not installed"
+    family = platform_family("cuda", torch.cuda.get_device_capability(device))
+    own = fused_router_own_tokens(family, vllm_version)
+    if own is None:
+        return None, f"no split column: no {family} row for vLLM {vllm_version} splits"
+    ranges = ", ".join(f"{first}-{'' if last is None else last}" for first, last in own)
+    return own, f"{family}, vLLM {vllm_version}: own kernel at T = {ranges}"
 
 
 def load_ll(args, device, dtype) -> LLGemm:
@@ -875,6 +914,9 @@ def serving_table_lines(rows: list[dict], layers: int) -> list[str]:
         "serving-equiv / fused",
         "plugin-equiv / fused",
     ]
+    split = any("split_equiv_us" in r for r in mine)
+    if split:
+        head += ["split (branch)", "plugin-equiv / split"]
     cells = []
     for r in mine:
         tier = r.get("gemm_tier", "cuBLAS")
@@ -896,7 +938,12 @@ def serving_table_lines(rows: list[dict], layers: int) -> list[str]:
                 _ratio(r.get("plugin_equiv_us", float("nan")), r["fused_us"]),
             ]
         )
-    align = ["right"] * 4 + ["left"] + ["right"] * 8
+        if split:
+            cells[-1] += [
+                f"{_fmt(r['split_equiv_us'])} ({r['split_branch']})",
+                _ratio(r["plugin_equiv_us"], r["split_equiv_us"]),
+            ]
+    align = ["right"] * 4 + ["left"] + ["right"] * (10 if split else 8)
     return [SERVING_FORMULA + ".", "", *markdown_table(head, cells, align).splitlines()]
 
 
@@ -945,6 +992,7 @@ SHORT_COLUMNS = (
     ("serving_equiv_us", "serving-eq"),
     ("plugin_equiv_us", "plugin-eq"),
     ("fused_us", "fused"),
+    ("split_equiv_us", "split"),
 )
 
 

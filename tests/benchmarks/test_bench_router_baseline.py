@@ -164,6 +164,45 @@ def test_serving_equivalent_is_marginal_norm_plus_dispatched_gemm_plus_routing(n
     assert row["plugin_over_fused"] == pytest.approx(ratio, abs=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("num_tokens", "branch"), [(8, "gate tier"), (24, "own kernel"), (99, "own kernel")]
+)
+def test_split_column_takes_the_policy_rows_branch_per_count(num_tokens, branch):
+    router, _ = _router(layers=2)
+    router.ll = _ll(fn=router.gemm)  # this torch's cuBLAS-tier stand-in: the check passes
+    _with_tail(router)
+    router.own_tokens = ((17, 64), (90, None))
+    rows = bench_router.measure_point(
+        router, num_tokens, [2], LAYER_BYTES, H200_L2, _counting_timer(), lambda: None,
+        2e-2, torch.bfloat16, "cpu",
+    )  # fmt: skip
+    row = rows[0]
+    assert row["split_branch"] == branch
+    # the operand's lines run in the compiled layer on both branches
+    expected = (
+        row["norm_marginal_us"] + row["fused_us"]
+        if branch == "own kernel"
+        else row["plugin_equiv_us"]
+    )
+    assert row["split_equiv_us"] == pytest.approx(expected)
+    assert row["plugin_over_split"] == pytest.approx(row["plugin_equiv_us"] / expected, abs=1e-3)
+    lines = bench_router.serving_table_lines(rows, 2)
+    assert f"({branch})" in lines[-1] and "plugin-equiv / split" in lines[2]
+    assert "split" in bench_router.short_table_lines(rows)[0]
+
+
+def test_no_split_column_without_a_splitting_row():
+    router, _ = _router(layers=2)
+    router.ll = _ll(fn=router.gemm)
+    _with_tail(router)
+    rows = bench_router.measure_point(
+        router, 24, [2], LAYER_BYTES, H200_L2, _counting_timer(), lambda: None,
+        2e-2, torch.bfloat16, "cpu",
+    )  # fmt: skip
+    assert "split_equiv_us" not in rows[0] and "split_branch" not in rows[0]
+    assert "split" not in " ".join(bench_router.serving_table_lines(rows, 2)[2:3])
+
+
 def test_producer_is_not_ahead_of_the_tail_and_anchors_only_times_three_pieces():
     router, _ = _router(layers=2)
     router.ll = _ll(fn=router.gemm)  # this torch's cuBLAS-tier stand-in: the check passes
@@ -330,3 +369,21 @@ def test_anchor_files_and_their_comparison(tmp_path):
     assert len(cells) == 4 and cells[0][:3] == ["1", "217", "HBM"]
     # ll 2.0 -> 1.5 (0.75x), cuBLAS 4.0 -> 4.4 (1.10x), fused 1.00x; 0.75 / 1.1 = 0.68x
     assert cells[0][3:] == ["2.00", "1.50", "0.75x", "1.10x", "1.00x", "0.68x"]
+
+
+@pytest.mark.parametrize(
+    ("vllm_version", "capability", "expected"),
+    [
+        ("0.26.0", (9, 0), "cuda-sm90, vLLM 0.26.0: own kernel at T = 17-64, 16384-"),
+        ("0.26.0", (10, 0), "no split column: no cuda-other row for vLLM 0.26.0 splits"),
+        ("0.32.0", (9, 0), "no split column: no cuda-sm90 row for vLLM 0.32.0 splits"),
+    ],
+)
+def test_split_policy_reads_the_packaged_row(monkeypatch, vllm_version, capability, expected):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: vllm_version)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    own, label = bench_router.split_policy("cuda")
+    assert label == expected
+    assert (own is not None) == label.startswith("cuda-sm90, vLLM 0.26.0")
