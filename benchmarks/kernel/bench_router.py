@@ -731,8 +731,9 @@ def split_policy(device) -> tuple[tuple[tuple[int, int | None], ...] | None, str
     own = fused_router_own_tokens(family, vllm_version)
     if own is None:
         return None, f"no split column: no {family} row for vLLM {vllm_version} splits"
-    ranges = ", ".join(f"{first}-{'' if last is None else last}" for first, last in own)
-    return own, f"{family}, vLLM {vllm_version}: own kernel at T = {ranges}"
+    # no commas: the stamp is one comma-separated line
+    ranges = " and ".join(f"{first}-{'' if last is None else last}" for first, last in own)
+    return own, f"{family} vLLM {vllm_version}: own kernel at T = {ranges}"
 
 
 def load_ll(args, device, dtype) -> LLGemm:

@@ -2,7 +2,7 @@
 
 gemma-4-26B-A4B's router shapes (H = 2816, E = 128, K = 8, bf16) on CUDA, linked with
 ``+gemma4_fused_router`` under the packaged policy row of this platform and release
-(vLLM 0.26.0 on Hopper: own kernels at T = 17-64 and T >= 16384) or, where that row
+(vLLM 0.26.0 on Hopper: own kernels at T = 17-64) or, where that row
 does not split, under one that does. At the gate's counts the logits are vLLM's
 forward's bit for bit (``ll_bf16_gemm`` at T <= 16 where the gate has it); at the
 router's own counts they are the fused op's, and the routing in its buffer is claimed.
