@@ -240,6 +240,15 @@ def decode_build_unavailable_line(build: str, error: str) -> str:
     )
 
 
+def cluster_query_failed_line(build: str, error: str) -> str:
+    """The warning when the driver cannot say how many clusters of the CUDA decode
+    ``build`` (its macros) run at once; its launches then take the table's tile as is."""
+    return (
+        f"{_FUSED_PREFIX}the driver did not say how many clusters of the CUDA decode build "
+        f"{build} run at once ({error}); its launches take the table's token tiles as is"
+    )
+
+
 def cache_key_not_set_line(kind: str) -> str:
     """The warning when vLLM's ``additional_config`` is a ``kind``, not a dict, so the
     plugin's state cannot enter vLLM's compile-cache key."""

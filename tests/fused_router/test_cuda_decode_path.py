@@ -13,7 +13,11 @@ from vllm_gemma4_router.fused_router.cuda_decode import launcher
 from vllm_gemma4_router.fused_router.cuda_decode.builds import build_macros
 from vllm_gemma4_router.fused_router.cuda_decode.driver import launch
 from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-from vllm_gemma4_router.log_contract import LOGGER_NAME, decode_build_unavailable_line
+from vllm_gemma4_router.log_contract import (
+    LOGGER_NAME,
+    cluster_query_failed_line,
+    decode_build_unavailable_line,
+)
 
 EPS = 1e-6
 
@@ -110,9 +114,65 @@ def test_a_launch_takes_its_token_build_and_a_cluster_per_tile(
         return object()
 
     monkeypatch.setattr(launcher, "decode_kernel", kernel)
+    monkeypatch.setattr(launcher, "clusters_at_once", lambda macros, device_index: 7)
     monkeypatch.setattr(launcher, "launch", lambda k, g, b, args, pdl: launched.append(g))
     h, s, w, pes = _inputs(num_tokens, gen)
     out = unpack(new_packed(num_tokens, 128, 8, h.device), num_tokens, 128, 8)
     assert launcher.launch_decode(build, h, s, w, pes.bfloat16(), EPS, 8, out)
     assert [m["TMAX"] for m in built] == [tmax]
     assert launched == [grid]
+
+
+@pytest.mark.parametrize(
+    ("capacity", "num_tokens", "grid", "asked"),
+    [
+        (7, 56, (16, 7, 1), [8]),  # seven 8-token clusters fit
+        (7, 57, (16, 4, 1), [8, 16]),  # eight do not: 16-token tiles
+        (2, 40, (16, 2, 1), [8, 16, 32]),  # a small GPU: 32-token tiles
+        (1, 8, (16, 1, 1), []),  # one cluster always fits: nothing asked
+        (1, 40, None, [8, 16, 32]),  # no tile fits: the Triton kernel
+    ],
+)
+def test_a_tiled_launch_takes_the_finest_tile_whose_clusters_fit_at_once(
+    monkeypatch, capacity, num_tokens, grid, asked, gen
+):
+    monkeypatch.setattr(launcher, "device_runs_decode_path", lambda device: True)
+    monkeypatch.setattr(launcher, "decode_kernel", lambda macros, device_index=None: object())
+    seen, launched = [], []
+
+    def clusters_at_once(macros, device_index):
+        seen.append(dict(macros)["TMAX"])
+        return capacity
+
+    monkeypatch.setattr(launcher, "clusters_at_once", clusters_at_once)
+    monkeypatch.setattr(launcher, "launch", lambda k, g, b, args, pdl: launched.append(g))
+    h, s, w, pes = _inputs(num_tokens, gen)
+    out = unpack(new_packed(num_tokens, 128, 8, h.device), num_tokens, 128, 8)
+    took = launcher.launch_decode("8x8cpt8", h, s, w, pes, EPS, 8, out)
+    assert took == (grid is not None)
+    assert launched == ([] if grid is None else [grid])
+    assert seen == asked
+
+
+def test_where_the_driver_cannot_say_the_table_tile_is_launched(monkeypatch, caplog):
+    macros = tuple(build_macros(8, 2816, 128, 8, torch.float32, 8, max_tokens=8,
+                                cluster=True, token_tiles=8).items())  # fmt: skip
+    monkeypatch.setattr(launcher, "decode_kernel", lambda macros, device_index=None: object())
+
+    def no_driver(kernel, grid, block):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(launcher, "max_active_clusters", no_driver)
+    launcher.clusters_at_once.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+            assert launcher.clusters_at_once(macros, None) == launcher.UNKNOWN_CAPACITY
+            assert launcher.clusters_at_once(macros, None) == launcher.UNKNOWN_CAPACITY
+    finally:
+        launcher.clusters_at_once.cache_clear()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        cluster_query_failed_line(
+            str(dict(macros)), "OSError: libcuda.so.1: cannot open shared object file"
+        )
+    ]

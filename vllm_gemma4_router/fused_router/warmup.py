@@ -16,6 +16,30 @@ from vllm_gemma4_router.routing.warmup import (
 )
 
 
+def fused_warmup_token_counts(max_tokens: int) -> list[int]:
+    """The token counts ``1..max_tokens`` the warm-up calls the op with: one per (table
+    row or GEMM-path range, specialisation of T), one per CUDA decode token build, and
+    each decode range's largest T (cut at ``max_tokens``)."""
+    from vllm_gemma4_router.fused_router.cuda_decode.builds import TOKEN_BUILDS
+    from vllm_gemma4_router.fused_router.launch_table import (
+        DECODE_PATH,
+        GEMM_PATH_TOKENS,
+        fused_bucket_bounds,
+    )
+
+    bounds = (*fused_bucket_bounds(), GEMM_PATH_TOKENS.start - 1, GEMM_PATH_TOKENS.stop - 1)
+    # the CUDA decode path compiles one kernel per build and token build
+    for decode, _ in DECODE_PATH.builds:
+        bounds += (decode.start - 1, decode.stop - 1,
+                   *(t for t in TOKEN_BUILDS if t in decode))  # fmt: skip
+    counts = warmup_token_counts(bounds, max_tokens)
+    # At a range's largest T a token-tiled build walks to the coarsest tile this GPU needs
+    # (launcher.fitting_build), compiling every tile a smaller T of the range may take.
+    largest = {min(decode.stop - 1, max_tokens) for decode, _ in DECODE_PATH.builds
+               if decode.start <= max_tokens}  # fmt: skip
+    return counts + sorted(largest - set(counts))
+
+
 def warm_fused_router(
     hidden: int,
     num_experts: int,
@@ -36,13 +60,7 @@ def warm_fused_router(
     none), outputs laid out as the op lays them out (``handover``). ``paddings``: without
     (False) and/or with (True) a padding mask. Returns the number of calls; 0 on a device
     Triton does not compile for (CPU, interpreter)."""
-    from vllm_gemma4_router.fused_router.cuda_decode.builds import TOKEN_BUILDS
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.launch_table import (
-        DECODE_PATH,
-        GEMM_PATH_TOKENS,
-        fused_bucket_bounds,
-    )
     from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     if device.type not in COMPILED_DEVICE_TYPES:
@@ -57,13 +75,8 @@ def warm_fused_router(
     pes = None
     if per_expert_scale_dtype is not None:
         pes = (random(num_experts).abs() + 0.5).to(per_expert_scale_dtype)
-    bounds = (*fused_bucket_bounds(), GEMM_PATH_TOKENS.start - 1, GEMM_PATH_TOKENS.stop - 1)
-    # the CUDA decode path compiles one kernel per build and token build
-    for decode, _ in DECODE_PATH.builds:
-        bounds += (decode.start - 1, decode.stop - 1,
-                   *(t for t in TOKEN_BUILDS if t in decode))  # fmt: skip
     calls = 0
-    for num_tokens in warmup_token_counts(bounds, max_tokens):
+    for num_tokens in fused_warmup_token_counts(max_tokens):
         hidden_states = random(num_tokens, hidden).to(dtype)
         for is_padding in warmup_masks(num_tokens, paddings, generator):
             packed = new_packed(num_tokens, num_experts, topk, device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -152,6 +153,42 @@ def parse_build(text: str) -> tuple[int, int, dict[str, bool | int]]:
     named = {"cluster": bool(match.group(3)), "pes_shared": bool(match.group(4)),
              "token_tiles": tile}  # fmt: skip
     return int(match.group(1)), int(match.group(2)), named
+
+
+def coarser_tiles(build: str) -> tuple[str, ...]:
+    """``build`` and, for a token-tiled build, the same build with its tile doubled up to
+    ``TOKEN_TILE``, in that order: the builds to fall back on where the GPU cannot run
+    all of a launch's clusters at once (``"8x8cpt8"`` -> ``("8x8cpt8", "8x8cpt16",
+    "8x8cpt")``; an untiled build -> ``(build,)``)."""
+    warps, per_block, flags = parse_build(build)
+    tile = flags["token_tiles"]
+    if not tile:
+        return (build,)
+    stem = build[: build.index("t")]
+    names = [build]
+    while tile < TOKEN_TILE:
+        tile *= 2
+        names.append(f"{stem}t" if tile >= TOKEN_TILE else f"{stem}t{tile}")
+    return tuple(names)
+
+
+def fitting_build(
+    build: str, num_tokens: int, clusters_at_once: Callable[[str], int | None]
+) -> str | None:
+    """The first of :func:`coarser_tiles` whose launch of ``num_tokens`` rows needs no
+    more clusters than ``clusters_at_once(name)`` says the GPU runs at once (an untiled
+    build, one cluster, always fits); ``None`` where ``clusters_at_once`` returns ``None``
+    (the build is unavailable) or no tile fits. Tiles that do not all fit would run in
+    waves, each as slow as a whole launch."""
+    for name in coarser_tiles(build):
+        tile = parse_build(name)[2]["token_tiles"]
+        clusters = launch_shape(num_tokens, tile)[1]
+        capacity = clusters_at_once(name) if clusters > 1 else 1
+        if capacity is None:
+            return None
+        if clusters <= capacity:
+            return name
+    return None
 
 
 def most_tokens(experts_per_block: int) -> int:

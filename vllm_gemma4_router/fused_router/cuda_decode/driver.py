@@ -42,6 +42,9 @@ def _driver() -> ctypes.CDLL:
         ctypes.POINTER(_Config), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
     ]  # fmt: skip
     lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.cuOccupancyMaxActiveClusters.argtypes = [
+        ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.POINTER(_Config)
+    ]  # fmt: skip
     return lib
 
 
@@ -57,6 +60,21 @@ def allow_large_clusters(kernel) -> None:
         _driver().cuFuncSetAttribute(kernel.func, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
         "cuFuncSetAttribute",
     )
+
+
+def max_active_clusters(kernel, grid: tuple[int, int, int], block: tuple[int, int, int]) -> int:
+    """How many clusters of ``kernel`` (its compile-time ``__cluster_dims__``) the current
+    GPU runs at once, launched with ``grid`` and ``block``: a host-side driver query
+    (``cuOccupancyMaxActiveClusters``), no stream work. It depends on the GPU's SMs and
+    their grouping into GPCs, and on a MIG slice."""
+    count = ctypes.c_int(0)
+    config = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0, None, None, 0)
+    _check(
+        _driver().cuOccupancyMaxActiveClusters(ctypes.byref(count), kernel.func,
+                                               ctypes.byref(config)),
+        "cuOccupancyMaxActiveClusters",
+    )  # fmt: skip
+    return count.value
 
 
 def launch(

@@ -21,12 +21,21 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     MAX_CLUSTER,
     SOURCE,
     build_macros,
+    fitting_build,
     launch_shape,
     parse_build,
 )
-from vllm_gemma4_router.fused_router.cuda_decode.driver import allow_large_clusters, launch
+from vllm_gemma4_router.fused_router.cuda_decode.driver import (
+    allow_large_clusters,
+    launch,
+    max_active_clusters,
+)
 from vllm_gemma4_router.fused_router.launch_table import pdl_supported
-from vllm_gemma4_router.log_contract import decode_build_unavailable_line, logger
+from vllm_gemma4_router.log_contract import (
+    cluster_query_failed_line,
+    decode_build_unavailable_line,
+    logger,
+)
 
 
 def device_runs_decode_path(device: torch.device) -> bool:
@@ -117,6 +126,30 @@ def decode_kernel(macros: tuple[tuple[str, int], ...], device_index: int | None 
     return kernel
 
 
+#: what :func:`clusters_at_once` answers where the driver cannot: every launch fits
+UNKNOWN_CAPACITY = 1 << 30
+
+
+@functools.cache
+def clusters_at_once(macros: tuple[tuple[str, int], ...], device_index: int | None) -> int | None:
+    """How many clusters of the build ``macros`` CUDA device ``device_index`` runs at once
+    (:func:`~.driver.max_active_clusters`, asked once per build and device); ``None``
+    where the build is unavailable. Where the driver cannot answer, one log line, and
+    every launch counts as fitting (the launch itself still runs)."""
+    kernel = decode_kernel(macros, device_index)
+    if kernel is None:
+        return None
+    constants = dict(macros)
+    on_device = nullcontext() if device_index is None else torch.cuda.device(device_index)
+    try:
+        with on_device:
+            block = (32 * constants["NW"], 1, 1)
+            return max_active_clusters(kernel, (constants["CS"], 1, 1), block)
+    except Exception as exc:  # noqa: BLE001 -- an old driver: launch as the table says
+        logger.warning(cluster_query_failed_line(str(constants), f"{type(exc).__name__}: {exc}"))
+        return UNKNOWN_CAPACITY
+
+
 def launch_decode(
     build: str,
     hidden_states: torch.Tensor,
@@ -135,7 +168,9 @@ def launch_decode(
     int32)``, the fused router's contract (equal logits to the lower id, rows sorted by
     weight, K distinct ids in [0, E) for any input bits; ``is_padding`` [T] bool/uint8
     rows get ids -1 and weights 0). Returns ``False``, launching nothing, where
-    :func:`decode_path_takes` refuses the call or the build is unavailable.
+    :func:`decode_path_takes` refuses the call, the build is unavailable, or no tile of a
+    token-tiled build puts all of the launch's clusters on the GPU at once (a coarser
+    tile than the table's is taken where that one fits: :func:`~.builds.fitting_build`).
 
     The cluster builds (``c``) keep no state between launches; the others share one
     counter per device, so their launches must be stream-ordered. ``pdl``: launch with
@@ -144,9 +179,21 @@ def launch_decode(
     if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
         return False
     num_tokens, hidden = hidden_states.shape
+    shape = (num_tokens, hidden, gate_weight.shape[0], topk, scale.dtype,
+             _pes_dtype(per_expert_scale))  # fmt: skip
+    device_index = hidden_states.device.index
+
+    def capacity(name: str) -> int | None:
+        named = _macros(name, *shape)
+        return None if named is None else clusters_at_once(named, device_index)
+
+    # A token-tiled build whose clusters do not all fit at once takes a coarser tile
+    # (all of them compiled by the warm-up's call at the range's largest T).
+    build = fitting_build(build, num_tokens, capacity)
+    if build is None:
+        return False
+    macros = _macros(build, *shape)
     num_experts = gate_weight.shape[0]
-    macros = _macros(build, num_tokens, hidden, num_experts, topk, scale.dtype,
-                     _pes_dtype(per_expert_scale))  # fmt: skip
     if stage != 4:
         macros = tuple((k, stage if k == "STAGE" else v) for k, v in macros)
     kernel = decode_kernel(macros, hidden_states.device.index)
