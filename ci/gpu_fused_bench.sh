@@ -86,11 +86,13 @@ case $PART in
     # 245 tests took ~40 s on an H200 (2026-12-06); memcheck runs the op's decode-path
     # tests that cover a CUDA graph, the padding mask and both expert-scale dtypes.
     timeout 200 "$PYTHON" -m pytest -v -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
-      tests/benchmarks/test_gpu_cuda_decode.py > "$LOGS/decode_pytest.log" 2>&1
+      tests/fused_router/test_gpu_cuda_decode_tiles.py tests/benchmarks/test_gpu_cuda_decode.py \
+      > "$LOGS/decode_pytest.log" 2>&1
     suite=$?
     timeout 240 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/fused_router/test_gpu_cuda_decode_path.py \
-      -k "graph or falls_back or (contract and bf16_scales)" > "$LOGS/memcheck.log" 2>&1
+      tests/fused_router/test_gpu_cuda_decode_tiles.py \
+      -k "graph or falls_back or (contract and bf16_scales) or coarser" > "$LOGS/memcheck.log" 2>&1
     memcheck=$?
     timeout "${DECODE_TIMEOUT:-120}" "$PYTHON" -m benchmarks.kernel.bench_cuda_decode --producer --pdl off \
       --builds "${DECODE_BUILDS:-8x1p,8x8cp}" --tokens "${DECODE_TOKENS:-1,2,4,8,16,17,32,33}" \

@@ -98,5 +98,6 @@ def route_decode(
             "the decode path takes (launcher.decode_path_takes)"
         )
     if not launch_decode(build, hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
-                         out, is_padding, pdl=pdl, stage=stage):  # fmt: skip
+                         out, is_padding, pdl=pdl, stage=stage,
+                         fit_tiles=False):  # fmt: skip
         raise RuntimeError(f"build {build} did not launch: see the log")

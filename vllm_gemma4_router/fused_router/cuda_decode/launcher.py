@@ -163,6 +163,7 @@ def launch_decode(
     *,
     pdl: bool = False,
     stage: int = 4,
+    fit_tiles: bool = True,
 ) -> bool:
     """Route with ``build`` into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids [T, K]
     int32)``, the fused router's contract (equal logits to the lower id, rows sorted by
@@ -175,7 +176,8 @@ def launch_decode(
     The cluster builds (``c``) keep no state between launches; the others share one
     counter per device, so their launches must be stream-ordered. ``pdl``: launch with
     programmatic dependent launch; ``stage`` < 4 stops after a stage (benchmarks' stage
-    ablation: incomplete outputs)."""
+    ablation: incomplete outputs); ``fit_tiles=False`` launches ``build``'s own tile even
+    where its clusters run in waves (benchmarks timing a build by name)."""
     if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
         return False
     num_tokens, hidden = hidden_states.shape
@@ -189,7 +191,8 @@ def launch_decode(
 
     # A token-tiled build whose clusters do not all fit at once takes a coarser tile
     # (all of them compiled by the warm-up's call at the range's largest T).
-    build = fitting_build(build, num_tokens, capacity)
+    if fit_tiles:
+        build = fitting_build(build, num_tokens, capacity)
     if build is None:
         return False
     macros = _macros(build, *shape)
