@@ -50,3 +50,26 @@ def assert_fused_contract(
     pes = None if per_expert_scale is None else per_expert_scale.cpu()
     assert_matches_oracle(weights.cpu(), ids.cpu(), logits.cpu(), topk, pes)
     assert_ids_valid(ids, gate_weight.shape[0])
+
+
+def fp64_gate_logits(operand, gate_weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, bound)`` of vLLM's gate on its operand (the router's normed, scaled
+    ``x'``), in float64: ``operand @ W.T``; ``bound`` as :func:`fp64_logits`'s, for an
+    fp32 evaluation in any order."""
+    operand, w = operand.double().cpu(), gate_weight.double().cpu()
+    logits = operand @ w.t()
+    magnitude = operand.abs() @ w.abs().t()
+    bound = magnitude * (operand.shape[-1] ** 0.5 * 2.0**-22) + logits.abs() * 2.0**-20
+    return logits, bound
+
+
+def assert_gate_contract(logits, weights, ids, operand, gate_weight, per_expert_scale, topk):
+    """The split router's own counts on the gate's operand: logits within the fp32 bound
+    of the gate's fp64 GEMM; routing exact on the op's own logits."""
+    ref, bound = fp64_gate_logits(operand, gate_weight)
+    err = (logits.double().cpu() - ref).abs()
+    worst = float((err / bound.clamp_min(1e-30)).max()) if err.numel() else 0.0
+    assert worst <= 1.0, f"logits off the gate's fp64 GEMM by {worst:.2f}x the fp32 bound"
+    pes = None if per_expert_scale is None else per_expert_scale.cpu()
+    assert_matches_oracle(weights.cpu(), ids.cpu(), logits.cpu(), topk, pes)
+    assert_ids_valid(ids, gate_weight.shape[0])

@@ -10,7 +10,10 @@ logits within ``--logit-rtol`` of the row max of the Triton kernel's); then each
 as ``bench_router`` times the fused op: one CUDA graph cycling through L layers' router
 weights, L = 3x the L2 (``cold``: the gate weights come from HBM) and L = 8 (``hot``).
 ``--producer``: a kernel writing the hidden states before every call, its time
-subtracted. Writes ``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
+subtracted. ``--operand``: each tensor-core build is timed a second time on the gate's
+operand (the hidden states normed and scaled as vLLM's router does, for layer 0's
+scale; ``prenormed``), checked against that operand's fp32 GEMM. Writes
+``bench_cuda_decode_<device>_<date>[_<tag>].{csv,md}`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ from benchmarks.tuning.sweep_fused_router import Problem, check_outputs
 HOT_LAYERS = 8
 
 
+def operand_of(hidden_states: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """The gate's operand as vLLM's ``Gemma4Router.forward`` computes it: RMSNorm without
+    weight (in fp32, back to the input dtype), ``* H**-0.5``, ``* scale``."""
+    x = hidden_states.float()
+    normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden_states.dtype)
+    root_size = torch.tensor(hidden_states.shape[-1] ** -0.5, device=x.device)
+    return normed * root_size.to(hidden_states.dtype) * scale.to(hidden_states.dtype)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_router_shape_args(parser)
@@ -65,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time each build stopped after each stage (router_decode.cu's STAGE), "
         "unchecked: launch, gate rows, logits, hand-off",
+    )
+    parser.add_argument(
+        "--operand",
+        action="store_true",
+        help="also time each tensor-core build on the gate's operand (prenormed)",
     )
     parser.add_argument("--replays", type=int, default=15)
     parser.add_argument("--logit-rtol", type=float, default=1e-3)
@@ -111,31 +128,43 @@ def main(argv: list[str] | None = None) -> None:
 
         fused(0)
         fused_logits = out[0].clone()
+        # vLLM's router operand for layer 0 (norm, * H**-0.5, * scale; bf16 between) and
+        # what its gate makes of it
+        x_gate = operand_of(h, scales[0], args.eps)
+        gate_logits = x_gate.float() @ weights[0].float().t()
         arms = {"triton fused kernel": fused}
         checks = {"triton fused kernel": "ok"}
         pdl_modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-        for (warps, per_block, flags), pdl in itertools.product(args.builds, pdl_modes):
+        inputs = [False, True] if args.operand else [False]
+        for (warps, per_block, flags), pdl, operand in itertools.product(
+            args.builds, pdl_modes, inputs
+        ):
+            if operand and per_block < 8:
+                continue  # prenormed: tensor-core builds only
             mine = tuple(t.clone() for t in out)
+            x = x_gate if operand else h
 
-            def build_arm(stage, h=h, mine=mine, build=(warps, per_block, flags), pdl=pdl):
+            def build_arm(stage, x=x, mine=mine, build=(warps, per_block, flags), pdl=pdl,
+                          operand=operand):  # fmt: skip
                 def arm(layer):
-                    route_decode(h, scales[layer], weights[layer], expert_scales32[layer],
+                    route_decode(x, scales[layer], weights[layer], expert_scales32[layer],
                                  args.eps, args.topk, mine, warps=build[0],
                                  experts_per_block=build[1], pdl=pdl, stage=stage,
-                                 **build[2])  # fmt: skip
+                                 prenormed=operand, **build[2])  # fmt: skip
 
                 return arm
 
             named = [label for label, on in (("cluster", flags["cluster"]),
                      ("pes in smem", flags["pes_shared"]),
                      (f"tiles of {flags['token_tiles']} tokens", flags["token_tiles"]),
-                     ("PDL", pdl)) if on]  # fmt: skip
+                     ("PDL", pdl), ("gate operand", operand)) if on]  # fmt: skip
             name = ", ".join([f"cuda, {warps} warps x {per_block} experts", *named])
             proto = arms[name] = build_arm(4)
             try:
                 proto(0)
                 torch.cuda.synchronize()
-                reason, _ = check_outputs(mine, fused_logits, problem, args.logit_rtol)
+                expected = gate_logits if operand else fused_logits
+                reason, _ = check_outputs(mine, expected, problem, args.logit_rtol)
                 checks[name] = f"FAIL: {reason}" if reason else "ok"
             except (RuntimeError, ValueError, TypeError) as exc:
                 checks[name] = f"FAIL: {type(exc).__name__}: {str(exc)[:120]}"

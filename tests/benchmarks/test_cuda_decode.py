@@ -110,6 +110,30 @@ def test_the_p_builds_read_bf16_expert_scales_through_shared_memory(build, max_t
         build_macros(8, 2816, 128, 8, torch.bfloat16, 8, pes_shared=True, pes_dtype=torch.half)
 
 
+@pytest.mark.parametrize(
+    ("build", "max_tokens"), [("8x8cp", 16), ("8x8cpt8", 8), ("8x8cpt16", 16), ("8x8cpt", 32)]
+)
+def test_the_prenormed_builds_read_no_scale_and_take_no_norm(build, max_tokens, tmp_path):
+    # the split router's own counts: x is the gate's operand, the logit its dot product
+    warps, per_block, flags = parse_build(build)
+    macros = build_macros(warps, 2816, 128, 8, torch.bfloat16, per_block, max_tokens=max_tokens,
+                          pes_dtype=torch.bfloat16, prenormed=True, **flags)  # fmt: skip
+    assert macros["PRENORMED"] == 1
+    log = _nvcc(macros, tmp_path / "k.cubin", "-cubin", "-Xptxas", "-v")
+    assert "0 bytes spill stores, 0 bytes spill loads" in log, log
+    _nvcc(macros, tmp_path / "k.ptx", "-ptx")
+    ptx = (tmp_path / "k.ptx").read_text()
+    normed = dict(macros, PRENORMED=0)
+    _nvcc(normed, tmp_path / "n.ptx", "-ptx")
+    plain = (tmp_path / "n.ptx").read_text()
+    # the norm's rsqrt and the operand's bf16 product are gone; the MMAs stay
+    assert "rsqrt" in plain and "rsqrt" not in ptx
+    assert "mul.rn.bf16x2" in plain and "mul.rn.bf16x2" not in ptx
+    assert ptx.count("mma.sync.aligned.m16n8k16") == plain.count("mma.sync.aligned.m16n8k16")
+    with pytest.raises(ValueError, match="prenormed needs a tensor-core build"):
+        build_macros(8, 2816, 128, 8, torch.bfloat16, 1, max_tokens=4, prenormed=True)
+
+
 def test_build_macros_rejects_what_the_kernel_cannot_take():
     with pytest.raises(ValueError, match="warps"):
         build_macros(3, 2816, 128, 8, torch.bfloat16)

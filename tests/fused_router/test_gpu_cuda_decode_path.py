@@ -7,7 +7,7 @@ replays of a rewritten padding mask."""
 
 import pytest
 import torch
-from fused_oracle import assert_fused_contract, router_inputs
+from fused_oracle import assert_fused_contract, assert_gate_contract, router_inputs
 
 from vllm_gemma4_router.fused_router import (
     handover,
@@ -21,6 +21,7 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     most_tokens,
     parse_build,
 )
+from vllm_gemma4_router.fused_router.torch_library import fused_router_from_operand_into
 from vllm_gemma4_router.fused_router.warmup import warm_fused_router
 from vllm_gemma4_router.routing.padding import set_padding_source
 
@@ -152,3 +153,38 @@ def test_gpu_op_graph_on_the_decode_path_replays_a_rewritten_mask(num_tokens, bu
         assert torch.equal(logits, plain[0])
         assert torch.equal(ids[~pad], plain[2][~pad]) and torch.equal(weights[~pad], plain[1][~pad])
         assert bool((ids[pad] == -1).all()) and bool((weights[pad] == 0).all())
+
+
+def _operand(h, s):
+    # vLLM's router operand: RMSNorm without weight in fp32, back to bf16, * H**-0.5, * scale
+    x = h.float()
+    normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)).to(h.dtype)
+    return normed * torch.tensor(HIDDEN**-0.5, dtype=h.dtype) * s.to(h.dtype)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 16, 17, 40, 57, 64])
+@pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "mask"])
+def test_gpu_the_gate_operand_takes_the_build_and_gives_the_gates_logits(
+    num_tokens, padded, build, taken, gen
+):
+    num_tokens = min(num_tokens, _most_tokens(build))
+    h, s, w, pes = router_inputs(num_tokens, HIDDEN, EXPERTS, torch.bfloat16, gen, device="cuda")
+    s, pes = s.to(torch.bfloat16), pes.to(torch.bfloat16)  # as vLLM loads them
+    x_gate = _operand(h, s)
+    mask = (torch.rand(num_tokens, generator=gen) < 0.3).cuda() if padded else None
+    out = handover.unpack(
+        handover.new_packed(num_tokens, EXPERTS, TOPK, h.device), num_tokens, EXPERTS, TOPK
+    )
+    fused_router_from_operand_into(h, x_gate, s, w, pes, EPS, TOPK, out, mask)
+    torch.cuda.synchronize()
+    live = torch.ones(num_tokens, dtype=torch.bool) if mask is None else ~mask.cpu()
+    logits, weights, ids = (t.cpu()[live] for t in out)
+    if parse_build(build)[1] >= 8:  # a tensor-core build takes the operand
+        assert taken == [True]
+        assert_gate_contract(logits, weights, ids, x_gate.cpu()[live], w, pes, TOPK)
+    else:  # refused: the op's own launch on the hidden states, the same build
+        assert taken == [False, True]
+        assert_fused_contract(logits, weights, ids, h.cpu()[live], s, w, pes, EPS, TOPK)
+    if mask is not None:
+        ids, weights = out[2], out[1]
+        assert bool((ids[mask] == -1).all()) and bool((weights[mask] == 0).all())

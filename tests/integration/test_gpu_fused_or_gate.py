@@ -5,7 +5,8 @@ gemma-4-26B-A4B's router shapes (H = 2816, E = 128, K = 8, bf16) on CUDA, linked
 (vLLM 0.26.0 on Hopper: own kernels at T = 17-64) or, where that row
 does not split, under one that does. At the gate's counts the logits are vLLM's
 forward's bit for bit (``ll_bf16_gemm`` at T <= 16 where the gate has it); at the
-router's own counts they are the fused op's, and the routing in its buffer is claimed.
+router's own counts they are the one-launch build's on the gate's operand (the gate's
+logits up to the fp32 summation order), and the routing in its buffer is claimed.
 Eager and replayed from CUDA graphs.
 
 Needs vLLM importable next to a CUDA torch (the device's runtime: ci/device_runtime/).
@@ -17,12 +18,14 @@ import types
 
 import pytest
 import torch
+from fused_oracle import assert_gate_contract
 from oracle import assert_matches_oracle
 from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
 from vllm.config.compilation import CompilationMode
 from vllm.forward_context import set_forward_context
 
 from vllm_gemma4_router.fused_router import handover
+from vllm_gemma4_router.fused_router.launch_table import DECODE_PATH
 from vllm_gemma4_router.fused_router.torch_library import fused_router_packed
 from vllm_gemma4_router.integration import gemma4_layouts
 from vllm_gemma4_router.integration import op_policy as policy
@@ -103,13 +106,26 @@ def _vllms_forward(router, x):
     return type(router).forward.__wrapped__(router, x)
 
 
+def _operand(router, x):
+    # vLLM's lines (ROUTER_OPERAND_SOURCE), as the split router computes them
+    x_gate = router.norm(x)
+    x_gate = x_gate * router.root_size.to(x_gate.dtype)
+    return x_gate * router.scale.to(x_gate.dtype)
+
+
 def _check_own(router, per_expert_scale, x, logits, claimed):
     assert claimed is not None
+    weights, ids = claimed
+    if DECODE_PATH.build_for(x.shape[0]) is not None:
+        # a one-launch build on the gate's operand: the gate's logits, no second norm
+        operand = _operand(router, x)
+        assert_gate_contract(logits, weights, ids, operand, router.proj.weight,
+                             per_expert_scale, TOPK)  # fmt: skip
+        return
     packed = fused_router_packed(x, router.scale, router.proj.weight, per_expert_scale, 1e-6, TOPK)
     num_tokens = x.shape[0]
     assert torch.equal(logits, handover.logits_view(packed, num_tokens, EXPERTS))
     handover.claim_routing(handover.logits_view(packed, num_tokens, EXPERTS), TOPK)
-    weights, ids = claimed
     assert_matches_oracle(weights.cpu(), ids.cpu(), logits.cpu(), TOPK, per_expert_scale.cpu())
 
 
@@ -124,6 +140,9 @@ def test_gpu_split_router_takes_the_gate_or_its_own_kernels_per_count(split_rout
         if takes_own_kernel(num_tokens, own):
             _check_own(router, per_expert_scale, x, logits, claimed)
             torch.testing.assert_close(logits, vllm_logits, rtol=2e-2, atol=2e-2)
+            if DECODE_PATH.build_for(num_tokens) is not None:  # the same operand, fp32 sums
+                scale = vllm_logits.abs().amax(dim=-1, keepdim=True)
+                assert float(((logits - vllm_logits).abs() / scale).max()) <= 1e-4
         else:
             assert claimed is None, num_tokens
             assert torch.equal(logits, vllm_logits), num_tokens

@@ -136,6 +136,67 @@ def fused_router_packed(
     )
 
 
+def fused_router_from_operand_into(
+    hidden_states: torch.Tensor,
+    operand: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    is_padding: torch.Tensor | None = None,
+) -> None:
+    """:func:`fused_router_into` where the caller also has the gate's operand ``operand``
+    [T, H] (``hidden_states`` normed and scaled as vLLM's router computes it, same dtype):
+    on sm_90+ NVIDIA GPUs, at the token counts ``DECODE_PATH`` names, its tensor-core build
+    routes ``operand``, and the logits are the gate's (``operand @ W.T``, fp32
+    accumulation; no norm of its own); everywhere else, or where that launch is refused,
+    :func:`fused_router_into` on ``hidden_states``. Routing exact on the logits written,
+    lowest id on ties; ``is_padding`` rows ids -1, weights 0. Inputs unchecked."""
+    if operand.device.type == "cuda":
+        from vllm_gemma4_router.fused_router.launch_table import DECODE_PATH
+
+        build = DECODE_PATH.build_for(hidden_states.shape[0])
+        if build is not None:
+            from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
+
+            if launch_decode(build, operand, scale, gate_weight, per_expert_scale, eps, topk,
+                             out, is_padding, prenormed=True):  # fmt: skip
+                return
+    fused_router_into(
+        hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
+    )
+
+
+def fused_router_packed_from_operand(
+    hidden_states: torch.Tensor,
+    operand: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+) -> torch.Tensor:
+    """The op's packed buffer, computed as :func:`fused_router_from_operand_into` does
+    (the gate's operand routed where a one-launch build takes it), with the padding
+    source's mask and the buffer recorded for one claim, as the op does. For callers
+    inside an opaque op of their own; inputs checked as the op checks them (shapes and
+    dtypes by the caller, the kernels' limits here)."""
+    num_tokens, _ = hidden_states.shape
+    num_experts = gate_weight.shape[0]
+    if hidden_states.device.type != "cpu":
+        check_fused_router_supported(num_experts, topk)
+    is_padding = checked_padding_mask(num_tokens, hidden_states.device)
+    packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
+    out = unpack(packed, num_tokens, num_experts, topk)
+    fused_router_from_operand_into(
+        hidden_states, operand, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
+    )
+    record_produced(packed, num_tokens, num_experts, topk)
+    return packed
+
+
 def gemma4_fused_router(
     hidden_states: torch.Tensor,
     scale: torch.Tensor,

@@ -13,9 +13,10 @@ Inductor fuses it as in vLLM's own graph). It is opaque to torch.compile, so the
 choice is made per call, with that call's token count (vLLM traces once, at
 ``max_num_tokens``, and drops every guard):
 
-* a count in the gate's ``own_kernel_tokens``: the fused router op on ``h``; the
-  logits returned are the logits view of its packed buffer, which the routing
-  function then claims (``fused_router.handover``);
+* a count in the gate's ``own_kernel_tokens``: the fused router's one-launch build on
+  ``x'`` where the decode path takes the count (its logits the gate's own, no second
+  norm), else the fused router op on ``h``; the logits returned are the logits view of
+  its packed buffer, which the routing function then claims (``fused_router.handover``);
 * any other count: the gate's own class ``forward`` on ``x'`` (vLLM's tiers, chosen
   for this count); the routing function finds nothing to claim and routes the
   logits with the plugin's routing op, as in the default chain.
@@ -102,8 +103,10 @@ def _fused_router_or_gate(
     _check_x_gate(hidden_states, x_gate)
     gate = registered_gate(layer_name)
     if takes_own_kernel(num_tokens, getattr(gate, OWN_TOKENS_ATTRIBUTE)):
-        packed = fused_library.fused_router_packed(
-            hidden_states, scale, gate_weight, per_expert_scale, eps, topk
+        # x_gate is already normed and scaled: where a one-launch build takes it, no second
+        # norm, and its logits round as the gate's do
+        packed = fused_library.fused_router_packed_from_operand(
+            hidden_states, x_gate.contiguous(), scale, gate_weight, per_expert_scale, eps, topk
         )
         return logits_view(packed, num_tokens, num_experts)
     # The gate's own class forward: vLLM's tier branches run here, with this call's T.

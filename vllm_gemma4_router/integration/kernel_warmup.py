@@ -94,6 +94,8 @@ def fused_warmups(model: torch.nn.Module, padding: bool) -> dict[tuple, dict]:
                 per_expert_scale_dtype=None if pes is None else pes.dtype,
                 eps=plan.eps,
                 paddings=(False, True) if padding else (False,),
+                # a split router routes its own counts from the gate's operand
+                operand=plan.gate_name is not None,
             ),
         )
         calls[key] = kwargs

@@ -71,13 +71,15 @@ def route_decode(
     cluster: bool = False,
     pes_shared: bool = False,
     token_tiles: int = 0,
+    prenormed: bool = False,
 ) -> None:
     """One launch of a build into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids
     [T, K] int32)``, T <= ``MAX_TOKENS`` (``MAX_TOKENS_MMA`` for tensor-core builds);
     the inputs as ``launcher.decode_path_takes`` asks. ``pdl``: programmatic dependent
     launch; ``stage`` < 4 a stage-ablation build, ``cluster`` the DSMEM hand-off,
     ``pes_shared`` the expert scales staged in shared memory, ``token_tiles`` a cluster
-    per that many tokens (see :func:`build_macros`).
+    per that many tokens, ``prenormed`` ``hidden_states`` the gate's operand (see
+    :func:`build_macros`).
     Raises ``ValueError`` where the package's launcher would not take the call (naming
     the argument it can name) and ``RuntimeError`` where the build is unavailable."""
     num_tokens, hidden = hidden_states.shape
@@ -90,14 +92,15 @@ def route_decode(
     build_macros(warps, hidden, gate_weight.shape[0], topk, scale.dtype, experts_per_block,
                  stage, launch_shape(num_tokens, token_tiles)[0], cluster, pes_shared,
                  torch.float32 if per_expert_scale is None else per_expert_scale.dtype,
-                 token_tiles)  # fmt: skip
+                 token_tiles, prenormed)  # fmt: skip
     build = build_name(warps, experts_per_block, cluster, pes_shared, token_tiles)
-    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
+    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk,
+                             prenormed=prenormed):  # fmt: skip
         raise ValueError(
             "hidden_states, scale, gate_weight or per_expert_scale: not a layout or dtype "
             "the decode path takes (launcher.decode_path_takes)"
         )
     if not launch_decode(build, hidden_states, scale, gate_weight, per_expert_scale, eps, topk,
                          out, is_padding, pdl=pdl, stage=stage,
-                         fit_tiles=False):  # fmt: skip
+                         fit_tiles=False, prenormed=prenormed):  # fmt: skip
         raise RuntimeError(f"build {build} did not launch: see the log")

@@ -58,6 +58,7 @@ def build_macros(
     pes_shared: bool = False,
     pes_dtype: torch.dtype = torch.float32,
     token_tiles: int = 0,
+    prenormed: bool = False,
 ) -> dict[str, int]:
     """The kernel's compile-time constants for one problem shape and build.
     ``experts_per_block`` 1, 2 or 4 takes the logits on CUDA cores; 8 or 16
@@ -70,7 +71,10 @@ def build_macros(
     the gate rows are read once per cluster). ``pes_shared``: the expert
     scales are staged in shared memory with the gate rows (``PES_SMEM``); ``pes_dtype``
     the expert scales' dtype, fp32 or (with ``pes_shared``) bf16 (``PES_BF16``). ``stage`` < 4
-    builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete."""
+    builds the stage ablation's kernels (``STAGE``), which leave the outputs incomplete.
+    ``prenormed`` (tensor cores only; ``PRENORMED``): the kernel takes the gate's operand
+    (normed and scaled, as vLLM's router computes it) for ``x`` and its logits are the
+    plain dot products with the gate rows: no sum of squares, no scale."""
     if max_tokens not in TOKEN_BUILDS:
         raise ValueError(f"max_tokens must be one of {TOKEN_BUILDS}, got {max_tokens}")
     if stage not in (0, 1, 2, 3, 4):
@@ -95,6 +99,10 @@ def build_macros(
     if max_tokens > MAX_TOKENS and not tensor_cores:
         raise ValueError(
             f"max_tokens above {MAX_TOKENS} needs a tensor-core build, got {max_tokens}"
+        )
+    if prenormed and not tensor_cores:
+        raise ValueError(
+            f"prenormed needs a tensor-core build, got experts_per_block {experts_per_block}"
         )
     if tensor_cores and hidden % (32 * warps):
         raise ValueError(f"the tensor-core build needs hidden % (32 * warps) == 0, got {hidden}")
@@ -138,6 +146,7 @@ def build_macros(
         PES_SMEM=int(pes_shared),
         PES_BF16=int(pes_dtype == torch.bfloat16),
         TOKEN_TILES=int(bool(token_tiles)),  # the tile is TMAX: one kernel per token build
+        PRENORMED=int(prenormed),
     )
 
 

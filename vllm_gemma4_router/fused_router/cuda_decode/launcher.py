@@ -52,13 +52,16 @@ def decode_path_takes(
     gate_weight: torch.Tensor,
     per_expert_scale: torch.Tensor | None,
     topk: int,
+    *,
+    prenormed: bool = False,
 ) -> bool:
     """Whether ``build`` (a :func:`~.builds.parse_build` name) can route this call: an
     sm_90+ device; ``hidden_states`` [T, H] and ``gate_weight`` [E, H] bf16 with unit
     column stride and 16-byte aligned rows; ``scale`` [H] contiguous bf16 or fp32, 16-byte
     aligned; ``per_expert_scale`` [E] contiguous fp32 (bf16 too for the ``p`` builds) or
     ``None``; and a token build of
-    ``build`` that holds T rows of this shape. Host-side checks only: no device sync."""
+    ``build`` that holds T rows of this shape (``prenormed``: a tensor-core build, taking
+    the gate's operand for ``hidden_states``). Host-side checks only: no device sync."""
     if not device_runs_decode_path(hidden_states.device):
         return False
     for tensor in (hidden_states, gate_weight):
@@ -76,7 +79,8 @@ def decode_path_takes(
     if per_expert_scale is not None and not per_expert_scale.is_contiguous():
         return False
     shape = (hidden_states.shape[0], *gate_weight.shape[::-1], topk)
-    return _macros(build, *shape, scale.dtype, _pes_dtype(per_expert_scale)) is not None
+    pes_dtype = _pes_dtype(per_expert_scale)
+    return _macros(build, *shape, scale.dtype, pes_dtype, prenormed) is not None
 
 
 def _pes_dtype(per_expert_scale: torch.Tensor | None) -> torch.dtype:
@@ -92,12 +96,13 @@ def _macros(
     topk: int,
     scale_dtype: torch.dtype,
     pes_dtype: torch.dtype = torch.float32,
+    prenormed: bool = False,
 ) -> tuple[tuple[str, int], ...] | None:
     warps, per_block, flags = parse_build(build)
     try:
         macros = build_macros(warps, hidden, num_experts, topk, scale_dtype, per_block,
                               max_tokens=launch_shape(num_tokens, flags["token_tiles"])[0],
-                              pes_dtype=pes_dtype, **flags)  # fmt: skip
+                              pes_dtype=pes_dtype, prenormed=prenormed, **flags)  # fmt: skip
     except (ValueError, TypeError):
         return None
     return tuple(macros.items())
@@ -164,6 +169,7 @@ def launch_decode(
     pdl: bool = False,
     stage: int = 4,
     fit_tiles: bool = True,
+    prenormed: bool = False,
 ) -> bool:
     """Route with ``build`` into ``out = (logits [T, E] fp32, weights [T, K] fp32, ids [T, K]
     int32)``, the fused router's contract (equal logits to the lower id, rows sorted by
@@ -177,12 +183,16 @@ def launch_decode(
     counter per device, so their launches must be stream-ordered. ``pdl``: launch with
     programmatic dependent launch; ``stage`` < 4 stops after a stage (benchmarks' stage
     ablation: incomplete outputs); ``fit_tiles=False`` launches ``build``'s own tile even
-    where its clusters run in waves (benchmarks timing a build by name)."""
-    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk):
+    where its clusters run in waves (benchmarks timing a build by name). ``prenormed``:
+    ``hidden_states`` is the gate's operand (normed and scaled by vLLM's router) and the
+    logits are its plain dot products with the gate rows (``scale`` and ``eps`` unread),
+    as vLLM's gate computes them; a tensor-core build only."""
+    if not decode_path_takes(build, hidden_states, scale, gate_weight, per_expert_scale, topk,
+                             prenormed=prenormed):  # fmt: skip
         return False
     num_tokens, hidden = hidden_states.shape
     shape = (num_tokens, hidden, gate_weight.shape[0], topk, scale.dtype,
-             _pes_dtype(per_expert_scale))  # fmt: skip
+             _pes_dtype(per_expert_scale), prenormed)  # fmt: skip
     device_index = hidden_states.device.index
 
     def capacity(name: str) -> int | None:

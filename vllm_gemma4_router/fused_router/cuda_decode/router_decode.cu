@@ -27,7 +27,9 @@
 //
 // Compile-time: NW, EPB, CH (>= ceil(H / 8 / (32 NW))), TMAX, TG, RT, SCALE_BF16 (1: bf16
 // scale, 0: fp32), MAX_K (>= K), E_PER_LANE (ceil(E / 32)), STAGE, MMA, KB, NT, CLUSTER,
-// CS, PES_SMEM, PES_BF16.
+// CS, PES_SMEM, PES_BF16, PRENORMED (1, tensor-core builds only: x is already the gate's
+// operand, normed and scaled as vLLM's router computes it, and the logit is the plain dot
+// product sum_h x[t,h] * W[e,h]; scale, eps and inv_root_h are not read).
 // Layout: x, W bf16 with 16-byte aligned rows and unit column stride; logits [T, E],
 // weights [T, K] fp32 and ids [T, K] int32, row strides given; eps and inv_root_h = H^-0.5 by value.
 // No #include: NVRTC builds it without the toolkit's headers (bf16 handled as bits).
@@ -49,6 +51,9 @@
 #endif
 #ifndef RT
 #define RT 4
+#endif
+#ifndef PRENORMED
+#define PRENORMED 0
 #endif
 #ifndef SCALE_BF16
 #define SCALE_BF16 1
@@ -441,7 +446,9 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
           ? __ldg(reinterpret_cast<const uint4*>(w + (long long)e * stride_we) + chunk)
           : make_uint4(0u, 0u, 0u, 0u);
     }
+#if !PRENORMED
     sr[b] = load_scale(scale, chunk);
+#endif
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -493,11 +500,16 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
         const uint4 xhi = hi < T
             ? __ldg(reinterpret_cast<const uint4*>(x + (long long)hi * stride_xt) + chunk)
             : zero;
+#if PRENORMED
+        const unsigned int alo[4] = {xlo.x, xlo.y, xlo.z, xlo.w};
+        const unsigned int ahi[4] = {xhi.x, xhi.y, xhi.z, xhi.w};
+#else
         ss[m][0] += sumsq8(xlo);
         ss[m][1] += sumsq8(xhi);
         unsigned int alo[4], ahi[4];
         operands8(xlo, sr[b], alo);
         operands8(xhi, sr[b], ahi);
+#endif
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           mma_bf16(acc[m][n][0], alo[0], ahi[0], alo[1], ahi[1], wr[n][b].x, wr[n][b].y);
@@ -507,11 +519,13 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
     }
 #pragma unroll
     for (int m = 0; m < MP; ++m) {
+#if !PRENORMED
 #pragma unroll
       for (int offset = 1; offset < 4; offset <<= 1) {
         ss[m][0] += __shfl_xor_sync(FULL_MASK, ss[m][0], offset);
         ss[m][1] += __shfl_xor_sync(FULL_MASK, ss[m][1], offset);
       }
+#endif
       const int lo = 16 * (m0 + m) + g, hi = lo + 8;
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
@@ -520,10 +534,12 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
         part[warp][hi][8 * n + 2 * q] = acc[m][n][0][2] + acc[m][n][1][2];
         part[warp][hi][8 * n + 2 * q + 1] = acc[m][n][0][3] + acc[m][n][1][3];
       }
+#if !PRENORMED
       if (q == 0) {
         part_ss[warp][lo] = ss[m][0];
         part_ss[warp][hi] = ss[m][1];
       }
+#endif
     }
   }
   __syncthreads();
@@ -537,9 +553,16 @@ gemma4_router_decode(const unsigned short* __restrict__ x, int stride_xt,
 #pragma unroll
     for (int v = 0; v < NW; ++v) {
       dot += part[v][t][e];
+#if !PRENORMED
       sumsq += part_ss[v][t];
+#endif
     }
+#if PRENORMED
+    const float l = dot;
+    (void)sumsq;
+#else
     const float l = dot * rsqrtf(sumsq / H + eps) * inv_root_h;
+#endif
     logits[(long long)t * stride_lt + e0 + e] = l;
 #if CLUSTER
     block_logits[t][e] = l;
