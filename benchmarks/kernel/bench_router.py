@@ -34,11 +34,15 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   (gemm_ll at T <= 16 where eligible, else gemm) + routing vLLM``, and
   ``plugin_equiv``, the same with our routing: the plugin's own chain (``gemma4_gate_tier``
   + ``gemma4_routing``), the best chain the fused router must beat (issue #36);
+* ``fused_operand``: what the split router runs at its own counts
+  (``fused_router_from_operand_into``): the decode path's build on the gate's operand
+  (``norm``'s output, as vLLM's lines compute it), its logits the gate's, where the
+  decode path takes T; else the op on the hidden states;
 * ``split_equiv``: the plugin's split fused router (``fused_router_or_gate``) as the
   fused-router policy row of the installed vLLM on this GPU sends each T: at the row's
-  ``own_kernel_tokens``, the router norm's marginal cost (vLLM's operand lines still run
-  in the compiled layer, unused there) + ``fused``; at every other T, ``plugin_equiv``
-  (the gate's own tier, then our routing). Left out where no row splits.
+  ``own_kernel_tokens``, the router norm's marginal cost (vLLM's operand lines run in
+  the compiled layer on both branches) + ``fused_operand``; at every other T,
+  ``plugin_equiv`` (the gate's own tier, then our routing). Left out where no row splits.
 
 ``--cache both``: each T with the L2-resident rotation (``--hot-layers``, 30 sets)
 and the cold one (``auto``), the issue's T list by default. ``--anchors-only``:
@@ -116,6 +120,8 @@ PIECES = (
     "fused_pdl",
     "empty",
 )
+#: The split router's own-count kernel, on the gate's operand (``Router.fused_operand``).
+OPERAND_PIECES = ("fused_operand",)
 HEADERS = {
     "norm": "norm+scale",
     "gemm": "gate GEMM",
@@ -127,6 +133,7 @@ HEADERS = {
     "fused_gemm": "fused, GEMM path",
     "fused_pdl": "fused, PDL",
     "empty": "empty launch",
+    "fused_operand": "fused, gate operand",
 }
 #: GateLinear's first tier (``benchmarks.common.ll_gemm``), timed where it would run.
 LL_PIECES = ("gemm_ll", "chain_ll")
@@ -145,8 +152,8 @@ SERVING_FORMULA = (
     "serving-equivalent = (tail + router norm - tail) + gate GEMM (the tier GateLinear "
     "dispatches: ll_bf16 where T <= 16 and it is eligible, else cuBLAS) + routing vLLM; "
     "plugin-equivalent = the same with our routing (the plugin's own chain); "
-    "split = (tail + router norm - tail) + fused at the fused-router policy row's own "
-    "token counts, else plugin-equivalent"
+    "split = (tail + router norm - tail) + fused on the gate operand at the fused-router "
+    "policy row's own token counts, else plugin-equivalent"
 )
 FUSED_IMPL = "vllm_gemma4_router.fused_router.torch_library.fused_router_into (what the op runs)"
 
@@ -317,6 +324,8 @@ class Router:
     tail_weights: tuple[torch.Tensor, ...] = ()  # post_attn, pre_ff, pre_ff_2 norm weights
     #: the split fused router's own token counts (policy row); None: no row splits
     own_tokens: tuple[tuple[int, int | None], ...] | None = None
+    #: fn(h, x_gate, s, w, pes, eps, topk): the split router's own-count path; None: untimed
+    fused_operand: Callable | None = None
 
     def ll_eligible(self, num_tokens: int) -> bool:
         """Whether GateLinear would dispatch ``ll_bf16_gemm`` at ``num_tokens``."""
@@ -416,6 +425,19 @@ def check_point(router: Router, hidden_states: torch.Tensor, logit_rtol: float) 
     pdl_out = r.fused_pdl(hidden_states, s, w, p, r.eps, k)
     if pdl_out is not None and not all(map(torch.equal, pdl_out, (logits, weights, ids))):
         problems.append("PDL launch != the op's bits")
+    if r.fused_operand is not None:
+        # the split router's own path on the gate's operand: the gate's logits (fp32 sums
+        # in another order), routed exactly
+        normed = r.norm(hidden_states, r.root_size, s, r.eps)
+        op_logits, op_w, op_ids = r.fused_operand(hidden_states, normed, s, w, p, r.eps, k)
+        want_w, want_ids = r.route_ours(op_logits, k, p)
+        if not torch.equal(op_ids.to(torch.int32), want_ids.to(torch.int32)):
+            problems.append("gate operand: ids != our routing of its logits")
+        elif not torch.allclose(op_w.float(), want_w.float(), rtol=1e-5, atol=1e-6):
+            problems.append("gate operand: weights != our routing of its logits")
+        operand_err = logit_error(op_logits, r.gemm(normed, w))
+        if not operand_err <= logit_rtol:
+            problems.append(f"gate operand: logits {operand_err:.3g} > {logit_rtol:g} of row max")
     ll_err = float("nan")
     num_tokens = hidden_states.shape[0]
     if r.ll_eligible(num_tokens):
@@ -468,6 +490,10 @@ def pieces(router: Router, hidden_states: torch.Tensor, empty: Callable[[], obje
     }
     if r.fused_pdl(h, r.scales[0], r.weights[0], r.expert_scales[0], r.eps, k) is None:
         del fns["fused_pdl"]
+    if r.fused_operand is not None:  # the operand: vLLM's lines' output for layer 0
+        fns["fused_operand"] = lambda i: r.fused_operand(
+            h, normed, r.scales[i], r.weights[i], r.expert_scales[i], r.eps, k
+        )
     if r.ll_eligible(h.shape[0]):
         ll = r.ll.fn
         fns["gemm_ll"] = lambda i: ll(normed, r.weights[i])
@@ -542,6 +568,8 @@ def measure_point(
         columns += LL_PIECES
     if tails:
         columns += TAIL_PIECES
+    if only is None and router.fused_operand is not None:
+        columns += OPERAND_PIECES
     rows = []
     for layers in layer_counts:
         us = {name: timer(fn, layers) for name, fn in fns.items()}
@@ -575,7 +603,8 @@ def measure_point(
             row["plugin_over_fused"] = round(plugin / us["fused"], 3)
             if router.own_tokens is not None:
                 own = takes_own_kernel(num_tokens, router.own_tokens)
-                split = marginal + us["fused"] if own else plugin
+                kernel = us["fused_operand"] if router.fused_operand is not None else us["fused"]
+                split = marginal + kernel if own else plugin
                 row["split_branch"] = "own kernel" if own else "gate tier"
                 row["split_equiv_us"] = round(split, 3)
                 row["plugin_over_split"] = round(plugin / split, 3)
@@ -672,6 +701,7 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         torch._dynamo.maybe_mark_dynamic(x, 0)
         norm(x, torch.tensor(args.hidden**-0.5, device=device).to(dtype), scales[0], args.eps)
     fused, fused_gemm, fused_pdl = load_fused()
+    fused_operand = load_fused_operand()
     ll = load_ll(args, device, dtype)
     tail = tail_router = None
     tail_weights: tuple[torch.Tensor, ...] = ()
@@ -695,6 +725,7 @@ def build_router(args, device, generator=None) -> tuple[Router, dict[str, str], 
         tail=tail,
         tail_router=tail_router,
         tail_weights=tail_weights,
+        fused_operand=fused_operand,
     )
     labels = dict(
         impl_norm=norm_label,
@@ -734,6 +765,23 @@ def split_policy(device) -> tuple[tuple[tuple[int, int | None], ...] | None, str
     # no commas: the stamp is one comma-separated line
     ranges = " and ".join(f"{first}-{'' if last is None else last}" for first, last in own)
     return own, f"{family} vLLM {vllm_version}: own kernel at T = {ranges}"
+
+
+def load_fused_operand() -> Callable:
+    """The split router's own-count path (``fused_router_from_operand_into``) as
+    ``fn(h, x_gate, s, w, pes, eps, topk) -> (logits, weights, ids)``, into a new buffer."""
+    from vllm_gemma4_router.fused_router.handover import new_packed, unpack
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_from_operand_into
+
+    def run(hidden_states, x_gate, scale, gate_weight, per_expert_scale, eps, topk):
+        num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
+        out = unpack(new_packed(num_tokens, num_experts, topk, hidden_states.device),
+                     num_tokens, num_experts, topk)  # fmt: skip
+        fused_router_from_operand_into(hidden_states, x_gate, scale, gate_weight,
+                                       per_expert_scale, eps, topk, out)  # fmt: skip
+        return out
+
+    return run
 
 
 def load_ll(args, device, dtype) -> LLGemm:
@@ -877,7 +925,7 @@ def table_lines(rows: list[dict], layers: int) -> list[str]:
     """The markdown table of one layer count: every piece, the two ratios (and chain
     ll_bf16 / fused where the rows have it), the check."""
     mine = sorted((r for r in rows if r["layers"] == layers), key=lambda r: r["T"])
-    shown = _present(mine, PIECES + LL_PIECES)
+    shown = _present(mine, PIECES + OPERAND_PIECES + LL_PIECES)
     with_ll = "chain_ll" in shown
     head = ["T", *(HEADERS[p] for p in shown), "chain vLLM / fused", "chain ours / fused"]
     head += ["chain ll_bf16 / fused"] if with_ll else []
@@ -993,6 +1041,7 @@ SHORT_COLUMNS = (
     ("serving_equiv_us", "serving-eq"),
     ("plugin_equiv_us", "plugin-eq"),
     ("fused_us", "fused"),
+    ("fused_operand_us", "fused operand"),
     ("split_equiv_us", "split"),
 )
 

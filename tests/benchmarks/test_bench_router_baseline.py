@@ -172,15 +172,18 @@ def test_split_column_takes_the_policy_rows_branch_per_count(num_tokens, branch)
     router.ll = _ll(fn=router.gemm)  # this torch's cuBLAS-tier stand-in: the check passes
     _with_tail(router)
     router.own_tokens = ((17, 64), (90, None))
+    router.fused_operand = bench_router.load_fused_operand()  # on the CPU: the op on h
     rows = bench_router.measure_point(
         router, num_tokens, [2], LAYER_BYTES, H200_L2, _counting_timer(), lambda: None,
         2e-2, torch.bfloat16, "cpu",
     )  # fmt: skip
     row = rows[0]
-    assert row["split_branch"] == branch
+    assert row["split_branch"] == branch and row["check"] == "ok", row
+    # the own-count kernel is timed on its own: the operand path, not the op on h
+    assert row["fused_operand_us"] > 0 and row["fused_operand_us"] != row["fused_us"]
     # the operand's lines run in the compiled layer on both branches
     expected = (
-        row["norm_marginal_us"] + row["fused_us"]
+        row["norm_marginal_us"] + row["fused_operand_us"]
         if branch == "own kernel"
         else row["plugin_equiv_us"]
     )
