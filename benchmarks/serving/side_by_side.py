@@ -79,6 +79,10 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     "c1": Workload(num_prompts=24, max_concurrency=1, input_len=1024, output_len=256, warmups=2),
     "c16": Workload(num_prompts=64, max_concurrency=16, input_len=1024, output_len=256, warmups=16),
+    # issue #36 goal 4: decode batches of up to 64, where the split router runs its own kernels
+    "c64": Workload(
+        num_prompts=192, max_concurrency=64, input_len=1024, output_len=256, warmups=64
+    ),
     "pr39083": Workload(
         num_prompts=160, max_concurrency=16, input_len=2048, output_len=512, warmups=16
     ),
@@ -88,6 +92,8 @@ ARMS_PRESETS: dict[str, tuple[str, str]] = {
     "in-tree-vs-plugin": ("in-tree", "plugin"),  # VLLM_PLUGINS= vs our routing op
     "in-tree-vs-fused": ("in-tree", "fused"),  # VLLM_PLUGINS= vs +gemma4_fused_router
     "in-tree-vs-gate-tier": ("in-tree", "gate-tier"),  # VLLM_PLUGINS= vs +gemma4_gate_tier
+    # the router the fused one replaces on 0.26.0 Hopper vs +gemma4_fused_router (issue #36)
+    "gate-tier-vs-fused": ("gate-tier", "fused"),
 }
 # serve_ab flag dest -> Workload field.
 _WORKLOAD_FLAGS = {

@@ -5,9 +5,12 @@
 #
 #   bash benchmarks/serving/side_by_side_device.sh WORKLOAD ARMS
 #     WORKLOAD: c1 (24 prompts, 1024/256, concurrency 1), c16 (64 prompts,
-#               1024/256, concurrency 16), pr39083 (160 prompts, 2048/512, 16)
+#               1024/256, concurrency 16), c64 (192 prompts, 1024/256, concurrency
+#               64; servers with --max-num-seqs 64), pr39083 (160 prompts, 2048/512, 16)
 #     ARMS:     plugin (in-tree vs our routing op), fused (in-tree vs
-#               +gemma4_fused_router), gate-tier (in-tree vs +gemma4_gate_tier)
+#               +gemma4_fused_router), gate-tier (in-tree vs +gemma4_gate_tier),
+#               gate-tier-vs-fused (+gemma4_gate_tier vs +gemma4_fused_router: the
+#               router the fused one replaces on vLLM 0.26.0 Hopper, issue #36 goal 4)
 #
 # Needs vLLM installed on the device first (ci/device_runtime/, VLLM_RUNTIME=0.26.0).
 # The same line is repeated, call after call, until it exits 0: each call starts
@@ -40,21 +43,26 @@ if [[ ${1:-} == stop ]]; then
     --side-by-side --stop-servers --cache-root .cache/serve_ab_side_by_side
   exit $?
 fi
-WORKLOAD=${1:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier (or: $0 stop)}
-ARMS=${2:?usage: $0 c1|c16|pr39083 plugin|fused|gate-tier}
+WORKLOAD=${1:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused (or: $0 stop)}
+ARMS=${2:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused}
 case $WORKLOAD in
   c1) first_pair=120 ;;
   c16) first_pair=80 ;;
+  c64) first_pair=110 ;;
   pr39083) first_pair=170 ;;
-  *) echo "unknown workload $WORKLOAD (c1, c16, pr39083)" >&2 && exit 2 ;;
+  *) echo "unknown workload $WORKLOAD (c1, c16, c64, pr39083)" >&2 && exit 2 ;;
 esac
-case $ARMS in plugin | fused | gate-tier) ;; *) echo "unknown arms $ARMS (plugin, fused, gate-tier)" >&2 && exit 2 ;; esac
+case $ARMS in
+  plugin | fused | gate-tier) PRESET=in-tree-vs-$ARMS ;;
+  gate-tier-vs-fused) PRESET=$ARMS ;;
+  *) echo "unknown arms $ARMS (plugin, fused, gate-tier, gate-tier-vs-fused)" >&2 && exit 2 ;;
+esac
 OUT=${OUT:-side-by-side-out}
 ROOT=.cache/serve_ab_side_by_side
 # SBS_PROFILE=gemma-4-26b-a4b-12l: the first 12 of the 30 layers, for an 80 GB GPU
 # (two full 26B-A4B servers need the H200); the tag names it.
 PROFILE=${SBS_PROFILE:-gemma-4-26b-a4b}
-TAG=${WORKLOAD}_in-tree-vs-${ARMS}${SBS_PROFILE:+_$PROFILE}
+TAG=${WORKLOAD}_${PRESET}${SBS_PROFILE:+_$PROFILE}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # No hub, no telemetry: the device has no network.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -65,10 +73,13 @@ export TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
 # hash of the plugin's sources, so no arm loads what another compiled.
 # PR #39083's server flags; 4096 tokens hold a 2048 + 512 request; --max-num-seqs
 # 16 caps what no workload here exceeds (shorter CUDA-graph capture).
-SERVER_ARGS=${SBS_SERVER_ARGS:---attention-backend TRITON_ATTN --no-enable-prefix-caching --max-model-len 4096 --max-num-seqs 16}
+# c64 needs 64 sequences at once.
+MAX_SEQS=16
+[[ $WORKLOAD == c64 ]] && MAX_SEQS=64
+SERVER_ARGS=${SBS_SERVER_ARGS:---attention-backend TRITON_ATTN --no-enable-prefix-caching --max-model-len 4096 --max-num-seqs $MAX_SEQS}
 mkdir -p "$OUT" "$ROOT/results"
 timeout --kill-after=20 "${SBS_TIMEOUT:-560}" python3 -m benchmarks.serving.serve_ab \
-  --side-by-side --model-profile "$PROFILE" --arms-preset "in-tree-vs-$ARMS" \
+  --side-by-side --model-profile "$PROFILE" --arms-preset "$PRESET" \
   --workload "$WORKLOAD" --pairs "${PAIRS:-5}" --gpu-memory-utilization "${SBS_GPU_MEM:-0.47}" \
   --server-args "$SERVER_ARGS" --cache-root "$ROOT" --result-dir "$ROOT/results" --tag "$TAG" \
   --resume ${SBS_KEEP:+--keep-servers} --budget-s "${SBS_BUDGET:-510}" --first-pair-s "${SBS_FIRST_PAIR:-$first_pair}" \

@@ -431,7 +431,12 @@ DEVICE_SCRIPT = REPO / "benchmarks" / "serving" / "side_by_side_device.sh"
 
 @pytest.mark.parametrize(
     ("workload", "arms", "keep"),
-    [("c1", "plugin", ""), ("pr39083", "fused", ""), ("c16", "gate-tier", "1")],
+    [
+        ("c1", "plugin", ""),
+        ("pr39083", "fused", ""),
+        ("c16", "gate-tier", "1"),
+        ("c64", "gate-tier-vs-fused", "1"),
+    ],
 )
 def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, keep):
     """The device line's python3 is replaced by one that parses the flags with
@@ -467,12 +472,14 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, k
     )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "exit 3 (0: all pairs done, 3: run this again" in result.stdout
-    tag = f"{workload}_in-tree-vs-{arms}" + ("_gemma-4-26b-a4b-12l" if keep else "")
+    preset_name = arms if "-vs-" in arms else f"in-tree-vs-{arms}"
+    tag = f"{workload}_{preset_name}" + ("_gemma-4-26b-a4b-12l" if keep else "")
     log = (out / f"{tag}.txt").read_text()
     args = json.loads(log.split("ARGS=", 1)[1])
     preset = side_by_side.WORKLOADS[workload]
     assert args["side_by_side"] and args["resume"] and args["pairs"] == 5
-    assert args["arms_preset"] == f"in-tree-vs-{arms}"
+    assert args["arms_preset"] == preset_name
+    assert side_by_side.ARMS_PRESETS[preset_name][1] == arms.rsplit("-vs-", 1)[-1]
     assert (args["num_prompts"], args["max_concurrency"]) == (
         preset.num_prompts,
         preset.max_concurrency,
@@ -480,7 +487,8 @@ def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, k
     assert args["gpu_memory_utilization"] == 0.47 and args["budget_s"] == 510
     profile = "gemma-4-26b-a4b-12l" if keep else "gemma-4-26b-a4b"
     assert args["model_profile"] == profile and args["tag"] == tag
-    assert "--max-num-seqs 16" in args["server_args"]
+    # c64's 64 sequences at once; 16 caps the others
+    assert f"--max-num-seqs {64 if workload == 'c64' else 16}" in args["server_args"]
     assert args["keep_servers"] is bool(keep) and not args["stop_servers"]
 
 

@@ -209,7 +209,7 @@ def launch_decode(
     num_experts = gate_weight.shape[0]
     if stage != 4:
         macros = tuple((k, stage if k == "STAGE" else v) for k, v in macros)
-    kernel = decode_kernel(macros, hidden_states.device.index)
+    kernel = decode_kernel(macros, device_index)
     if kernel is None:
         return False
     constants = dict(macros)
