@@ -35,12 +35,13 @@ def _owner(num_experts: int, dispatch: str, device=META, padding: bool = False):
     return owner
 
 
-def _router(hidden: int, num_experts: int, device=META, dtype=torch.bfloat16):
+def _router(hidden: int, num_experts: int, device=META, dtype=torch.bfloat16, gate_name=None):
     router = torch.nn.Module()
     router.scale = torch.nn.Parameter(torch.empty(hidden, device=device))
     pes = torch.empty(num_experts, device=device)
     weight = torch.empty(num_experts, hidden, device=device, dtype=dtype)
-    router.__dict__[FUSED_PLAN_ATTRIBUTE] = _FusedPlan(1e-6, 8, lambda: pes, weight)
+    plan = _FusedPlan(1e-6, 8, lambda: pes, weight, gate_name=gate_name)
+    router.__dict__[FUSED_PLAN_ATTRIBUTE] = plan
     return router
 
 
@@ -98,6 +99,15 @@ def test_one_fused_warmup_per_shape(gpu_is_meta):
     assert all(k["paddings"] == (False, True) and k["eps"] == 1e-6 for k in calls.values())
     assert all(k["topk"] == 8 and k["per_expert_scale_dtype"] == torch.float32
                for k in calls.values())  # fmt: skip
+    assert not any(k["operand"] for k in calls.values())  # no router splits here
+
+
+def test_a_split_router_warms_its_gate_operand_kernels_too(gpu_is_meta):
+    # its own counts route the gate's operand: those kernels are built before capture
+    split = _router(2816, 128, gate_name="model.layers.0.router.gemma4_fused_gate")
+    calls = kernel_warmup.fused_warmups(_model(_router(1024, 64), split), padding=False)
+    by_hidden = {k["hidden"]: k["operand"] for k in calls.values()}
+    assert by_hidden == {1024: False, 2816: True}
 
 
 def test_warm_model_kernels_runs_each_warmup_once_with_a_line(
