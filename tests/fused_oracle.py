@@ -44,12 +44,19 @@ def assert_fused_contract(
 ) -> None:
     """Logits within the fp32 bound of the fp64 chain; routing exact on the op's own logits."""
     ref, bound = fp64_logits(hidden_states, scale, gate_weight, eps)
+    _assert_within_and_routed(logits, weights, ids, ref, bound, "the fp64 chain",
+                              gate_weight.shape[0], per_expert_scale, topk)  # fmt: skip
+
+
+def _assert_within_and_routed(
+    logits, weights, ids, ref, bound, what, num_experts, per_expert_scale, topk
+) -> None:
     err = (logits.double().cpu() - ref).abs()
     worst = float((err / bound.clamp_min(1e-30)).max()) if err.numel() else 0.0
-    assert worst <= 1.0, f"logits off the fp64 chain by {worst:.2f}x the fp32 bound"
+    assert worst <= 1.0, f"logits off {what} by {worst:.2f}x the fp32 bound"
     pes = None if per_expert_scale is None else per_expert_scale.cpu()
     assert_matches_oracle(weights.cpu(), ids.cpu(), logits.cpu(), topk, pes)
-    assert_ids_valid(ids, gate_weight.shape[0])
+    assert_ids_valid(ids, num_experts)
 
 
 def fp64_gate_logits(operand, gate_weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +74,5 @@ def assert_gate_contract(logits, weights, ids, operand, gate_weight, per_expert_
     """The split router's own counts on the gate's operand: logits within the fp32 bound
     of the gate's fp64 GEMM; routing exact on the op's own logits."""
     ref, bound = fp64_gate_logits(operand, gate_weight)
-    err = (logits.double().cpu() - ref).abs()
-    worst = float((err / bound.clamp_min(1e-30)).max()) if err.numel() else 0.0
-    assert worst <= 1.0, f"logits off the gate's fp64 GEMM by {worst:.2f}x the fp32 bound"
-    pes = None if per_expert_scale is None else per_expert_scale.cpu()
-    assert_matches_oracle(weights.cpu(), ids.cpu(), logits.cpu(), topk, pes)
-    assert_ids_valid(ids, gate_weight.shape[0])
+    _assert_within_and_routed(logits, weights, ids, ref, bound, "the gate's fp64 GEMM",
+                              gate_weight.shape[0], per_expert_scale, topk)  # fmt: skip
