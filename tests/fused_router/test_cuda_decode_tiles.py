@@ -2,6 +2,7 @@
 coarser one where the GPU cannot run all of the launch's clusters at once."""
 
 import pytest
+import torch
 
 from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     coarser_tiles,
@@ -47,3 +48,23 @@ def test_the_warmup_calls_each_decode_range_at_its_largest_t(max_tokens):
     for tokens, _ in DECODE_PATH.builds:
         if tokens.start <= max_tokens:
             assert min(tokens.stop - 1, max_tokens) in counts, tokens
+
+
+def test_the_warmup_routes_from_the_operand_only_at_a_split_routers_own_counts(monkeypatch):
+    # On the CPU as if it compiled: the calls recorded, each with its token count.
+    from vllm_gemma4_router.fused_router import torch_library, warmup
+
+    monkeypatch.setattr(warmup, "COMPILED_DEVICE_TYPES", ("cpu",))
+    plain, operand = [], []
+    monkeypatch.setattr(
+        torch_library, "fused_router_into", lambda h, *args: plain.append(h.shape[0])
+    )
+    monkeypatch.setattr(
+        torch_library, "fused_router_from_operand_into", lambda h, *args: operand.append(h.shape[0])
+    )
+    calls = warmup.warm_fused_router(
+        256, 16, 4, max_tokens=80, device=torch.device("cpu"), operand_tokens=((17, 64),)
+    )
+    assert plain == fused_warmup_token_counts(80)
+    assert operand == [t for t in plain if 17 <= t <= 64] and operand
+    assert calls == len(plain) + len(operand)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vllm_gemma4_router.integration import kernel_warmup
+from vllm_gemma4_router.integration.fused_or_gate import OWN_TOKENS_ATTRIBUTE
 from vllm_gemma4_router.integration.gemma4_layouts import (
     FUSED_PLAN_ATTRIBUTE,
     OP_ATTRIBUTE,
@@ -99,15 +100,17 @@ def test_one_fused_warmup_per_shape(gpu_is_meta):
     assert all(k["paddings"] == (False, True) and k["eps"] == 1e-6 for k in calls.values())
     assert all(k["topk"] == 8 and k["per_expert_scale_dtype"] == torch.float32
                for k in calls.values())  # fmt: skip
-    assert not any(k["operand"] for k in calls.values())  # no router splits here
+    assert not any(k["operand_tokens"] for k in calls.values())  # no router splits here
 
 
 def test_a_split_router_warms_its_gate_operand_kernels_too(gpu_is_meta):
     # its own counts route the gate's operand: those kernels are built before capture
     split = _router(2816, 128, gate_name="model.layers.0.router.gemma4_fused_gate")
+    split.proj = torch.nn.Module()
+    split.proj.__dict__[OWN_TOKENS_ATTRIBUTE] = ((17, 64),)
     calls = kernel_warmup.fused_warmups(_model(_router(1024, 64), split), padding=False)
-    by_hidden = {k["hidden"]: k["operand"] for k in calls.values()}
-    assert by_hidden == {1024: False, 2816: True}
+    by_hidden = {k["hidden"]: k["operand_tokens"] for k in calls.values()}
+    assert by_hidden == {1024: (), 2816: ((17, 64),)}
 
 
 def test_warm_model_kernels_runs_each_warmup_once_with_a_line(

@@ -52,17 +52,19 @@ def warm_fused_router(
     per_expert_scale_dtype: torch.dtype | None = torch.float32,
     eps: float = 1e-6,
     paddings: Sequence[bool] = (False,),
-    operand: bool = False,
+    operand_tokens: Sequence[tuple[int, int | None]] = (),
 ) -> int:
     """Run the fused router once per (token bucket or GEMM-path range, specialisation,
     padding) up to ``max_tokens`` rows: fresh random hidden states ``[T, hidden]`` and
     gate weight ``[num_experts, hidden]`` of ``dtype``, scale ``[hidden]`` of
     ``scale_dtype``, per-expert scale ``[num_experts]`` of ``per_expert_scale_dtype`` (or
     none), outputs laid out as the op lays them out (``handover``). ``paddings``: without
-    (False) and/or with (True) a padding mask. ``operand``: each call also routes from a
-    gate operand as the split router does (``fused_router_from_operand_into``), which
-    builds the decode path's operand kernels. Returns the number of calls; 0 on a device
-    Triton does not compile for (CPU, interpreter)."""
+    (False) and/or with (True) a padding mask. ``operand_tokens``: inclusive token ranges
+    (``last`` ``None``: unbounded) where a split router routes from the gate's operand;
+    each call there also routes from an operand as it does
+    (``fused_router_from_operand_into``), which builds the decode path's operand kernels.
+    Returns the number of calls; 0 on a device Triton does not compile for (CPU,
+    interpreter)."""
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
     from vllm_gemma4_router.fused_router.torch_library import (
         fused_router_from_operand_into,
@@ -89,7 +91,8 @@ def warm_fused_router(
             out = unpack(packed, num_tokens, num_experts, topk)
             fused_router_into(hidden_states, scale, weight, pes, eps, topk, out, is_padding)
             calls += 1
-            if operand:
+            if any(first <= num_tokens and (last is None or num_tokens <= last)
+                   for first, last in operand_tokens):  # fmt: skip
                 x_gate = (hidden_states.float() * hidden**-0.5).to(dtype)
                 fused_router_from_operand_into(hidden_states, x_gate, scale, weight, pes, eps,
                                                topk, out, is_padding)  # fmt: skip

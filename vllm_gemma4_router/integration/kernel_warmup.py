@@ -68,6 +68,16 @@ def routing_warmups(model: torch.nn.Module, topk: int) -> dict[tuple, dict]:
     return calls
 
 
+def _own_tokens(router: torch.nn.Module, plan) -> tuple[tuple[int, int | None], ...]:
+    """The token counts at which a split router (its gate registered) runs its own
+    kernels; ``()`` for a router that does not split."""
+    from vllm_gemma4_router.integration.fused_or_gate import OWN_TOKENS_ATTRIBUTE
+
+    if plan.gate_name is None:
+        return ()
+    return tuple(getattr(getattr(router, "proj", None), OWN_TOKENS_ATTRIBUTE, ()))
+
+
 def fused_warmups(model: torch.nn.Module, padding: bool) -> dict[tuple, dict]:
     """The distinct ``fused_router.warmup.warm_fused_router`` keyword sets ``model``'s
     fused routers need (routers with a fused plan, gate weight on a GPU device)."""
@@ -95,7 +105,7 @@ def fused_warmups(model: torch.nn.Module, padding: bool) -> dict[tuple, dict]:
                 eps=plan.eps,
                 paddings=(False, True) if padding else (False,),
                 # a split router routes its own counts from the gate's operand
-                operand=plan.gate_name is not None,
+                operand_tokens=_own_tokens(router, plan),
             ),
         )
         calls[key] = kwargs
