@@ -38,20 +38,12 @@ from benchmarks.kernel.bench_router import (
     add_router_shape_args,
     layer_bytes,
     make_layer_sets,
+    router_norm,
 )
 from benchmarks.kernel.cuda_decode import parse_build, route_decode
 from benchmarks.tuning.sweep_fused_router import Problem, check_outputs
 
 HOT_LAYERS = 8
-
-
-def operand_of(hidden_states: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """The gate's operand as vLLM's ``Gemma4Router.forward`` computes it: RMSNorm without
-    weight (in fp32, back to the input dtype), ``* H**-0.5``, ``* scale``."""
-    x = hidden_states.float()
-    normed = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden_states.dtype)
-    root_size = torch.tensor(hidden_states.shape[-1] ** -0.5, device=x.device)
-    return normed * root_size.to(hidden_states.dtype) * scale.to(hidden_states.dtype)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         fused_logits = out[0].clone()
         # vLLM's router operand for layer 0 (norm, * H**-0.5, * scale; bf16 between) and
         # what its gate makes of it
-        x_gate = operand_of(h, scales[0], args.eps)
+        root_size = torch.tensor(args.hidden**-0.5, device=device).to(dtype)
+        x_gate = router_norm(h, root_size, scales[0], args.eps)
         gate_logits = x_gate.float() @ weights[0].float().t()
         arms = {"triton fused kernel": fused}
         checks = {"triton fused kernel": "ok"}

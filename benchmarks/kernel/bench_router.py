@@ -35,7 +35,7 @@ as vLLM 0.24 runs it on Hopper (``Gemma4Router.forward``, then the routing):
   ``plugin_equiv``, the same with our routing: the plugin's own chain (``gemma4_gate_tier``
   + ``gemma4_routing``), the best chain the fused router must beat (issue #36);
 * ``fused_operand``: what the split router runs at its own counts
-  (``fused_router_from_operand_into``): the decode path's build on the gate's operand
+  (``fused_router_into`` with ``operand``): the decode path's build on the gate's operand
   (``norm``'s output, as vLLM's lines compute it), its logits the gate's, where the
   decode path takes T; else the op on the hidden states;
 * ``split_equiv``: the plugin's split fused router (``fused_router_or_gate``) as the
@@ -768,17 +768,17 @@ def split_policy(device) -> tuple[tuple[tuple[int, int | None], ...] | None, str
 
 
 def load_fused_operand() -> Callable:
-    """The split router's own-count path (``fused_router_from_operand_into``) as
+    """The split router's own-count path (``fused_router_into`` with ``operand``) as
     ``fn(h, x_gate, s, w, pes, eps, topk) -> (logits, weights, ids)``, into a new buffer."""
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.torch_library import fused_router_from_operand_into
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     def run(hidden_states, x_gate, scale, gate_weight, per_expert_scale, eps, topk):
         num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
         out = unpack(new_packed(num_tokens, num_experts, topk, hidden_states.device),
                      num_tokens, num_experts, topk)  # fmt: skip
-        fused_router_from_operand_into(hidden_states, x_gate, scale, gate_weight,
-                                       per_expert_scale, eps, topk, out)  # fmt: skip
+        fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out,
+                          operand=x_gate)  # fmt: skip
         return out
 
     return run

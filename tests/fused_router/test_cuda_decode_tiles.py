@@ -56,12 +56,12 @@ def test_the_warmup_routes_from_the_operand_only_at_a_split_routers_own_counts(m
 
     monkeypatch.setattr(warmup, "COMPILED_DEVICE_TYPES", ("cpu",))
     plain, operand = [], []
-    monkeypatch.setattr(
-        torch_library, "fused_router_into", lambda h, *args: plain.append(h.shape[0])
-    )
-    monkeypatch.setattr(
-        torch_library, "fused_router_from_operand_into", lambda h, *args: operand.append(h.shape[0])
-    )
+
+    def record(h, *args, operand=None):
+        (plain if operand is None else operand_calls).append(h.shape[0])
+
+    operand_calls = operand
+    monkeypatch.setattr(torch_library, "fused_router_into", record)
     calls = warmup.warm_fused_router(
         256, 16, 4, max_tokens=80, device=torch.device("cpu"), operand_tokens=((17, 64),)
     )

@@ -21,7 +21,7 @@ from vllm_gemma4_router.fused_router.cuda_decode.builds import (
     most_tokens,
     parse_build,
 )
-from vllm_gemma4_router.fused_router.torch_library import fused_router_from_operand_into
+from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 from vllm_gemma4_router.fused_router.warmup import warm_fused_router
 from vllm_gemma4_router.routing.padding import set_padding_source
 
@@ -175,7 +175,7 @@ def test_gpu_the_gate_operand_takes_the_build_and_gives_the_gates_logits(
     out = handover.unpack(
         handover.new_packed(num_tokens, EXPERTS, TOPK, h.device), num_tokens, EXPERTS, TOPK
     )
-    fused_router_from_operand_into(h, x_gate, s, w, pes, EPS, TOPK, out, mask)
+    fused_router_into(h, s, w, pes, EPS, TOPK, out, mask, operand=x_gate)
     torch.cuda.synchronize()
     live = torch.ones(num_tokens, dtype=torch.bool) if mask is None else ~mask.cpu()
     logits, weights, ids = (t.cpu()[live] for t in out)

@@ -46,11 +46,16 @@ def fused_router_into(
     topk: int,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     is_padding: torch.Tensor | None = None,
+    operand: torch.Tensor | None = None,
 ) -> None:
     """What the op computes, into ``out = (logits [T, E], weights, ids [T, K])``, without
     the dispatcher, the padding source or the hand-over record (benchmarks time this).
     ``is_padding``: ``None`` or a ``[T]`` bool/uint8 mask on the device (padding rows:
-    ids -1, weights 0). Inputs unchecked."""
+    ids -1, weights 0). ``operand``: the gate's operand [T, H] (``hidden_states`` normed
+    and scaled as vLLM's router computes it, same dtype), where the caller has it: at the
+    counts ``DECODE_PATH`` names, its tensor-core build routes it, and the logits are the
+    gate's (``operand @ W.T``, fp32 accumulation, no norm of its own); every other path
+    reads ``hidden_states``. Inputs unchecked."""
     if hidden_states.device.type == "cpu":
         ref = gemma4_fused_router_reference(
             hidden_states, scale, gate_weight, per_expert_scale, eps, topk, is_padding=is_padding
@@ -71,6 +76,10 @@ def fused_router_into(
     if decode_build is not None:
         from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
 
+        if operand is not None and launch_decode(
+            decode_build, operand, *args[1:], is_padding=is_padding, prenormed=True
+        ):
+            return
         if launch_decode(decode_build, *args, is_padding=is_padding):
             return
     if num_tokens in GEMM_PATH_TOKENS:
@@ -93,17 +102,29 @@ def fused_router(
 ) -> torch.Tensor:
     """Packed ``[T*(E + 2K)]`` float32: logits, weights, ids (see ``handover``);
     the padding source's rows (``current_padding_mask(T)``) with ids -1 and weights 0."""
-    num_tokens, _, num_experts = check_fused_router_inputs(
-        hidden_states, scale, gate_weight, per_expert_scale, eps, topk
-    )
+    check_fused_router_inputs(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
+    return _recorded_packed(hidden_states, scale, gate_weight, per_expert_scale, eps, topk)
+
+
+def _recorded_packed(
+    hidden_states: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: torch.Tensor,
+    per_expert_scale: torch.Tensor | None,
+    eps: float,
+    topk: int,
+    operand: torch.Tensor | None = None,
+) -> torch.Tensor:
+    # The op's body past its input checks: the kernels' limits, the padding source's
+    # mask, a new packed buffer, recorded for one claim.
+    num_tokens, num_experts = hidden_states.shape[0], gate_weight.shape[0]
     if hidden_states.device.type != "cpu":  # the CPU's torch chain takes any E and K
         check_fused_router_supported(num_experts, topk)
     is_padding = checked_padding_mask(num_tokens, hidden_states.device)
     packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
     out = unpack(packed, num_tokens, num_experts, topk)
-    fused_router_into(
-        hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
-    )
+    fused_router_into(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out,
+                      is_padding, operand)  # fmt: skip
     record_produced(packed, num_tokens, num_experts, topk)
     return packed
 
@@ -136,39 +157,6 @@ def fused_router_packed(
     )
 
 
-def fused_router_from_operand_into(
-    hidden_states: torch.Tensor,
-    operand: torch.Tensor,
-    scale: torch.Tensor,
-    gate_weight: torch.Tensor,
-    per_expert_scale: torch.Tensor | None,
-    eps: float,
-    topk: int,
-    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    is_padding: torch.Tensor | None = None,
-) -> None:
-    """:func:`fused_router_into` where the caller also has the gate's operand ``operand``
-    [T, H] (``hidden_states`` normed and scaled as vLLM's router computes it, same dtype):
-    on sm_90+ NVIDIA GPUs, at the token counts ``DECODE_PATH`` names, its tensor-core build
-    routes ``operand``, and the logits are the gate's (``operand @ W.T``, fp32
-    accumulation; no norm of its own); everywhere else, or where that launch is refused,
-    :func:`fused_router_into` on ``hidden_states``. Routing exact on the logits written,
-    lowest id on ties; ``is_padding`` rows ids -1, weights 0. Inputs unchecked."""
-    if operand.device.type == "cuda":
-        from vllm_gemma4_router.fused_router.launch_table import DECODE_PATH
-
-        build = DECODE_PATH.build_for(hidden_states.shape[0])
-        if build is not None:
-            from vllm_gemma4_router.fused_router.cuda_decode.launcher import launch_decode
-
-            if launch_decode(build, operand, scale, gate_weight, per_expert_scale, eps, topk,
-                             out, is_padding, prenormed=True):  # fmt: skip
-                return
-    fused_router_into(
-        hidden_states, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
-    )
-
-
 def fused_router_packed_from_operand(
     hidden_states: torch.Tensor,
     operand: torch.Tensor,
@@ -178,23 +166,11 @@ def fused_router_packed_from_operand(
     eps: float,
     topk: int,
 ) -> torch.Tensor:
-    """The op's packed buffer, computed as :func:`fused_router_from_operand_into` does
-    (the gate's operand routed where a one-launch build takes it), with the padding
-    source's mask and the buffer recorded for one claim, as the op does. For callers
-    inside an opaque op of their own; inputs checked as the op checks them (shapes and
-    dtypes by the caller, the kernels' limits here)."""
-    num_tokens, _ = hidden_states.shape
-    num_experts = gate_weight.shape[0]
-    if hidden_states.device.type != "cpu":
-        check_fused_router_supported(num_experts, topk)
-    is_padding = checked_padding_mask(num_tokens, hidden_states.device)
-    packed = new_packed(num_tokens, num_experts, topk, hidden_states.device)
-    out = unpack(packed, num_tokens, num_experts, topk)
-    fused_router_from_operand_into(
-        hidden_states, operand, scale, gate_weight, per_expert_scale, eps, topk, out, is_padding
-    )
-    record_produced(packed, num_tokens, num_experts, topk)
-    return packed
+    """The op's packed buffer where the caller also has the gate's ``operand`` (see
+    :func:`fused_router_into`), with the padding source's mask and the buffer recorded
+    for one claim, as the op does. For callers inside an opaque op of their own; shapes
+    and dtypes checked by the caller, the kernels' limits here."""
+    return _recorded_packed(hidden_states, scale, gate_weight, per_expert_scale, eps, topk, operand)
 
 
 def gemma4_fused_router(

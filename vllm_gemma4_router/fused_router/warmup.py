@@ -62,14 +62,11 @@ def warm_fused_router(
     (False) and/or with (True) a padding mask. ``operand_tokens``: inclusive token ranges
     (``last`` ``None``: unbounded) where a split router routes from the gate's operand;
     each call there also routes from an operand as it does
-    (``fused_router_from_operand_into``), which builds the decode path's operand kernels.
+    (``fused_router_into``'s ``operand``), which builds the decode path's operand kernels.
     Returns the number of calls; 0 on a device Triton does not compile for (CPU,
     interpreter)."""
     from vllm_gemma4_router.fused_router.handover import new_packed, unpack
-    from vllm_gemma4_router.fused_router.torch_library import (
-        fused_router_from_operand_into,
-        fused_router_into,
-    )
+    from vllm_gemma4_router.fused_router.torch_library import fused_router_into
 
     if device.type not in COMPILED_DEVICE_TYPES:
         return 0
@@ -94,7 +91,7 @@ def warm_fused_router(
             if any(first <= num_tokens and (last is None or num_tokens <= last)
                    for first, last in operand_tokens):  # fmt: skip
                 x_gate = (hidden_states.float() * hidden**-0.5).to(dtype)
-                fused_router_from_operand_into(hidden_states, x_gate, scale, weight, pes, eps,
-                                               topk, out, is_padding)  # fmt: skip
+                fused_router_into(hidden_states, scale, weight, pes, eps, topk, out,
+                                  is_padding, operand=x_gate)  # fmt: skip
                 calls += 1
     return calls
