@@ -98,7 +98,7 @@ class Arm:
 
 
 # The arms a run can name in --order, in table column order.
-ARM_NAMES = ("in-tree", "plugin", "native", "fused", "fused-pdl", "gate-tier")
+ARM_NAMES = ("in-tree", "plugin", "native", "fused", "fused-pdl", "gate-tier", "gate-tier-twin")
 # The native arm's compilation setting: the op stays, its torch reference runs.
 NATIVE_CUSTOM_OPS = ("-gemma4_routing",)
 # The fused arm's: the whole router (norm, scale, gate GEMM, routing) in one op.
@@ -385,6 +385,9 @@ def arms_in_order(
         "fused": Arm("fused", plugin=True, base_url=base_url_fused, custom_ops=FUSED_CUSTOM_OPS),
         "fused-pdl": Arm("fused-pdl", plugin=True, custom_ops=FUSED_CUSTOM_OPS, env=FUSED_PDL_ENV),
         "gate-tier": Arm("gate-tier", plugin=True, custom_ops=GATE_TIER_CUSTOM_OPS),
+        # The gate-tier arm under another name (its own server and compile cache): an A/A
+        # control, whose difference is the side-by-side set-up's own bias.
+        "gate-tier-twin": Arm("gate-tier-twin", plugin=True, custom_ops=GATE_TIER_CUSTOM_OPS),
     }
     names = [name.strip() for name in order.split(",") if name.strip()]
     if required is not None:

@@ -94,6 +94,12 @@ ARMS_PRESETS: dict[str, tuple[str, str]] = {
     "in-tree-vs-gate-tier": ("in-tree", "gate-tier"),  # VLLM_PLUGINS= vs +gemma4_gate_tier
     # the router the fused one replaces on 0.26.0 Hopper vs +gemma4_fused_router (issue #36)
     "gate-tier-vs-fused": ("gate-tier", "fused"),
+    # Controls for a served difference no kernel explains (2026-12-07: fused ahead at c1,
+    # where both arms run the same gate and routing kernels): the same two arms started
+    # the other way round (a set-up bias changes sign, a router's gain does not), and one
+    # configuration against itself (what remains is the set-up's bias).
+    "fused-vs-gate-tier": ("fused", "gate-tier"),
+    "gate-tier-vs-gate-tier-twin": ("gate-tier", "gate-tier-twin"),
 }
 # serve_ab flag dest -> Workload field.
 _WORKLOAD_FLAGS = {

@@ -11,6 +11,10 @@
 #               +gemma4_fused_router), gate-tier (in-tree vs +gemma4_gate_tier),
 #               gate-tier-vs-fused (+gemma4_gate_tier vs +gemma4_fused_router: the
 #               router the fused one replaces on vLLM 0.26.0 Hopper, issue #36 goal 4)
+#               fused-vs-gate-tier (the same, servers started the other way round) and
+#               gate-tier-vs-gate-tier-twin (one configuration twice, an A/A control):
+#               a set-up bias changes sign with the first, shows alone in the second.
+#               Neither reuses servers kept for other arms: `bash $0 stop` first.
 #
 # Needs vLLM installed on the device first (ci/device_runtime/, VLLM_RUNTIME=0.26.0).
 # The same line is repeated, call after call, until it exits 0: each call starts
@@ -43,8 +47,8 @@ if [[ ${1:-} == stop ]]; then
     --side-by-side --stop-servers --cache-root .cache/serve_ab_side_by_side
   exit $?
 fi
-WORKLOAD=${1:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused (or: $0 stop)}
-ARMS=${2:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused}
+WORKLOAD=${1:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused|fused-vs-gate-tier|gate-tier-vs-gate-tier-twin (or: $0 stop)}
+ARMS=${2:?usage: $0 c1|c16|c64|pr39083 plugin|fused|gate-tier|gate-tier-vs-fused|fused-vs-gate-tier|gate-tier-vs-gate-tier-twin}
 case $WORKLOAD in
   c1) first_pair=120 ;;
   c16) first_pair=80 ;;
@@ -54,8 +58,8 @@ case $WORKLOAD in
 esac
 case $ARMS in
   plugin | fused | gate-tier) PRESET=in-tree-vs-$ARMS ;;
-  gate-tier-vs-fused) PRESET=$ARMS ;;
-  *) echo "unknown arms $ARMS (plugin, fused, gate-tier, gate-tier-vs-fused)" >&2 && exit 2 ;;
+  gate-tier-vs-fused | fused-vs-gate-tier | gate-tier-vs-gate-tier-twin) PRESET=$ARMS ;;
+  *) echo "unknown arms $ARMS (plugin, fused, gate-tier, gate-tier-vs-fused, fused-vs-gate-tier, gate-tier-vs-gate-tier-twin)" >&2 && exit 2 ;;
 esac
 OUT=${OUT:-side-by-side-out}
 ROOT=.cache/serve_ab_side_by_side

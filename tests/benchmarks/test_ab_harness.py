@@ -926,6 +926,17 @@ def test_gate_tier_arm_serves_the_plugin_with_the_gate_tier_on():
     assert side_by_side.ARMS_PRESETS["in-tree-vs-gate-tier"] == ("in-tree", "gate-tier")
 
 
+def test_gate_tier_twin_is_the_gate_tier_arm_under_its_own_name():
+    """The A/A control: the same server configuration, its own server and compile cache."""
+    arm, twin = ab_common.arms_in_order("gate-tier,gate-tier-twin", None, None, required=None)
+    assert twin.name == "gate-tier-twin" and twin.name != arm.name
+    assert (twin.plugin, twin.custom_ops, twin.env) == (arm.plugin, arm.custom_ops, arm.env)
+    assert ab_common.arm_server_args(twin, []) == ab_common.arm_server_args(arm, [])
+    presets = side_by_side.ARMS_PRESETS
+    assert presets["gate-tier-vs-gate-tier-twin"] == ("gate-tier", "gate-tier-twin")
+    assert presets["fused-vs-gate-tier"] == tuple(reversed(presets["gate-tier-vs-fused"]))
+
+
 def test_fused_pdl_arm_serves_the_fused_router_with_pdl_on(monkeypatch, tmp_path):
     from vllm_gemma4_router.harness import serving
 

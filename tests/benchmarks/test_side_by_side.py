@@ -436,6 +436,8 @@ DEVICE_SCRIPT = REPO / "benchmarks" / "serving" / "side_by_side_device.sh"
         ("pr39083", "fused", ""),
         ("c16", "gate-tier", "1"),
         ("c64", "gate-tier-vs-fused", "1"),
+        ("c1", "fused-vs-gate-tier", "1"),
+        ("c16", "gate-tier-vs-gate-tier-twin", "1"),
     ],
 )
 def test_device_script_passes_flags_serve_ab_accepts(tmp_path, workload, arms, keep):
