@@ -1,0 +1,87 @@
+"""The large-T resource survey (issue #38): its candidates are the shapes the launcher
+accepts, each compiles what the launcher would compile for it, and its occupancy model
+matches what Nsight Compute reported for the table's fp32 row on the H200."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.tuning import large_t_resources as survey
+from vllm_gemma4_router.routing import launcher
+from vllm_gemma4_router.routing.launch_table import (
+    LaunchConfig,
+    bucket_launch_config,
+    check_launch_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "ci"))
+
+import offline_compile as oc  # noqa: E402
+
+
+def test_candidates_are_the_accepted_shapes_and_hold_the_table_row():
+    found = survey.candidates(torch.float32, 128, 8, [4, 8, 16], [1, 2], [1, 8], ["after"])
+    for config in found:
+        check_launch_config(config, 128, 4, 8)  # raises where the launcher would refuse
+        assert config.register_picks
+    assert {c.fp32_select for c in found} == {"checked", "exact"}
+    # 4 tokens x 8 lanes per piece < 32 would share lanes: refused, so not a candidate
+    assert LaunchConfig(4, 1, True, 8, "checked", "after") not in found
+    assert bucket_launch_config(5, 128, "cuda", True, 8) in found
+    bf16 = survey.candidates(torch.bfloat16, 128, 8, [32], [2], [4], ["after"])
+    assert [c.fp32_select for c in bf16] == ["checked"]
+
+
+def test_resident_tokens_follow_the_register_partitions():
+    # 138 registers, one warp a program: 12 warps per SM, as Nsight Compute said (H200)
+    assert survey.resident_tokens(138, 1, 8) == (12, 96)
+    assert survey.resident_tokens(122, 1, 8) == (16, 128)  # the kernel before the rework
+    assert survey.resident_tokens(128, 4, 32) == (16, 128)
+    assert survey.resident_tokens(32, 1, 2) == (32, 64)  # the 32-block limit
+    assert survey.resident_tokens(32, 4, 2) == (64, 32)  # the 64-warp limit
+
+
+def test_each_candidate_compiles_what_the_launcher_would(monkeypatch, tmp_path):
+    table_row = bucket_launch_config(5, 128, "cuda", True, 8)
+    other = LaunchConfig(4, 1, True, 4, "checked", "after")
+    point = oc.MatrixPoint("float32", 128, 8, 5)
+    target = oc.TARGETS["sm_90"]
+    compiled = []
+
+    def fake_compile_all(jobs):
+        compiled.extend(jobs)
+        return {job: {"ok": True, "resources": {"registers": 64, "stack": 0, "shared": 0},
+                      "seconds": 0.1} for job in jobs}  # fmt: skip
+
+    monkeypatch.setattr(oc, "compile_all", fake_compile_all)
+    rows = survey.resources([table_row, other], point, target)
+    # The launcher's own job for the bucket is the table row's; the patch is undone.
+    assert compiled[0] == oc.job_for(point, target)
+    assert compiled[1] != compiled[0]
+    assert dict(compiled[1].constants)["TOKENS_PER_PROGRAM"] == 4
+    assert launcher.bucket_launch_config is bucket_launch_config
+    assert [row["tokens_per_program"] for row in rows] == [8, 4]
+    assert all(row["ok"] and row["registers"] == 64 for row in rows)
+
+
+def test_main_writes_the_table_with_its_stamp(monkeypatch, tmp_path):
+    def fake_compile_all(jobs):
+        return {job: {"ok": True, "resources": {"registers": 100 + i, "stack": 0, "shared": 0},
+                      "seconds": 0.1} for i, job in enumerate(jobs)}  # fmt: skip
+
+    monkeypatch.setattr(oc, "compile_all", fake_compile_all)
+    argv = ["--tokens-per-program", "8", "--warps", "1", "--row-groups", "8"]
+    assert survey.main([*argv, "--scale-picks", "after", "--out", str(tmp_path)]) == 0
+    [csv_path] = tmp_path.glob("resources_float32_E128_b5_sm_90_triton*.csv")
+    assert csv_path.read_text().startswith("# triton=")
+    lines = csv_path.read_text().splitlines()[1:]
+    frame = list(csv.DictReader(lines))
+    assert len(frame) == 2  # checked (the table's row) and exact
+    assert [row["table_row"] for row in frame] == ["True", "False"]
+    assert {row["warps_per_sm"] for row in frame} == {"16"}  # 100-101 registers: 4 a partition
+    assert (tmp_path / csv_path.name.replace(".csv", ".md")).is_file()
