@@ -87,7 +87,9 @@ def collect(
             num_warps=job.num_warps,
             row_groups=constants.get("ROW_GROUPS", ""),
             register_picks=constants.get("REGISTER_PICKS", ""),
-            select={0: "narrow", 1: "checked", 2: "exact"}.get(constants.get("SELECT"), ""),
+            select={0: "narrow", 1: "checked", 2: "exact", 3: "checked_rows"}.get(
+                constants.get("SELECT"), ""
+            ),
             ok=result["ok"],
             compile_s=result["seconds"],
             triton=result["triton"],  # Intel targets compile with Intel's own Triton

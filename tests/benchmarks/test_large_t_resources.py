@@ -29,7 +29,7 @@ def test_candidates_are_the_accepted_shapes_and_hold_the_table_row():
     for config in found:
         check_launch_config(config, 128, 4, 8)  # raises where the launcher would refuse
         assert config.register_picks
-    assert {c.fp32_select for c in found} == {"checked", "exact"}
+    assert {c.fp32_select for c in found} == {"checked", "exact", "checked_rows"}
     # 4 tokens x 8 lanes per piece < 32 would share lanes: refused, so not a candidate
     assert LaunchConfig(4, 1, True, 8, "checked", "after") not in found
     assert bucket_launch_config(5, 128, "cuda", True, 8) in found
@@ -81,7 +81,7 @@ def test_main_writes_the_table_with_its_stamp(monkeypatch, tmp_path):
     assert csv_path.read_text().startswith("# triton=")
     lines = csv_path.read_text().splitlines()[1:]
     frame = list(csv.DictReader(lines))
-    assert len(frame) == 2  # checked (the table's row) and exact
-    assert [row["table_row"] for row in frame] == ["True", "False"]
+    assert len(frame) == 3  # checked (the table's row), exact, checked_rows
+    assert sorted(row["table_row"] for row in frame) == ["False", "False", "True"]
     assert {row["warps_per_sm"] for row in frame} == {"16"}  # 100-101 registers: 4 a partition
     assert (tmp_path / csv_path.name.replace(".csv", ".md")).is_file()

@@ -180,10 +180,12 @@ def test_gpu_fp32_bucket_faults_are_repaired_in_every_variant(tokens_per_program
         dict(scale_pick="per_pick"),
         dict(fp32_select="exact"),
         dict(fp32_select="exact", scale_pick="in_row"),
+        dict(fp32_select="checked_rows"),
+        dict(fp32_select="checked_rows", scale_pick="in_row", values_by_reduction=True),
         dict(register_picks=False),
     ]
     if tokens_per_program == 8:
-        variants.append(dict(row_groups=8))
+        variants += [dict(row_groups=8), dict(fp32_select="checked_rows", row_groups=8)]
     for variant in variants:
         config = LaunchConfig(tokens_per_program, 1, **variant)
         weights = torch.full((logits.shape[0], 8), float("nan"), device="cuda")

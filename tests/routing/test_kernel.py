@@ -201,6 +201,9 @@ FP32_VARIANTS = [
     dict(fp32_select="checked", scale_pick="per_pick"),
     dict(fp32_select="exact"),
     dict(fp32_select="exact", scale_pick="in_row"),
+    dict(fp32_select="checked_rows"),
+    dict(fp32_select="checked_rows", scale_pick="in_row", values_by_reduction=True),
+    dict(fp32_select="checked_rows", scale_pick="per_pick"),
     dict(register_picks=False),
 ]
 
@@ -310,6 +313,31 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
     for weights, ids in outputs[1:]:
         assert torch.equal(ids, outputs[0][1])
         assert torch.equal(weights, outputs[0][0])
+
+
+@pytest.mark.parametrize(("num_experts", "tokens_per_program", "row_groups"),
+                         [(128, 8, 8), (128, 4, 1), (60, 4, 2), (128, 32, 8)])  # fmt: skip
+def test_checked_rows_give_the_checked_bits(num_experts, tokens_per_program, row_groups, gen):
+    # The row-at-a-time repair (fp32_select="checked_rows") against the tile-wide one:
+    # the same ids and bitwise the same weights on the hard rows (near ties, ties, NaN,
+    # -inf, signed zeros) and the bucket-fault rows, in partial programs and pieces.
+    from oracle import fp32_bucket_fault_rows
+
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
+
+    faults = fp32_bucket_fault_rows(128, gen)[:, :num_experts]
+    logits = torch.cat([_adversarial_rows(13, num_experts, gen), faults.contiguous()])
+    scale = torch.rand(num_experts, generator=gen) + 0.5
+    outputs = []
+    for select in ("checked", "checked_rows"):
+        weights = torch.full((logits.shape[0], 8), float("nan"))
+        ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32)
+        config = LaunchConfig(tokens_per_program, 1, row_groups=row_groups, fp32_select=select)
+        routing_launcher.launch(logits, 8, scale, weights, ids, config)
+        outputs.append((weights, ids))
+    assert_matches_oracle(*outputs[1], logits, 8, scale)
+    assert torch.equal(outputs[1][1], outputs[0][1])
+    assert torch.equal(outputs[1][0], outputs[0][0])
 
 
 def test_configs_that_cannot_run_as_written_are_refused():

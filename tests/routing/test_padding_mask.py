@@ -149,6 +149,7 @@ VARIANTS = [
     (dict(register_picks=False), 4, None),
     (dict(row_groups=4), 4, torch.float32),
     (dict(fp32_select="exact"), 4, torch.bfloat16),
+    (dict(fp32_select="checked_rows", row_groups=4), 4, torch.float32),
     (dict(scale_pick="in_row", values_by_reduction=True), 4, torch.float32),
     (dict(scale_pick="per_pick"), 4, torch.float32),
 ]

@@ -28,7 +28,7 @@ from vllm_gemma4_router.routing.table_files import (
 #: with register picks on an H100).
 MAX_REGISTER_PICKS = 16
 
-FP32_SELECTS = ("checked", "exact")
+FP32_SELECTS = ("checked", "exact", "checked_rows")
 SCALE_PICKS = ("after", "per_pick", "in_row")
 
 
@@ -45,8 +45,10 @@ class LaunchConfig:
     #: load each row as this many pieces (kernel._load_rows_grouped): fewer lanes
     #: per row, more rows per instruction; 1 is a plain row
     row_groups: int = 1
-    #: fp32 logits: "checked" narrow rounds with in-register repair, or "exact"
-    #: rounds (two reductions each); the memory path is always exact for fp32
+    #: fp32 logits: "checked" narrow rounds with in-register repair, "checked_rows"
+    #: the same rounds with faulty rows redone one at a time from memory (fewer
+    #: registers), or "exact" rounds (two reductions each); the memory path is always
+    #: exact for fp32
     fp32_select: str = "checked"
     #: how each pick's per_expert_scale is read (kernel_select.SCALE_*)
     scale_pick: str = "after"

@@ -12,7 +12,7 @@ from vllm_gemma4_router.routing.checks import check_output, check_padding_mask, 
 from vllm_gemma4_router.routing.compiled_launches import CompiledLaunches
 from vllm_gemma4_router.routing.kernels import entry as _kernel
 from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel
-from vllm_gemma4_router.routing.kernels.select import FP32_SELECT_VALUES, SCALE_PICK_VALUES
+from vllm_gemma4_router.routing.kernels.select import ROUTING_FP32_SELECT_VALUES, SCALE_PICK_VALUES
 from vllm_gemma4_router.routing.launch_table import (
     MAX_EXPERTS,
     LaunchConfig,
@@ -262,7 +262,7 @@ def _compile_time_args(
         BLOCK_E=block_e,
         BLOCK_K=1 << (topk - 1).bit_length(),
         TOKENS_PER_PROGRAM=config.tokens_per_program,
-        SELECT=FP32_SELECT_VALUES[config.fp32_select] if fp32 else int(_kernel.NARROW),
+        SELECT=ROUTING_FP32_SELECT_VALUES[config.fp32_select] if fp32 else int(_kernel.NARROW),
         HAS_SCALE=has_scale,
         REGISTER_PICKS=config.register_picks,
         ROW_GROUPS=config.row_groups,

@@ -17,6 +17,11 @@ max over a warp is a single ``REDUX``). They differ in what a round reduces:
   never a fault: their id order is the one wanted.
 * **exact** (``select_exact_*``): a max over the exact ordered value, then a min
   over the ids holding it: two reductions a round, exact for any fp32 input.
+* **checked rows** (the routing kernel's ``CHECKED_ROWS``, from its entry): the
+  checked rounds, but a faulty row is redone alone from memory
+  (``redo_row_exact``, a ``[BLOCK_E]`` vector) instead of the tile-wide repair,
+  whose tiles set every program's register allocation (sm_90, Triton 3.6, 8 fp32
+  rows of 128 per warp: 96 registers instead of 138).
 
 Register variants keep the K picks in ``[TOKENS, BLOCK_K]`` tiles and sum the
 softmax as they come; memory variants store each round's id (for large K, whose
@@ -63,6 +68,9 @@ from vllm_gemma4_router.routing.kernels.keys import (
 NARROW = tl.constexpr(0)
 CHECKED = tl.constexpr(1)
 EXACT = tl.constexpr(2)
+#: The routing kernel's checked rounds with a row-at-a-time repair (``redo_row_exact``,
+#: from the kernel's entry): no ``[TOKENS, BLOCK_E]`` tile beyond the rounds' keys.
+CHECKED_ROWS = tl.constexpr(3)
 
 #: How each pick's ``per_expert_scale`` is fetched (constexpr ``SCALE_PICK``).
 SCALE_AFTER = tl.constexpr(0)  # one gather with the final ids, after selection
@@ -71,6 +79,9 @@ SCALE_IN_ROW = tl.constexpr(2)  # the scale row loaded with the logits, picked b
 
 #: Launch configs' names for the fp32 ``SELECT`` values and the ``SCALE_PICK`` values.
 FP32_SELECT_VALUES = {"checked": CHECKED.value, "exact": EXACT.value}
+#: The routing kernel's: these and the row-at-a-time repair (the fused router's
+#: kernels call ``select_registers``, which has no such repair).
+ROUTING_FP32_SELECT_VALUES = {**FP32_SELECT_VALUES, "checked_rows": CHECKED_ROWS.value}
 SCALE_PICK_VALUES = {
     "after": SCALE_AFTER.value,
     "per_pick": SCALE_PER_PICK.value,
@@ -428,6 +439,30 @@ def select_exact_memory(
         expert = tl.min(tl.where(keys == best[:, None], experts[None, :], BLOCK_E), axis=1)
         keys = tl.where(experts[None, :] == expert[:, None], TAKEN, keys)
         tl.store(id_ptrs + slot * stride_id_k, expert, mask=row_ok)
+
+
+@triton.jit
+def redo_row_exact(
+    row_ptr,
+    id_ptr,
+    stride_logit_e,
+    stride_id_k,
+    num_experts,
+    TOPK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """One row's TOPK exact rounds on its logits read again from memory, each id stored
+    as it comes: a ``[BLOCK_E]`` vector, so a repair of one faulty row holds no tile."""
+    experts = tl.arange(0, BLOCK_E)
+    raw = tl.load(
+        row_ptr + experts * stride_logit_e, mask=experts < num_experts, other=float("-inf")
+    )
+    keys = ordered_bits(canonical(as_fp32(raw)))
+    for slot in range(TOPK):
+        best = tl.max(keys, axis=0)
+        expert = tl.min(tl.where(keys == best, experts, BLOCK_E), axis=0)
+        keys = tl.where(experts == expert, TAKEN, keys)
+        tl.store(id_ptr + slot * stride_id_k, expert)
 
 
 @triton.jit
