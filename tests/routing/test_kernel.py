@@ -315,9 +315,10 @@ def test_kernel_row_groups_change_no_bit(dtype, num_experts, topk, register_pick
         assert torch.equal(weights, outputs[0][0])
 
 
-@pytest.mark.parametrize(("num_experts", "tokens_per_program", "row_groups"),
-                         [(128, 8, 8), (128, 4, 1), (60, 4, 2), (128, 32, 8)])  # fmt: skip
-def test_checked_rows_give_the_checked_bits(num_experts, tokens_per_program, row_groups, gen):
+@pytest.mark.parametrize(("num_experts", "topk", "tokens_per_program", "row_groups"),
+                         [(128, 8, 8, 8), (128, 8, 4, 1), (60, 6, 4, 2), (128, 8, 32, 8),
+                          (128, 1, 8, 8)])  # fmt: skip
+def test_checked_rows_give_the_checked_bits(num_experts, topk, tokens_per_program, row_groups, gen):
     # The row-at-a-time repair (fp32_select="checked_rows") against the tile-wide one:
     # the same ids and bitwise the same weights on the hard rows (near ties, ties, NaN,
     # -inf, signed zeros) and the bucket-fault rows, in partial programs and pieces.
@@ -330,12 +331,12 @@ def test_checked_rows_give_the_checked_bits(num_experts, tokens_per_program, row
     scale = torch.rand(num_experts, generator=gen) + 0.5
     outputs = []
     for select in ("checked", "checked_rows"):
-        weights = torch.full((logits.shape[0], 8), float("nan"))
-        ids = torch.full((logits.shape[0], 8), -1, dtype=torch.int32)
+        weights = torch.full((logits.shape[0], topk), float("nan"))
+        ids = torch.full((logits.shape[0], topk), -1, dtype=torch.int32)
         config = LaunchConfig(tokens_per_program, 1, row_groups=row_groups, fp32_select=select)
-        routing_launcher.launch(logits, 8, scale, weights, ids, config)
+        routing_launcher.launch(logits, topk, scale, weights, ids, config)
         outputs.append((weights, ids))
-    assert_matches_oracle(*outputs[1], logits, 8, scale)
+    assert_matches_oracle(*outputs[1], logits, topk, scale)
     assert torch.equal(outputs[1][1], outputs[0][1])
     assert torch.equal(outputs[1][0], outputs[0][0])
 

@@ -57,8 +57,9 @@ def _select_checked_rows(
     (``redo_row_exact``), picks in registers: ``select_registers``' contract and
     results, bit for bit, without the tile-wide repair's registers.
 
-    ``first_rows``: ``(row_logits0, ids0, stride_logit_t, stride_id_t)``, the program's
-    first row's logits and ids and the row strides (scalars, for the rows redone);
+    ``first_rows``: ``(logits_ptr, ids_ptr, first, stride_logit_t, stride_id_t)``, the
+    kernel's logits and ids, the program's first row (int64) and the row strides: the
+    rows redone are addressed as scalars (a stride of 1 may come as a constexpr);
     other groups: ``select_registers``. A faulty row (picks of one key bucket out of
     value order, or an unpicked member of the last pick's bucket, which may be worth
     more) gets the exact rounds; the narrow picks of every row are stored first and,
@@ -101,9 +102,10 @@ def _select_checked_rows(
         tokens = tl.arange(0, TOKENS)
         for t in range(TOKENS):
             if tl.sum(tl.where(tokens == t, faulty.to(tl.int32), 0), axis=0) != 0:
+                row = first_rows[2] + t  # int64: the program's first row is
                 redo_row_exact(
-                    first_rows[0] + t * first_rows[2].to(tl.int64),
-                    first_rows[1] + t * first_rows[3].to(tl.int64),
+                    first_rows[0] + row * first_rows[3],
+                    first_rows[1] + row * first_rows[4],
                     stride_logit_e,
                     stride_id_k,
                     num_experts,
@@ -233,12 +235,7 @@ def gemma4_routing_kernel(
             row_ok,
             (row_logits, stride_logit_e),
             (id_ptrs, stride_id_k),
-            (
-                logits_ptr + first * stride_logit_t,
-                ids_ptr + first * stride_id_t,
-                stride_logit_t,
-                stride_id_t,
-            ),
+            (logits_ptr, ids_ptr, first, stride_logit_t, stride_id_t),
             (scale_ptr, stride_scale, scale_row),
             (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
             VALUES_BY_REDUCTION,
