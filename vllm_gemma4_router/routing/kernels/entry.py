@@ -102,7 +102,7 @@ def _select_checked_rows(
         tokens = tl.arange(0, TOKENS)
         for t in range(TOKENS):
             if tl.sum(tl.where(tokens == t, faulty.to(tl.int32), 0), axis=0) != 0:
-                row = first_rows[2] + t  # int64: the program's first row is
+                row = first_rows[2] + t  # int64, as the program's first row is
                 redo_row_exact(
                     first_rows[0] + row * first_rows[3],
                     first_rows[1] + row * first_rows[4],
