@@ -187,6 +187,7 @@ def _route_rows(logits, rows64, row_ok, num_experts, out, padding_ptr, scale, TI
         row_ok,
         (logits_ptr + rows64 * stride_lt, stride_le),
         (ids_ptr + rows64 * stride_it, stride_ik),
+        (logits_ptr, ids_ptr, tl.min(rows64, axis=0), stride_lt, stride_it),
         scale,
         TILE,
         SELECT,

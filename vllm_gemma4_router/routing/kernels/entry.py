@@ -29,96 +29,13 @@ from vllm_gemma4_router.routing.kernels.select import (
     NARROW,
     SCALE_AFTER,
     load_scale_row,
-    redo_row_exact,
     select_exact_memory,
     select_narrow_memory,
-    select_narrow_registers,
     select_registers,
     weights_from_stored_ids,
 )
 
 __all__ = ["CHECKED", "CHECKED_ROWS", "EXACT", "NARROW", "gemma4_routing_kernel"]
-
-
-@triton.jit
-def _select_checked_rows(
-    ordered,
-    columns,
-    row_ok,
-    logit_rows,
-    id_rows,
-    first_rows,
-    scale,
-    TILE,
-    VALUES_BY_REDUCTION: tl.constexpr,
-    SCALING,
-):
-    """Checked narrow rounds whose faulty rows are redone one at a time from memory
-    (``redo_row_exact``), picks in registers: ``select_registers``' contract and
-    results, bit for bit, without the tile-wide repair's registers.
-
-    ``first_rows``: ``(logits_ptr, ids_ptr, first, stride_logit_t, stride_id_t)``, the
-    kernel's logits and ids, the program's first row (int64) and the row strides: the
-    rows redone are addressed as scalars (a stride of 1 may come as a constexpr);
-    other groups: ``select_registers``. A faulty row (picks of one key bucket out of
-    value order, or an unpicked member of the last pick's bucket, which may be worth
-    more) gets the exact rounds; the narrow picks of every row are stored first and,
-    in a tile with a fault, every row's weights are read back from the stored ids."""
-    experts = columns[0]
-    num_experts = columns[2]
-    row_logits = logit_rows[0]
-    stride_logit_e = logit_rows[1]
-    id_ptrs = id_rows[0]
-    stride_id_k = id_rows[1]
-    scale_ptr = scale[0]
-    stride_scale = scale[1]
-    TOPK: tl.constexpr = TILE[0]
-    BLOCK_E: tl.constexpr = TILE[1]
-    BLOCK_K: tl.constexpr = TILE[2]
-    TOKENS: tl.constexpr = TILE[3]
-    HAS_SCALE: tl.constexpr = SCALING[0]
-    SCALE_PICK: tl.constexpr = SCALING[1]
-    keys = narrow_keys(ordered, (BLOCK_E - 1) - experts, BLOCK_E)
-    ids, logits, scales, top, total, misordered, crowded, last_key, bucket_min = (
-        select_narrow_registers(
-            keys,
-            ordered,
-            row_ok,
-            logit_rows,
-            scale,
-            TILE,
-            True,
-            False,
-            VALUES_BY_REDUCTION,
-            SCALING,
-        )
-    )
-    faulty = (misordered | (crowded & (num_experts > TOPK))) & row_ok
-    if tl.max(faulty.to(tl.int32), axis=0) != 0:
-        slots = tl.arange(0, BLOCK_K)
-        out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
-        tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
-        tl.debug_barrier()  # the narrow ids before the rows redone overwrite theirs
-        tokens = tl.arange(0, TOKENS)
-        for t in range(TOKENS):
-            if tl.sum(tl.where(tokens == t, faulty.to(tl.int32), 0), axis=0) != 0:
-                row = first_rows[2] + t  # int64, as the program's first row is
-                redo_row_exact(
-                    first_rows[0] + row * first_rows[3],
-                    first_rows[1] + row * first_rows[4],
-                    stride_logit_e,
-                    stride_id_k,
-                    num_experts,
-                    TOPK,
-                    BLOCK_E,
-                )
-        tl.debug_barrier()  # every row's final ids before they are read back
-        ids, logits, top, total = weights_from_stored_ids(
-            row_logits, id_ptrs, row_ok, stride_logit_e, stride_id_k, TOPK, BLOCK_K, TOKENS
-        )
-        if HAS_SCALE and SCALE_PICK != SCALE_AFTER:
-            scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
-    return ids, logits, scales, top, total
 
 
 @triton.jit
@@ -227,28 +144,20 @@ def gemma4_routing_kernel(
     if HAS_PADDING:
         store_ok = in_range[:, None] & (slots < TOPK)[None, :]
 
-    if REGISTER_PICKS and SELECT == CHECKED_ROWS:
-        first = (tl.program_id(0) * TOKENS_PER_PROGRAM).to(tl.int64)
-        ids, logits, scales, top, total = _select_checked_rows(
-            ordered,
-            (experts, expert_ok, num_experts),
-            row_ok,
-            (row_logits, stride_logit_e),
-            (id_ptrs, stride_id_k),
-            (logits_ptr, ids_ptr, first, stride_logit_t, stride_id_t),
-            (scale_ptr, stride_scale, scale_row),
-            (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
-            VALUES_BY_REDUCTION,
-            (HAS_SCALE, SCALE_PICK),
-        )
-        tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
-    elif REGISTER_PICKS:
+    if REGISTER_PICKS:
         ids, logits, scales, top, total = select_registers(
             ordered,
             (experts, expert_ok, num_experts),
             row_ok,
             (row_logits, stride_logit_e),
             (id_ptrs, stride_id_k),
+            (
+                logits_ptr,
+                ids_ptr,
+                (tl.program_id(0) * TOKENS_PER_PROGRAM).to(tl.int64),
+                stride_logit_t,
+                stride_id_t,
+            ),
             (scale_ptr, stride_scale, scale_row),
             (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
             SELECT,

@@ -265,6 +265,74 @@ def last_bucket_overtaken(keys, ordered, last_key, bucket_min, expert_ok, BLOCK_
 
 
 @triton.jit
+def stored_picks(scales, row_ok, logit_rows, id_rows, scale, TILE, SCALING):
+    """``(ids, logits, scales, top, total)`` of the ids this program stored for each row,
+    read back after a barrier (every thread's stores first); ``scales`` are kept
+    where the kernel fetches them after the selection (``SCALE_AFTER``). Argument
+    groups: see the module docstring."""
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_K: tl.constexpr = TILE[2]
+    HAS_SCALE: tl.constexpr = SCALING[0]
+    SCALE_PICK: tl.constexpr = SCALING[1]
+    tl.debug_barrier()
+    ids, logits, top, total = weights_from_stored_ids(
+        logit_rows[0], id_rows[0], row_ok, logit_rows[1], id_rows[1], TOPK, BLOCK_K, TILE[3]
+    )
+    if HAS_SCALE and SCALE_PICK != SCALE_AFTER:
+        out_ok = row_ok[:, None] & (tl.arange(0, BLOCK_K) < TOPK)[None, :]
+        scales = as_fp32(tl.load(scale[0] + ids * scale[1], mask=out_ok, other=1.0))
+    return ids, logits, scales, top, total
+
+
+@triton.jit
+def repair_checked_rows(picks, faults, num_experts, row_ok, logit_rows, id_rows, first_rows,
+                        scale, TILE, SCALING):  # fmt: skip
+    """Make checked narrow picks exact by redoing each faulty row alone from memory
+    (``redo_row_exact``, a ``[BLOCK_E]`` vector): the same results as
+    ``repair_checked_picks``, bit for bit, without its ``[TOKENS, BLOCK_E]`` tiles,
+    which set every program's register allocation although few tiles need them.
+
+    A row is redone where its picks of one key bucket came out of value order or its
+    runner-up shares the last pick's bucket (which may be worth more). In a tile with
+    such a row, every row's narrow ids are stored, the faulty rows' overwritten, and
+    every row's picks read back (``stored_picks``). ``first_rows``: ``(logits_ptr,
+    ids_ptr, first, stride_logit_t, stride_id_t)``, the kernel's outputs, the program's
+    first row (int64) and the row strides, to address a row as a scalar (a stride of 1
+    may come as a constexpr). Other arguments: ``repair_checked_picks``."""
+    TOPK: tl.constexpr = TILE[0]
+    BLOCK_E: tl.constexpr = TILE[1]
+    TOKENS: tl.constexpr = TILE[3]
+    ids = picks[0]
+    logits = picks[1]
+    scales = picks[2]
+    top = picks[3]
+    total = picks[4]
+    faulty = (faults[0] | (faults[1] & (num_experts > TOPK))) & row_ok
+    if tl.max(faulty.to(tl.int32), axis=0) != 0:
+        slots = tl.arange(0, TILE[2])
+        out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+        tl.store(id_rows[0][:, None] + slots[None, :] * id_rows[1], ids, mask=out_ok)
+        tl.debug_barrier()  # the narrow ids before the rows redone overwrite theirs
+        tokens = tl.arange(0, TOKENS)
+        for t in range(TOKENS):
+            if tl.sum(tl.where(tokens == t, faulty.to(tl.int32), 0), axis=0) != 0:
+                row = first_rows[2] + t  # int64, as the program's first row is
+                redo_row_exact(
+                    first_rows[0] + row * first_rows[3],
+                    first_rows[1] + row * first_rows[4],
+                    logit_rows[1],
+                    id_rows[1],
+                    num_experts,
+                    TOPK,
+                    BLOCK_E,
+                )
+        ids, logits, scales, top, total = stored_picks(
+            scales, row_ok, logit_rows, id_rows, scale, TILE, SCALING
+        )
+    return ids, logits, scales, top, total
+
+
+@triton.jit
 def repair_checked_picks(
     picks,
     faults,
@@ -300,18 +368,12 @@ def repair_checked_picks(
     experts = columns[0]
     expert_ok = columns[1]
     num_experts = columns[2]
-    row_logits = logit_rows[0]
-    stride_logit_e = logit_rows[1]
     id_ptrs = id_rows[0]
     stride_id_k = id_rows[1]
-    scale_ptr = scale[0]
-    stride_scale = scale[1]
     TOPK: tl.constexpr = TILE[0]
     BLOCK_E: tl.constexpr = TILE[1]
     BLOCK_K: tl.constexpr = TILE[2]
     TOKENS: tl.constexpr = TILE[3]
-    HAS_SCALE: tl.constexpr = SCALING[0]
-    SCALE_PICK: tl.constexpr = SCALING[1]
     crowded = crowded & row_ok & (num_experts > TOPK)
     overtaken = tl.zeros([TOKENS], dtype=tl.int1)
     if tl.max(crowded.to(tl.int32), axis=0) != 0:
@@ -327,13 +389,9 @@ def repair_checked_picks(
         # Through memory: the exact rounds' own register tiles would sit beside
         # the narrow ones and spill.
         select_exact_memory(ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
-        tl.debug_barrier()
-        ids, logits, top, total = weights_from_stored_ids(
-            row_logits, id_ptrs, row_ok, stride_logit_e, stride_id_k, TOPK, BLOCK_K, TOKENS
+        ids, logits, scales, top, total = stored_picks(
+            scales, row_ok, logit_rows, id_rows, scale, TILE, SCALING
         )
-        if HAS_SCALE and SCALE_PICK != SCALE_AFTER:
-            out_ok = row_ok[:, None] & (tl.arange(0, BLOCK_K) < TOPK)[None, :]
-            scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
     elif TOKENS == 1:  # noqa: SIM102 (the constexpr test must not reach the runtime branch)
         if tl.max(misordered.to(tl.int32), axis=0) != 0:
             ids, logits, scales, top, total = exact_order(ids, logits, scales, TOPK, BLOCK_K)
@@ -507,6 +565,7 @@ def select_registers(
     row_ok,
     logit_rows,
     id_rows,
+    first_rows,
     scale,
     TILE,
     SELECT: tl.constexpr,
@@ -521,9 +580,10 @@ def select_registers(
     their rare repair after a barrier of its own, the rounds themselves (unless
     ``VALUES_BY_REDUCTION``) with none, so logits this program stored need a
     barrier before the call; ``id_ptrs`` is each row's id output, which the repair
-    uses as scratch. Returns ``(ids, logits, scales,
-    top, total)``: ``[TOKENS, BLOCK_K]`` picks in order (lowest id first among
-    equal logits), the first pick's logit and the sum of ``exp(logit - top)``.
+    uses as scratch; ``first_rows`` addresses one row as a scalar for ``CHECKED_ROWS``
+    (``repair_checked_rows``). Returns ``(ids, logits, scales, top, total)``:
+    ``[TOKENS, BLOCK_K]`` picks in order (lowest id first among equal logits), the
+    first pick's logit and the sum of ``exp(logit - top)``.
     Argument groups: see the module docstring."""
     experts = columns[0]
     scale_ptr = scale[0]
@@ -560,13 +620,26 @@ def select_registers(
                 logit_rows,
                 scale,
                 TILE,
-                SELECT == CHECKED,
+                SELECT != NARROW,
                 IS_BF16,
                 VALUES_BY_REDUCTION,
                 SCALING,
             )
         )
-        if SELECT == CHECKED:
+        if SELECT == CHECKED_ROWS:
+            ids, logits, scales, top, total = repair_checked_rows(
+                (ids, logits, scales, top, total),
+                (misordered, crowded),
+                columns[2],
+                row_ok,
+                logit_rows,
+                id_rows,
+                first_rows,
+                scale,
+                TILE,
+                SCALING,
+            )
+        elif SELECT == CHECKED:
             ids, logits, scales, top, total = repair_checked_picks(
                 (ids, logits, scales, top, total),
                 (misordered, crowded, last_key, bucket_min),
