@@ -38,7 +38,9 @@ functions with the most parameters take these groups:
   ``load_scale_row``'s row;
 * ``columns``: ``(experts, expert_ok, num_experts)``: column ids, their mask, E;
 * ``logit_rows``: ``(row_logits, stride_logit_e)``, each row's logits in memory;
-* ``id_rows``: ``(id_ptrs, stride_id_k)``, each row's id output.
+* ``id_rows``: ``(id_ptrs, stride_id_k)``, each row's id output;
+* ``first_rows``: ``(logits_ptr, ids_ptr, first, stride_logit_t, stride_id_t)``, the
+  logits and ids from the program's first row (int64) on, to address one row.
 
 Constexpr groups (upper case) are built as tuple literals in the call (or passed
 on as received) and read with ``NAME: tl.constexpr = GROUP[i]``; every group is
