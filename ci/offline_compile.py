@@ -184,10 +184,11 @@ def launcher_specialisation(
     return signature, constants, divisible
 
 
-def job_for(point: MatrixPoint, target: Target) -> CompileJob:
+def job_for(point: MatrixPoint, target: Target, config: Any = None) -> CompileJob:
     """The compile a launch at ``point`` makes on ``target``, specialised as Triton's launcher
     would specialise a contiguous launch (ints equal to 1 become constexprs, multiples of 16
-    and tensor pointers are marked 16-divisible)."""
+    and tensor pointers are marked 16-divisible). ``config`` (a ``LaunchConfig``): compile
+    that launch shape instead of the bucket's table row."""
     import importlib.util
 
     import torch
@@ -206,6 +207,7 @@ def job_for(point: MatrixPoint, target: Target) -> CompileJob:
         dtype,
         target.platform,
         has_padding=point.has_padding,
+        config=config,
     )
     signature, constants, divisible = launcher_specialisation(
         gemma4_routing_kernel.arg_names,

@@ -12,7 +12,8 @@ from typing import NamedTuple
 import torch
 
 from vllm_gemma4_router.routing.kernels.entry import gemma4_routing_kernel
-from vllm_gemma4_router.routing.launcher import _table_plan
+from vllm_gemma4_router.routing.launch_table import LaunchConfig
+from vllm_gemma4_router.routing.launcher import _config_plan, _table_plan
 
 
 class CompileSpec(NamedTuple):
@@ -37,6 +38,7 @@ def compile_spec(
     platform: str,
     *,
     has_padding: bool = False,
+    config: LaunchConfig | None = None,
 ) -> CompileSpec:
     """The kernel that a launch in ``bucket`` (see ``routing.launch_table.token_bucket``) on a GPU
     ``platform`` ("cuda", "hip", "xpu") compiles, from the same plan the launcher uses.
@@ -44,8 +46,15 @@ def compile_spec(
     ``has_padding``: a launch with an ``is_padding`` mask (``*u8``, ``HAS_PADDING``);
     without one (the default) the padding pointer is the ids buffer (``*i32``), never
     read. Runtime integers are typed ``i32`` (Triton's type for ints below 2**31); the
-    launcher's stride-1 / multiple-of-16 specialisations are left to the caller."""
-    plan = _table_plan(bucket, topk, num_experts, logit_dtype, scale_dtype, platform, has_padding)
+    launcher's stride-1 / multiple-of-16 specialisations are left to the caller.
+    ``config``: a launch shape to compile instead of the bucket's table row (a
+    sweep's candidate), planned as the launcher plans every config."""
+    if config is None:
+        plan = _table_plan(
+            bucket, topk, num_experts, logit_dtype, scale_dtype, platform, has_padding
+        )
+    else:
+        plan = _config_plan(config, topk, num_experts, logit_dtype, scale_dtype, has_padding)
     constexprs = dict(plan.constexprs)
     num_warps = int(constexprs.pop("num_warps"))
     scale_type = _TRITON_TYPES[scale_dtype] if scale_dtype is not None else "fp32"

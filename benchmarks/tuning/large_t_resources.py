@@ -32,7 +32,6 @@ import offline_compile as oc  # noqa: E402
 
 from benchmarks.common import stamp  # noqa: E402
 from benchmarks.common.tables import markdown_table  # noqa: E402
-from vllm_gemma4_router.routing import launcher  # noqa: E402
 from vllm_gemma4_router.routing.launch_table import (  # noqa: E402
     FP32_SELECTS,
     LaunchConfig,
@@ -65,16 +64,7 @@ def candidates(
 
 def resources(configs: list[LaunchConfig], point: oc.MatrixPoint, target: oc.Target) -> list[dict]:
     """One row per config: its fields, ok, registers, stack, shared."""
-    real = launcher.bucket_launch_config
-    jobs = {}
-    try:
-        for config in configs:
-            launcher.bucket_launch_config = lambda *args, _c=config: _c
-            launcher._table_plan.cache_clear()  # the plan is cached per bucket, not config
-            jobs[config] = oc.job_for(point, target)
-    finally:
-        launcher.bucket_launch_config = real
-        launcher._table_plan.cache_clear()
+    jobs = {config: oc.job_for(point, target, config) for config in configs}
     results = oc.compile_all(list(jobs.values()))
     rows = []
     for config, job in jobs.items():

@@ -3,7 +3,7 @@
 One program routes ``TOKENS_PER_PROGRAM`` tokens; each token's ``E`` logits sit
 in one tile row (``ROW_GROUPS`` > 1 loads a row in pieces, see
 ``_load_rows_grouped``). ``SELECT`` names the top-K strategy of
-``kernel_select``: ``NARROW`` for bf16/fp16 logits, ``CHECKED`` or ``EXACT`` for
+``kernel_select``: ``NARROW`` for bf16/fp16 logits, ``CHECKED``, ``CHECKED_ROWS`` or ``EXACT`` for
 fp32. Whatever the strategy and the input bits, the ids are K distinct experts
 in ``[0, E)``, equal logits go to the lowest id, rows come out sorted by
 weight, and a token's weights do not depend on the batch it comes in.

@@ -17,8 +17,8 @@ max over a warp is a single ``REDUX``). They differ in what a round reduces:
   never a fault: their id order is the one wanted.
 * **exact** (``select_exact_*``): a max over the exact ordered value, then a min
   over the ids holding it: two reductions a round, exact for any fp32 input.
-* **checked rows** (the routing kernel's ``CHECKED_ROWS``, from its entry): the
-  checked rounds, but a faulty row is redone alone from memory
+* **checked rows** (``CHECKED_ROWS``, ``repair_checked_rows``; only the routing
+  kernel's table names it): the checked rounds, but a faulty row is redone alone from memory
   (``redo_row_exact``, a ``[BLOCK_E]`` vector) instead of the tile-wide repair,
   whose tiles set every program's register allocation (sm_90, Triton 3.6, 8 fp32
   rows of 128 per warp: 96 registers instead of 138).
@@ -70,8 +70,8 @@ from vllm_gemma4_router.routing.kernels.keys import (
 NARROW = tl.constexpr(0)
 CHECKED = tl.constexpr(1)
 EXACT = tl.constexpr(2)
-#: The routing kernel's checked rounds with a row-at-a-time repair (``redo_row_exact``,
-#: from the kernel's entry): no ``[TOKENS, BLOCK_E]`` tile beyond the rounds' keys.
+#: The checked rounds with a row-at-a-time repair (``repair_checked_rows``): no
+#: ``[TOKENS, BLOCK_E]`` tile beyond the rounds' keys.
 CHECKED_ROWS = tl.constexpr(3)
 
 #: How each pick's ``per_expert_scale`` is fetched (constexpr ``SCALE_PICK``).
@@ -81,8 +81,8 @@ SCALE_IN_ROW = tl.constexpr(2)  # the scale row loaded with the logits, picked b
 
 #: Launch configs' names for the fp32 ``SELECT`` values and the ``SCALE_PICK`` values.
 FP32_SELECT_VALUES = {"checked": CHECKED.value, "exact": EXACT.value}
-#: The routing kernel's: these and the row-at-a-time repair (the fused router's
-#: kernels call ``select_registers``, which has no such repair).
+#: The routing kernel's: these and the row-at-a-time repair, which no sweep of the
+#: fused router's kernels has checked or timed (its table takes the two above).
 ROUTING_FP32_SELECT_VALUES = {**FP32_SELECT_VALUES, "checked_rows": CHECKED_ROWS.value}
 SCALE_PICK_VALUES = {
     "after": SCALE_AFTER.value,
