@@ -53,13 +53,17 @@ def test_the_loaded_rows_are_the_rows_the_code_held():
     cuda, hip = launch_table._CUDA_TABLE, launch_table._HIP_TABLE
     assert cuda[True, 128][0] == LaunchConfig(1, 1, scale_pick="in_row", values_by_reduction=True)
     assert cuda[True, 128][3] == LaunchConfig(8, 1, row_groups=8, fp32_select="exact")
+    # issue #38: the large-T rows redo a faulty row alone (96 registers, not 138)
+    assert (
+        cuda[True, 128][4:] == (LaunchConfig(8, 1, row_groups=8, fp32_select="checked_rows"),) * 2
+    )
     assert cuda[True, 64][1] == LaunchConfig(2, 2, fp32_select="exact", scale_pick="in_row")
     assert cuda[True, 256][4] == LaunchConfig(2, 1, register_picks=False, row_groups=2)
     assert cuda[False, 128] == (
         LaunchConfig(2, 2),
         LaunchConfig(4, 4),
         *[LaunchConfig(8, 1, row_groups=4)] * 2,
-        LaunchConfig(16, 2, row_groups=4),
+        LaunchConfig(32, 4, row_groups=4),
         LaunchConfig(32, 2, row_groups=4),
     )
     assert hip[True, 128][5] == LaunchConfig(4, 1, row_groups=4)  # halved: SGPR spills

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Issue #38 on the GPU (CUDA machine, repo root; no vLLM needed), one stage per device call:
+#   sweep    the routing GPU tests, then the launch sweep of the buckets above 8192 tokens,
+#            L2-hot (its choices written over the packaged CUDA table into
+#            .cache/large_t/cuda.json, with provenance) and cold (randn logits only);
+#   compare  that table installed in this tree, then this tree, the tree before it
+#            (.cache/before_tree: `git archive <commit> vllm_gemma4_router`) and vLLM
+#            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
+#            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
+#   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck).
+# Results under benchmarks/results/routing_large_t_$DATE (sweeps) and $OUT/<stage>; each
+# stage packs what it made into $OUT/<stage>.tgz and prints a summary last.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+stage=${1:?sweep, compare or checks}
+DATE=${DATE:-$(date -u +%F)}
+RESULTS=benchmarks/results/routing_large_t_$DATE
+LOGS=${OUT:-large-t}/$stage
+TABLE=.cache/large_t/cuda.json
+mkdir -p "$LOGS" "$RESULTS" "$(dirname "$TABLE")"
+WHEELS=$(ls .cache/device_wheels/*.whl 2>/dev/null | tr '\n' ':')
+export PYTHONPATH=$PWD:${WHEELS}${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=$PWD/.cache/triton
+PYTHON=${PYTHON:-python3}
+SWEEP=("$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8
+  --tokens 16384,65536,262144 --warps 1,2,4 --row-groups 4,8 --scale-picks after
+  --max-tile 8192 --out "$RESULTS")
+FP32=(--dtypes float32 --tokens-per-program 4,8,16,32 --fp32-selects checked,checked_rows,exact)
+BF16=(--dtypes bfloat16 --tokens-per-program 8,16,32,64)
+summary=()
+step() {  # name, budget in s, command...
+  local name=$1 budget=$2 start=$SECONDS rc
+  shift 2
+  timeout "$budget" "$@" > "$LOGS/$name.log" 2>&1
+  rc=$?
+  summary+=("== $name: exit $rc, $((SECONDS - start)) s")
+}
+install_table() {
+  [[ -f $TABLE ]] || { echo "no $TABLE: run the sweep stage first"; exit 2; }
+  cp "$TABLE" vllm_gemma4_router/routing/tables/cuda.json
+}
+case $stage in
+  sweep)
+    rm -f "$TABLE"
+    step gpu_routing 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
+    step sweep_fp32_hot 240 "${SWEEP[@]}" "${FP32[@]}" --tag large_t_fp32 --write-table "$TABLE"
+    step sweep_bf16_hot 90 "${SWEEP[@]}" "${BF16[@]}" --tag large_t_bf16 --write-table "$TABLE"
+    step sweep_fp32_cold 90 "${SWEEP[@]}" "${FP32[@]}" --families randn --cold --tag large_t_fp32_cold
+    step sweep_bf16_cold 40 "${SWEEP[@]}" "${BF16[@]}" --cold --tag large_t_bf16_cold
+    cp "$TABLE" "$LOGS/" 2>/dev/null
+    cp "$RESULTS"/launch_sweep_*large_t* "$LOGS/" 2>/dev/null
+    tail -n 3 "$LOGS/gpu_routing.log"
+    grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log ;;
+  compare)
+    install_table
+    step compare 420 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
+      --tree after=. --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
+      --tokens 1,4,16,64,256,1024,2048,4096,8192,16384,32768,65536,131072,262144 \
+      --masks none,real --ops routing --out "$LOGS"
+    tail -n 70 "$LOGS/compare.log" | cut -c1-200 ;;
+  checks)
+    install_table
+    OUT="$LOGS" step suite 540 bash ci/gpu_checks.sh
+    tail -n 4 "$LOGS/suite.log" ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
+tar -czf "${OUT:-large-t}/$stage.tgz" -C "${OUT:-large-t}" "$stage"
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,75 @@
+"""compare_trees' arithmetic (CPU): the floor is the op's bytes over the copy bandwidth,
+the summary keeps each source's median, spread and share of the floor, and the plot is
+drawn back from the CSV it wrote."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from benchmarks.kernel import compare_trees as ct
+
+
+def test_floor_counts_logits_outputs_and_the_mask():
+    gbs = random.uniform(2000.0, 5000.0)
+    tokens = random.choice([1, 777, 262144])
+    fp32 = tokens * 128 * 4 + tokens * 8 * (4 + 4)
+    assert ct.floor_us(tokens, "float32", "none", gbs) == pytest.approx(fp32 / (gbs * 1e3))
+    assert ct.floor_us(tokens, "float32", "real", gbs) == pytest.approx(
+        (fp32 + tokens) / (gbs * 1e3)
+    )
+    bf16 = tokens * 128 * 2 + tokens * 8 * 8
+    assert ct.floor_us(tokens, "bfloat16", "none", gbs) == pytest.approx(bf16 / (gbs * 1e3))
+    # the issue's H200 figure: 262144 fp32 rows with the mask at 4233 GB/s ~ 35.7 us
+    assert ct.floor_us(262144, "float32", "real", 4233.0) == pytest.approx(35.7, abs=0.1)
+
+
+def test_summary_keeps_medians_spreads_ratios_and_floor_shares():
+    before = [random.uniform(50, 70) for _ in range(3)]
+    after = [random.uniform(40, 60) for _ in range(3)]
+    peer = [random.uniform(300, 350) for _ in range(3)]
+    key = ("routing", "float32", "real", 262144)
+    fused = ("fused_router", "bfloat16", "none", 16)
+    samples = {
+        key: {"before": before, "after": after, "peer": peer},
+        fused: {"before": [5.0, 5.2, 5.1], "after": [4.0, 4.4, 4.2]},
+    }
+    gbs = 2979.0
+    table = ct.summarise(samples, ["before", "after", "peer"], gbs)
+    row = next(r for r in table if (r["op"], r["dtype"], r["mask"], r["tokens"]) == key)
+    floor = ct.floor_us(262144, "float32", "real", gbs)
+    assert row["floor_us"] == pytest.approx(floor, abs=1e-3)
+    assert row["after_us"] == pytest.approx(statistics.median(after), abs=1e-3)
+    assert row["after_spread_us"] == pytest.approx(max(after) - min(after), abs=1e-3)
+    assert row["after_of_floor"] == pytest.approx(floor / statistics.median(after), abs=1e-3)
+    assert row["peer_vs_before"] == pytest.approx(
+        statistics.median(peer) / statistics.median(before), abs=2e-3
+    )
+    fused_row = next(r for r in table if r["op"] == "fused_router")
+    assert "floor_us" not in fused_row and "peer_us" not in fused_row
+    assert fused_row["after_vs_before"] == pytest.approx(4.2 / 5.1, abs=1e-3)
+
+
+def test_replot_draws_the_png_from_the_csv(tmp_path):
+    samples = {
+        ("routing", dtype, mask, tokens): {
+            "before": [random.uniform(1, 9) for _ in range(3)],
+            "after": [random.uniform(1, 9) for _ in range(3)],
+        }
+        for dtype in ("float32", "bfloat16")
+        for mask in ("none", "real")
+        for tokens in (1, 64, 4096)
+    }
+    table = ct.summarise(samples, ["before", "after"], 3000.0)
+    import csv
+
+    with open(tmp_path / "compare_trees.csv", "w", newline="") as f:
+        f.write("# device=test\n")
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    ct.replot(tmp_path)
+    png = (tmp_path / "compare_trees.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
