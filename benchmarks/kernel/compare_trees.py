@@ -80,7 +80,8 @@ def _worker(spec: dict) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = [{"op": "copy", "dtype": "", "mask": "", "tokens": 0, "us": copy_bandwidth_gbs()}]
     scale = torch.rand(NUM_EXPERTS, device="cuda", generator=gen) + 0.5
-    for dtype in (torch.float32, torch.bfloat16):
+    routing_dtypes = (torch.float32, torch.bfloat16) if "routing" in spec["ops"] else ()
+    for dtype in routing_dtypes:
         for tokens in spec["tokens"]:
             logits = torch.randn(tokens, NUM_EXPERTS, device="cuda", generator=gen).to(dtype)
             for mask in spec["masks"]:
@@ -276,8 +277,6 @@ def main() -> None:
             for row in _run_worker(spec):
                 if row["op"] == "copy":
                     copies.append(row["us"])
-                    continue
-                if row["op"] == "routing" and "routing" not in common["ops"]:
                     continue
                 key = (row["op"], row["dtype"], row["mask"], row["tokens"])
                 samples.setdefault(key, {}).setdefault(name, []).append(row["us"])
