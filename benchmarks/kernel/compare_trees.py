@@ -78,7 +78,7 @@ def _worker(spec: dict) -> list[dict]:
 
     route = (_tree_router if spec["kind"] == "tree" else _peer_router)(spec["path"])
     gen = torch.Generator(device="cuda").manual_seed(0)
-    rows = [{"op": "copy", "dtype": "", "mask": "", "tokens": 0, "us": copy_bandwidth_gbs()}]
+    rows: list[dict] = [{"op": "copy", "gbs": copy_bandwidth_gbs()}]
     scale = torch.rand(NUM_EXPERTS, device="cuda", generator=gen) + 0.5
     routing_dtypes = (torch.float32, torch.bfloat16) if "routing" in spec["ops"] else ()
     for dtype in routing_dtypes:
@@ -276,7 +276,7 @@ def main() -> None:
         for name, spec in sources.items():
             for row in _run_worker(spec):
                 if row["op"] == "copy":
-                    copies.append(row["us"])
+                    copies.append(row["gbs"])
                     continue
                 key = (row["op"], row["dtype"], row["mask"], row["tokens"])
                 samples.setdefault(key, {}).setdefault(name, []).append(row["us"])
