@@ -73,3 +73,76 @@ def test_replot_draws_the_png_from_the_csv(tmp_path):
     ct.replot(tmp_path)
     png = (tmp_path / "compare_trees.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_main_interleaves_sources_and_writes_the_tables(tmp_path, monkeypatch):
+    # The workers need a GPU: stand-ins return rows in their format, so the driver's
+    # interleaving, the copy floor and the written files are what is under test.
+    calls = []
+    times = {"before": 60.0, "after": 50.0, "vllm": 340.0}
+
+    def fake_worker(spec):
+        name = next(n for n, t in times.items() if spec["path"].endswith(n))
+        calls.append(name)
+        jitter = random.uniform(-0.5, 0.5)
+        rows = [{"op": "copy", "gbs": 3000.0 + 10 * len(calls)}]
+        for tokens in spec["tokens"]:
+            for mask in spec["masks"]:
+                rows.append(
+                    {
+                        "op": "routing",
+                        "dtype": "float32",
+                        "mask": mask,
+                        "tokens": tokens,
+                        "us": times[name] + jitter,
+                    }
+                )
+        return rows
+
+    monkeypatch.setattr(ct, "_run_worker", fake_worker)
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "compare_trees",
+            "--tree",
+            "before=/t/before",
+            "--tree",
+            "after=/t/after",
+            "--peer",
+            "vllm=/p/vllm",
+            "--repeats",
+            "2",
+            "--tokens",
+            "4096,262144",
+            "--masks",
+            "none,real",
+            "--ops",
+            "routing",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    ct.main()
+    assert calls == ["before", "after", "vllm"] * 2
+    lines = (tmp_path / "compare_trees.csv").read_text().splitlines()
+    assert lines[0].startswith("# ") and "copy_gbs=3035" in lines[0]  # median of 6 copies
+    import csv
+
+    rows = list(csv.DictReader(lines[1:]))
+    assert len(rows) == 4
+    big = next(r for r in rows if r["tokens"] == "262144" and r["mask"] == "real")
+    floor = ct.floor_us(262144, "float32", "real", 3035.0)
+    assert float(big["floor_us"]) == pytest.approx(floor, abs=1e-3)
+    assert float(big["after_vs_before"]) == pytest.approx(50 / 60, abs=0.03)
+    assert float(big["vllm_of_floor"]) == pytest.approx(floor / 340, abs=1e-3)
+    assert "peers: {'vllm': '/p/vllm'}" in (tmp_path / "compare_trees.md").read_text()
+    assert (tmp_path / "compare_trees.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_main_refuses_an_unknown_mask(monkeypatch):
+    monkeypatch.setattr(
+        "sys.argv",
+        ["compare_trees", "--tree", "a=/a", "--tree", "b=/b", "--masks", "none,half"],
+    )
+    with pytest.raises(SystemExit):
+        ct.main()
