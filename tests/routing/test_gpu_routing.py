@@ -196,3 +196,56 @@ def test_gpu_fp32_bucket_faults_are_repaired_in_every_variant(tokens_per_program
             alone_w, alone_ids = gemma4_routing_triton(gpu_logits[row : row + 1], 8, gpu_scale)
             assert torch.equal(alone_ids[0], ids[row]), (variant, row)
             assert torch.equal(alone_w[0], weights[row]), (variant, row)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_tokens", [8197, 65541])  # buckets 4 and 5; no tile divides them
+def test_gpu_large_t_rows_exact_with_ties_non_finite_and_the_mask(dtype, num_tokens, gen):
+    # The table's rows above 8192 tokens (fp32: checked_rows, issue #38) as a prefill chunk
+    # reaches them: the fp64 oracle on the finite rows, the reference on every row, and
+    # vLLM 0.34's padding mask leaving the real rows' bits untouched.
+    from oracle import fp32_bucket_fault_rows
+
+    from vllm_gemma4_router.routing.launch_table import pick_launch_config
+
+    platform = "cuda" if torch.version.hip is None else "hip"
+    config = pick_launch_config(num_tokens, 128, platform, dtype == torch.float32)
+    if dtype == torch.float32 and platform == "cuda":
+        assert config.fp32_select == "checked_rows"
+    assert num_tokens % config.tokens_per_program != 0
+    logits = torch.randn(num_tokens, 128, generator=gen) * 2
+    ties = torch.arange(num_tokens) % 3 == 1
+    logits[ties] = torch.randint(-3, 4, (int(ties.sum()), 128), generator=gen) * 0.5
+    logits[:6] = fp32_bucket_fault_rows(128, gen)
+    finite = torch.ones(num_tokens, dtype=torch.bool)
+    for start, step, column, value in (
+        (7, 97, 5, float("nan")),
+        (9, 101, None, float("nan")),
+        (11, 103, 9, float("inf")),
+        (13, 107, None, float("-inf")),
+    ):
+        if column is None:
+            logits[start::step] = value
+        else:
+            logits[start::step, column] = value
+        finite[start::step] = False
+    logits = logits.to(dtype)
+    scale = torch.rand(128, generator=gen) + 0.5
+    gpu_logits, gpu_scale = logits.cuda(), scale.cuda()
+    weights, ids = gemma4_routing_triton(gpu_logits, 8, gpu_scale)
+    assert_ids_valid(ids.cpu(), 128)
+    assert_matches_oracle(weights.cpu()[finite], ids.cpu()[finite], logits[finite], 8, scale)
+    ref_w, ref_ids = gemma4_routing_reference(logits, 8, scale)
+    assert torch.equal(ids.cpu(), ref_ids)
+    torch.testing.assert_close(weights.cpu(), ref_w, equal_nan=True, rtol=2e-6, atol=1e-7)
+
+    padding = torch.rand(num_tokens, generator=gen) < 0.25
+    masked_w, masked_ids = gemma4_routing_triton(
+        gpu_logits, 8, gpu_scale, is_padding=padding.cuda()
+    )
+    masked_w, masked_ids = masked_w.cpu(), masked_ids.cpu()
+    assert bool((masked_ids[padding] == -1).all()) and bool((masked_w[padding] == 0).all())
+    assert torch.equal(masked_ids[~padding], ids.cpu()[~padding])
+    assert torch.equal(
+        masked_w[~padding].view(torch.int32), weights.cpu()[~padding].view(torch.int32)
+    )
