@@ -220,6 +220,15 @@ def plot(table: list[dict], names: list[str], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_table_csv(path: Path, stamp: dict[str, str], table: list[dict]) -> None:
+    """The summary as a stamped CSV (``timing.write_stamped_csv``); routing and fused-router
+    rows carry different columns, so every row gets every column."""
+    from benchmarks.common.timing import write_stamped_csv
+
+    columns = dict.fromkeys((k for row in table for k in row), "")
+    write_stamped_csv(path, stamp, [{**columns, **row} for row in table])
+
+
 def replot(directory: Path) -> None:
     """Draw ``compare_trees.png`` from the ``compare_trees.csv`` of ``directory``."""
     lines = (directory / "compare_trees.csv").read_text().splitlines()
@@ -284,13 +293,7 @@ def main() -> None:
     stamp = flat_stamp(environment_stamp())
     copy_gbs = statistics.median(copies)
     table = summarise(samples, list(sources), copy_gbs)
-    fields = list(dict.fromkeys(k for row in table for k in row))
-    with open(args.out / "compare_trees.csv", "w", newline="") as f:
-        f.write("# " + ", ".join(f"{k}={v}" for k, v in stamp.items()))
-        f.write(f", copy_gbs={copy_gbs:.0f}\n")
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(table)
+    write_table_csv(args.out / "compare_trees.csv", {**stamp, "copy_gbs": f"{copy_gbs:.0f}"}, table)
     text = tabulate(table, headers="keys", tablefmt="github")
     (args.out / "compare_trees.md").write_text(
         "# Trees side by side\n\n"

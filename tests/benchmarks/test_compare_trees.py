@@ -52,6 +52,22 @@ def test_summary_keeps_medians_spreads_ratios_and_floor_shares():
     assert fused_row["after_vs_before"] == pytest.approx(4.2 / 5.1, abs=1e-3)
 
 
+def test_the_csv_gives_every_row_every_column(tmp_path):
+    samples = {
+        ("fused_router", "bfloat16", "none", 16): {"a": [5.0], "b": [4.0]},
+        ("routing", "float32", "real", 65536): {"a": [20.0], "b": [16.0], "vllm": [88.0]},
+    }
+    table = ct.summarise(samples, ["a", "b", "vllm"], 2979.0)
+    ct.write_table_csv(tmp_path / "t.csv", {"device": "test", "copy_gbs": "2979"}, table)
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[0] == "# device=test, copy_gbs=2979"
+    import csv
+
+    fused, routing = csv.DictReader(lines[1:])
+    assert fused["op"] == "fused_router" and fused["floor_us"] == fused["vllm_us"] == ""
+    assert float(routing["vllm_us"]) == 88.0 and float(routing["floor_us"]) > 0
+
+
 def test_replot_draws_the_png_from_the_csv(tmp_path):
     samples = {
         ("routing", dtype, mask, tokens): {
@@ -63,13 +79,7 @@ def test_replot_draws_the_png_from_the_csv(tmp_path):
         for tokens in (1, 64, 4096)
     }
     table = ct.summarise(samples, ["before", "after"], 3000.0)
-    import csv
-
-    with open(tmp_path / "compare_trees.csv", "w", newline="") as f:
-        f.write("# device=test\n")
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    ct.write_table_csv(tmp_path / "compare_trees.csv", {"device": "test"}, table)
     ct.replot(tmp_path)
     png = (tmp_path / "compare_trees.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
