@@ -22,11 +22,14 @@ WHEELS=$(ls .cache/device_wheels/*.whl 2>/dev/null | tr '\n' ':')
 export PYTHONPATH=$PWD:${WHEELS}${PYTHONPATH:-} PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.cache/triton
 PYTHON=${PYTHON:-python3}
+# Round 2 (capped grids): the launch shapes round 1 chose and their neighbours, each
+# with one program per tile (0) or the grid capped at 2..16 programs per SM of 132.
 SWEEP=("$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8
-  --tokens 16384,65536,262144 --warps 1,2,4 --row-groups 4,8 --scale-picks after
-  --max-tile 8192 --out "$RESULTS")
-FP32=(--dtypes float32 --tokens-per-program 4,8,16,32 --fp32-selects checked,checked_rows,exact)
-BF16=(--dtypes bfloat16 --tokens-per-program 8,16,32,64)
+  --tokens 16384,32768,65536,262144 --scale-picks after --max-tile 8192
+  --max-programs 0,264,528,1056,2112 --out "$RESULTS")
+FP32=(--dtypes float32 --tokens-per-program 8,16 --warps 1,2 --row-groups 8
+  --fp32-selects checked_rows)
+BF16=(--dtypes bfloat16 --tokens-per-program 16,32 --warps 2,4 --row-groups 4)
 summary=()
 step() {  # name, budget in s, command...
   local name=$1 budget=$2 start=$SECONDS rc
@@ -42,13 +45,13 @@ install_table() {
 case $stage in
   sweep)
     rm -f "$TABLE"
-    step gpu_routing 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
-    step sweep_fp32_hot 240 "${SWEEP[@]}" "${FP32[@]}" --tag large_t_fp32 --write-table "$TABLE"
-    step sweep_bf16_hot 90 "${SWEEP[@]}" "${BF16[@]}" --tag large_t_bf16 --write-table "$TABLE"
-    step sweep_fp32_cold 90 "${SWEEP[@]}" "${FP32[@]}" --families randn --cold --tag large_t_fp32_cold
-    step sweep_bf16_cold 40 "${SWEEP[@]}" "${BF16[@]}" --cold --tag large_t_bf16_cold
+    step gpu_routing 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
+    step sweep_fp32_hot 200 "${SWEEP[@]}" "${FP32[@]}" --tag capped_fp32 --write-table "$TABLE"
+    step sweep_bf16_hot 80 "${SWEEP[@]}" "${BF16[@]}" --tag capped_bf16 --write-table "$TABLE"
+    step sweep_fp32_cold 70 "${SWEEP[@]}" "${FP32[@]}" --families randn --cold --tag capped_fp32_cold
+    step sweep_bf16_cold 60 "${SWEEP[@]}" "${BF16[@]}" --cold --tag capped_bf16_cold
     cp "$TABLE" "$LOGS/" 2>/dev/null
-    cp "$RESULTS"/launch_sweep_*large_t* "$LOGS/" 2>/dev/null
+    cp "$RESULTS"/launch_sweep_*capped* "$LOGS/" 2>/dev/null
     tail -n 3 "$LOGS/gpu_routing.log"
     grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log ;;
   compare)

@@ -249,3 +249,45 @@ def test_gpu_large_t_rows_exact_with_ties_non_finite_and_the_mask(dtype, num_tok
     assert torch.equal(
         masked_w[~padding].view(torch.int32), weights.cpu()[~padding].view(torch.int32)
     )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "variant"),
+    [
+        (torch.float32, dict(row_groups=8, fp32_select="checked_rows")),
+        (torch.float32, dict(row_groups=8, fp32_select="exact")),
+        (torch.bfloat16, dict(row_groups=4)),
+        (torch.float16, dict(register_picks=False)),
+    ],
+)
+def test_gpu_capped_grids_change_no_bit(dtype, variant, gen):
+    # A capped grid (max_programs: each program routes every grid-th tile, the next
+    # one's loads in flight) against one program per tile, on the GPU: ties, fault
+    # rows, NaN rows, a partial last tile, programs with uneven tile counts, the mask.
+    from oracle import fp32_bucket_fault_rows
+
+    from vllm_gemma4_router.routing import launcher as routing_launcher
+    from vllm_gemma4_router.routing.launch_table import LaunchConfig
+
+    num_tokens = 65541
+    logits = torch.randn(num_tokens, 128, generator=gen) * 2
+    logits[1::3] = torch.randint(-3, 4, (len(range(1, num_tokens, 3)), 128), generator=gen) * 0.5
+    logits[:6] = fp32_bucket_fault_rows(128, gen)
+    logits[7::97] = float("nan")
+    logits = logits.to(dtype).cuda()
+    scale = (torch.rand(128, generator=gen) + 0.5).cuda()
+    padding = (torch.rand(num_tokens, generator=gen) < 0.25).cuda()
+    for mask in (None, padding):
+        outputs = []
+        for cap in (0, 1, 7, 1056):
+            weights = torch.full((num_tokens, 8), float("nan"), device="cuda")
+            ids = torch.full((num_tokens, 8), -7, dtype=torch.int32, device="cuda")
+            config = LaunchConfig(16, 2, max_programs=cap, **variant)
+            routing_launcher.launch(logits, 8, scale, weights, ids, config, is_padding=mask)
+            outputs.append((weights.cpu().view(torch.int32), ids.cpu()))
+        ref_w, ref_ids = gemma4_routing_reference(logits.cpu(), 8, scale.cpu())
+        real = slice(None) if mask is None else ~padding.cpu()
+        assert torch.equal(outputs[0][1][real], ref_ids[real])
+        for weights, ids in outputs[1:]:
+            assert torch.equal(ids, outputs[0][1])
+            assert torch.equal(weights, outputs[0][0])
