@@ -3,8 +3,9 @@
 #   sweep    the routing GPU tests, then the launch sweep of the buckets above 8192 tokens,
 #            L2-hot (its choices written over the packaged CUDA table into
 #            .cache/large_t/cuda.json, with provenance) and cold (randn logits only);
-#   compare  that table installed in this tree, then this tree, the tree before it
-#            (.cache/before_tree: `git archive <commit> vllm_gemma4_router`) and vLLM
+#   compare  that table installed in this tree, then this tree, the tree before the issue
+#            (.cache/before_tree: `git archive cb76607 vllm_gemma4_router`), round 1's
+#            (.cache/prev_tree: `git archive 06b321c vllm_gemma4_router`) and vLLM
 #            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
 #   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck).
@@ -56,8 +57,8 @@ case $stage in
     grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log ;;
   compare)
     install_table
-    step compare 420 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
-      --tree after=. --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
+    step compare 480 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
+      --tree round1=.cache/prev_tree --tree after=. --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
       --tokens 1,4,16,64,256,1024,2048,4096,8192,16384,32768,65536,131072,262144 \
       --masks none,real --ops routing --out "$LOGS"
     tail -n 70 "$LOGS/compare.log" | cut -c1-200 ;;
