@@ -24,10 +24,10 @@ export PYTHONPATH=$PWD:${WHEELS}${PYTHONPATH:-} PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.cache/triton
 PYTHON=${PYTHON:-python3}
 # Round 2 (capped grids): the launch shapes round 1 chose and their neighbours, each
-# with one program per tile (0) or the grid capped at 2..16 programs per SM of 132.
+# with one program per tile (0) or the grid capped at 4, 8 or 16 programs per SM of 132.
 SWEEP=("$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8
-  --tokens 16384,32768,65536,262144 --scale-picks after --max-tile 8192
-  --max-programs 0,264,528,1056,2112 --out "$RESULTS")
+  --tokens 16384,65536,262144 --scale-picks after --max-tile 8192
+  --max-programs 0,528,1056,2112 --out "$RESULTS")
 FP32=(--dtypes float32 --tokens-per-program 8,16 --warps 1,2 --row-groups 8
   --fp32-selects checked_rows)
 BF16=(--dtypes bfloat16 --tokens-per-program 16,32 --warps 2,4 --row-groups 4)
