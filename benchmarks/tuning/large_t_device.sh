@@ -8,12 +8,13 @@
 #            (.cache/prev_tree: `git archive 06b321c vllm_gemma4_router`) and vLLM
 #            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
-#   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck).
+#   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck);
+#   routing_checks  that table installed, the routing GPU tests and memcheck over them.
 # Results under benchmarks/results/routing_large_t_$DATE (sweeps) and $OUT/<stage>; each
 # stage packs what it made into $OUT/<stage>.tgz and prints a summary last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-stage=${1:?sweep, compare or checks}
+stage=${1:?sweep, compare, checks or routing_checks}
 DATE=${DATE:-$(date -u +%F)}
 RESULTS=benchmarks/results/routing_large_t_$DATE
 LOGS=${OUT:-large-t}/$stage
@@ -66,6 +67,14 @@ case $stage in
     install_table
     OUT="$LOGS" step suite 540 bash ci/gpu_checks.sh
     tail -n 4 "$LOGS/suite.log" ;;
+  routing_checks)  # when device time is short: the routing GPU tests and their memcheck
+    install_table
+    step gpu_routing 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
+    step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
+      "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py \
+      -k "ties or random_bits or cuda_graph or bucket or capped or large_t"
+    tail -n 2 "$LOGS/gpu_routing.log"
+    grep -E "ERROR SUMMARY|passed|failed" "$LOGS/memcheck.log" | tail -2 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 tar -czf "${OUT:-large-t}/$stage.tgz" -C "${OUT:-large-t}" "$stage"
