@@ -9,7 +9,7 @@
 #            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
 #   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck);
-#   round2   a narrow sweep, the compare on fewer T and the routing GPU tests in one call;
+#   round2   the capped-grid GPU tests, a narrow sweep and the compare on fewer T in one call;
 #   routing_checks  that table installed, the routing GPU tests and memcheck over them.
 # Results under benchmarks/results/routing_large_t_$DATE (sweeps) and $OUT/<stage>; each
 # stage packs what it made into $OUT/<stage>.tgz and prints a summary last.
@@ -66,29 +66,29 @@ case $stage in
     install_table
     OUT="$LOGS" step suite 540 bash ci/gpu_checks.sh
     tail -n 4 "$LOGS/suite.log" ;;
-  round2)  # all of round 2 in one call, when device time is short: a narrow sweep (hot),
-    # the compare on fewer T, the routing GPU tests; memcheck comes in routing_checks
+  round2)  # all of round 2 in one call, when device time is short: the GPU tests of the
+    # capped grids and large T, a narrow sweep (hot), the compare on fewer T
     rm -f "$TABLE"
-    step sweep_fp32_hot 150 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
+    step gpu_capped 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py \
+      -k "capped or large_t"
+    step sweep_fp32_hot 120 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
       --tokens 16384,65536,262144 --scale-picks after --max-programs 0,1056,2112 \
       --dtypes float32 --tokens-per-program 8 --warps 1 --row-groups 8 \
       --fp32-selects checked_rows --out "$RESULTS" --tag capped_fp32 --write-table "$TABLE"
-    step sweep_bf16_hot 60 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
+    step sweep_bf16_hot 50 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
       --tokens 16384,65536,262144 --scale-picks after --max-programs 0,1056,2112 \
-      --dtypes bfloat16 --tokens-per-program 32 --warps 2,4 --row-groups 4 \
+      --dtypes bfloat16 --tokens-per-program 32 --warps 4 --row-groups 4 \
       --out "$RESULTS" --tag capped_bf16 --write-table "$TABLE"
     cp "$TABLE" "$LOGS/" 2>/dev/null
     cp "$RESULTS"/launch_sweep_*capped* "$LOGS/" 2>/dev/null
     install_table
-    step compare 240 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
+    step compare 170 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
       --tree round1=.cache/prev_tree --tree after=. \
       --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
-      --tokens 1,16,256,1024,4096,8192,16384,65536,262144 --masks none,real --ops routing \
-      --out "$LOGS"
-    step gpu_routing 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
+      --tokens 1,256,4096,16384,65536,262144 --masks none,real --ops routing --out "$LOGS"
+    tail -n 2 "$LOGS/gpu_capped.log"
     grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log | cut -c1-220
-    tail -n 40 "$LOGS/compare.log" | cut -c1-200
-    tail -n 2 "$LOGS/gpu_routing.log" ;;
+    tail -n 30 "$LOGS/compare.log" | cut -c1-200 ;;
   routing_checks)  # when device time is short: the routing GPU tests and their memcheck
     install_table
     step gpu_routing 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
