@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -75,9 +76,12 @@ def _routing_jobs() -> list[dict[str, Any]]:
 
 def _fused_jobs() -> list[dict[str, Any]]:
     import offline_compile_fused as ocf
-    from offline_compile import launcher_specialisation
+    from offline_compile import REPO, launcher_specialisation
 
-    from vllm_gemma4_router.fused_router.launcher import ROUTING_VARIANTS, is_split
+    if importlib.util.find_spec("benchmarks") is None:  # a tree copy on PYTHONPATH
+        sys.path.append(str(REPO))
+    from benchmarks.tuning.candidates import ROUTING_VARIANTS
+    from vllm_gemma4_router.fused_router.launch_table import is_split
 
     rows, gemm_configs = ocf._table_work()
     variants = [rows[0]._replace(select=a, scale_pick=b) for a, b in ROUTING_VARIANTS]
