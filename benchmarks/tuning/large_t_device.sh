@@ -9,13 +9,12 @@
 #            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
 #   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck);
-#   round2   the capped-grid GPU tests, a narrow sweep and the compare on fewer T in one call;
 #   routing_checks  that table installed, the routing GPU tests and memcheck over them.
 # Results under benchmarks/results/routing_large_t_$DATE (sweeps) and $OUT/<stage>; each
 # stage packs what it made into $OUT/<stage>.tgz and prints a summary last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-stage=${1:?sweep, compare, checks, round2 or routing_checks}
+stage=${1:?sweep, compare, checks or routing_checks}
 DATE=${DATE:-$(date -u +%F)}
 RESULTS=benchmarks/results/routing_large_t_$DATE
 LOGS=${OUT:-large-t}/$stage
@@ -25,11 +24,9 @@ WHEELS=$(ls .cache/device_wheels/*.whl 2>/dev/null | tr '\n' ':')
 export PYTHONPATH=$PWD:${WHEELS}${PYTHONPATH:-} PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.cache/triton
 PYTHON=${PYTHON:-python3}
-# Round 2 (capped grids): the launch shapes round 1 chose and their neighbours, each
-# with one program per tile (0) or the grid capped at 4, 8 or 16 programs per SM of 132.
+# The launch shapes round 1 chose and their neighbours.
 SWEEP=("$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8
-  --tokens 16384,65536,262144 --scale-picks after --max-tile 8192
-  --max-programs 0,528,1056,2112 --out "$RESULTS")
+  --tokens 16384,65536,262144 --scale-picks after --max-tile 8192 --out "$RESULTS")
 FP32=(--dtypes float32 --tokens-per-program 8,16 --warps 1,2 --row-groups 8
   --fp32-selects checked_rows)
 BF16=(--dtypes bfloat16 --tokens-per-program 16,32 --warps 2,4 --row-groups 4)
@@ -48,12 +45,12 @@ install_table() {
 case $stage in
   sweep)
     rm -f "$TABLE"
-    step sweep_fp32_hot 200 "${SWEEP[@]}" "${FP32[@]}" --tag capped_fp32 --write-table "$TABLE"
-    step sweep_bf16_hot 80 "${SWEEP[@]}" "${BF16[@]}" --tag capped_bf16 --write-table "$TABLE"
-    step sweep_fp32_cold 70 "${SWEEP[@]}" "${FP32[@]}" --families randn --cold --tag capped_fp32_cold
-    step sweep_bf16_cold 60 "${SWEEP[@]}" "${BF16[@]}" --cold --tag capped_bf16_cold
+    step sweep_fp32_hot 200 "${SWEEP[@]}" "${FP32[@]}" --tag large_t_fp32 --write-table "$TABLE"
+    step sweep_bf16_hot 80 "${SWEEP[@]}" "${BF16[@]}" --tag large_t_bf16 --write-table "$TABLE"
+    step sweep_fp32_cold 70 "${SWEEP[@]}" "${FP32[@]}" --families randn --cold --tag large_t_fp32_cold
+    step sweep_bf16_cold 60 "${SWEEP[@]}" "${BF16[@]}" --cold --tag large_t_bf16_cold
     cp "$TABLE" "$LOGS/" 2>/dev/null
-    cp "$RESULTS"/launch_sweep_*capped* "$LOGS/" 2>/dev/null
+    cp "$RESULTS"/launch_sweep_*large_t* "$LOGS/" 2>/dev/null
     grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log ;;
   compare)
     install_table
@@ -66,35 +63,12 @@ case $stage in
     install_table
     OUT="$LOGS" step suite 540 bash ci/gpu_checks.sh
     tail -n 4 "$LOGS/suite.log" ;;
-  round2)  # all of round 2 in one call, when device time is short: the GPU tests of the
-    # capped grids and large T, a narrow sweep (hot), the compare on fewer T
-    rm -f "$TABLE"
-    step gpu_capped 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py \
-      -k "capped or large_t"
-    step sweep_fp32_hot 120 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
-      --tokens 16384,65536,262144 --scale-picks after --max-programs 0,1056,2112 \
-      --dtypes float32 --tokens-per-program 8 --warps 1 --row-groups 8 \
-      --fp32-selects checked_rows --out "$RESULTS" --tag capped_fp32 --write-table "$TABLE"
-    step sweep_bf16_hot 50 "$PYTHON" -m benchmarks.tuning.sweep_launch_table --shapes 128x8 \
-      --tokens 16384,65536,262144 --scale-picks after --max-programs 0,1056,2112 \
-      --dtypes bfloat16 --tokens-per-program 32 --warps 4 --row-groups 4 \
-      --out "$RESULTS" --tag capped_bf16 --write-table "$TABLE"
-    cp "$TABLE" "$LOGS/" 2>/dev/null
-    cp "$RESULTS"/launch_sweep_*capped* "$LOGS/" 2>/dev/null
-    install_table
-    step compare 170 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
-      --tree round1=.cache/prev_tree --tree after=. \
-      --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
-      --tokens 1,256,4096,16384,65536,262144 --masks none,real --ops routing --out "$LOGS"
-    tail -n 2 "$LOGS/gpu_capped.log"
-    grep -h "T=\|WRONG\|wrote" "$LOGS"/sweep_*.log | cut -c1-220
-    tail -n 30 "$LOGS/compare.log" | cut -c1-200 ;;
   routing_checks)  # when device time is short: the routing GPU tests and their memcheck
     install_table
     step gpu_routing 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py
     step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/routing/test_gpu_routing.py \
-      -k "ties or random_bits or cuda_graph or bucket or capped or large_t"
+      -k "ties or random_bits or cuda_graph or bucket or large_t"
     tail -n 2 "$LOGS/gpu_routing.log"
     grep -E "ERROR SUMMARY|passed|failed" "$LOGS/memcheck.log" | tail -2 ;;
   *) echo "unknown stage $stage"; exit 2 ;;

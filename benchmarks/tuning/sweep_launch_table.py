@@ -59,7 +59,7 @@ def _timer(logits_sets, cold: bool, rep_ms: int):
 
 def _candidates(args, dtype, block_e, topk, num_tokens):
     fp32 = dtype == torch.float32
-    for tpp, warps, groups, picks, select, scale_pick, values, cap in itertools.product(
+    for tpp, warps, groups, picks, select, scale_pick, values in itertools.product(
         _ints(args.tokens_per_program),
         _ints(args.warps),
         _ints(args.row_groups),
@@ -67,7 +67,6 @@ def _candidates(args, dtype, block_e, topk, num_tokens):
         args.fp32_selects.split(",") if fp32 else ["checked"],
         args.scale_picks.split(","),
         args.values.split(",") if fp32 else ["gather"],
-        _ints(args.max_programs),
     ):
         if tpp * block_e > args.max_tile or tpp > max(1, num_tokens):
             continue
@@ -77,7 +76,7 @@ def _candidates(args, dtype, block_e, topk, num_tokens):
         if select == "exact" and values != "gather":
             continue
         config = LaunchConfig(
-            tpp, warps, registers, groups, select, scale_pick, values == "reduction", cap
+            tpp, warps, registers, groups, select, scale_pick, values == "reduction"
         )
         try:
             check_launch_config(config, block_e, dtype.itemsize, topk)
@@ -193,7 +192,6 @@ def main() -> None:
     )
     parser.add_argument("--tokens-per-program", default="1,2,4,8")
     parser.add_argument("--warps", default="1,2")
-    parser.add_argument("--max-programs", default="0", help="grid caps (0: one program per tile)")
     parser.add_argument("--row-groups", default="1")
     parser.add_argument("--picks", default="registers", help="registers and/or memory")
     parser.add_argument("--fp32-selects", default="checked,exact")

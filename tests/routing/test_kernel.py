@@ -341,48 +341,6 @@ def test_checked_rows_give_the_checked_bits(num_experts, topk, tokens_per_progra
     assert torch.equal(outputs[1][0], outputs[0][0])
 
 
-TILED = [
-    # (dtype, LaunchConfig fields): the large-T rows' kinds and the other selections
-    (torch.float32, dict(row_groups=8, fp32_select="checked_rows")),
-    (torch.float32, dict(row_groups=8, fp32_select="checked")),
-    (torch.float32, dict(fp32_select="exact")),
-    (torch.float32, dict(register_picks=False)),
-    (torch.bfloat16, dict(row_groups=4)),
-    (torch.float16, dict(register_picks=False)),
-]
-
-
-@pytest.mark.parametrize(
-    ("dtype", "variant"),
-    TILED,
-    ids=["-".join([str(d)[6:], *(f"{k}={x}" for k, x in v.items())]) for d, v in TILED],
-)
-def test_grid_caps_change_no_bit(dtype, variant, gen):
-    # A capped grid, each program routing every grid-th tile in turn (the next
-    # tile's loads in flight), gives each row the bits of one program per tile:
-    # hard rows, bucket-fault rows (fp32: the repairs run inside the tile loop), a
-    # partial last tile (29 rows, tiles of 8) and programs with uneven tile counts.
-    from oracle import fp32_bucket_fault_rows
-
-    from vllm_gemma4_router.routing.launch_table import LaunchConfig
-
-    rows = (_adversarial_rows(13, 128, gen), fp32_bucket_fault_rows(128, gen))
-    logits = torch.cat([*rows, torch.randn(10, 128, generator=gen)]).to(dtype)
-    assert logits.shape[0] == 29
-    scale = torch.rand(128, generator=gen) + 0.5
-    outputs = []
-    for cap in (0, 3, 1):
-        weights = torch.full((29, 8), float("nan"))
-        ids = torch.full((29, 8), -1, dtype=torch.int32)
-        config = LaunchConfig(8, 1, max_programs=cap, **variant)
-        routing_launcher.launch(logits, 8, scale, weights, ids, config)
-        outputs.append((weights, ids))
-    assert_matches_oracle(*outputs[1], logits, 8, scale)
-    for weights, ids in outputs[1:]:
-        assert torch.equal(ids, outputs[0][1])
-        assert torch.equal(weights.nan_to_num(7.0), outputs[0][0].nan_to_num(7.0))
-
-
 def test_configs_that_cannot_run_as_written_are_refused():
     # What the table says is what runs: a config the kernel would have to change
     # is an error, not a silent fallback. triton 3.6 miscompiles the rounds when
@@ -400,7 +358,6 @@ def test_configs_that_cannot_run_as_written_are_refused():
     refused(LaunchConfig(32, 1, row_groups=16), 16, 2)  # narrower than one 16-byte load
     refused(LaunchConfig(1, 1, register_picks=True), 256, 4, topk=17)
     refused(LaunchConfig(3, 1), 128, 4)
-    refused(LaunchConfig(4, 1, max_programs=-1), 128, 4)
     refused(LaunchConfig(1, 1, fp32_select="wide"), 128, 4)
     # right on the H100: bf16 (8, 4), (16, 8), (32, 4); by the same rule fp32 (4, 4)
     for config, logit_bytes in (

@@ -152,9 +152,6 @@ VARIANTS = [
     (dict(fp32_select="checked_rows", row_groups=4), 4, torch.float32),
     (dict(scale_pick="in_row", values_by_reduction=True), 4, torch.float32),
     (dict(scale_pick="per_pick"), 4, torch.float32),
-    # capped grids (tiles in turn): 13 rows in 4 tiles over 3 programs, over 1
-    (dict(fp32_select="checked_rows", row_groups=4, max_programs=3), 4, torch.float32),
-    (dict(register_picks=False, max_programs=1), 4, None),
 ]
 
 

@@ -54,10 +54,6 @@ class LaunchConfig:
     scale_pick: str = "after"
     #: checked fp32: take each pick's exact logit by a row reduction, not a load
     values_by_reduction: bool = False
-    #: the grid's cap (0: none, one program per tile of tokens_per_program rows);
-    #: below the tile count each program routes every grid-th tile, loading the
-    #: next one before it routes the current one (memory under the rounds)
-    max_programs: int = 0
 
 
 def check_launch_config(config: LaunchConfig, block_e: int, logit_bytes: int, topk: int) -> None:
@@ -70,8 +66,6 @@ def check_launch_config(config: LaunchConfig, block_e: int, logit_bytes: int, to
     tpp = config.tokens_per_program
     if tpp < 1 or tpp & (tpp - 1) or config.num_warps not in (1, 2, 4, 8):
         raise ValueError(f"config: tokens_per_program and num_warps must be powers of 2: {config}")
-    if config.max_programs < 0:
-        raise ValueError(f"config: max_programs must be 0 (no cap) or positive: {config}")
     if config.fp32_select not in FP32_SELECTS or config.scale_pick not in SCALE_PICKS:
         raise ValueError(f"config: unknown fp32_select or scale_pick: {config}")
     if config.register_picks and topk > MAX_REGISTER_PICKS:

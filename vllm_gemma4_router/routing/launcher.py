@@ -163,8 +163,6 @@ class _Plan(NamedTuple):
     """Everything about a launch that does not change from call to call of one shape class."""
 
     tokens_per_program: int
-    #: the grid's cap (LaunchConfig.max_programs; 0: none)
-    max_programs: int
     constexprs: dict[str, int | bool]
     #: small hashable stand-in for the constexprs and dtypes (compiled_launches' cache key)
     class_key: int
@@ -204,7 +202,7 @@ def _config_plan(
     # padding pointer is uint8 with a mask, else ids (int32): has_padding covers both.
     class_id = (topk, num_experts, config, logit_dtype, scale_dtype or torch.float32, has_padding)
     class_key = _CLASS_KEYS.setdefault(class_id, len(_CLASS_KEYS))
-    return _Plan(config.tokens_per_program, config.max_programs, constexprs, class_key)
+    return _Plan(config.tokens_per_program, constexprs, class_key)
 
 
 _CLASS_KEYS: dict[tuple, int] = {}
@@ -240,8 +238,6 @@ def _launch_plan(
         *topk_ids.stride(),
     )
     grid_x = -(-num_tokens // plan.tokens_per_program)
-    if plan.max_programs:
-        grid_x = min(grid_x, plan.max_programs)
     if device.type != "cuda":  # interpreter (cpu), xpu: Triton's own launch path
         gemma4_routing_kernel[(grid_x,)](*tensors, *ints, **plan.constexprs)
     else:
@@ -273,6 +269,5 @@ def _compile_time_args(
         SCALE_PICK=SCALE_PICK_VALUES[config.scale_pick],
         VALUES_BY_REDUCTION=config.values_by_reduction and fp32,
         HAS_PADDING=has_padding,
-        PERSISTENT=config.max_programs > 0,
         num_warps=config.num_warps,
     )

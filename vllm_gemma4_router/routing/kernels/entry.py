@@ -1,14 +1,12 @@
 """The fused Gemma 4 routing kernel (Triton): entry point.
 
-One program routes a tile of ``TOKENS_PER_PROGRAM`` tokens, or with ``PERSISTENT``
-(a grid smaller than the tiles) every grid-th tile in turn, the next one's loads
-in flight while it routes one. Each token's ``E`` logits sit in one tile row
-(``ROW_GROUPS`` > 1 loads a row in pieces, see ``_load_rows_grouped``). ``SELECT``
-names the top-K strategy of ``kernel_select``: ``NARROW`` for bf16/fp16 logits,
-``CHECKED``, ``CHECKED_ROWS`` or ``EXACT`` for fp32. Whatever the strategy and the
-input bits, the ids are K distinct experts in ``[0, E)``, equal logits go to the
-lowest id, rows come out sorted by weight, and a token's weights do not depend on
-the batch it comes in.
+One program routes ``TOKENS_PER_PROGRAM`` tokens; each token's ``E`` logits sit
+in one tile row (``ROW_GROUPS`` > 1 loads a row in pieces, see
+``_load_rows_grouped``). ``SELECT`` names the top-K strategy of
+``kernel_select``: ``NARROW`` for bf16/fp16 logits, ``CHECKED``, ``CHECKED_ROWS`` or ``EXACT`` for
+fp32. Whatever the strategy and the input bits, the ids are K distinct experts
+in ``[0, E)``, equal logits go to the lowest id, rows come out sorted by
+weight, and a token's weights do not depend on the batch it comes in.
 
 ``HAS_PADDING`` adds a per-token padding mask (``padding_ptr``, one uint8 per
 token, non-zero: a padding row), read on the device: a padding row gets ids
@@ -49,10 +47,10 @@ def _load_rows_grouped(
     stride_logit_t,
     stride_logit_e,
     BLOCK_E: tl.constexpr,
+    TOKENS: tl.constexpr,
     GROUPS: tl.constexpr,
 ):
-    """The [TOKENS, BLOCK_E] logits as loaded (their own dtype), in
-    [TOKENS, GROUPS, BLOCK_E // GROUPS] pieces (``_logit_tile`` widens and joins them).
+    """The [TOKENS, BLOCK_E] logits, loaded as [TOKENS, GROUPS, BLOCK_E // GROUPS].
 
     Triton lays a load out from its fastest axis outwards: a plain row of 128
     bf16 logits spreads over 16 lanes (8 per 16-byte load). With the row cut
@@ -66,158 +64,12 @@ def _load_rows_grouped(
     group = tl.arange(0, GROUPS)[None, :, None]
     column = tl.arange(0, WIDTH)[None, None, :]
     expert = group * WIDTH + column
-    return tl.load(
+    raw = tl.load(
         logits_ptr + rows64[:, None, None] * stride_logit_t + expert * stride_logit_e,
         mask=row_ok[:, None, None] & (expert < num_experts),
         other=float("-inf"),
     )
-
-
-@triton.jit
-def _load_tile(logits_ptr, padding_ptr, first, num_tokens, num_experts, stride_logit_t,
-               stride_logit_e, TOKENS: tl.constexpr, BLOCK_E: tl.constexpr,
-               ROW_GROUPS: tl.constexpr, HAS_PADDING: tl.constexpr):  # fmt: skip
-    """``(raw, padding_byte)`` of the tile of ``TOKENS`` rows from row ``first``:
-    its logits as loaded (padding columns, rows past T and padding rows read -inf)
-    and each row's padding byte (0 without a mask or past T). Nothing waits for
-    the loads here: a program that routes several tiles issues the next tile's
-    loads before it routes the current one."""
-    rows = first + tl.arange(0, TOKENS)
-    row_ok = rows < num_tokens
-    rows64 = rows.to(tl.int64)
-    padding_byte = tl.zeros([TOKENS], dtype=tl.uint8)
-    if HAS_PADDING:
-        padding_byte = tl.load(padding_ptr + rows64, mask=row_ok, other=0)
-        row_ok = row_ok & (padding_byte == 0)
-    if ROW_GROUPS == 1:
-        experts = tl.arange(0, BLOCK_E)
-        raw = tl.load(
-            logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
-            mask=row_ok[:, None] & (experts < num_experts)[None, :],
-            other=float("-inf"),
-        )
-    else:
-        raw = _load_rows_grouped(
-            logits_ptr,
-            rows64,
-            row_ok,
-            num_experts,
-            stride_logit_t,
-            stride_logit_e,
-            BLOCK_E,
-            ROW_GROUPS,
-        )
-    return raw, padding_byte
-
-
-@triton.jit
-def _route_tile(raw, padding_byte, first, num_tokens, num_experts, pointers, strides,
-                TILE, CHOICES, SCALING):  # fmt: skip
-    """Route the tile ``_load_tile`` loaded from row ``first`` and store its
-    outputs. ``pointers``: ``(logits, scale, weights, ids)``; ``strides``:
-    ``(logit_t, logit_e, scale, weight_t, weight_k, id_t, id_k)``; ``TILE``:
-    ``(TOPK, BLOCK_E, BLOCK_K, TOKENS)``; ``CHOICES``: ``(SELECT, REGISTER_PICKS,
-    VALUES_BY_REDUCTION, HAS_PADDING)``; ``SCALING``: ``(HAS_SCALE, SCALE_PICK)``."""
-    logits_ptr = pointers[0]
-    scale_ptr = pointers[1]
-    weights_ptr = pointers[2]
-    ids_ptr = pointers[3]
-    stride_logit_t = strides[0]
-    stride_logit_e = strides[1]
-    stride_scale = strides[2]
-    stride_id_t = strides[5]
-    stride_id_k = strides[6]
-    TOPK: tl.constexpr = TILE[0]
-    BLOCK_E: tl.constexpr = TILE[1]
-    BLOCK_K: tl.constexpr = TILE[2]
-    TOKENS: tl.constexpr = TILE[3]
-    SELECT: tl.constexpr = CHOICES[0]
-    REGISTER_PICKS: tl.constexpr = CHOICES[1]
-    VALUES_BY_REDUCTION: tl.constexpr = CHOICES[2]
-    HAS_PADDING: tl.constexpr = CHOICES[3]
-    HAS_SCALE: tl.constexpr = SCALING[0]
-    SCALE_PICK: tl.constexpr = SCALING[1]
-    rows = first + tl.arange(0, TOKENS)
-    row_ok = rows < num_tokens
-    rows64 = rows.to(tl.int64)
-    if HAS_PADDING:
-        # Padding rows leave the routing (row_ok false: nothing of theirs is read
-        # or written there) and get their -1 / 0 outputs at the stores.
-        in_range = row_ok
-        padding = padding_byte != 0
-        row_ok = in_range & (padding_byte == 0)
-    experts = tl.arange(0, BLOCK_E)
-    expert_ok = experts < num_experts
-
-    # Padding columns read -inf: with the highest ids they lose every tie.
-    x = tl.reshape(as_fp32(raw), (TOKENS, BLOCK_E))
-    ordered = ordered_bits(canonical(x))
-    scale_row = load_scale_row(scale_ptr, stride_scale, num_experts, BLOCK_E, HAS_SCALE, SCALE_PICK)
-    id_ptrs = ids_ptr + rows64 * stride_id_t
-    row_logits = logits_ptr + rows64 * stride_logit_t
-    slots = tl.arange(0, BLOCK_K)
-    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
-    store_ok = out_ok
-    if HAS_PADDING:
-        store_ok = in_range[:, None] & (slots < TOPK)[None, :]
-
-    if REGISTER_PICKS:
-        ids, logits, scales, top, total = select_registers(
-            ordered,
-            (experts, expert_ok, num_experts),
-            row_ok,
-            (row_logits, stride_logit_e),
-            (id_ptrs, stride_id_k),
-            (logits_ptr, ids_ptr, tl.cast(first, tl.int64), stride_logit_t, stride_id_t),
-            (scale_ptr, stride_scale, scale_row),
-            (TOPK, BLOCK_E, BLOCK_K, TOKENS),
-            SELECT,
-            logits_ptr.dtype.element_ty == tl.bfloat16,
-            VALUES_BY_REDUCTION,
-            (HAS_SCALE, SCALE_PICK),
-        )
-        tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
-    else:
-        if SELECT == NARROW:
-            keys = narrow_keys(ordered, (BLOCK_E - 1) - experts, BLOCK_E)
-            select_narrow_memory(keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
-        else:
-            select_exact_memory(ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
-        # Every thread's id stores must be visible to the reads.
-        tl.debug_barrier()
-        ids, logits, top, total = weights_from_stored_ids(
-            row_logits,
-            id_ptrs,
-            row_ok,
-            stride_logit_e,
-            stride_id_k,
-            TOPK,
-            BLOCK_K,
-            TOKENS,
-        )
-        scales = tl.full([TOKENS, BLOCK_K], 1.0, dtype=tl.float32)
-
-    weights = tl.exp(logits - top[:, None]) / total[:, None]
-    if HAS_SCALE:
-        if SCALE_PICK == SCALE_AFTER or not REGISTER_PICKS:
-            scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
-        weights = weights * scales
-    if HAS_PADDING:
-        weights = tl.where(padding[:, None], 0.0, weights)
-    tl.store(
-        weights_ptr + rows64[:, None] * strides[3] + slots[None, :] * strides[4],
-        weights,
-        mask=store_ok,
-    )
-    if HAS_PADDING:
-        # A store of its own, not a tl.where on the ids: that one took up to 72 more
-        # registers (sm_90, bf16, large buckets). The selection stored and read back
-        # only the other rows' ids (row_ok), so no thread reads these.
-        tl.store(
-            id_ptrs[:, None] + slots[None, :] * stride_id_k,
-            tl.full([TOKENS, BLOCK_K], -1, dtype=tl.int32),
-            mask=padding[:, None] & (slots < TOPK)[None, :],
-        )
+    return tl.reshape(as_fp32(raw), (TOKENS, BLOCK_E))
 
 
 @triton.jit
@@ -247,77 +99,111 @@ def gemma4_routing_kernel(
     SCALE_PICK: tl.constexpr,
     VALUES_BY_REDUCTION: tl.constexpr,
     HAS_PADDING: tl.constexpr,
-    PERSISTENT: tl.constexpr,
 ):
-    first = tl.program_id(0) * TOKENS_PER_PROGRAM
-    raw, padding_byte = _load_tile(
-        logits_ptr,
-        padding_ptr,
-        first,
-        num_tokens,
-        num_experts,
-        stride_logit_t,
-        stride_logit_e,
-        TOKENS_PER_PROGRAM,
-        BLOCK_E,
-        ROW_GROUPS,
-        HAS_PADDING,
-    )
-    pointers = (logits_ptr, scale_ptr, weights_ptr, ids_ptr)
-    strides = (
-        stride_logit_t,
-        stride_logit_e,
-        stride_scale,
-        stride_weight_t,
-        stride_weight_k,
-        stride_id_t,
-        stride_id_k,
-    )
-    if not PERSISTENT:
-        _route_tile(
-            raw,
-            padding_byte,
-            first,
-            num_tokens,
-            num_experts,
-            pointers,
-            strides,
-            (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
-            (SELECT, REGISTER_PICKS, VALUES_BY_REDUCTION, HAS_PADDING),
-            (HAS_SCALE, SCALE_PICK),
+    rows = tl.program_id(0) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
+    row_ok = rows < num_tokens
+    rows64 = rows.to(tl.int64)
+    if HAS_PADDING:
+        # Padding rows leave the routing (row_ok false: nothing of theirs is read
+        # or written there) and get their -1 / 0 outputs at the stores.
+        in_range = row_ok
+        padding_byte = tl.load(padding_ptr + rows64, mask=in_range, other=0)
+        padding = padding_byte != 0
+        row_ok = in_range & (padding_byte == 0)
+    experts = tl.arange(0, BLOCK_E)
+    expert_ok = experts < num_experts
+
+    # Padding columns read -inf: with the highest ids they lose every tie.
+    if ROW_GROUPS == 1:
+        x = as_fp32(
+            tl.load(
+                logits_ptr + rows64[:, None] * stride_logit_t + experts[None, :] * stride_logit_e,
+                mask=row_ok[:, None] & expert_ok[None, :],
+                other=float("-inf"),
+            )
         )
     else:
-        # A grid smaller than the tiles: each program takes every grid-th tile and
-        # issues the next one's loads before it routes the current one, so its
-        # memory time hides behind its own selection rounds, where a program per
-        # tile has every resident program load at once and then compute. Past the
-        # last tile the next loads are masked off (no traffic).
-        step = tl.num_programs(0) * TOKENS_PER_PROGRAM
-        for start in tl.range(first, num_tokens, step, num_stages=1):
-            next_raw, next_padding = _load_tile(
+        x = _load_rows_grouped(
+            logits_ptr,
+            rows64,
+            row_ok,
+            num_experts,
+            stride_logit_t,
+            stride_logit_e,
+            BLOCK_E,
+            TOKENS_PER_PROGRAM,
+            ROW_GROUPS,
+        )
+    ordered = ordered_bits(canonical(x))
+    scale_row = load_scale_row(scale_ptr, stride_scale, num_experts, BLOCK_E, HAS_SCALE, SCALE_PICK)
+    id_ptrs = ids_ptr + rows64 * stride_id_t
+    row_logits = logits_ptr + rows64 * stride_logit_t
+    slots = tl.arange(0, BLOCK_K)
+    out_ok = row_ok[:, None] & (slots < TOPK)[None, :]
+    store_ok = out_ok
+    if HAS_PADDING:
+        store_ok = in_range[:, None] & (slots < TOPK)[None, :]
+
+    if REGISTER_PICKS:
+        ids, logits, scales, top, total = select_registers(
+            ordered,
+            (experts, expert_ok, num_experts),
+            row_ok,
+            (row_logits, stride_logit_e),
+            (id_ptrs, stride_id_k),
+            (
                 logits_ptr,
-                padding_ptr,
-                start + step,
-                num_tokens,
-                num_experts,
+                ids_ptr,
+                (tl.program_id(0) * TOKENS_PER_PROGRAM).to(tl.int64),
                 stride_logit_t,
-                stride_logit_e,
-                TOKENS_PER_PROGRAM,
-                BLOCK_E,
-                ROW_GROUPS,
-                HAS_PADDING,
-            )
-            _route_tile(
-                raw,
-                padding_byte,
-                start,
-                num_tokens,
-                num_experts,
-                pointers,
-                strides,
-                (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
-                (SELECT, REGISTER_PICKS, VALUES_BY_REDUCTION, HAS_PADDING),
-                (HAS_SCALE, SCALE_PICK),
-            )
-            raw = next_raw
-            padding_byte = next_padding
+                stride_id_t,
+            ),
+            (scale_ptr, stride_scale, scale_row),
+            (TOPK, BLOCK_E, BLOCK_K, TOKENS_PER_PROGRAM),
+            SELECT,
+            logits_ptr.dtype.element_ty == tl.bfloat16,
+            VALUES_BY_REDUCTION,
+            (HAS_SCALE, SCALE_PICK),
+        )
+        tl.store(id_ptrs[:, None] + slots[None, :] * stride_id_k, ids, mask=out_ok)
+    else:
+        if SELECT == NARROW:
+            keys = narrow_keys(ordered, (BLOCK_E - 1) - experts, BLOCK_E)
+            select_narrow_memory(keys, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        else:
+            select_exact_memory(ordered, experts, id_ptrs, row_ok, stride_id_k, TOPK, BLOCK_E)
+        # Every thread's id stores must be visible to the reads.
+        tl.debug_barrier()
+        ids, logits, top, total = weights_from_stored_ids(
+            row_logits,
+            id_ptrs,
+            row_ok,
+            stride_logit_e,
+            stride_id_k,
+            TOPK,
+            BLOCK_K,
+            TOKENS_PER_PROGRAM,
+        )
+        scales = tl.full([TOKENS_PER_PROGRAM, BLOCK_K], 1.0, dtype=tl.float32)
+
+    weights = tl.exp(logits - top[:, None]) / total[:, None]
+    if HAS_SCALE:
+        if SCALE_PICK == SCALE_AFTER or not REGISTER_PICKS:
+            scales = as_fp32(tl.load(scale_ptr + ids * stride_scale, mask=out_ok, other=1.0))
+        weights = weights * scales
+    if HAS_PADDING:
+        weights = tl.where(padding[:, None], 0.0, weights)
+    tl.store(
+        weights_ptr + rows64[:, None] * stride_weight_t + slots[None, :] * stride_weight_k,
+        weights,
+        mask=store_ok,
+    )
+    if HAS_PADDING:
+        # A store of its own, not a tl.where on the ids: that one took up to 72 more
+        # registers (sm_90, bf16, large buckets). The selection stored and read back
+        # only the other rows' ids (row_ok), so no thread reads these.
+        tl.store(
+            id_ptrs[:, None] + slots[None, :] * stride_id_k,
+            tl.full([TOKENS_PER_PROGRAM, BLOCK_K], -1, dtype=tl.int32),
+            mask=padding[:, None] & (slots < TOPK)[None, :],
+        )
