@@ -10,11 +10,12 @@
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
 #   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck);
 #   routing_checks  that table installed, the routing GPU tests and memcheck over them.
+#   registers  the packaged rows under register caps (probe_register_cap: maxnreg), no table.
 # Results under benchmarks/results/routing_large_t_$DATE (sweeps) and $OUT/<stage>; each
 # stage packs what it made into $OUT/<stage>.tgz and prints a summary last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-stage=${1:?sweep, compare, checks or routing_checks}
+stage=${1:?sweep, compare, checks, routing_checks or registers}
 DATE=${DATE:-$(date -u +%F)}
 RESULTS=benchmarks/results/routing_large_t_$DATE
 LOGS=${OUT:-large-t}/$stage
@@ -71,6 +72,12 @@ case $stage in
       -k "ties or random_bits or cuda_graph or bucket or large_t"
     tail -n 2 "$LOGS/gpu_routing.log"
     grep -E "ERROR SUMMARY|passed|failed" "$LOGS/memcheck.log" | tail -2 ;;
+  registers)  # the occupancy lever (~2 min): fp32 rows hold 96 registers, bf16 56
+    step fp32 150 "$PYTHON" -m benchmarks.tuning.probe_register_cap --dtypes float32 \
+      --caps 0,80,72,64 --out "$LOGS" --tag fp32
+    step bf16 90 "$PYTHON" -m benchmarks.tuning.probe_register_cap --dtypes bfloat16 \
+      --caps 0,48,40 --out "$LOGS" --tag bf16
+    grep -h "maxnreg=" "$LOGS"/fp32.log "$LOGS"/bf16.log | cut -c1-160 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 tar -czf "${OUT:-large-t}/$stage.tgz" -C "${OUT:-large-t}" "$stage"
