@@ -4,8 +4,7 @@
 #            L2-hot (its choices written over the packaged CUDA table into
 #            .cache/large_t/cuda.json, with provenance) and cold (randn logits only);
 #   compare  that table installed in this tree, then this tree, the tree before the issue
-#            (.cache/before_tree: `git archive cb76607 vllm_gemma4_router`), round 1's
-#            (.cache/prev_tree: `git archive 06b321c vllm_gemma4_router`) and vLLM
+#            (.cache/before_tree: `git archive cb76607 vllm_gemma4_router`) and vLLM
 #            0.34.0's kernel (.cache/peer_kernels/vllm-0.34.0/gemma4.py) side by side,
 #            T = 1 ... 262144, fp32 and bf16, without and with the padding mask, 3 repeats;
 #   checks   that table installed, ci/gpu_checks.sh (GPU suite and memcheck);
@@ -56,7 +55,7 @@ case $stage in
   compare)
     install_table
     step compare 480 "$PYTHON" -m benchmarks.kernel.compare_trees --tree before=.cache/before_tree \
-      --tree round1=.cache/prev_tree --tree after=. --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
+      --tree after=. --peer vllm-0.34.0=.cache/peer_kernels/vllm-0.34.0/gemma4.py --repeats 3 \
       --tokens 1,4,16,64,256,1024,2048,4096,8192,16384,32768,65536,131072,262144 \
       --masks none,real --ops routing --out "$LOGS"
     tail -n 70 "$LOGS/compare.log" | cut -c1-200 ;;
@@ -72,8 +71,8 @@ case $stage in
       -k "ties or random_bits or cuda_graph or bucket or large_t"
     tail -n 2 "$LOGS/gpu_routing.log"
     grep -E "ERROR SUMMARY|passed|failed" "$LOGS/memcheck.log" | tail -2 ;;
-  registers)  # the occupancy lever (~2 min): fp32 rows hold 96 registers, bf16 56
-    step fp32 150 "$PYTHON" -m benchmarks.tuning.probe_register_cap --dtypes float32 \
+  registers)  # the occupancy lever (~4 min): fp32 rows hold 96 registers, bf16 56
+    step fp32 300 "$PYTHON" -m benchmarks.tuning.probe_register_cap --dtypes float32 \
       --caps 0,80,72,64 --out "$LOGS" --tag fp32
     step bf16 90 "$PYTHON" -m benchmarks.tuning.probe_register_cap --dtypes bfloat16 \
       --caps 0,48,40 --out "$LOGS" --tag bf16

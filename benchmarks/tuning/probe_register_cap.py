@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common.timing import (
+    FP32_FAMILIES,
     bench_hot,
     copy_bandwidth_gbs,
     environment_stamp,
+    make_logits,
     routing_bytes,
     write_stamped_csv,
 )
@@ -71,15 +73,20 @@ def _registers(plan) -> tuple[int | str, int | str]:
     return "", ""
 
 
+def _dtype_families(args):
+    """(dtype, logit family) pairs: fp32 in every family of ``--families``, others randn."""
+    for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+        families = args.families.split(",") if dtype == torch.float32 else ["randn"]
+        yield from ((dtype, family) for family in families)
+
+
 def probe(args) -> list[dict]:
     bandwidth = copy_bandwidth_gbs()
     caps = [int(c) for c in args.caps.split(",")]
     rows = []
-    for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+    for dtype, family in _dtype_families(args):
         for num_tokens in (int(t) for t in args.tokens.split(",")):
-            logits = torch.randn(num_tokens, args.experts, device="cuda") * 2
-            logits[::7, 3] = logits[::7, 5]  # ties between experts
-            logits = logits.to(dtype)
+            logits = make_logits(family, num_tokens, args.experts, dtype)
             scale = torch.rand(args.experts, device="cuda") + 0.5
             plans = {
                 cap: capped_plan(num_tokens, args.experts, args.topk, dtype, cap) for cap in caps
@@ -104,6 +111,7 @@ def probe(args) -> list[dict]:
                 rows.append(
                     dict(
                         dtype=str(dtype).removeprefix("torch."),
+                        family=family,
                         E=args.experts,
                         K=args.topk,
                         T=num_tokens,
@@ -124,6 +132,7 @@ def probe(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--families", default=",".join(FP32_FAMILIES), help="fp32 logits")
     parser.add_argument("--tokens", default="16384,65536,262144")
     parser.add_argument("--caps", default="0,80,64", help="maxnreg values; 0: no cap (first)")
     parser.add_argument("--experts", type=int, default=128)
