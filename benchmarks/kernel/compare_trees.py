@@ -89,18 +89,26 @@ def _worker(spec: dict) -> list[dict]:
                     torch.zeros(tokens, dtype=torch.bool, device="cuda") if mask == "real" else None
                 )
                 us = bench_hot(lambda logits=logits, p=is_padding: route(logits, TOPK, scale, p))
-                rows.append(
-                    {
-                        "op": "routing",
-                        "dtype": str(dtype)[6:],
-                        "mask": mask,
-                        "tokens": tokens,
-                        "us": us,
-                    }
-                )
+                key = {"dtype": str(dtype)[6:], "mask": mask, "tokens": tokens}
+                rows.append({"op": "routing", **key, "us": us})
+                rows.append({"op": "sized_copy", **key, "us": _sized_copy_us(**key)})
     if spec["kind"] == "tree" and "fused_router" in spec["ops"]:
         rows += _fused_rows(gen)
     return rows
+
+
+def _sized_copy_us(dtype: str, mask: str, tokens: int) -> float:
+    """A device-to-device copy moving the op's bytes, in the routing rows' harness: at
+    small and middle T a launch and its ramp, not the bandwidth, bound any kernel, and
+    a copy of the same bytes shows how much of the floor a kernel can reach there."""
+    import torch
+
+    from benchmarks.common.timing import bench_hot
+
+    half = max(1, op_bytes(tokens, dtype, mask) // 2)
+    src = torch.randint(0, 255, (half,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return bench_hot(lambda: dst.copy_(src))
 
 
 def _fused_rows(gen) -> list[dict]:
@@ -145,12 +153,16 @@ def _run_worker(spec: dict) -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def floor_us(tokens: int, dtype: str, mask: str, copy_gbs: float) -> float:
-    """The op's fewest bytes (logits read, fp32 weights and int32 ids written, the
-    one-byte mask read when there is one) over the copy bandwidth, in us."""
+def op_bytes(tokens: int, dtype: str, mask: str) -> int:
+    """The routing op's fewest bytes: logits read, fp32 weights and int32 ids written,
+    the one-byte mask read when there is one."""
     elt = 4 if dtype == "float32" else 2
-    moved = tokens * NUM_EXPERTS * elt + tokens * TOPK * 8 + (tokens if mask == "real" else 0)
-    return moved / (copy_gbs * 1e3)
+    return tokens * NUM_EXPERTS * elt + tokens * TOPK * 8 + (tokens if mask == "real" else 0)
+
+
+def floor_us(tokens: int, dtype: str, mask: str, copy_gbs: float) -> float:
+    """The op's fewest bytes (``op_bytes``) over the copy bandwidth, in us."""
+    return op_bytes(tokens, dtype, mask) / (copy_gbs * 1e3)
 
 
 def summarise(
@@ -158,14 +170,20 @@ def summarise(
 ) -> list[dict]:
     """One row per (op, dtype, mask, tokens): each source's median and spread (max - min)
     over the repeats, each later source's ratio to the first, and for routing rows the
-    floor and each source's share of it."""
+    floor, each source's share of it and, when the workers timed them, the median of
+    every source's ``sized_copy`` samples (a copy moving the op's bytes)."""
     base = names[0]
     table = []
     for (op, dtype, mask, tokens), by_source in samples.items():
+        if op == "sized_copy":
+            continue
         row: dict = {"op": op, "dtype": dtype, "mask": mask, "tokens": tokens}
         floor = floor_us(tokens, dtype, mask, copy_gbs) if op == "routing" else None
         if floor is not None:
             row["floor_us"] = round(floor, 3)
+        sized = samples.get(("sized_copy", dtype, mask, tokens), {}).values()
+        if copies := [us for runs in sized for us in runs]:
+            row["sized_copy_us"] = round(statistics.median(copies), 3)
         for name in names:
             runs = by_source.get(name)
             if not runs:
@@ -302,7 +320,8 @@ def main() -> None:
         " and spreads (max - min) in us per call, L2-hot, CUDA graph of 32 calls. Floor:"
         " the op's bytes (logits read, ids and weights written, the mask read) over the"
         f" median copy bandwidth of the workers' 256 MiB device-to-device copies"
-        f" ({copy_gbs:.0f} GB/s); `_of_floor` = floor / time.\n\n" + text + "\n"
+        f" ({copy_gbs:.0f} GB/s); `_of_floor` = floor / time. `sized_copy_us`: a"
+        " device-to-device copy moving the same bytes in the same harness.\n\n" + text + "\n"
     )
     replot(args.out)
     print(f"copy bandwidth {copy_gbs:.0f} GB/s")

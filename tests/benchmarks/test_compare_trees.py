@@ -156,3 +156,17 @@ def test_main_refuses_an_unknown_mask(monkeypatch):
     )
     with pytest.raises(SystemExit):
         ct.main()
+
+
+def test_sized_copies_pool_into_their_routing_row_and_make_no_row_of_their_own():
+    copies = {name: [random.uniform(5, 8) for _ in range(3)] for name in ("a", "b")}
+    routing = ("routing", "bfloat16", "none", 65536)
+    samples = {
+        routing: {"a": [11.0, 11.2, 10.9], "b": [10.8, 11.0, 11.1]},
+        ("sized_copy", "bfloat16", "none", 65536): copies,
+    }
+    table = ct.summarise(samples, ["a", "b"], 2979.0)
+    assert [r["op"] for r in table] == ["routing"]
+    pooled = copies["a"] + copies["b"]
+    assert table[0]["sized_copy_us"] == pytest.approx(statistics.median(pooled), abs=1e-3)
+    assert ct.op_bytes(65536, "bfloat16", "none") == 65536 * (128 * 2 + 8 * 8)
