@@ -31,7 +31,6 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -167,17 +166,9 @@ def _key(spec: dict[str, Any]) -> str:
 
 def normalised_sass(cubin: bytes) -> str:
     """The instructions of ``cuobjdump -sass`` (no headers, no encodings)."""
-    from triton import knobs
+    import offline_compile as oc
 
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        text = subprocess.run(
-            [knobs.nvidia.cuobjdump.path, "-sass", handle.name],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+    text = oc.cuobjdump(cubin, "-sass")
     lines = []
     for line in text.splitlines():
         found = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;?\s*/\*", line)

@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO / ".cache" / "compile_matrix"
 #: bump when the result format or what is read from the artefacts changes
-_SCHEMA = 2
+_SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -408,7 +408,8 @@ def _resources(target: Target, compiled: Any) -> dict[str, int]:
     shared = int(compiled.metadata.shared)
     if target.backend == "hip":
         return {**amdgcn_resources(compiled.asm["amdgcn"]), "shared": shared}
-    return {**cubin_resources(compiled.asm["cubin"]), "shared": shared}
+    cubin = compiled.asm["cubin"]
+    return {**cubin_resources(cubin), "instructions": sass_instructions(cubin), "shared": shared}
 
 
 _AMDGCN_FIELDS = {
@@ -444,20 +445,35 @@ def amdgcn_resources(asm: str) -> dict[str, int]:
     return found
 
 
-def cubin_resources(cubin: bytes) -> dict[str, int]:
-    """Registers, stack, local (spill) memory and static shared memory of the cubin's kernel,
-    from ``cuobjdump --dump-resource-usage`` (shipped with Triton's NVIDIA backend)."""
+def cuobjdump(cubin: bytes, option: str) -> str:
+    """``cuobjdump OPTION`` of a cubin (the one shipped with Triton's NVIDIA backend)."""
     from triton import knobs
 
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
-        text = subprocess.run(
-            [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", handle.name],
+        return subprocess.run(
+            [knobs.nvidia.cuobjdump.path, option, handle.name],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
+
+
+def sass_instructions(cubin: bytes) -> int:
+    """How many SASS instructions the cubin's kernel holds (``cuobjdump -sass``).
+
+    A static count, not an executed one: a branch taken rarely (the fp32 repairs)
+    counts in full, and straight-line code (the unrolled rounds of a 16-bit tile)
+    counts once per program, as it runs."""
+    text = cuobjdump(cubin, "-sass")
+    return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", text, re.MULTILINE))
+
+
+def cubin_resources(cubin: bytes) -> dict[str, int]:
+    """Registers, stack, local (spill) memory and static shared memory of the cubin's kernel,
+    from ``cuobjdump --dump-resource-usage``."""
+    text = cuobjdump(cubin, "--dump-resource-usage")
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     if set(fields) != {"REG", "STACK", "SHARED", "LOCAL"}:
         raise ValueError(f"unexpected cuobjdump output: {text!r}")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "ci"))
 
 import offline_compile as oc  # noqa: E402
 
-_NVIDIA_KEYS = ("registers", "stack", "local", "static_shared")
+_NVIDIA_KEYS = ("registers", "stack", "local", "static_shared", "instructions")
 _AMD_KEYS = ("vgprs", "agprs", "sgprs", "vgpr_spills", "sgpr_spills", "scratch", "occupancy")
 _AMD_KEYS += ("ds_permutes", "static_lds")
 # Intel (ci/xpu_compile.py): the default 128-GRF build, and the large-GRF rebuild

@@ -4,7 +4,10 @@ Issue #38 asks why fp32 routing at T >= 65536 got slower when the fp32 selection
 reworked, although the table's row for that bucket kept its shape. This compiles
 every candidate launch shape of a bucket for a target, as the launcher would compile
 it, and writes registers, stack (spills) and shared memory per candidate, so that
-the device sweep can start from the shapes that fit the register file::
+the device sweep can start from the shapes that fit the register file. On CUDA
+targets it also counts each candidate's SASS instructions: per token, and as the
+time the H200 takes to issue them at ``--bound-tokens`` beside the memory floor
+there, which says whether a launch shape can reach the floor at all::
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.tuning.large_t_resources \\
         --dtype float32 --bucket 5 --out benchmarks/results/routing_large_t
@@ -63,7 +66,8 @@ def candidates(
 
 
 def resources(configs: list[LaunchConfig], point: oc.MatrixPoint, target: oc.Target) -> list[dict]:
-    """One row per config: its fields, ok, registers, stack, shared."""
+    """One row per config: its fields, ok, registers, stack, shared, SASS instructions
+    (CUDA targets)."""
     jobs = {config: oc.job_for(point, target, config) for config in configs}
     results = oc.compile_all(list(jobs.values()))
     rows = []
@@ -77,6 +81,7 @@ def resources(configs: list[LaunchConfig], point: oc.MatrixPoint, target: oc.Tar
                 "registers": res.get("registers"),
                 "stack": res.get("stack"),
                 "shared": res.get("shared"),
+                "instructions": res.get("instructions"),
                 "compile_s": result.get("seconds"),
             }
         )
@@ -99,6 +104,32 @@ def resident_tokens(registers: int, num_warps: int, tokens_per_program: int) -> 
     return blocks * num_warps, blocks * tokens_per_program
 
 
+#: The H200's instruction issue (132 SMs, four schedulers of one warp instruction a
+#: clock each, the 1.98 GHz boost clock) and its copy bandwidth (issue #38's 256 MiB
+#: device-to-device copy, 4233 GB/s): a launch that issues ``n`` warp instructions
+#: takes at least ``n / ISSUE_PER_US`` us, whatever its memory traffic.
+H200_ISSUE_PER_US = 132 * 4 * 1.98e3
+H200_COPY_GBS = 4233.0
+
+
+def issue_bound(row: dict, dtype: str, tokens: int) -> dict[str, float]:
+    """For ``tokens`` rows routed by the launch ``row`` (with its SASS instruction
+    count): the time its instructions take at full issue on the H200 (straight-line
+    code, every program runs each instruction once), the op's memory floor there
+    (``compare_trees.floor_us``, no mask) and the floor's share of the former, the
+    most of the floor that launch could reach."""
+    from benchmarks.kernel.compare_trees import floor_us
+
+    programs = -(-tokens // row["tokens_per_program"])
+    issue_us = row["instructions"] * row["num_warps"] * programs / H200_ISSUE_PER_US
+    floor = floor_us(tokens, dtype, "none", H200_COPY_GBS)
+    return {
+        f"issue_us_T{tokens}": round(issue_us, 2),
+        f"floor_us_T{tokens}": round(floor, 2),
+        f"best_of_floor_T{tokens}": round(min(1.0, floor / issue_us), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -110,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warps", default="1,2,4")
     parser.add_argument("--row-groups", default="1,2,4,8")
     parser.add_argument("--scale-picks", default="after,in_row")
+    parser.add_argument(
+        "--bound-tokens", default="65536,262144", help="T of the H200 issue-bound columns"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -139,13 +173,19 @@ def main(argv: list[str] | None = None) -> int:
             row["warps_per_sm"], row["tokens_per_sm"] = resident_tokens(
                 row["registers"], row["num_warps"], row["tokens_per_program"]
             )
+            if row["instructions"]:
+                per_token = row["instructions"] * row["num_warps"] / row["tokens_per_program"]
+                row["warp_instructions_per_token"] = round(per_token, 1)
+                for tokens in ints(args.bound_tokens):
+                    row.update(issue_bound(row, args.dtype, tokens))
     rows.sort(key=lambda r: (r["stack"] is None, r["stack"] or 0, r["registers"] or 0))
     columns = list(dict.fromkeys(key for row in rows for key in row))
     triton_version = oc.installed_triton_version()
     header = (
         f"triton={triton_version}, target={args.target}, {args.dtype} E={args.experts} "
         f"K={args.topk} bucket {args.bucket}, kernel_hash={oc.kernel_source_hash()}, "
-        f"date={stamp.utc_now()}"
+        f"date={stamp.utc_now()}; issue bound: H200, {H200_ISSUE_PER_US / 1e3:.0f} G warp "
+        f"instructions/s; floor: {H200_COPY_GBS:.0f} GB/s, no mask"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     shape = f"{args.dtype}_E{args.experts}_b{args.bucket}"

@@ -8,6 +8,7 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.tuning import large_t_resources as survey
@@ -83,3 +84,38 @@ def test_main_writes_the_table_with_its_stamp(monkeypatch, tmp_path):
     assert sorted(row["table_row"] for row in frame) == ["False", "False", "True"]
     assert {row["warps_per_sm"] for row in frame} == {"16"}  # 100-101 registers: 4 a partition
     assert (tmp_path / csv_path.name.replace(".csv", ".md")).is_file()
+
+
+def test_issue_bound_is_the_launch_instructions_over_the_h200_issue_rate():
+    from benchmarks.kernel.compare_trees import floor_us
+
+    row = {"instructions": 976, "num_warps": 4, "tokens_per_program": 32}
+    bound = survey.issue_bound(row, "bfloat16", 65536)
+    warp_instructions = 976 * 4 * (65536 // 32)
+    issue_us = warp_instructions / (132 * 4 * 1980)  # warp instructions per us
+    assert bound["issue_us_T65536"] == pytest.approx(issue_us, abs=0.01)
+    floor = floor_us(65536, "bfloat16", "none", 4233.0)
+    assert bound["floor_us_T65536"] == pytest.approx(floor, abs=0.01)
+    assert bound["best_of_floor_T65536"] == pytest.approx(floor / issue_us, abs=1e-3)
+    # T not a multiple of the tile still runs whole programs; a tiny launch is capped at 1.
+    big = {**row, "instructions": 10**6}
+    odd = survey.issue_bound(big, "bfloat16", 97)["issue_us_T97"]
+    assert odd == survey.issue_bound(big, "bfloat16", 128)["issue_us_T128"]  # 4 programs
+    assert survey.issue_bound({**row, "instructions": 1}, "float32", 64)["best_of_floor_T64"] == 1
+
+
+def test_main_adds_instructions_per_token_and_the_bound_when_the_sass_was_counted(
+    monkeypatch, tmp_path
+):
+    def fake_compile_all(jobs):
+        resources = {"registers": 96, "stack": 0, "shared": 0, "instructions": 1968}
+        return {job: {"ok": True, "resources": resources, "seconds": 0.1} for job in jobs}
+
+    monkeypatch.setattr(oc, "compile_all", fake_compile_all)
+    argv = ["--tokens-per-program", "8", "--warps", "1", "--row-groups", "8", "--scale-picks"]
+    assert survey.main([*argv, "after", "--bound-tokens", "262144", "--out", str(tmp_path)]) == 0
+    [csv_path] = tmp_path.glob("resources_float32_E128_b5_sm_90_triton*.csv")
+    frame = list(csv.DictReader(csv_path.read_text().splitlines()[1:]))
+    assert {row["warp_instructions_per_token"] for row in frame} == {"246.0"}  # 1968 / 8
+    assert all(float(row["issue_us_T262144"]) > 0 for row in frame)
+    assert "issue bound: H200" in csv_path.read_text().splitlines()[0]

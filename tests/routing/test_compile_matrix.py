@@ -101,6 +101,11 @@ def test_every_table_launch_compiles_without_spills_or_scratch(compiled, target_
         for *_, r in compiled[target_name]
     ]
     assert min(registers) > 0
+    if target.backend == "cuda":
+        # The SASS was really counted: K unrolled rounds over a row of E logits
+        # take hundreds of instructions in any launch shape.
+        counts = [r["resources"]["instructions"] for *_, r in compiled[target_name]]
+        assert min(counts) > 100, counts
 
 
 @pytest.mark.parametrize("target_name", PRIMARY + SECONDARY)
