@@ -130,6 +130,29 @@ def issue_bound(row: dict, dtype: str, tokens: int) -> dict[str, float]:
     }
 
 
+_SHAPE = ("tokens_per_program", "num_warps", "row_groups", "fp32_select", "scale_pick")
+
+
+def join_sweep(rows: list[dict], sweep_csv: Path, tokens: list[int]) -> None:
+    """Add to each row the L2-hot time ``sweep_launch_table`` measured for its shape
+    (randn logits) at each of ``tokens`` and ``issue_share_T``: its issue bound over
+    that time, the share of the peak issue rate the launch reached."""
+    lines = [line for line in sweep_csv.read_text().splitlines() if not line.startswith("#")]
+    measured = {
+        (*(r[k] for k in _SHAPE), int(r["T"])): float(r["us"])
+        for r in csv.DictReader(lines)
+        if r["method"] == "ours" and r["mode"] == "hot" and r["family"] == "randn"
+    }
+    for row in rows:
+        for tokens_ in tokens:
+            us = measured.get((*(str(row[k]) for k in _SHAPE), tokens_))
+            issue_us = row.get(f"issue_us_T{tokens_}")
+            if us is None or issue_us is None:
+                continue
+            row[f"measured_us_T{tokens_}"] = us
+            row[f"issue_share_T{tokens_}"] = round(issue_us / us, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -143,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-picks", default="after,in_row")
     parser.add_argument(
         "--bound-tokens", default="65536,262144", help="T of the H200 issue-bound columns"
+    )
+    parser.add_argument(
+        "--sweep", type=Path, help="a sweep_launch_table CSV: join its times at --bound-tokens"
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -178,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["warp_instructions_per_token"] = round(per_token, 1)
                 for tokens in ints(args.bound_tokens):
                     row.update(issue_bound(row, args.dtype, tokens))
+    if args.sweep:
+        join_sweep(rows, args.sweep, ints(args.bound_tokens))
     rows.sort(key=lambda r: (r["stack"] is None, r["stack"] or 0, r["registers"] or 0))
     columns = list(dict.fromkeys(key for row in rows for key in row))
     triton_version = oc.installed_triton_version()

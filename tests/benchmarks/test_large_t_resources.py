@@ -119,3 +119,29 @@ def test_main_adds_instructions_per_token_and_the_bound_when_the_sass_was_counte
     assert {row["warp_instructions_per_token"] for row in frame} == {"246.0"}  # 1968 / 8
     assert all(float(row["issue_us_T262144"]) > 0 for row in frame)
     assert "issue bound: H200" in csv_path.read_text().splitlines()[0]
+
+
+def test_a_sweep_joins_by_shape_and_gives_the_share_of_peak_issue(tmp_path):
+    sweep = tmp_path / "sweep.csv"
+    header = "dtype,family,E,K,T,mode,method,tokens_per_program,num_warps,register_picks,"
+    header += "row_groups,fp32_select,scale_pick,values_by_reduction,us,ok"
+    lines = [
+        "# date=2026-12-07, device=test",
+        header,
+        "bfloat16,randn,128,8,65536,hot,ours,32,4,True,4,checked,after,False,11.43,True",
+        "bfloat16,randn,128,8,65536,cold,ours,32,4,True,4,checked,after,False,13.0,True",
+        "bfloat16,gemm_bf16,128,8,65536,hot,ours,32,4,True,4,checked,after,False,12.0,True",
+        "bfloat16,randn,128,8,65536,hot,ours,32,2,True,8,checked,after,False,11.45,True",
+    ]
+    sweep.write_text("\n".join(lines) + "\n")
+    shape = {"fp32_select": "checked", "scale_pick": "after", "instructions": 976}
+    table_row = {"tokens_per_program": 32, "num_warps": 4, "row_groups": 4, **shape}
+    unswept = {"tokens_per_program": 16, "num_warps": 1, "row_groups": 8, **shape}
+    rows = [table_row, unswept]
+    for row in rows:
+        row.update(survey.issue_bound(row, "bfloat16", 65536))
+    survey.join_sweep(rows, sweep, [65536])
+    assert table_row["measured_us_T65536"] == 11.43  # hot, randn: not cold, not gemm
+    share = table_row["issue_us_T65536"] / 11.43
+    assert table_row["issue_share_T65536"] == pytest.approx(share, abs=0.005)
+    assert "measured_us_T65536" not in unswept
