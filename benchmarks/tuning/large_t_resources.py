@@ -107,7 +107,7 @@ def resident_tokens(registers: int, num_warps: int, tokens_per_program: int) -> 
 #: The H200's instruction issue (132 SMs, four schedulers of one warp instruction a
 #: clock each, the 1.98 GHz boost clock) and its copy bandwidth (issue #38's 256 MiB
 #: device-to-device copy, 4233 GB/s): a launch that issues ``n`` warp instructions
-#: takes at least ``n / ISSUE_PER_US`` us, whatever its memory traffic.
+#: takes at least ``n / H200_ISSUE_PER_US`` us there, whatever its memory traffic.
 H200_ISSUE_PER_US = 132 * 4 * 1.98e3
 H200_COPY_GBS = 4233.0
 
