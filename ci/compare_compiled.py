@@ -165,16 +165,10 @@ def _key(spec: dict[str, Any]) -> str:
 
 
 def normalised_sass(cubin: bytes) -> str:
-    """The instructions of ``cuobjdump -sass`` (no headers, no encodings)."""
+    """The instructions of ``cuobjdump -sass`` (``offline_compile.sass_lines``)."""
     import offline_compile as oc
 
-    text = oc.cuobjdump(cubin, "-sass")
-    lines = []
-    for line in text.splitlines():
-        found = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;?\s*/\*", line)
-        if found:
-            lines.append(f"{found.group(1)} {found.group(2).rstrip(' ;')}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(oc.sass_lines(cubin)) + "\n"
 
 
 def normalised_amdgcn(asm: str) -> str:

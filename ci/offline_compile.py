@@ -460,14 +460,24 @@ def cuobjdump(cubin: bytes, option: str) -> str:
         ).stdout
 
 
+def sass_lines(cubin: bytes) -> list[str]:
+    """The cubin's SASS, one ``ADDRESS INSTRUCTION`` line per instruction (no headers,
+    no encodings)."""
+    lines = []
+    for line in cuobjdump(cubin, "-sass").splitlines():
+        found = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;?\s*/\*", line)
+        if found:
+            lines.append(f"{found.group(1)} {found.group(2).rstrip(' ;')}")
+    return lines
+
+
 def sass_instructions(cubin: bytes) -> int:
-    """How many SASS instructions the cubin's kernel holds (``cuobjdump -sass``).
+    """How many SASS instructions the cubin's kernel holds.
 
     A static count, not an executed one: a branch taken rarely (the fp32 repairs)
     counts in full, and straight-line code (the unrolled rounds of a 16-bit tile)
     counts once per program, as it runs."""
-    text = cuobjdump(cubin, "-sass")
-    return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", text, re.MULTILINE))
+    return len(sass_lines(cubin))
 
 
 def cubin_resources(cubin: bytes) -> dict[str, int]:

@@ -154,10 +154,12 @@ def _run_worker(spec: dict) -> list[dict]:
 
 
 def op_bytes(tokens: int, dtype: str, mask: str) -> int:
-    """The routing op's fewest bytes: logits read, fp32 weights and int32 ids written,
-    the one-byte mask read when there is one."""
+    """The routing op's fewest bytes (``timing.routing_bytes``) and the one-byte mask
+    read when there is one."""
+    from benchmarks.common.timing import routing_bytes
+
     elt = 4 if dtype == "float32" else 2
-    return tokens * NUM_EXPERTS * elt + tokens * TOPK * 8 + (tokens if mask == "real" else 0)
+    return routing_bytes(tokens, NUM_EXPERTS, TOPK, elt) + (tokens if mask == "real" else 0)
 
 
 def floor_us(tokens: int, dtype: str, mask: str, copy_gbs: float) -> float:
